@@ -166,13 +166,13 @@ def test_refuses_an_output_it_would_not_replace(
     fails(
         [spec, "--tasks", "split-digits", "-o", str(taken)],
         capsys,
-        "refusing to replace a directory that grow-ir did not write",
+        "refusing to write over a directory that holds files grow-ir did not write",
     )
     assert (taken / "notes.txt").read_text() == "mine"
     fails(
         [spec, "--tasks", "split-digits", "-o", str(taken / "notes.txt")],
         capsys,
-        "cannot write the run over a file",
+        "cannot write a model directory over a file",
     )
 
 

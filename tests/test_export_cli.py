@@ -122,12 +122,13 @@ def test_failed_parity_exits_1_and_writes_nothing(
     capsys: pytest.CaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(onnx_check.TOLERANCE, "float32", -1.0)  # nothing can pass
     spec = write_spec(mlp_spec)
     out = tmp_path / "m.onnx"
-    out.write_bytes(b"previous")
+    assert main(["export", str(spec), "-o", str(out)]) == 0  # an earlier export, replaceable
+    previous = out.read_bytes()
+    monkeypatch.setitem(onnx_check.TOLERANCE, "float32", -1.0)  # nothing can pass
     assert main(["export", str(spec), "-o", str(out), "--check"]) == 1
     err = capsys.readouterr().err
     assert "onnxruntime differs from the torch backend" in err and "outputs.y" in err
-    assert out.read_bytes() == b"previous"
+    assert out.read_bytes() == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "spec.yaml"]

@@ -56,6 +56,7 @@ def test_grows_with_the_spec_plan(
     out = tmp_path / "grown"
     assert grow(path, "-o", out) == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        ".grow-ir.json",
         "history.json",
         "spec.yaml",
         "weights.safetensors",

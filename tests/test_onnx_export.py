@@ -337,7 +337,8 @@ def test_path_gets_the_serialised_model(tmp_path: Path) -> None:
 
 def test_failed_check_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
-    path.write_bytes(b"old")
+    to_onnx(cnn(), path)  # an earlier grow-ir export, which a passing save may replace
+    old = path.read_bytes()
     seen: list[Path] = []
 
     def fail(staged: Path) -> None:
@@ -347,7 +348,7 @@ def test_failed_check_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(CheckFailed):
         save(to_onnx(cnn()), path, before_replace=fail)
     assert seen and seen[0].name == "m.onnx" and seen[0].parent != tmp_path
-    assert path.read_bytes() == b"old"
+    assert path.read_bytes() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 

@@ -42,7 +42,8 @@ def test_dump_then_load_gives_equal_structure(name, same_graph):
 def test_save_then_load_is_exact(name, tmp_path, same_graph):
     g = trained(load_spec(example_path(name)))
     path = save(g, tmp_path / name)
-    assert sorted(p.name for p in path.iterdir()) == ["spec.yaml", "weights.safetensors"]
+    names = sorted(p.name for p in path.iterdir())
+    assert names == [".grow-ir.json", "spec.yaml", "weights.safetensors"]
     assert yaml.safe_load((path / "spec.yaml").read_text())["weights"] == "weights.safetensors"
     same_graph(load(path), g)
     same_graph(load_spec(path), g)  # a saved directory is a spec too
@@ -99,14 +100,14 @@ def test_failed_save_leaves_the_old_directory_intact(mlp_spec, tmp_path, monkeyp
 
 def test_save_refuses_a_foreign_directory(mlp_spec, tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(SpecError, match="save\\(\\) did not write"):
+    with pytest.raises(SpecError, match="files grow-ir did not write"):
         save(load_spec(mlp_spec), tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
 def test_save_refuses_a_file(mlp_spec, tmp_path):
     (tmp_path / "m").write_text("x")
-    with pytest.raises(SpecError, match="cannot save over a file"):
+    with pytest.raises(SpecError, match="cannot write a model directory over a file"):
         save(load_spec(mlp_spec), tmp_path / "m")
 
 

@@ -23,6 +23,7 @@ from grow_ir.backends.torch import needed_nodes, selected_outputs
 from grow_ir.errors import GrowError
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.verify import verify
+from grow_ir.owned import check_replaceable_file
 
 DEFAULT_OPSET = 20
 """The opset ``to_onnx`` emits by default.
@@ -211,6 +212,10 @@ def save(
     """
     target = Path(path)
     folder = target.parent
+    data_file = folder / f"{target.name}.data"
+    ours = _written_by_us(target)
+    check_replaceable_file(target, ours=ours, what="an ONNX model")
+    check_replaceable_file(data_file, ours=ours, what="an ONNX model's data file")
     try:
         with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=folder) as tmp:
             staged = Path(tmp) / target.name
@@ -240,6 +245,17 @@ def save(
             expected="a path in an existing, writable folder",
             found=exc.strerror or str(exc),
         ) from None
+
+
+def _written_by_us(path: Path) -> bool:
+    """Whether ``path`` is an ONNX model that grow-ir produced (read without its data)."""
+    if not path.is_file():
+        return False
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # any unreadable file is simply not ours
+        return False
+    return model.producer_name == PRODUCER
 
 
 def _initializer_bytes(model: onnx.ModelProto) -> int:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from grow_ir.commands import add_spec_argument, load_graph, plural
 from grow_ir.errors import GrowError
+from grow_ir.owned import check_replaceable_dir
 
 if TYPE_CHECKING:
     from grow_ir.growth.continual.learn import ContinualConfig
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from grow_ir.growth.loop import pick_device
 
     config = _config(args)
-    _check_output(Path(args.output))
+    check_replaceable_dir(args.output, field="--output")
     device = pick_device(args.device)
     spec = load_graph(args.spec)
     tasks = load_tasks(args.tasks)
@@ -86,28 +86,6 @@ def run(args: argparse.Namespace) -> int:
         f"{plural(len(tasks), 'output')}, max relative error {files.onnx_error:.2g})"
     )
     return 0
-
-
-def _check_output(out: Path) -> None:
-    """Refuse, before any training, an output that ``save`` would refuse at the end."""
-    from grow_ir.spec import SPEC_FILE
-
-    if out.exists() and not out.is_dir():
-        raise GrowError(
-            "cannot write the run over a file",
-            file=str(out),
-            field="--output",
-            expected="a new, empty or earlier run directory",
-            found="a file",
-        )
-    if out.is_dir() and any(out.iterdir()) and not (out / SPEC_FILE).is_file():
-        raise GrowError(
-            "refusing to replace a directory that grow-ir did not write",
-            file=str(out),
-            field="--output",
-            expected=f"a new, empty or earlier run directory (with {SPEC_FILE})",
-            found="a non-empty directory without it",
-        )
 
 
 def _config(args: argparse.Namespace) -> ContinualConfig:

@@ -8,6 +8,7 @@ from typing import Any
 
 from grow_ir.commands import add_spec_argument, load_graph, plural
 from grow_ir.errors import SpecError
+from grow_ir.owned import check_replaceable_dir
 from grow_ir.passes.manager import PlanResult, run_plan
 from grow_ir.spec import save
 from grow_ir.spec.errors import kind_of
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         CheckFailed: with ``--check``, a step claimed preservation but changed an output
             (nothing is written).
     """
+    check_replaceable_dir(args.output, field="-o")
     graph = load_graph(args.spec)
     if args.plan is not None:
         plan, file = read_plan(args.plan), args.plan

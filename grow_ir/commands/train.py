@@ -12,6 +12,7 @@ import yaml
 
 from grow_ir.errors import GrowError
 from grow_ir.growth.checkpoint import find_checkpoint
+from grow_ir.owned import check_replaceable_dir, claim
 
 if TYPE_CHECKING:
     from grow_ir.growth import Trainer
@@ -132,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         CheckFailed: the exported ONNX model does not match the torch backend.
     """
     from grow_ir.growth import Trainer, describe_architecture, write_outputs
+    from grow_ir.growth.outputs import run_files
 
     if args.threads is not None and args.threads < 1:
         raise GrowError(
@@ -161,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         out_dir = _start(args)
         trainer = _fresh_trainer(args, out_dir, progress)
+        claim(out_dir, run_files(), "train")
         trainer.threads = args.threads or 1
     # A growth step drops the old lowered module, which fx keeps in reference cycles, so only
     # a full collection frees it; over torch's heap that takes ~0.1 s per step. The heap
@@ -188,15 +191,14 @@ def _start(args: argparse.Namespace) -> str:
             "train needs an output directory", field="-o", expected="-o DIR", found="none"
         )
     out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise GrowError("the output is a file", file=str(out), expected="a directory")
-    if find_checkpoint(out) is not None:
+    if out.is_dir() and find_checkpoint(out) is not None:
         raise GrowError(
             "the output directory already holds a run",
             file=str(out),
             expected="a new directory, or --resume to continue that run",
             found="a checkpoint",
         )
+    check_replaceable_dir(out, field="-o")
     return str(out)
 
 

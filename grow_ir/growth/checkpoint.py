@@ -28,8 +28,8 @@ from grow_ir.errors import GrowError
 from grow_ir.ir.graph import Graph
 
 CHECKPOINT = "checkpoint"
-_TMP = ".checkpoint.tmp"
-_OLD = ".checkpoint.old"
+CHECKPOINT_TMP = ".checkpoint.tmp"
+CHECKPOINT_OLD = ".checkpoint.old"
 
 
 @dataclass
@@ -137,7 +137,7 @@ def save_checkpoint(
     from grow_ir.spec import save
 
     run_dir = Path(run_dir)
-    work, final, old = run_dir / _TMP, run_dir / CHECKPOINT, run_dir / _OLD
+    work, final, old = run_dir / CHECKPOINT_TMP, run_dir / CHECKPOINT, run_dir / CHECKPOINT_OLD
     if work.exists():
         shutil.rmtree(work)  # left by a writer that was killed
     work.mkdir(parents=True)
@@ -165,7 +165,7 @@ def save_checkpoint(
 def find_checkpoint(run_dir: str | Path) -> Path | None:
     """The complete checkpoint of ``run_dir``, or None when it has none."""
     run_dir = Path(run_dir)
-    for name in (CHECKPOINT, _OLD):
+    for name in (CHECKPOINT, CHECKPOINT_OLD):
         path = run_dir / name
         if (path / "state.json").is_file():
             return path

@@ -9,13 +9,31 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from grow_ir.growth.checkpoint import write_json_atomic
+from grow_ir.growth.checkpoint import CHECKPOINT, CHECKPOINT_OLD, CHECKPOINT_TMP, write_json_atomic
 from grow_ir.growth.loop import RunResult
 from grow_ir.growth.plots import plot_curves
 
 HISTORY_FILE = "history.json"
 ONNX_FILE = "model.onnx"
 CURVES_FILE = "curves.png"
+
+
+def run_files() -> tuple[str, ...]:
+    """Every name a training run writes in its directory (listed in its manifest)."""
+    from grow_ir.spec import SPEC_FILE, WEIGHTS_FILE
+
+    return (
+        CHECKPOINT,
+        CHECKPOINT_TMP,
+        CHECKPOINT_OLD,
+        SPEC_FILE,
+        WEIGHTS_FILE,
+        HISTORY_FILE,
+        f"{HISTORY_FILE}.tmp",
+        ONNX_FILE,
+        f"{ONNX_FILE}.data",
+        CURVES_FILE,
+    )
 
 
 @dataclass(frozen=True)

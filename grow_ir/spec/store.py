@@ -16,6 +16,7 @@ from pathlib import Path
 from grow_ir.errors import GrowError, SpecError
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.verify import verify
+from grow_ir.owned import MANIFEST, check_replaceable_dir, manifest_text
 from grow_ir.spec.dump import dump_spec
 from grow_ir.spec.errors import with_file
 from grow_ir.spec.load import SPEC_FILE, load_spec
@@ -37,22 +38,22 @@ def save(
     The spec is :func:`dump_spec` plus ``weights: weights.safetensors``; the weights file
     holds every parameter bitwise. ``extra_files`` (name -> text or bytes, e.g. a growth
     history) are written into the same directory in the same atomic step. An existing
-    directory written by ``save`` is replaced as a whole; ``load`` of the result gives
+    directory written by grow-ir (see :mod:`grow_ir.owned`) is replaced as a whole, and a
+    symlink to a folder keeps pointing to it; ``load`` of the result gives
     back equal nodes, outputs, blocks, stages, grow, growth and bitwise-equal parameters.
 
     Returns:
         The directory's path.
 
     Raises:
-        SpecError: ``graph`` fails verification, or ``directory`` is a file or a non-empty
-            directory that ``save`` did not write (it is never replaced).
+        SpecError: ``graph`` fails verification, or ``directory`` is a file or holds
+            anything grow-ir did not write (it is never replaced).
     """
     try:
         verify(graph)
     except GrowError as exc:
         raise with_file(exc, None) from None
-    target = Path(directory)
-    _check_target(target)
+    target = check_replaceable_dir(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
@@ -63,6 +64,8 @@ def save(
         write_weights(graph.params, tmp / WEIGHTS_FILE)
         for name, content in (extra_files or {}).items():
             _write_extra(tmp, name, content)
+        names = [SPEC_FILE, WEIGHTS_FILE, *(extra_files or {})]
+        (tmp / MANIFEST).write_text(manifest_text(names, "save"), encoding="utf-8")
         tmp.chmod(0o755)
         _replace(tmp, target)
     except BaseException:
@@ -88,29 +91,12 @@ def load(directory: str | os.PathLike[str]) -> Graph:
     return load_spec(path / SPEC_FILE)
 
 
-def _check_target(target: Path) -> None:
-    if target.exists() and not target.is_dir():
-        raise SpecError(
-            "cannot save over a file",
-            file=str(target),
-            expected="a new or saved model directory",
-            found="a file",
-        )
-    if target.is_dir() and any(target.iterdir()) and not (target / SPEC_FILE).is_file():
-        raise SpecError(
-            "refusing to replace a directory that save() did not write",
-            file=str(target),
-            expected=f"a new, empty or saved model directory (with {SPEC_FILE})",
-            found="a non-empty directory without it",
-        )
-
-
 def _write_extra(tmp: Path, name: str, content: str | bytes) -> None:
-    if Path(name).name != name or name in (SPEC_FILE, WEIGHTS_FILE, "", ".", ".."):
+    if Path(name).name != name or name in (SPEC_FILE, WEIGHTS_FILE, MANIFEST, "", ".", ".."):
         raise SpecError(
             "bad extra file name",
             field="extra_files",
-            expected=f"a plain file name other than {SPEC_FILE} and {WEIGHTS_FILE}",
+            expected=f"a plain file name other than {SPEC_FILE}, {WEIGHTS_FILE} and {MANIFEST}",
             found=repr(name),
         )
     path = tmp / name

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from grow_ir.growth.checkpoint import write_json_atomic
 from grow_ir.growth.continual.learn import ContinualResult
+from grow_ir.owned import claim
 from grow_ir.spec import SPEC_FILE, WEIGHTS_FILE, save
 
 HISTORY_FILE = "history.json"
@@ -39,7 +40,7 @@ def write_outputs(result: ContinualResult, out_dir: str | Path) -> ContinualFile
     only once it has passed.
 
     Raises:
-        SpecError: ``out_dir`` is a file or a non-empty directory ``save`` did not write.
+        SpecError: ``out_dir`` is a file or holds anything grow-ir did not write.
         CheckFailed: the ONNX model fails the checker or the parity check (the other files
             are written first, so the run is not lost).
     """
@@ -52,6 +53,7 @@ def write_outputs(result: ContinualResult, out_dir: str | Path) -> ContinualFile
     model = to_onnx(result.graph)
     check_model(model)
     error = check_parity(result.graph, model)
+    claim(out, [ONNX_FILE, f"{ONNX_FILE}.data", f"{HISTORY_FILE}.tmp"], "continual")
     save_onnx(model, out / ONNX_FILE)
     result.history.final["onnx"] = {
         "file": ONNX_FILE,
