@@ -4,6 +4,7 @@ what was expected and what was found; pydantic's own text never leaks."""
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import safetensors.torch
 import torch
+import yaml
 
 from grow_ir.errors import GrowError, SpecError
 from grow_ir.spec import load, load_spec, save
@@ -58,6 +60,81 @@ def test_yaml_syntax_error_gives_line_and_column(write_spec):
 def test_json_syntax_error_gives_line_and_column(write_spec):
     err = error_of(write_spec('{"version": 1,\n "x": }', "net.json"))
     assert "JSON syntax error at line 2, column 7" in str(err)
+
+
+def _laughs(levels: int = 9) -> str:
+    """A YAML "billion laughs": each anchor lists the previous one 9 times (9**levels)."""
+    lines = ["version: 1", 'l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for k in range(1, levels):
+        lines.append(f"l{k}: &l{k} [" + ",".join([f"*l{k - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_billion_laughs_is_refused_at_once(write_spec):
+    path = write_spec(_laughs())
+    assert path.stat().st_size < 600
+    start = time.perf_counter()
+    err = error_of(path)
+    assert time.perf_counter() - start < 2.0
+    assert "aliases expand the document too far" in err.reason
+    assert "1,000,000 values" in err.expected
+
+
+def test_yaml_aliases_that_repeat_a_little_are_fine(write_spec, mlp_spec):
+    text = (
+        "version: 1\ninputs: {x: {shape: [batch, 4]}}\n"
+        "nodes:\n"
+        "  - &fc {name: fc, op: linear, out_features: 8}\n"
+        "  - {<<: *fc, name: fc2}\n"
+        "outputs: {y: fc2}\n"
+    )
+    graph = load_spec(write_spec(text))
+    assert graph.node("fc2").attrs.out_features == 8
+
+
+def test_yaml_alias_inside_its_own_anchor(write_spec):
+    err = error_of(write_spec("version: 1\nnodes: &n [*n]\n"))
+    assert "contains it" in err.reason
+
+
+@pytest.mark.parametrize("name", ["deep.yaml", "deep.json"])
+@pytest.mark.parametrize("depth", [65, 5000])
+def test_deeply_nested_lists_and_maps(write_spec, name, depth):
+    body = "[" * depth + "]" * depth if depth % 2 else '{"a": ' * depth + "1" + "}" * depth
+    err = error_of(write_spec('{"version": 1, "nodes": ' + body + "}", name))
+    assert "nested too deeply" in err.reason and "64 levels" in err.expected
+
+
+def test_a_plan_nested_too_deeply_is_refused(tmp_path):
+    from grow_ir.commands.grow import read_plan
+
+    path = tmp_path / "plan.yaml"
+    path.write_text("[" * 3000 + "]" * 3000)
+    with pytest.raises(SpecError, match="nested too deeply"):
+        read_plan(str(path))
+
+
+def test_yaml_duplicate_key_is_refused_with_both_places(write_spec, mlp_spec):
+    text = yaml.safe_dump(mlp_spec, sort_keys=False) + "nodes: []\n"
+    err = error_of(write_spec(text))
+    assert "duplicate key 'nodes'" in err.reason
+    assert "first at line" in err.reason and "silently replace" in err.found
+
+
+def test_yaml_duplicate_attribute_inside_a_node(write_spec):
+    text = (
+        "version: 1\ninputs: {x: {shape: [batch, 4]}}\n"
+        "nodes:\n  - {name: fc, op: linear, out_features: 8, out_features: 9}\n"
+        "outputs: {y: fc}\n"
+    )
+    err = error_of(write_spec(text))
+    assert "duplicate key 'out_features' at line 4" in err.reason
+
+
+def test_json_duplicate_key_is_refused(write_spec, mlp_spec):
+    text = json.dumps(mlp_spec)[:-1] + ', "nodes": []}'
+    err = error_of(write_spec(text, "net.json"))
+    assert "duplicate key 'nodes'" in err.reason
 
 
 def test_empty_file(write_spec):

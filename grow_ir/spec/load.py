@@ -235,11 +235,11 @@ def _resolve(
     file: str | None,
 ) -> Draft:
     """Check a draft's references; a stage name stands for its last block's output."""
-    known = [*inputs, *sorted(names), *aliases]
     resolved = []
     for ref in d.inputs:
         ref = aliases.get(ref, ref)
         if ref not in inputs and ref not in names:
+            known = [*inputs, *sorted(names), *aliases]  # only on error: keeps loading linear
             raise SpecError(
                 f"unknown input{suggest(ref, known)}",
                 file=file,
