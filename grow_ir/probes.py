@@ -24,9 +24,9 @@ def random_inputs(
         else:
             high = min(
                 (
-                    graph.node(u).attrs.num_embeddings
+                    getattr(graph.node(u).attrs, bound)
                     for u in graph.users[name]
-                    if graph.node(u).op == "embedding"
+                    if (bound := graph.node(u).opdef.facts.index_bound) is not None
                 ),
                 default=10,
             )
@@ -40,7 +40,7 @@ def randomize_norms(graph: Graph, seed: int = 0) -> Graph:
     gen = torch.Generator().manual_seed(seed)
     params = dict(graph.params)
     for n in graph.nodes:
-        if n.op not in ("batchnorm", "layernorm") or n.share is not None:
+        if not n.opdef.facts.randomised or n.share is not None:
             continue
         for key, spec in graph.node_params(n).items():
             local = key.rsplit(".", 1)[1]

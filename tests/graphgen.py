@@ -93,12 +93,13 @@ def activation(draw: st.DrawFn, b: SpecBuilder, x: str) -> str:
 
 def heads(draw: st.DrawFn, b: SpecBuilder, features: list[str]) -> None:
     """One to three linear heads (the first on the last feature, so none is a dead end,
-    the others on any of ``features``); some end in a softmax over their classes."""
+    the others on any of ``features``); some end in a softmax or log_softmax over their
+    classes."""
     for i in range(draw(st.integers(1, 3))):
         src = features[-1] if i == 0 else draw(st.sampled_from(features))
         y = b.add("linear", src, out_features=draw(st.integers(1, 4)))
         if draw(st.integers(0, 3)) == 0:
-            y = b.add("softmax", y, dim=-1)
+            y = b.add(draw(st.sampled_from(["softmax", "log_softmax"])), y, dim=-1)
         if y not in b.outputs.values():
             b.output(y)
 

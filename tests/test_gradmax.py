@@ -332,6 +332,7 @@ def test_refusals() -> None:
         ("sigmoid", {}, "sigmoid\\(0\\) = 1/2"),
         ("layernorm", {}, "mean and variance of layernorm"),
         ("softmax", {"dim": 0}, "uniform, nonzero"),
+        ("log_softmax", {"dim": 0}, "log_softmax turns a channel that is 0 everywhere"),
     ],
 )
 def test_refuses_ops_that_do_not_keep_zero_channels_zero(op: str, attrs: dict, match: str) -> None:

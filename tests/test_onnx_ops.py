@@ -113,6 +113,9 @@ CASES: list[Case] = [
     case("softmax-last", SEQ, "softmax"),
     case("softmax-channels", IMG, "softmax", dim=1),
     case("softmax-batch", VEC, "softmax", dim=0),
+    case("log_softmax-last", SEQ, "log_softmax"),
+    case("log_softmax-channels", IMG, "log_softmax", dim=1),
+    case("log_softmax-batch", VEC, "log_softmax", dim=0),
     case("maxpool2d", IMG, "maxpool2d", kernel_size=2),
     case(
         "maxpool2d-ceil-pad", IMG, "maxpool2d", kernel_size=3, stride=2, padding=1, ceil_mode=True
@@ -294,6 +297,7 @@ def all_ops_graph() -> Graph:
         Node("head", "linear", {"out_features": 3}, ("same",)),
         Node("gated", "mul", {}, ("head", "gate")),
         Node("seq_head", "linear", {"out_features": 2}, ("gelu",)),
+        Node("seq_logp", "log_softmax", {}, ("seq_head",)),
     ]
     graph = Graph(
         inputs={
@@ -302,7 +306,7 @@ def all_ops_graph() -> Graph:
             "signal": t(("batch", 2, 5)),
         },
         nodes=nodes,
-        outputs={"logits": "gated", "lm": "seq_head"},
+        outputs={"logits": "gated", "lm": "seq_logp"},
         name="all_ops",
     )
     return verify(randomize_mix(randomize_norms(initialize(graph, seed=1), seed=2)))

@@ -43,7 +43,7 @@ def assert_exports(graph: Graph, task: str | None = None) -> None:
 
 def op_choices(t: TensorType) -> list[str]:
     """Ops that may apply to a float value of type ``t`` (inference has the last word)."""
-    joins = ["add", "mul", "mix", "concat", "softmax", *ACTIVATIONS]
+    joins = ["add", "mul", "mix", "concat", "softmax", "log_softmax", *ACTIVATIONS]
     if t.rank == 4:
         return [
             *joins,
@@ -85,7 +85,7 @@ def attr_strategy(op: str, t: TensorType) -> st.SearchStrategy[dict[str, Any]]:
         e = t.shape[-1]
         heads = [h for h in (1, 2, 4) if isinstance(e, int) and e % h == 0]
         return st.fixed_dictionaries({"num_heads": st.sampled_from(heads), "causal": b, "bias": b})
-    if op == "softmax":
+    if op in ("softmax", "log_softmax"):
         return st.fixed_dictionaries({"dim": st.integers(1, t.rank - 1) | st.just(-1)})
     if op == "concat":
         return st.fixed_dictionaries({"dim": st.sampled_from([1, -1])})
@@ -183,7 +183,7 @@ def test_random_graphs_match_torch(graph: Graph, data: st.DataObject) -> None:
 def test_random_graphs_reach_every_op() -> None:
     seen: set[str] = set()
 
-    @settings(max_examples=300, deadline=None, derandomize=True, database=None)
+    @settings(max_examples=600, deadline=None, derandomize=True, database=None)
     @given(graph=random_graphs(init=False))
     def collect(graph: Graph) -> None:
         seen.update(n.op for n in graph.nodes)

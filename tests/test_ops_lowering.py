@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from grow_ir.backends.torch import to_torch
-from grow_ir.ir import Graph, Node, TensorType, initialize
+from grow_ir.ir import OPS, Graph, Node, TensorType, initialize
 
 Tensors = list[torch.Tensor]
 Params = dict[str, torch.Tensor]
@@ -180,6 +180,8 @@ CASES: list[Case] = [
     ("identity", (f32((3, 4)),), {}, lambda x, w: x[0]),
     ("softmax", (f32((2, 3, 4)),), {}, lambda x, w: F.softmax(x[0], dim=-1)),
     ("softmax", (f32((2, 3, 4)),), {"dim": 1}, lambda x, w: F.softmax(x[0], dim=1)),
+    ("log_softmax", (f32((2, 3, 4)),), {}, lambda x, w: F.log_softmax(x[0], dim=-1)),
+    ("log_softmax", (f32((2, 3, 4)),), {"dim": 0}, lambda x, w: F.log_softmax(x[0], dim=0)),
     ("maxpool2d", (f32((2, 3, 8, 8)),), {"kernel_size": 2}, lambda x, w: F.max_pool2d(x[0], 2)),
     (
         "maxpool2d",
@@ -379,3 +381,22 @@ def test_embedding_padding_row_gets_no_gradient() -> None:
     grad = module.get_submodule("n").weight.grad
     assert torch.equal(grad[1], torch.zeros(3))
     assert torch.equal(grad[0], torch.full((3,), 3.0))
+
+
+# ---- coverage: every op has a torch reference test ---------------------------------------
+
+DEDICATED = {
+    "batchnorm": test_batchnorm_eval,
+    "attention": test_attention_matches_multihead_attention,
+    "dropout": test_dropout_is_identity_in_eval_and_torch_dropout_in_train,
+}
+"""Ops whose reference test is written out above instead of a CASES row (train/eval
+differences); ``mix`` is tested against its formula in tests/test_continual_mix.py."""
+
+
+def test_every_op_has_a_torch_reference_test() -> None:
+    from tests import test_continual_mix
+
+    covered = {c[0] for c in CASES} | set(DEDICATED)
+    covered |= {"mix"} if test_continual_mix.test_lowering_is_the_softmax_weighted_sum else set()
+    assert covered == set(OPS), f"no torch reference test: {sorted(set(OPS) - covered)}"

@@ -774,3 +774,40 @@ def test_random_graphs_random_widen(graph: Graph, data: st.DataObject) -> None:
     width = data.draw(st.integers(old + 1, 3 * old))
     init = data.draw(st.sampled_from(INITS))
     widen_checked(graph, node=node, width=width, init=init, seed=data.draw(st.integers(0, 9)))
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("init", ["net2net", "zero"])
+def test_widening_through_a_normalisation_over_the_channels_is_refused(op: str, init: str) -> None:
+    """log_softmax, registered with its own facts, is refused for the same reason as
+    softmax: every output depends on every channel (the bug of a name table that listed
+    softmax alone: log_softmax was widened, claimed preserved, and moved by 0.5)."""
+    graph = build(
+        {"x": ("batch", 5)},
+        [
+            ("fc1", "linear", {"out_features": 4}, ["x"]),
+            ("norm", op, {"dim": 1}, ["fc1"]),
+            ("fc2", "linear", {"out_features": 2}, ["norm"]),
+        ],
+        {"y": "fc2"},
+    )
+    with pytest.raises(PassError) as info:
+        widen.run(graph, node="fc1", width=8, init=init)
+    assert info.value.node == "fc1"
+    assert f"{op} 'norm' normalises over the channel axis (1)" in info.value.message
+    assert "fc1" not in widenable(graph)
+
+
+def test_widening_beside_a_log_softmax_over_another_axis_is_exact() -> None:
+    graph = build(
+        {"x": ("batch", 5)},
+        [
+            ("fc1", "linear", {"out_features": 4}, ["x"]),
+            ("norm", "log_softmax", {"dim": 0}, ["fc1"]),
+            ("fc2", "linear", {"out_features": 2}, ["norm"]),
+        ],
+        {"y": "fc2"},
+    )
+    result = widen.run(graph, node="fc1", width=7)
+    assert result.preserved
+    assert output_error(graph, result.graph, {}) <= 1e-5

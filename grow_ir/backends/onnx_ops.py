@@ -364,6 +364,10 @@ def _softmax(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     e.add("Softmax", [xs[0]], out, name=n.name, axis=n.attrs.dim)
 
 
+def _log_softmax(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    e.add("LogSoftmax", [xs[0]], out, name=n.name, axis=n.attrs.dim)
+
+
 # ---- pooling --------------------------------------------------------------------------
 
 
@@ -514,6 +518,7 @@ EMIT: dict[str, Rule] = {
     "identity": _unary("Identity"),
     "dropout": _unary("Identity"),  # eval semantics
     "softmax": _softmax,
+    "log_softmax": _log_softmax,
     "maxpool2d": _maxpool,
     "avgpool2d": _avgpool,
     "global_avgpool": _global_avgpool,

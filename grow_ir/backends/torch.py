@@ -168,6 +168,7 @@ FUNCTIONS: dict[str, Emitter] = {
     "sigmoid": _unary(torch.sigmoid),
     "identity": lambda a, ins, args, call: args[0],
     "softmax": _unary(torch.softmax, dim=lambda a: a.dim),
+    "log_softmax": _unary(torch.log_softmax, dim=lambda a: a.dim),
     "maxpool2d": _max_pool,
     "avgpool2d": _avg_pool,
     "global_avgpool": _global_avgpool,

@@ -28,6 +28,7 @@ from grow_ir.errors import GrowError
 from grow_ir.growth.config import GrowthConfig
 from grow_ir.growth.schedule import growth_deadline
 from grow_ir.ir.graph import Graph
+from grow_ir.passes.channels import width_of
 
 
 @dataclass(frozen=True)
@@ -104,10 +105,9 @@ def _epochs(n: int) -> str:
 
 def unit_width(graph: Graph, node: str) -> int:
     """The output width of a linear/conv/embedding node (what ``widen`` grows)."""
-    attrs = graph.node(node).attrs
-    for name in ("out_channels", "out_features", "embedding_dim"):
-        if hasattr(attrs, name):
-            return int(getattr(attrs, name))
+    n = graph.node(node)
+    if n.opdef.facts.width_attr is not None:
+        return width_of(n)
     raise GrowError(
         "the width policy can only widen linear, conv and embedding nodes",
         node=node,

@@ -6,15 +6,12 @@ from typing import Any
 
 from grow_ir.growth.actions import StepOutcome
 from grow_ir.ir.graph import Graph
+from grow_ir.passes.channels import width_of
 
 
 def architecture(graph: Graph) -> dict[str, Any]:
     """The shape of a network in brief: depth per stage, width per weight layer."""
-    widths = {}
-    for n in graph.nodes:
-        for attr in ("out_channels", "out_features"):
-            if hasattr(n.attrs, attr):
-                widths[n.name] = int(getattr(n.attrs, attr))
+    widths = {n.name: width_of(n) for n in graph.nodes if n.opdef.facts.width_attr is not None}
     return {
         "stages": {s: int(r["depth"]) for s, r in graph.stages.items()},
         "widths": widths,

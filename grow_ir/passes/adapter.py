@@ -18,6 +18,7 @@ import torch
 
 from grow_ir.errors import PassError, ShapeError
 from grow_ir.ir.graph import Graph, Node
+from grow_ir.ir.ops import OPS
 from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.rewrite import (
     Additions,
@@ -28,12 +29,17 @@ from grow_ir.passes.rewrite import (
     seeded,
 )
 
-KIND_OPS = {
-    "lora": ("linear",),
-    "parallel": ("conv1d", "conv2d"),
-    "serial": ("linear", "conv1d", "conv2d"),
-}
-"""The layers each kind of adapter applies to."""
+KINDS = ("lora", "parallel", "serial")
+"""The kinds of adapter; which fit a layer is the layer's op's fact (``OpFacts.adapters``)."""
+
+
+def kind_ops(kind: str) -> tuple[str, ...]:
+    """The ops an adapter of ``kind`` fits (``kind="auto"``: the ops any kind fits)."""
+    return tuple(
+        name
+        for name, op in OPS.items()
+        if (kind in op.facts.adapters if kind != "auto" else op.facts.adapters)
+    )
 
 
 @dataclass(frozen=True)
@@ -47,17 +53,22 @@ class Adapted:
 
 
 def auto_kind(graph: Graph, node: str) -> str:
-    """The default adapter for a layer: lora on a linear, parallel on a conv whose output a
-    1×1 conv of the same stride matches, serial on any other conv."""
+    """The default adapter for a layer: the first kind its op prefers
+    (``OpFacts.adapters``: lora on a linear, parallel on a conv) that fits, where parallel
+    fits a conv whose output a 1×1 conv of the same stride matches; else the next."""
     n = graph.node(node)
-    if n.op == "linear":
-        return "lora"
-    conv = _parallel_conv(n)
-    try:
-        out = conv.opdef.infer(conv.attrs, graph.input_types(n))
-    except ShapeError:
-        return "serial"
-    return "parallel" if out == graph.types[node] else "serial"
+    kinds = n.opdef.facts.adapters
+    for kind in kinds:
+        if kind != "parallel":
+            return kind
+        conv = _parallel_conv(n)
+        try:
+            out = conv.opdef.infer(conv.attrs, graph.input_types(n))
+        except ShapeError:
+            continue
+        if out == graph.types[node]:
+            return kind
+    return kinds[-1]
 
 
 def _parallel_conv(n: Node) -> Node:
@@ -75,8 +86,8 @@ def build_adapter(
         PassError: ``node`` is not a layer this kind applies to, ``rank`` is not a positive
             integer, or a parallel 1×1 conv would not match the layer's output size.
     """
-    check_choice(kind, list(KIND_OPS), "kind")
-    n = node_of_kind(graph, node, KIND_OPS[kind], pass_name)
+    check_choice(kind, KINDS, "kind")
+    n = node_of_kind(graph, node, kind_ops(kind), pass_name)
     check_positive_int(rank, "rank")
     out_type = graph.types[node]
     adds = Additions(graph)
@@ -100,12 +111,13 @@ def build_adapter(
                 found=str(adds.type(last.name)),
             )
     else:
-        linear = n.op == "linear"
-        width = n.attrs.out_features if linear else n.attrs.out_channels
+        width_attr = n.opdef.facts.width_attr
+        assert width_attr is not None  # every op an adapter fits has a width
+        width = getattr(n.attrs, width_attr)
+        pointwise = {"kernel_size": 1} if "kernel_size" in n.opdef.attrs.model_fields else {}
 
         def layer(name: str, src: str, size: int) -> Node:
-            attrs = {"out_features": size} if linear else {"out_channels": size, "kernel_size": 1}
-            return adds.add(adds.name(name), n.op, [src], attrs)
+            return adds.add(adds.name(name), n.op, [src], {width_attr: size, **pointwise})
 
         down = layer(f"{node}_adapter_down", node, rank)
         adds.init(down, "default", gen)
@@ -139,8 +151,8 @@ def add_adapter(
             parallel adapter whose output size would differ, or (with ``task``) a layer
             that other outputs also depend on.
     """
-    check_choice(kind, list(KIND_OPS), "kind")
-    node_of_kind(graph, node, KIND_OPS[kind], "add_adapter")
+    check_choice(kind, KINDS, "kind")
+    node_of_kind(graph, node, kind_ops(kind), "add_adapter")
     if task is not None:
         if task not in graph.outputs:
             raise PassError(

@@ -15,26 +15,27 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
 from grow_ir.errors import GrowError, PassError
 from grow_ir.ir.graph import Graph, Node
+from grow_ir.ir.ops import OPS
 from grow_ir.ir.ops.base import Channels, OpDef
 from grow_ir.ir.types import TensorType
 
-WIDTH_ATTRS: Mapping[str, str] = {
-    "linear": "out_features",
-    "conv1d": "out_channels",
-    "conv2d": "out_channels",
-    "embedding": "embedding_dim",
-}
-"""The attribute holding the output width of each op that makes channels (PRODUCE/SOURCE)."""
 
-# Ops whose channel_axis names the axis they normalise *over* (rather than the axis they keep
-# apart): layernorm by its NORM rule, and softmax, a MAP whose channel_axis is its ``dim``.
-_NORMALISE_ALONG = frozenset({"softmax"})
+def width_ops() -> tuple[str, ...]:
+    """The ops with a width ``widen`` can grow (``OpFacts.width_attr``), by name."""
+    return tuple(name for name, op in OPS.items() if op.facts.width_attr is not None)
+
+
+def width_of(node: Node) -> int:
+    """The output width of a node whose op has a ``width_attr`` (KeyError otherwise)."""
+    attr = node.opdef.facts.width_attr
+    if attr is None:
+        raise KeyError(f"{node.op} has no width attribute")
+    return int(getattr(node.attrs, attr))
 
 
 class Role(str, Enum):
@@ -175,7 +176,7 @@ def channel_group(graph: Graph, node: str) -> ChannelGroup:
             f"{start.op} '{node}' does not make channels of its own",
             node=node,
             field="node",
-            expected=f"a node of op {' / '.join(WIDTH_ATTRS)} (groups 1)",
+            expected=f"a node of op {' / '.join(width_ops())} (groups 1)",
             found=f"{start.op} {start.attr_dict()}",
         )
     if getattr(start.attrs, "groups", 1) > 1:
@@ -190,7 +191,7 @@ def widenable(graph: Graph) -> list[str]:
     """The nodes whose output channels :func:`channel_group` accepts, in graph order."""
     out = []
     for n in graph.nodes:
-        if n.op not in WIDTH_ATTRS:
+        if n.opdef.facts.width_attr is None:
             continue
         try:
             channel_group(graph, n.name)
@@ -303,7 +304,7 @@ class _Walk:
         # inside its axis and the axis has ``channels`` entries.
         self.role(node, Role.PRODUCER)
         self.param_axes(node, _grown_by_width(self.graph, node), slot, "units")
-        self.width.setdefault(node.name, {})[WIDTH_ATTRS[node.op]] = 1
+        self.width.setdefault(node.name, {})[_width_attr(node)] = 1
 
     def tie_output(self, node: Node, out: Slot) -> list[tuple[int, Slot]]:
         """The input slots tied to a slot of ``node``'s output."""
@@ -397,7 +398,7 @@ class _Walk:
         """A MAP or NORM node (or depthwise conv): channels pass through on the same axis."""
         opdef = node.opdef
         axis = opdef.channel_axis(node.attrs, ins)
-        along = opdef.channels is Channels.NORM or node.op in _NORMALISE_ALONG
+        along = opdef.facts.normalises
         out = Slot(node.name, slot.axis, slot.offset, slot.block)
         if axis is None or (along and slot.axis != axis):
             # Elementwise, or normalising over another axis: each channel maps to itself.
@@ -513,8 +514,14 @@ def _flatten_range(node: Node, x: TensorType) -> tuple[int, int]:
     return node.attrs.start_dim % x.rank, node.attrs.end_dim % x.rank
 
 
+def _width_attr(node: Node) -> str:
+    attr = node.opdef.facts.width_attr
+    assert attr is not None, f"{node.op} makes channels but declares no width_attr"
+    return attr
+
+
 def _bump_width(node: Node, by: int) -> Node:
-    attr = WIDTH_ATTRS[node.op]
+    attr = _width_attr(node)
     return node.replace(attrs=node.attrs.model_copy(update={attr: getattr(node.attrs, attr) + by}))
 
 

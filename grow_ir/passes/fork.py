@@ -16,8 +16,9 @@ import networkx as nx
 
 from grow_ir.errors import PassError, VerifyError
 from grow_ir.ir.graph import Graph, Node
+from grow_ir.ir.ops import OPS
 from grow_ir.ir.verify import check_name
-from grow_ir.passes.adapter import KIND_OPS, auto_kind, build_adapter
+from grow_ir.passes.adapter import KINDS, auto_kind, build_adapter, kind_ops
 from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.rewrite import (
     Additions,
@@ -27,8 +28,19 @@ from grow_ir.passes.rewrite import (
     seeded,
 )
 
-ADAPTERS = ("auto", *KIND_OPS)
-HEAD_OPS = ("linear", "conv1d", "conv2d")
+ADAPTERS = ("auto", *KINDS)
+
+
+def head_ops() -> tuple[str, ...]:
+    """Ops whose output layer a fresh head can replace (``OpFacts.head``)."""
+    return tuple(name for name, op in OPS.items() if op.facts.head)
+
+
+def with_width(node: Node, width: int) -> dict:
+    """``node``'s attributes (spec form) with its ``OpFacts.width_attr`` set to ``width``."""
+    attr = node.opdef.facts.width_attr
+    assert attr is not None, f"{node.op} has no width attribute"
+    return {**node.attrs.model_dump(), attr: width}
 
 
 def _names(value: object, field: str) -> tuple[str, ...]:
@@ -88,9 +100,7 @@ def _check_layers(
                     expected="a layer with parameters",
                     found=graph.node(name).op,
                 )
-    ops = sorted(
-        {op for ops in KIND_OPS.values() for op in ops} if kind == "auto" else KIND_OPS[kind]
-    )
+    ops = sorted(kind_ops(kind))
     for name in adapt:
         if graph.node(name).op not in ops:
             raise PassError(
@@ -114,12 +124,12 @@ def _check_layers(
 def _check_head(graph: Graph, last: str, head: object, new: tuple, adapt: tuple) -> int:
     size = check_positive_int(head, "head")
     node = graph.node(last)
-    if node.op not in HEAD_OPS:
+    if not node.opdef.facts.head:
         raise PassError(
             "only a linear or conv output layer can be replaced by a new head",
             node=last,
             field="head",
-            expected=f"a {' / '.join(HEAD_OPS)} output layer",
+            expected=f"a {' / '.join(head_ops())} output layer",
             found=node.op,
         )
     if last in new or last in adapt:
@@ -151,8 +161,7 @@ def _copy(
     """Add the task's copy of ``n``: ``new`` (own copied parameters), ``head`` (``head``
     outputs; parameters given by the caller) or ``share`` (``n``'s parameters)."""
     if mode == "head":
-        width = "out_features" if n.op == "linear" else "out_channels"
-        return adds.add(name, n.op, inputs, {**n.attrs.model_dump(), width: head})
+        return adds.add(name, n.op, inputs, with_width(n, head))
     own = mode == "new" or not graph.node_params(n)
     copy = adds.add(name, n.op, inputs, n.attrs, share=None if own else n.param_prefix)
     if mode == "new":

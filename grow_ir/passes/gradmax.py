@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from grow_ir.errors import GrowError, PassError
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.init import check_size
+from grow_ir.ir.ops.facts import why_not
 from grow_ir.passes.channels import ChannelGroup, Role
 from grow_ir.passes.widen import InitContext, NewUnits, grow_group
 
@@ -42,39 +43,6 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "cross_entropy": F.cross_entropy,
 }
 """Losses a probe can name (PyTorch's functions, mean reduction)."""
-
-KEEPS_ZERO = frozenset(
-    {
-        # f(0) = 0 and f'(0) != 0 (relu once grad_at_zero=1)
-        "relu",
-        "gelu",
-        "silu",
-        "tanh",
-        # moving, pooling, summing or concatenating channels
-        "identity",
-        "dropout",
-        "maxpool2d",
-        "avgpool2d",
-        "global_avgpool",
-        "flatten",
-        "add",
-        "concat",
-        "mix",
-        # per-channel layers, whose new channels widen gives identity statistics or no bias
-        "batchnorm",
-        "conv1d",
-        "conv2d",
-    }
-)
-"""Ops a group may pass through between producers and consumers: they map a channel that is
-0 everywhere to 0 (with the new channels' per-channel parameters ``widen`` gives) and pass
-a nonzero gradient back to it."""
-
-_WHY_NOT = {
-    "sigmoid": "sigmoid(0) = 1/2, so a zero-fan-in unit would change the consumers' input",
-    "softmax": "softmax turns a channel that is 0 everywhere into a uniform, nonzero one",
-    "mul": "a product of channels that are 0 has zero gradient, so the new units could never learn",
-}
 
 
 @dataclass(frozen=True)
@@ -159,8 +127,7 @@ def gradmax_units(ctx: InitContext) -> NewUnits:
     """
     probe = as_probe(ctx.probe, ctx.node)
     output = _output(ctx.graph, probe, ctx.node)
-    relus = _check_group(ctx)
-    attrs = {name: {"grad_at_zero": 1} for name in relus}
+    attrs = _check_group(ctx)
     layout = fan_out_layout(ctx.graph, ctx.group)
     k = ctx.width - ctx.old
     if k > layout.dim:
@@ -188,8 +155,11 @@ def gradmax_units(ctx: InitContext) -> NewUnits:
         f"; fan-out along the top {k} singular direction(s) of the probe gradient "
         f"(σ {', '.join(f'{s:.3g}' for s in sigma.tolist())}), norm {scale:.3g}"
     )
-    if relus:
-        note += f"; grad_at_zero=1 on {', '.join(relus)}"
+    fixes: dict[str, list[str]] = {}
+    for name, fix in attrs.items():
+        fixes.setdefault(", ".join(f"{k}={v}" for k, v in fix.items()), []).append(name)
+    for fix, names in fixes.items():
+        note += f"; {fix} on {', '.join(names)}"
     return NewUnits(
         (-1,) * k, fan_in="zero", fan_out="given", note=note, columns=columns, attrs=attrs
     )
@@ -208,17 +178,19 @@ def _refuse(ctx: InitContext, reason: str, found: str) -> PassError:
     )
 
 
-def _check_group(ctx: InitContext) -> list[str]:
+def _check_group(ctx: InitContext) -> dict[str, Mapping[str, Any]]:
     """Refuse groups where zero-fan-in units would change the function or never learn;
-    return the group's relus."""
+    return the attribute changes that let gradients reach them (``OpFacts.gradient_fix``:
+    relu's ``grad_at_zero=1``), by node."""
     group = ctx.group
     if group.norms:
+        norm = ctx.graph.node(group.norms[0])
         raise _refuse(
             ctx,
-            f"new units enter the mean and variance of layernorm '{group.norms[0]}'",
-            "layernorm",
+            f"new units enter the mean and variance of {norm.op} '{norm.name}'",
+            norm.op,
         )
-    relus = []
+    fixes: dict[str, Mapping[str, Any]] = {}
     for m in group.members:
         node = ctx.graph.node(m.node)
         if Role.PRODUCER in m.roles and Role.CONSUMER in m.roles:
@@ -230,14 +202,19 @@ def _check_group(ctx: InitContext) -> list[str]:
             )
         if Role.PRODUCER in m.roles or Role.CONSUMER in m.roles:
             continue
-        if node.op not in KEEPS_ZERO:
-            why = _WHY_NOT.get(node.op, f"{node.op} is not known to keep a zero channel zero")
-            raise _refuse(ctx, f"{why} ({node.op} '{m.node}')", f"{node.op} '{m.node}'")
-        if node.op == "relu":
-            relus.append(m.node)
+        facts = node.opdef.facts
+        where = f"{node.op} '{m.node}'"
+        if not facts.fresh_zero_to_zero:
+            why = why_not(facts.fresh_zero_to_zero, f"{node.op} does not keep a zero channel zero")
+            raise _refuse(ctx, f"{why} ({where})", where)
+        if not facts.gradient_at_zero:
+            if facts.gradient_fix is None:
+                why = why_not(facts.gradient_at_zero, f"{node.op} passes no gradient to 0")
+                raise _refuse(ctx, f"{why} ({where})", where)
+            fixes[m.node] = facts.gradient_fix
     if not group.consumers:
         raise _refuse(ctx, "no layer reads the channels: there is no fan-out", "no consumer")
-    return relus
+    return fixes
 
 
 def _output(graph: Graph, probe: Probe, node: str) -> str:

@@ -11,6 +11,8 @@ from pydantic import ValidationError
 
 from grow_ir.errors import GrowError, PassError
 from grow_ir.ir.graph import Graph, Node
+from grow_ir.ir.ops import OPS
+from grow_ir.ir.ops.facts import No
 from grow_ir.ir.types import TensorType
 from grow_ir.passes.base import PassResult, register_pass
 from grow_ir.passes.rewrite import (
@@ -25,19 +27,26 @@ from grow_ir.spec.blocks import expand_stage
 from grow_ir.spec.models import StageEntry
 from grow_ir.spec.nodes import Draft
 
-LAYER_OPS = ("linear", "conv1d", "conv2d", "batchnorm", "layernorm")
-ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid")
 LAYER_INITS = ("identity", "zero", "gauss", "uniform")
 BLOCK_INITS = ("zero", "gauss", "uniform")
-CONV_OPS = ("conv1d", "conv2d")
-ZEROED_OPS = ("linear", "conv1d", "conv2d", "batchnorm", "layernorm")
-"""Layers whose weight and bias can be zeroed so that they output zeros."""
-ZERO_KEEPING_OPS = frozenset(
-    {"identity", "dropout", "relu", "gelu", "silu", "tanh", "maxpool2d", "avgpool2d"}
-)
-"""Single-input ops that map an all-zero input to an all-zero output."""
-PASS_THROUGH_OPS = frozenset({"identity", "dropout"})
-"""Ops that are the identity in eval mode."""
+
+
+def layer_ops() -> tuple[str, ...]:
+    """Ops ``insert_layer`` can insert: those with a square instance (``OpFacts.square``)."""
+    return tuple(name for name, op in OPS.items() if op.facts.square is not None)
+
+
+def activation_ops() -> tuple[str, ...]:
+    """Ops ``insert_layer`` can put after its layer (``OpFacts.activation``)."""
+    return tuple(name for name, op in OPS.items() if op.facts.activation)
+
+
+def _has_kernel(op: str) -> bool:
+    return "kernel_size" in OPS[op].attrs.model_fields
+
+
+RESIDUAL_SUM = "add"
+"""The op a residual branch ``x + f(x)`` is joined with (``insert_layer(residual=True)``)."""
 
 
 # ---- insert_layer ----------------------------------------------------------------------
@@ -45,7 +54,9 @@ PASS_THROUGH_OPS = frozenset({"identity", "dropout"})
 
 def _square_attrs(op: str, t: TensorType, kernel_size: int | None) -> dict[str, Any]:
     """Attributes of a layer of ``op`` whose output has the type ``t`` of its input."""
-    if op not in CONV_OPS:
+    square = OPS[op].facts.square
+    assert square is not None  # check_choice(op, layer_ops()) ran first
+    if not _has_kernel(op):
         if kernel_size is not None:
             raise PassError(
                 f"kernel_size applies to conv layers, not {op}",
@@ -53,7 +64,7 @@ def _square_attrs(op: str, t: TensorType, kernel_size: int | None) -> dict[str, 
                 expected="no kernel_size",
                 found=repr(kernel_size),
             )
-        return {"out_features": t.shape[-1] if t.rank else 1} if op == "linear" else {}
+        return square(t, 0)
     k = check_positive_int(3 if kernel_size is None else kernel_size, "kernel_size")
     if k % 2 == 0:
         raise PassError(
@@ -62,15 +73,15 @@ def _square_attrs(op: str, t: TensorType, kernel_size: int | None) -> dict[str, 
             expected="an odd kernel_size",
             found=str(k),
         )
-    width = t.shape[1] if t.rank >= 2 else 1
-    return {"out_channels": width, "kernel_size": k, "padding": k // 2}
+    return square(t, k)
 
 
 def _activation_refusal(graph: Graph, after: str, activation: str) -> PassError:
+    proven = ", ".join(n for n, op in OPS.items() if op.facts.nonnegative)
     why = (
-        f"'{after}' is not proven non-negative (it is not the output of relu, sigmoid or "
-        "softmax, or of pooling/add/concat of such values)"
-        if activation == "relu"
+        f"'{after}' is not proven non-negative (it is not the output of {proven}, or of "
+        "pooling/add/concat of such values)"
+        if OPS[activation].facts.identity_on_nonnegative
         else f"{activation} is not the identity on any open range of inputs"
     )
     return PassError(
@@ -117,10 +128,10 @@ def insert_layer(
             dtype, symbolic width), an even kernel, layernorm with identity init, or an
             activation that would change the function.
     """
-    check_choice(op, LAYER_OPS, "op")
+    check_choice(op, layer_ops(), "op")
     check_choice(init, LAYER_INITS, "init")
     if activation is not None:
-        check_choice(activation, ACTIVATIONS, "activation")
+        check_choice(activation, activation_ops(), "activation")
     if not isinstance(after, str) or after not in graph.types:
         raise PassError(
             "no such value",
@@ -132,16 +143,19 @@ def insert_layer(
     t = graph.types[after]
     attrs = _square_attrs(op, t, kernel_size)
     if not residual and init == "identity":
-        if op == "layernorm":
+        identity = OPS[op].facts.identity
+        if isinstance(identity, No):
             raise PassError(
-                "layernorm has no identity initialisation: it normalises every vector, so "
-                "LN(x) = x holds only for inputs that are already normalised",
+                f"{op} has no identity initialisation: {identity.why}",
                 node=after,
                 field="op",
-                expected="residual=True (x + LN(x) with LN zeroed) or another op",
-                found="layernorm with init identity",
+                expected=f"residual=True (x + f(x) with the {op} zeroed) or another op",
+                found=f"{op} with init identity",
             )
-        if activation is not None and not (activation == "relu" and is_nonnegative(graph, after)):
+        kept = activation is None or (
+            OPS[activation].facts.identity_on_nonnegative and is_nonnegative(graph, after)
+        )
+        if not kept:
             raise _activation_refusal(graph, after, activation)
 
     gen = seeded(seed)
@@ -156,7 +170,7 @@ def insert_layer(
             act = adds.add(adds.name(f"{after}_{activation}"), activation, [first.name])
             last = adds.add(adds.name(f"{after}_{op}"), op, [act.name], attrs)
         adds.init(last, last_init, gen)
-        end = adds.add(adds.name(f"{after}_residual"), "add", [after, last.name])
+        end = adds.add(adds.name(f"{after}_residual"), RESIDUAL_SUM, [after, last.name])
         reason = "" if exact else f"init '{init}': the residual branch's last layer is random"
     else:
         adds.init(first, init, gen)
@@ -295,18 +309,25 @@ def _instantiate(
     return adds, prev_out, new_out
 
 
+def _keeps_zero(node: Node) -> bool:
+    """A single-input op mapping an all-zero input to an all-zero output, whatever its
+    parameters (``OpFacts.zero_to_zero``)."""
+    return bool(node.opdef.facts.zero_to_zero) and len(node.inputs) == 1
+
+
 def _last_layer(nodes: Mapping[str, Node], start: str) -> Node | None:
     """The layer a zero-keeping chain ending at ``start`` begins with, if it can be zeroed."""
     name = start
-    while name in nodes and nodes[name].op in ZERO_KEEPING_OPS:
+    while name in nodes and _keeps_zero(nodes[name]):
         name = nodes[name].inputs[0]
     node = nodes.get(name)
-    return node if node is not None and node.op in ZEROED_OPS else None
+    return node if node is not None and node.opdef.facts.zeroable else None
 
 
 def _skips_to(nodes: Mapping[str, Node], value: str, target: str) -> bool:
-    """True when ``value`` is ``target`` seen through identity/dropout nodes of the block."""
-    while value in nodes and nodes[value].op in PASS_THROUGH_OPS:
+    """True when ``value`` is ``target`` seen through nodes of the block that are the
+    identity in eval mode (``OpFacts.eval_identity``)."""
+    while value in nodes and nodes[value].opdef.facts.eval_identity:
         value = nodes[value].inputs[0]
     return value == target
 
@@ -323,10 +344,11 @@ def _branch_ends(
     """
     out = nodes[block_out]
     act = None
-    if out.op != "add" and len(out.inputs) == 1 and nodes.get(out.inputs[0], out).op == "add":
+    sums = out.opdef.facts.sums
+    if not sums and len(out.inputs) == 1 and nodes.get(out.inputs[0], out).opdef.facts.sums:
         act, out = out, nodes[out.inputs[0]]
-    fallback = [n for n in reversed(nodes.values()) if n.op in ZEROED_OPS][:1]
-    if out.op != "add":
+    fallback = [n for n in reversed(nodes.values()) if n.opdef.facts.zeroable][:1]
+    if not out.opdef.facts.sums:
         return fallback, "the block has no residual add at its output"
     skips = [i for i in out.inputs if _skips_to(nodes, i, block_in)]
     if len(skips) != 1:
@@ -335,9 +357,9 @@ def _branch_ends(
     if any(e is None for e in ends):
         return fallback, "a residual branch does not end in a layer that can be zeroed"
     layers = [e for e in ends if e is not None]
-    if act is None or act.op in PASS_THROUGH_OPS:
+    if act is None or act.opdef.facts.eval_identity:
         return layers, ""
-    if act.op == "relu" and is_nonnegative(graph, block_in):
+    if act.opdef.facts.identity_on_nonnegative and is_nonnegative(graph, block_in):
         return layers, ""
     return layers, (
         f"the block ends in {act.op}, which is not the identity on its input '{block_in}'"

@@ -116,23 +116,14 @@ def node_of_kind(
     return node
 
 
-NONNEGATIVE_OPS = frozenset({"relu", "sigmoid", "softmax"})
-"""Ops whose output is >= 0 whatever their input."""
-
-SIGN_KEEPING_OPS = frozenset(
-    {"identity", "dropout", "maxpool2d", "avgpool2d", "global_avgpool", "flatten"}
-    | {"concat", "add", "mul"}
-)
-"""Ops whose output is >= 0 wherever all their inputs are."""
-
-
 def is_nonnegative(graph: Graph, value: str) -> bool:
     """True when the graph itself proves ``value >= 0`` for every input.
 
-    The proof: ``value`` is the output of relu, sigmoid or softmax, or of a sign-keeping op
-    (pooling, dropout, identity, flatten, concat, add, mul) whose inputs are all proven
-    non-negative. Graph inputs and every other op are unproven (False), so True is sound;
-    False only means "not proven".
+    The proof: ``value`` is the output of an op whose output is never negative
+    (``OpFacts.nonnegative``: relu, sigmoid, softmax), or of a sign-keeping op
+    (``OpFacts.sign_keeping``: pooling, dropout, identity, flatten, concat, add, mul...)
+    whose inputs are all proven non-negative. Graph inputs and every other op are unproven
+    (False), so True is sound; False only means "not proven".
     """
     proven: dict[str, bool] = {}
 
@@ -141,10 +132,11 @@ def is_nonnegative(graph: Graph, value: str) -> bool:
             node = graph.node_map.get(name)
             if node is None:
                 proven[name] = False
-            elif node.op in NONNEGATIVE_OPS:
+            elif node.opdef.facts.nonnegative:
                 proven[name] = True
             else:
-                proven[name] = node.op in SIGN_KEEPING_OPS and all(map(proof, node.inputs))
+                facts = node.opdef.facts
+                proven[name] = facts.sign_keeping and all(map(proof, node.inputs))
         return proven[name]
 
     return proof(value)

@@ -17,14 +17,15 @@ import torch
 from grow_ir.errors import GrowError, PassError
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.init import check_size
+from grow_ir.ir.ops import Channels
 from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.channels import (
-    WIDTH_ATTRS,
     ChannelGroup,
     Member,
     ParamAxis,
     Role,
     channel_group,
+    width_ops,
 )
 from grow_ir.passes.initializers import gauss, init_layer
 from grow_ir.passes.rewrite import node_of_kind, replace_nodes
@@ -194,7 +195,7 @@ def widen(
             not larger, the group cannot be widened exactly (see ``channel_group``), or
             ``probe`` is missing for gradmax or given to another init.
     """
-    node_of_kind(graph, node, tuple(WIDTH_ATTRS), "widen")
+    node_of_kind(graph, node, width_ops(), "widen")
     if init not in INITS:
         raise PassError(
             "unknown init",
@@ -369,7 +370,7 @@ def _zero_fan_in(member: Member, node: Node, local: str, value: torch.Tensor) ->
     """
     if Role.PRODUCER in member.roles or local == "bias":
         return torch.zeros_like(value)
-    if node.op in ("conv1d", "conv2d") and local == "weight":  # a depthwise conv
+    if node.opdef.channels is Channels.PRODUCE and local == "weight":  # a depthwise conv
         return torch.nn.init.dirac_(torch.zeros_like(value), groups=value.shape[0])
     return value
 

@@ -39,7 +39,8 @@ from grow_ir.growth.continual.training import (
 from grow_ir.growth.data import check_fits
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.verify import verify
-from grow_ir.passes.fork import HEAD_OPS
+from grow_ir.passes.channels import width_of
+from grow_ir.passes.fork import head_ops, with_width
 from grow_ir.passes.initializers import init_layer
 from grow_ir.passes.rewrite import replace_nodes, seeded
 
@@ -105,19 +106,18 @@ def first_task(graph: Graph, task: str, classes: int, *, seed: int = 0) -> Graph
             found=f"{len(graph.outputs)} ({', '.join(graph.outputs)})",
         )
     node = graph.node(next(iter(graph.outputs.values())))
-    if node.op not in HEAD_OPS:
+    if not node.opdef.facts.head:
         raise GrowError(
             "the output must be a linear or conv layer: each task gets its own",
             node=node.name,
             field="outputs",
-            expected=f"a {' / '.join(HEAD_OPS)} layer",
+            expected=f"a {' / '.join(head_ops())} layer",
             found=node.op,
         )
-    width = "out_features" if node.op == "linear" else "out_channels"
     out = graph.replace(outputs={task: node.name})
-    if getattr(node.attrs, width) == classes:
+    if width_of(node) == classes:
         return verify(out)
-    head = node.replace(attrs={**node.attrs.model_dump(), width: classes})
+    head = node.replace(attrs=with_width(node, classes))
     fresh = init_layer(head, graph.input_types(node), "default", seeded(seed))
     params = {f"{node.param_prefix}.{k}": v for k, v in fresh.items()}
     return verify(replace_nodes(out, {node.name: head}, params))

@@ -31,8 +31,8 @@ import torch
 from grow_ir.errors import PassError, VerifyError
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.verify import check_name, verify
-from grow_ir.passes.adapter import KIND_OPS, auto_kind, build_adapter
-from grow_ir.passes.fork import HEAD_OPS
+from grow_ir.passes.adapter import auto_kind, build_adapter
+from grow_ir.passes.fork import head_ops, with_width
 from grow_ir.passes.initializers import init_layer
 from grow_ir.passes.rewrite import (
     Additions,
@@ -42,7 +42,6 @@ from grow_ir.passes.rewrite import (
     seeded,
 )
 
-ADAPTABLE_OPS = frozenset(op for ops in KIND_OPS.values() for op in ops)
 """Layers that get the ``adapt`` choice (the others choose between reuse and new)."""
 
 PASS_NAME = "supernet"
@@ -165,9 +164,7 @@ def build_supernet(
             continue
         inputs = [mapped.get(i, i) for i in n.inputs]
         if n.name == last:
-            width = "out_features" if n.op == "linear" else "out_channels"
-            attrs = {**n.attrs.model_dump(), width: head}
-            copy = adds.add(f"{scope}.{n.name}", n.op, inputs, attrs)
+            copy = adds.add(f"{scope}.{n.name}", n.op, inputs, with_width(n, head))
             adds.init(copy, "default", gen)
             placed[n.name] = [copy]
         elif graph.node_params(n):
@@ -206,7 +203,7 @@ def _add_choice(
     candidates, choices, costs = [shared], ["reuse"], [0]
     kind = None
     current = shared
-    if layer.op in ADAPTABLE_OPS:
+    if layer.opdef.facts.adapters:
         kind = auto_kind(g, shared)
         done = build_adapter(g, shared, kind, rank, gen, PASS_NAME)
         g, current = done.graph, done.output
@@ -250,12 +247,12 @@ def _check(graph: Graph, task: str, base: str, head: object, rank: object) -> No
     check_positive_int(head, "head")
     check_positive_int(rank, "rank")
     last = graph.node(graph.outputs[base])
-    if last.op not in HEAD_OPS:
+    if not last.opdef.facts.head:
         raise PassError(
             f"{PASS_NAME}: the base output must end in a linear or conv layer (the head "
             "each task replaces)",
             node=last.name,
             field="base",
-            expected=f"a {' / '.join(HEAD_OPS)} output layer",
+            expected=f"a {' / '.join(head_ops())} output layer",
             found=last.op,
         )

@@ -21,6 +21,7 @@ from grow_ir.ir.ops.base import (
     require_rank,
 )
 from grow_ir.ir.ops.dense import kaiming_init
+from grow_ir.ir.ops.facts import No, OpFacts
 from grow_ir.ir.types import TensorType
 
 
@@ -94,5 +95,26 @@ ATTENTION = register(
         channels=Channels.OPAQUE,
         channel_axis=lambda a, ins: 2,
         doc="torch.nn.MultiheadAttention self-attention, batch first, optional causal mask",
+        facts=OpFacts(
+            width_attr=None,
+            zero_to_zero=No("its projection biases make a zero input nonzero"),
+            fresh_zero_to_zero=No("it mixes its embedding channels across heads"),
+            gradient_at_zero=True,
+            gradient_fix=None,
+            nonnegative=False,
+            sign_keeping=False,
+            identity_on_nonnegative=False,
+            normalises=False,
+            eval_identity=False,
+            sums=False,
+            activation=False,
+            square=None,
+            identity=No("no projection weights make self-attention the identity"),
+            zeroable=False,
+            head=False,
+            adapters=(),
+            randomised=False,
+            index_bound=None,
+        ),
     )
 )

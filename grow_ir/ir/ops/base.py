@@ -2,9 +2,10 @@
 
 An OpDef says everything the IR knows about an op: its attributes (a frozen pydantic model
 with PyTorch's names and defaults), how many inputs it takes, its type inference, the
-shapes of its parameters and their default initialisation (PyTorch's), and how its output
-channels relate to its inputs' (the data the channel-dependency analysis reads).
-Backends keep their own lowering tables keyed by op name.
+shapes of its parameters and their default initialisation (PyTorch's), how its output
+channels relate to its inputs' (the data the channel-dependency analysis reads), and every
+other fact a pass or policy reads (:class:`~grow_ir.ir.ops.facts.OpFacts`). Backends keep
+their own lowering tables keyed by op name.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from grow_ir.errors import ShapeError
+from grow_ir.ir.ops.facts import OpFacts
 from grow_ir.ir.types import Dim, TensorType
 
 
@@ -150,12 +152,14 @@ class OpDef:
         channel_axis: the input axis this op's channels live on (per-channel params,
             weight columns, concat axis); ``None`` when channels pass through unchanged.
         doc: one line for ``grow-ir show`` and the schema.
+        facts: everything passes and policies rely on (see OpFacts; no default).
     """
 
     name: str
     attrs: type[Attrs]
     infer: InferFn
     doc: str
+    facts: OpFacts
     params: ParamsFn = no_params
     init: InitFn = no_init
     min_inputs: int = 1
@@ -173,6 +177,8 @@ def register(op: OpDef) -> OpDef:
     """Add an op to the registry (each name once)."""
     if op.name in OPS:
         raise ValueError(f"op {op.name!r} is defined twice")
+    if not isinstance(op.facts, OpFacts):
+        raise TypeError(f"op {op.name!r} must declare its OpFacts")
     OPS[op.name] = op
     return op
 

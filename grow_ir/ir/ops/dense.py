@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import NonNegativeInt, PositiveInt, field_validator
@@ -23,6 +23,7 @@ from grow_ir.ir.ops.base import (
     require_rank,
     uniform_,
 )
+from grow_ir.ir.ops.facts import No, OpFacts
 from grow_ir.ir.types import Dim, TensorType
 
 # ---- linear ---------------------------------------------------------------------------
@@ -72,6 +73,49 @@ def _linear_init(a: LinearAttrs, ins: Sequence[TensorType], gen: torch.Generator
     return kaiming_init(specs, specs["weight"].shape[1], gen)
 
 
+def _linear_square(t: TensorType, kernel_size: int) -> dict[str, Any]:
+    return {"out_features": t.shape[-1] if t.rank else 1}
+
+
+def _linear_identity(a: LinearAttrs, ins: Sequence[TensorType], params: dict) -> dict:
+    w = params["weight"]
+    if w.shape[0] != w.shape[1]:
+        raise fail(
+            "the layer is not square",
+            field="init",
+            expected="as many outputs as inputs",
+            found=a.model_dump(exclude_defaults=True),
+        )
+    out = {**params, "weight": torch.eye(w.shape[0], dtype=w.dtype)}
+    if "bias" in out:
+        out["bias"] = torch.zeros_like(out["bias"])
+    return out
+
+
+def layer_facts(width_attr: str, **facts: Any) -> OpFacts:
+    """The facts linear and conv share: weight layers that make channels (each call site
+    still names the facts that differ: ``square``, ``identity``, ``adapters``)."""
+    return OpFacts(
+        width_attr=width_attr,
+        zero_to_zero=No("its bias makes a zero input nonzero"),
+        fresh_zero_to_zero=True,
+        gradient_at_zero=True,
+        gradient_fix=None,
+        nonnegative=False,
+        sign_keeping=False,
+        identity_on_nonnegative=False,
+        normalises=False,
+        eval_identity=False,
+        sums=False,
+        activation=False,
+        zeroable=True,
+        head=True,
+        randomised=False,
+        index_bound=None,
+        **facts,
+    )
+
+
 LINEAR = register(
     OpDef(
         name="linear",
@@ -82,6 +126,12 @@ LINEAR = register(
         channels=Channels.PRODUCE,
         channel_axis=lambda a, ins: ins[0].rank - 1,
         doc="torch.nn.Linear over the last axis",
+        facts=layer_facts(
+            "out_features",
+            square=_linear_square,
+            identity=_linear_identity,
+            adapters=("lora", "serial"),
+        ),
     )
 )
 
@@ -205,6 +255,13 @@ def _make_conv(n: int) -> OpDef:
         w = specs["weight"].shape
         return kaiming_init(specs, math.prod(w[1:]), gen)
 
+    def identity(a: _ConvAttrs, ins: Sequence[TensorType], ps: dict) -> dict:
+        _check_dirac(a, ins, n)
+        out = {**ps, "weight": torch.nn.init.dirac_(torch.empty_like(ps["weight"]))}
+        if "bias" in out:
+            out["bias"] = torch.zeros_like(out["bias"])
+        return out
+
     return register(
         OpDef(
             name=name,
@@ -215,8 +272,45 @@ def _make_conv(n: int) -> OpDef:
             channels=Channels.PRODUCE,
             channel_axis=lambda a, ins: 1,
             doc=f"torch.nn.Conv{n}d (stride, padding incl. 'same', dilation, groups)",
+            facts=layer_facts(
+                "out_channels",
+                square=_conv_square,
+                identity=identity,
+                adapters=("parallel", "serial"),
+            ),
         )
     )
+
+
+def _conv_square(t: TensorType, kernel_size: int) -> dict[str, Any]:
+    width = t.shape[1] if t.rank >= 2 else 1
+    return {"out_channels": width, "kernel_size": kernel_size, "padding": kernel_size // 2}
+
+
+def _check_dirac(a: _ConvAttrs, ins: Sequence[TensorType], n: int) -> None:
+    """Raise (ShapeError) unless a Dirac kernel makes this conv the identity."""
+    k, s, p, d = _conv_geometry(a, n)
+    if ins[0].shape[1] != a.out_channels or a.groups != 1:
+        raise fail(
+            "the conv is not square",
+            field="init",
+            expected=f"out_channels {ins[0].shape[1]} and groups 1",
+            found=f"out_channels {a.out_channels}, groups {a.groups}",
+        )
+    if any(ki % 2 == 0 for ki in k):
+        raise fail(
+            "an even kernel has no centre",
+            field="init",
+            expected="an odd kernel_size",
+            found=a.kernel_size,
+        )
+    if any(si != 1 for si in s) or any(pi * 2 != di * (ki - 1) for ki, pi, di in zip(k, p, d)):
+        raise fail(
+            "the conv does not keep the spatial size",
+            field="init",
+            expected="stride 1 and padding dilation*(kernel_size-1)/2",
+            found=f"stride {a.stride}, padding {a.padding}",
+        )
 
 
 CONV1D = _make_conv(1)
@@ -273,5 +367,26 @@ EMBEDDING = register(
         init=_embedding_init,
         channels=Channels.SOURCE,
         doc="torch.nn.Embedding: int64 indices to vectors",
+        facts=OpFacts(
+            width_attr="embedding_dim",
+            zero_to_zero=No("it reads indices, and index 0 has a nonzero vector"),
+            fresh_zero_to_zero=No("it reads indices, not channels"),
+            gradient_at_zero=No("it reads indices, which have no gradient"),
+            gradient_fix=None,
+            nonnegative=False,
+            sign_keeping=False,
+            identity_on_nonnegative=False,
+            normalises=False,
+            eval_identity=False,
+            sums=False,
+            activation=False,
+            square=None,
+            identity=No("it maps indices to vectors"),
+            zeroable=False,
+            head=False,
+            adapters=(),
+            randomised=False,
+            index_bound="num_embeddings",
+        ),
     )
 )

@@ -1,9 +1,10 @@
 """Parameter-free ops that act on each element or each channel: activations, softmax,
-dropout, identity, pooling."""
+log_softmax, dropout, identity, pooling."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -20,6 +21,7 @@ from grow_ir.ir.ops.base import (
     require_rank,
 )
 from grow_ir.ir.ops.dense import IntOrPair, PadOrPair, spatial
+from grow_ir.ir.ops.facts import No, OpFacts, parameter_free
 from grow_ir.ir.types import TensorType
 
 
@@ -39,14 +41,57 @@ class ReluAttrs(Attrs):
     grad_at_zero: Literal[0, 1] = 0
 
 
-register(OpDef(name="relu", attrs=ReluAttrs, infer=_same_type("relu"), doc="torch.nn.ReLU"))
+def _activation(name: str, *, zero_to_zero: bool | No, nonnegative: bool) -> OpFacts:
+    """The facts of an elementwise activation whose derivative at 0 is nonzero (relu
+    replaces the facts where it differs)."""
+    return parameter_free(
+        name,
+        zero_to_zero=zero_to_zero,
+        gradient_at_zero=True,
+        nonnegative=nonnegative,
+        sign_keeping=nonnegative,
+        normalises=False,
+        eval_identity=False,
+        activation=True,
+        gradient_fix=None,
+        identity_on_nonnegative=False,
+        sums=False,
+    )
 
-for _name, _doc in [
-    ("silu", "torch.nn.SiLU"),
-    ("tanh", "torch.nn.Tanh"),
-    ("sigmoid", "torch.nn.Sigmoid"),
+
+register(
+    OpDef(
+        name="relu",
+        attrs=ReluAttrs,
+        infer=_same_type("relu"),
+        doc="torch.nn.ReLU",
+        facts=replace(
+            _activation("relu", zero_to_zero=True, nonnegative=True),
+            gradient_at_zero=No(
+                "relu's derivative at 0 is 0, so a unit whose input is 0 never learns"
+            ),
+            gradient_fix={"grad_at_zero": 1},
+            identity_on_nonnegative=True,
+        ),
+    )
+)
+
+for _name, _doc, _facts in [
+    ("silu", "torch.nn.SiLU", _activation("silu", zero_to_zero=True, nonnegative=False)),
+    ("tanh", "torch.nn.Tanh", _activation("tanh", zero_to_zero=True, nonnegative=False)),
+    (
+        "sigmoid",
+        "torch.nn.Sigmoid",
+        _activation(
+            "sigmoid",
+            zero_to_zero=No(
+                "sigmoid(0) = 1/2, so a zero-fan-in unit would change the consumers' input"
+            ),
+            nonnegative=True,
+        ),
+    ),
 ]:
-    register(OpDef(name=_name, attrs=NoAttrs, infer=_same_type(_name), doc=_doc))
+    register(OpDef(name=_name, attrs=NoAttrs, infer=_same_type(_name), doc=_doc, facts=_facts))
 
 
 class GeluAttrs(Attrs):
@@ -55,14 +100,47 @@ class GeluAttrs(Attrs):
     approximate: Literal["none", "tanh"] = "none"
 
 
-register(OpDef(name="gelu", attrs=GeluAttrs, infer=_same_type("gelu"), doc="torch.nn.GELU"))
+register(
+    OpDef(
+        name="gelu",
+        attrs=GeluAttrs,
+        infer=_same_type("gelu"),
+        doc="torch.nn.GELU",
+        facts=_activation("gelu", zero_to_zero=True, nonnegative=False),
+    )
+)
 
 
 def _identity_infer(a: object, ins: Sequence[TensorType]) -> TensorType:
     return ins[0]
 
 
-register(OpDef(name="identity", attrs=NoAttrs, infer=_identity_infer, doc="torch.nn.Identity"))
+def _pass_through(name: str) -> OpFacts:
+    """The facts of an op that is the identity in eval mode."""
+    return parameter_free(
+        name,
+        zero_to_zero=True,
+        gradient_at_zero=True,
+        nonnegative=False,
+        sign_keeping=True,
+        normalises=False,
+        eval_identity=True,
+        activation=False,
+        gradient_fix=None,
+        identity_on_nonnegative=True,
+        sums=False,
+    )
+
+
+register(
+    OpDef(
+        name="identity",
+        attrs=NoAttrs,
+        infer=_identity_infer,
+        doc="torch.nn.Identity",
+        facts=_pass_through("identity"),
+    )
+)
 
 
 class DropoutAttrs(Attrs):
@@ -72,7 +150,13 @@ class DropoutAttrs(Attrs):
 
 
 register(
-    OpDef(name="dropout", attrs=DropoutAttrs, infer=_same_type("dropout"), doc="torch.nn.Dropout")
+    OpDef(
+        name="dropout",
+        attrs=DropoutAttrs,
+        infer=_same_type("dropout"),
+        doc="torch.nn.Dropout",
+        facts=_pass_through("dropout"),
+    )
 )
 
 
@@ -82,19 +166,62 @@ class SoftmaxAttrs(Attrs):
     dim: int = -1
 
 
-def _softmax_infer(a: SoftmaxAttrs, ins: Sequence[TensorType]) -> TensorType:
-    require_float(ins[0], "softmax")
-    normalize_axis(a.dim, ins[0].rank, "dim")
-    return ins[0]
+class LogSoftmaxAttrs(SoftmaxAttrs):
+    """``torch.nn.LogSoftmax`` over ``dim``: ``log(softmax(x))``, computed stably."""
+
+
+def _normalise_infer(what: str):
+    def infer(a: SoftmaxAttrs, ins: Sequence[TensorType]) -> TensorType:
+        require_float(ins[0], what)
+        normalize_axis(a.dim, ins[0].rank, "dim")
+        return ins[0]
+
+    return infer
+
+
+def _normaliser(name: str, *, nonnegative: bool, zero: str) -> OpFacts:
+    """The facts of softmax and log_softmax: normalising over ``dim``."""
+    return parameter_free(
+        name,
+        zero_to_zero=No(zero),
+        gradient_at_zero=True,
+        nonnegative=nonnegative,
+        sign_keeping=nonnegative,
+        normalises=True,
+        eval_identity=False,
+        activation=False,
+        gradient_fix=None,
+        identity_on_nonnegative=False,
+        sums=False,
+    )
 
 
 register(
     OpDef(
         name="softmax",
         attrs=SoftmaxAttrs,
-        infer=_softmax_infer,
+        infer=_normalise_infer("softmax"),
         doc="torch.nn.Softmax",
         channel_axis=lambda a, ins: normalize_axis(a.dim, ins[0].rank, "dim"),
+        facts=_normaliser(
+            "softmax",
+            nonnegative=True,
+            zero="softmax turns a channel that is 0 everywhere into a uniform, nonzero one",
+        ),
+    )
+)
+register(
+    OpDef(
+        name="log_softmax",
+        attrs=LogSoftmaxAttrs,
+        infer=_normalise_infer("log_softmax"),
+        doc="torch.nn.LogSoftmax",
+        channel_axis=lambda a, ins: normalize_axis(a.dim, ins[0].rank, "dim"),
+        facts=_normaliser(
+            "log_softmax",
+            nonnegative=False,
+            zero="log_softmax turns a channel that is 0 everywhere into a nonzero one (-log n)",
+        ),
     )
 )
 
@@ -167,7 +294,31 @@ def _make_pool(name: str, attrs: type[_Pool2dAttrs], doc: str) -> OpDef:
         return TensorType((*x.shape[:2], *dims), x.dtype)
 
     return register(
-        OpDef(name=name, attrs=attrs, infer=infer, doc=doc, channel_axis=lambda a, ins: 1)
+        OpDef(
+            name=name,
+            attrs=attrs,
+            infer=infer,
+            doc=doc,
+            channel_axis=lambda a, ins: 1,
+            facts=_pooling(name),
+        )
+    )
+
+
+def _pooling(name: str) -> OpFacts:
+    """The facts of a pooling op: per channel, keeping zeros and signs."""
+    return parameter_free(
+        name,
+        zero_to_zero=True,
+        gradient_at_zero=True,
+        nonnegative=False,
+        sign_keeping=True,
+        normalises=False,
+        eval_identity=False,
+        activation=False,
+        gradient_fix=None,
+        identity_on_nonnegative=False,
+        sums=False,
     )
 
 
@@ -196,5 +347,6 @@ register(
         infer=_gap_infer,
         doc="mean over the spatial axes: [N, C, H, W] -> [N, C]",
         channel_axis=lambda a, ins: 1,
+        facts=_pooling("global_avgpool"),
     )
 )

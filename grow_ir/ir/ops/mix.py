@@ -25,6 +25,7 @@ from grow_ir.ir.ops.base import (
     register,
     require_float,
 )
+from grow_ir.ir.ops.facts import No, OpFacts
 from grow_ir.ir.types import DTYPES, TensorType
 
 
@@ -62,5 +63,26 @@ MIX = register(
         min_inputs=2,
         max_inputs=None,
         channels=Channels.JOIN,
+        facts=OpFacts(
+            width_attr=None,
+            zero_to_zero=True,
+            fresh_zero_to_zero=True,
+            gradient_at_zero=True,
+            gradient_fix=None,
+            nonnegative=False,
+            sign_keeping=True,  # a convex combination (softmax weights)
+            identity_on_nonnegative=False,
+            normalises=False,
+            eval_identity=False,
+            sums=False,
+            activation=False,
+            square=None,
+            identity=No("mix chooses among its inputs; it is no layer"),
+            zeroable=False,
+            head=False,
+            adapters=(),
+            randomised=False,
+            index_bound=None,
+        ),
     )
 )

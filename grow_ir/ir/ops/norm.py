@@ -12,12 +12,14 @@ from grow_ir.ir.ops.base import (
     Channels,
     OpDef,
     ParamSpec,
+    fail,
     known,
     param_dtype,
     register,
     require_float,
     require_rank,
 )
+from grow_ir.ir.ops.facts import Fact, IdentityFn, No, OpFacts
 from grow_ir.ir.types import TensorType
 
 
@@ -63,6 +65,46 @@ def _bn_init(a: BatchNormAttrs, ins: Sequence[TensorType], gen: torch.Generator)
     return out
 
 
+def _bn_identity(a: BatchNormAttrs, ins: Sequence[TensorType], params: dict) -> dict:
+    if not a.affine:
+        raise fail(
+            "batchnorm without affine parameters",
+            field="init",
+            expected="affine: true",
+            found="affine: false",
+        )
+    w = params["weight"]
+    gamma = torch.sqrt(params["running_var"].double() + a.eps).to(w.dtype)
+    return {**params, "weight": gamma, "bias": params["running_mean"].clone()}
+
+
+def _norm_facts(
+    *, fresh_zero_to_zero: Fact, normalises: bool, identity: IdentityFn | No
+) -> OpFacts:
+    """The facts batchnorm and layernorm share (each states the ones that differ)."""
+    return OpFacts(
+        width_attr=None,
+        zero_to_zero=No("its bias and statistics shift a zero input"),
+        fresh_zero_to_zero=fresh_zero_to_zero,
+        gradient_at_zero=True,
+        gradient_fix=None,
+        nonnegative=False,
+        sign_keeping=False,
+        identity_on_nonnegative=False,
+        normalises=normalises,
+        eval_identity=False,
+        sums=False,
+        activation=False,
+        square=lambda t, kernel_size: {},
+        identity=identity,
+        zeroable=True,
+        head=False,
+        adapters=(),
+        randomised=True,
+        index_bound=None,
+    )
+
+
 BATCHNORM = register(
     OpDef(
         name="batchnorm",
@@ -73,6 +115,7 @@ BATCHNORM = register(
         channels=Channels.MAP,
         channel_axis=lambda a, ins: 1,
         doc="torch.nn.BatchNorm1d/2d by rank (channels on axis 1)",
+        facts=_norm_facts(fresh_zero_to_zero=True, normalises=False, identity=_bn_identity),
     )
 )
 
@@ -125,5 +168,15 @@ LAYERNORM = register(
         channels=Channels.NORM,
         channel_axis=lambda a, ins: ins[0].rank - 1,
         doc="torch.nn.LayerNorm over the last axis",
+        facts=_norm_facts(
+            fresh_zero_to_zero=No(
+                "it normalises across channels: a zero channel becomes -mean/std"
+            ),
+            normalises=True,
+            identity=No(
+                "it normalises every vector, so LN(x) = x holds only for inputs that are "
+                "already normalised"
+            ),
+        ),
     )
 )

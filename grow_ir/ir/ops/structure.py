@@ -14,7 +14,25 @@ from grow_ir.ir.ops.base import (
     normalize_axis,
     register,
 )
+from grow_ir.ir.ops.facts import Fact, No, OpFacts, parameter_free
 from grow_ir.ir.types import TensorType
+
+
+def _join(name: str, *, gradient_at_zero: Fact, sums: bool) -> OpFacts:
+    """The facts of an op that joins or reshapes values without changing them."""
+    return parameter_free(
+        name,
+        zero_to_zero=True,
+        gradient_at_zero=gradient_at_zero,
+        nonnegative=False,
+        sign_keeping=True,
+        normalises=False,
+        eval_identity=False,
+        activation=False,
+        gradient_fix=None,
+        identity_on_nonnegative=False,
+        sums=sums,
+    )
 
 
 def _same_shapes(what: str):
@@ -42,6 +60,7 @@ register(
         max_inputs=None,
         channels=Channels.JOIN,
         doc="elementwise sum of its inputs",
+        facts=_join("add", gradient_at_zero=True, sums=True),
     )
 )
 register(
@@ -53,6 +72,14 @@ register(
         max_inputs=None,
         channels=Channels.JOIN,
         doc="elementwise product of its inputs",
+        facts=_join(
+            "mul",
+            gradient_at_zero=No(
+                "a product of channels that are 0 has zero gradient, so the new units could "
+                "never learn"
+            ),
+            sums=False,
+        ),
     )
 )
 
@@ -98,6 +125,7 @@ register(
         max_inputs=None,
         channels=Channels.CONCAT,
         doc="torch.cat along dim",
+        facts=_join("concat", gradient_at_zero=True, sums=False),
         channel_axis=lambda a, ins: normalize_axis(a.dim, ins[0].rank, "dim"),
     )
 )
@@ -140,6 +168,7 @@ register(
         infer=_flatten_infer,
         channels=Channels.FLATTEN,
         doc="torch.nn.Flatten",
+        facts=_join("flatten", gradient_at_zero=True, sums=False),
         channel_axis=lambda a, ins: normalize_axis(a.start_dim, ins[0].rank, "start_dim"),
     )
 )
