@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,14 @@ def test_npz_file_is_loaded_with_a_validation_split(tmp_path: Path) -> None:
         ({"y_test": np.zeros((10, 1), np.int64)}, "y_test", "one label per input"),
         ({"y_train": np.arange(40) - 1}, "y_train", "label out of range"),
         ({"x_test": np.zeros((10, 4), np.float32)}, "x_test", "differ in shape"),
+        ({"y_test": np.arange(10) % 3}, "y_test", "test label out of range"),
+        ({"y_train": np.arange(40) % 2 * 10**9}, "y_train", "label out of range"),
+        (
+            {"y_train": (np.arange(40) % 2).astype(np.uint64) + np.uint64(2**63)},
+            "y_train",
+            "label out of range",
+        ),
+        ({"y_test": np.full(10, 2**64 - 1, np.uint64)}, "y_test", "label out of range"),
     ],
 )
 def test_malformed_npz_names_the_file_and_the_key(
@@ -80,6 +90,57 @@ def test_malformed_npz_names_the_file_and_the_key(
         load_data(path)
     text = str(info.value)
     assert message in text and "bad.npz" in text and f"'{key}'" in text
+
+
+def write_npy_member(path: Path, arrays: dict[str, np.ndarray], lie: dict[str, tuple]) -> Path:
+    """An .npz whose members in ``lie`` carry a header claiming another shape."""
+    from numpy.lib import format as npy
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, a in arrays.items():
+            buf = io.BytesIO()
+            header = npy.header_data_from_array_1_0(a)
+            header["shape"] = lie.get(key, a.shape)
+            npy.write_array_header_1_0(buf, header)
+            buf.write(a.tobytes())
+            archive.writestr(f"{key}.npy", buf.getvalue())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("shape", "found"),
+    [
+        ((50, 3), "600 bytes of data for shape [50, 3]"),
+        ((10**12, 3), "12.0 TB of data for shape [1000000000000, 3]"),
+        ((20, 3), "240 bytes of data for shape [20, 3]"),
+    ],
+)
+def test_an_npz_header_that_lies_about_its_shape_is_refused_before_reading(
+    tmp_path: Path, shape: tuple, found: str
+) -> None:
+    path = write_npy_member(tmp_path / "liar.npz", good_arrays(), {"x_train": shape})
+    with pytest.raises(GrowError) as info:
+        load_data(path)
+    text = str(info.value)
+    assert "liar.npz: field 'x_train': the array's header does not match its data" in text
+    assert found in text and "480 bytes stored" in text
+
+
+def test_an_array_larger_than_memory_is_refused_with_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from grow_ir.growth import data
+
+    monkeypatch.setattr(data, "_physical_memory", lambda: 400)
+    with pytest.raises(GrowError, match=r"larger than this machine's memory.*would take 480 bytes"):
+        load_data(save_npz(tmp_path / "big.npz", **good_arrays()))
+
+
+def test_an_object_array_is_never_unpickled(tmp_path: Path) -> None:
+    arrays = {**good_arrays(), "y_test": np.array([object()] * 10)}
+    np.savez(tmp_path / "obj.npz", **arrays)
+    with pytest.raises(GrowError, match=r"'y_test': an array of Python objects needs pickle"):
+        load_data(tmp_path / "obj.npz")
 
 
 def test_unreadable_and_missing_files(tmp_path: Path) -> None:

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         CheckFailed: the exported ONNX model does not match the torch backend.
     """
     from grow_ir.growth import Trainer, describe_architecture, write_outputs
-    from grow_ir.growth.outputs import run_files
+    from grow_ir.growth.outputs import finished_run, run_files
 
     if args.threads is not None and args.threads < 1:
         raise GrowError(
@@ -157,7 +157,15 @@ def run(args: argparse.Namespace) -> int:
                 expected="only --device, --threads and --quiet beside --resume",
                 found=", ".join(["SPEC"] * (args.spec is not None) + list(given)),
             )
-        trainer = Trainer.resume(out_dir, device=args.device, progress=progress)
+        final = finished_run(out_dir)
+        if final is not None:
+            print(
+                f"nothing to resume: {out_dir} is a finished run ({final.get('epochs')} epochs, "
+                f"test accuracy {final.get('test_accuracy', 0):.2%}); its results are in "
+                f"{Path(out_dir) / 'history.json'}. Start a new run with -o ANOTHER_DIR"
+            )
+            return 0
+        trainer = Trainer.resume(out_dir, device=args.device, progress=progress, log=print)
         trainer.threads = args.threads or trainer.threads
         print(f"resuming {out_dir} at epoch {trainer.next_epoch + 1} of {trainer.config.epochs}")
     else:

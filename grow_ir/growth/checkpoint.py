@@ -22,14 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from grow_ir.errors import GrowError
+from grow_ir.growth.config import GrowthConfig
 from grow_ir.ir.graph import Graph
 
 CHECKPOINT = "checkpoint"
 CHECKPOINT_TMP = ".checkpoint.tmp"
 CHECKPOINT_OLD = ".checkpoint.old"
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+OPTIMIZER_META = "optimizer.json"
 
 
 @dataclass
@@ -41,6 +46,7 @@ class Checkpoint:
     optimizer_meta: dict[str, Any]
     rng: dict[str, torch.Tensor]
     state: dict[str, Any]
+    path: Path = Path(CHECKPOINT)
 
 
 def optimizer_to_files(
@@ -71,12 +77,16 @@ def load_optimizer_state(
     names: list[str],
     tensors: dict[str, torch.Tensor],
     meta: dict[str, Any],
+    *,
+    directory: Path = Path(CHECKPOINT),
 ) -> None:
     """Restore :func:`optimizer_to_files`'s output into ``optimizer`` (built over the same
-    parameters, in the order ``names``), exactly.
+    parameters, in the order ``names``), exactly. ``directory`` (the checkpoint's) names
+    the files in errors.
 
     Raises:
-        GrowError: the checkpoint was written for another optimizer or other parameters.
+        GrowError: the checkpoint was written for another optimizer or other parameters,
+            or holds state of the wrong shape.
     """
     if meta["class"] != type(optimizer).__name__ or meta["names"] != names:
         raise GrowError(
@@ -86,16 +96,33 @@ def load_optimizer_state(
             found=f"{meta['class']} over {len(meta['names'])} parameters",
         )
     index = {name: i for i, name in enumerate(names)}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    tensors_file, meta_file = directory / OPTIMIZER_TENSORS, directory / OPTIMIZER_META
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         name, _, field = key.rpartition("/")
+        if name not in index:
+            raise broken_file(tensors_file, "the optimizer's state", f"unknown tensor {key!r}")
+        want = tuple(params[index[name]].shape)
+        if tuple(value.shape) not in (want, ()) or not value.is_floating_point():
+            raise broken_file(
+                tensors_file,
+                f"tensor {key!r} of shape {list(want)}",
+                f"{str(value.dtype).removeprefix('torch.')}{list(value.shape)}",
+            )
         state.setdefault(index[name], {})[field] = value
     for name, entry in meta["scalars"].items():
+        if name not in index:
+            found = f"unknown parameter {name!r}"
+            raise broken_file(meta_file, "the optimizer's settings", found)
         state.setdefault(index[name], {}).update(entry)
     groups = []
     for g in meta["groups"]:
         groups.append({k: tuple(v) if k == "betas" else v for k, v in g.items()})
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise broken_file(meta_file, "the optimizer's settings", _first_line(exc)) from None
 
 
 def _jsonable(value: Any) -> Any:
@@ -173,10 +200,15 @@ def find_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint(run_dir: str | Path) -> Checkpoint:
-    """Read the checkpoint of ``run_dir``.
+    """Read the checkpoint of ``run_dir``, every file checked before it is used.
+
+    Guarantees: nothing is unpickled (RNG and optimizer tensors are safetensors files);
+    each JSON file has the fields and types a run writes; RNG states have the size and
+    dtype torch's generators take.
 
     Raises:
-        GrowError: ``run_dir`` has no complete checkpoint, or a file of it is unreadable.
+        GrowError: ``run_dir`` has no complete checkpoint, or a file of it is truncated,
+            empty or of another type (naming that file and what is wrong with it).
     """
     from grow_ir.spec import load
 
@@ -188,20 +220,104 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
             expected=f"a directory with {CHECKPOINT}/state.json (written after each epoch)",
             found="none",
         )
+    state = _read_json(path / "state.json", RunStateFile, "the run's state")
+    meta = _read_json(path / "optimizer.json", OptimizerFile, "the optimizer's settings")
+    tensors = _read_tensors(path / "optimizer.safetensors", "the optimizer's state")
+    rng = _read_tensors(path / "rng.safetensors", "the random generators' states")
+    _check_rng(rng, path / "rng.safetensors")
+    graph = load(path)
+    return Checkpoint(graph, tensors, meta, rng, state, path)
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class RunStateFile(_File):
+    """What ``state.json`` must hold (see ``Trainer.state_json``)."""
+
+    next_epoch: NonNegativeInt
+    config: GrowthConfig
+    data: str
+    data_sha256: str | None = None
+    device: str
+    policy: dict[str, Any]
+    stop_epoch: NonNegativeInt | None
+    history: dict[str, list[dict[str, Any]] | dict[str, Any]]
+    elapsed: float
+    threads: PositiveInt = 1
+
+
+class OptimizerFile(_File):
+    """What ``optimizer.json`` must hold (see :func:`optimizer_to_files`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    names: list[str]
+    groups: list[dict[str, Any]] = Field(min_length=1)
+    scalars: dict[str, dict[str, Any]]
+    class_: str = Field(alias="class")
+
+
+def broken_file(file: Path, what: str, found: str) -> GrowError:
+    """The error for a checkpoint ``file`` that does not hold ``what``."""
+    return GrowError(
+        "a checkpoint file is broken; cannot resume",
+        file=str(file),
+        expected=f"{what}, as the training run wrote it",
+        found=found,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _read_json(file: Path, model: type[BaseModel], what: str) -> dict[str, Any]:
+    """The JSON object in ``file``, validated by ``model`` (returned as written)."""
     try:
-        graph = load(path)
-        state = json.loads((path / "state.json").read_text())
-        meta = json.loads((path / "optimizer.json").read_text())
-        tensors = load_file(str(path / "optimizer.safetensors"))
-        rng = load_file(str(path / "rng.safetensors"))
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise broken_file(file, what, "no such file") from None
     except (OSError, ValueError) as exc:
-        raise GrowError(
-            "unreadable checkpoint",
-            file=str(path),
-            expected="the files a training run writes",
-            found=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-        ) from None
-    return Checkpoint(graph, tensors, meta, rng, state)
+        size = file.stat().st_size if file.is_file() else 0
+        found = "an empty file" if size == 0 else f"not JSON ({_first_line(exc)})"
+        raise broken_file(file, what, found) from None
+    if not isinstance(data, dict):
+        raise broken_file(file, what, f"a JSON {type(data).__name__}, not an object")
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "the top level"
+        raise broken_file(file, what, f"field '{where}': {err['msg']}") from None
+    return data
+
+
+def _read_tensors(file: Path, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors ``file`` (never a pickle)."""
+    try:
+        return load_file(str(file))
+    except FileNotFoundError:
+        raise broken_file(file, what, "no such file") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        size = file.stat().st_size if file.is_file() else 0
+        found = "an empty file" if size == 0 else f"not a safetensors file ({_first_line(exc)})"
+        raise broken_file(file, what, found) from None
+
+
+def _check_rng(rng: dict[str, torch.Tensor], file: Path) -> None:
+    """Refuse RNG states torch's generators would not take."""
+    size = torch.get_rng_state().numel()
+    for key in ("torch", "shuffle"):
+        t = rng.get(key)
+        if t is None:
+            raise broken_file(file, "the random generators' states", f"no tensor '{key}'")
+        if t.dtype != torch.uint8 or tuple(t.shape) != (size,):
+            raise broken_file(
+                file,
+                f"tensor '{key}' uint8[{size}] (a CPU generator's state)",
+                f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}",
+            )
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -7,7 +7,9 @@ training seed, so every run of a data set is scored on the same test set.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,23 +165,7 @@ def load_npz(path: str | Path, *, val_fraction: float = 0.1) -> Dataset:
     file = str(path)
     if not Path(file).is_file():
         raise GrowError("no such data file", file=file, expected="an existing .npz file")
-    if not zipfile.is_zipfile(file):  # np.load would try to unpickle it and say so
-        raise GrowError(
-            "not a readable .npz file",
-            file=file,
-            expected="a numpy .npz archive (numpy.savez) of plain arrays",
-            found="a file that is not a zip archive",
-        )
-    try:
-        with np.load(file, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise GrowError(
-            "not a readable .npz file",
-            file=file,
-            expected="a numpy .npz archive (numpy.savez) of plain arrays",
-            found=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-        ) from None
+    arrays = read_npz(file)
     for key in NPZ_KEYS:
         if key not in arrays:
             raise GrowError(
@@ -223,14 +209,7 @@ def load_npz(path: str | Path, *, val_fraction: float = 0.1) -> Dataset:
                 expected=f"shape [{x.shape[0]}]",
                 found=f"shape {list(y.shape)}",
             )
-        if y.size and y.min() < 0:
-            raise GrowError(
-                "label out of range",
-                file=file,
-                field=f"y_{split}",
-                expected="labels >= 0",
-                found=f"label {int(y.min())}",
-            )
+        _check_label_range(y, file, f"y_{split}")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise GrowError(
             "train and test inputs differ in shape",
@@ -240,6 +219,7 @@ def load_npz(path: str | Path, *, val_fraction: float = 0.1) -> Dataset:
             found=f"{list(arrays['x_test'].shape[1:])}",
         )
     x, y = arrays["x_train"], arrays["y_train"].astype(np.int64)
+    _check_classes(y, arrays["y_test"].astype(np.int64), file)
     val_idx, train_idx = _stratified(y, val_fraction, DATA_SEED)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise GrowError(
@@ -260,6 +240,200 @@ def load_npz(path: str | Path, *, val_fraction: float = 0.1) -> Dataset:
         arrays["x_test"],
         arrays["y_test"].astype(np.int64),
     )
+
+
+def read_npz(file: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` archive ``file``, each checked before it is read.
+
+    Guarantees: no pickle is ever loaded; an array whose header promises more (or less)
+    data than the archive holds, or more than this machine's memory, is refused before any
+    memory is allocated for it, with the size it would take.
+
+    Raises:
+        GrowError: the file is not a readable archive of plain arrays (naming the array).
+    """
+    expected = "a numpy .npz archive (numpy.savez) of plain arrays"
+    if not zipfile.is_zipfile(file):  # np.load would try to unpickle it and say so
+        raise GrowError(
+            "not a readable .npz file",
+            file=file,
+            expected=expected,
+            found="a file that is not a zip archive",
+        )
+    try:
+        with zipfile.ZipFile(file) as archive:
+            for info in archive.infolist():
+                if info.filename.endswith(".npy"):
+                    _check_npy_header(archive, info, file)
+        with np.load(file, allow_pickle=False) as loaded:
+            return {k: loaded[k] for k in loaded.files}
+    except GrowError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, MemoryError) as exc:
+        raise GrowError(
+            "not a readable .npz file",
+            file=file,
+            expected=expected,
+            found=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        ) from None
+
+
+def _check_npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, file: str) -> None:
+    """Refuse a member whose header's shape and dtype disagree with its stored size."""
+    from numpy.lib import format as npy
+
+    key = info.filename.removesuffix(".npy")
+    with archive.open(info) as fp:
+        try:
+            version = npy.read_magic(fp)
+            read_header = npy.read_array_header_1_0 if version == (1, 0) else None
+            if version in ((2, 0), (3, 0)):
+                read_header = npy.read_array_header_2_0
+            if read_header is None:
+                raise ValueError(f"unknown .npy format version {version}")
+            shape, _, dtype = read_header(fp)
+        except (ValueError, EOFError) as exc:
+            raise GrowError(
+                "unreadable array header",
+                file=file,
+                field=key,
+                expected="a .npy header (numpy.save)",
+                found=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            ) from None
+        header_size = fp.tell()
+    if dtype.hasobject:
+        raise GrowError(
+            "an array of Python objects needs pickle, which grow-ir never loads",
+            file=file,
+            field=key,
+            expected="an array of numbers",
+            found=f"dtype {dtype}",
+        )
+    need = math.prod(shape) * dtype.itemsize
+    stored = info.file_size - header_size
+    if need != stored:
+        raise GrowError(
+            "the array's header does not match its data",
+            file=file,
+            field=key,
+            expected=f"{_size(need)} of data for shape {list(shape)} {dtype} (as its header says)",
+            found=f"{_size(stored)} stored",
+        )
+    memory = _physical_memory()
+    if memory is not None and need > memory:
+        raise GrowError(
+            "the array is larger than this machine's memory",
+            file=file,
+            field=key,
+            expected=f"at most {_size(memory)}",
+            found=f"shape {list(shape)} {dtype}, which would take {_size(need)}",
+        )
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _size(n: int) -> str:
+    """``123 bytes``, ``4.0 TB``: a byte count for a message."""
+    if n < 1000:
+        return f"{n} byte{'s' if n != 1 else ''}"
+    value = float(n)
+    for unit in ("kB", "MB", "GB", "TB", "PB"):
+        value /= 1000
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1000:.1f} EB"
+
+
+MAX_LABEL = np.iinfo(np.int64).max
+"""Labels are class indices held as int64; anything larger does not fit."""
+
+
+def _check_label_range(y: np.ndarray, file: str, key: str) -> None:
+    if not y.size:
+        return
+    low, high = int(y.min()), int(y.max())  # exact Python ints, whatever y's dtype
+    if low < 0 or high > MAX_LABEL:
+        raise GrowError(
+            "label out of range",
+            file=file,
+            field=key,
+            expected="class indices 0, 1, 2, ... (labels >= 0 that fit in int64)",
+            found=f"label {low if low < 0 else high}",
+        )
+
+
+def _check_classes(y_train: np.ndarray, y_test: np.ndarray, file: str) -> None:
+    """Refuse labels no training sample can teach: a class index above what the training
+    labels make room for, or a test label of a class the training split never shows."""
+    classes = int(y_train.max()) + 1
+    if classes > len(y_train):
+        raise GrowError(
+            "label out of range",
+            file=file,
+            field="y_train",
+            expected=f"class indices below the number of training samples ({len(y_train)})",
+            found=f"label {classes - 1}, which implies {classes:,} classes",
+        )
+    if y_test.size and int(y_test.max()) >= classes:
+        raise GrowError(
+            "test label out of range",
+            file=file,
+            field="y_test",
+            expected=f"labels of the training classes 0..{classes - 1}",
+            found=f"label {int(y_test.max())}",
+        )
+
+
+def fingerprint(source: str, data: Dataset) -> str:
+    """The sha256 identifying the data a run trains on: of the file's bytes for a
+    ``FILE.npz``, of the arrays for an embedded data set."""
+    digest = hashlib.sha256()
+    if source.endswith(".npz"):
+        with open(source, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    else:
+        for t in (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test):
+            digest.update(str(tuple(t.shape)).encode())
+            digest.update(t.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_recorded_data(source: str, sha256: str | None, *, val_fraction: float) -> Dataset:
+    """The data set a run recorded (its source and :func:`fingerprint`), checked to be the
+    very data it trained on (``sha256`` None: not checked, a run from before it was
+    recorded).
+
+    Raises:
+        GrowError: the file moved or was deleted, or its content changed.
+    """
+    if source.endswith(".npz") and not Path(source).is_file():
+        raise GrowError(
+            "the run's data file is gone (moved or deleted)",
+            file=source,
+            field="data",
+            expected="the file the run trained on, at the path it recorded "
+            "(put it back there to resume)",
+            found="nothing at that path",
+        )
+    data = load_data(source, val_fraction=val_fraction)
+    if sha256 is not None:
+        now = fingerprint(source, data)
+        if now != sha256:
+            raise GrowError(
+                "the run's data changed since the run started",
+                file=source,
+                field="data",
+                expected=f"the data the run trained on (sha256 {sha256[:16]}...)",
+                found=f"other content (sha256 {now[:16]}...); restore the original data "
+                "to resume, or start a new run",
+            )
+    return data
 
 
 def check_fits(data: Dataset, graph: Graph, task: str | None = None, *, source: str = "") -> str:

@@ -22,6 +22,7 @@ from grow_ir.errors import PassError
 from grow_ir.growth.actions import GrowthContext, TrainState, apply_growth
 from grow_ir.growth.autogrow import NoGrowth, Policy, make_policy
 from grow_ir.growth.checkpoint import (
+    broken_file,
     load_checkpoint,
     load_optimizer_state,
     rng_state,
@@ -29,7 +30,7 @@ from grow_ir.growth.checkpoint import (
     set_rng_state,
 )
 from grow_ir.growth.config import GrowthConfig
-from grow_ir.growth.data import Dataset, check_fits, load_data
+from grow_ir.growth.data import Dataset, check_fits, fingerprint, load_data, load_recorded_data
 from grow_ir.growth.device import deterministic, pick_device
 from grow_ir.growth.history import History
 from grow_ir.growth.optim_state import make_optimizer, set_lr, trainable
@@ -77,6 +78,7 @@ class Trainer:
     log: Log = print
     progress: bool = True
     threads: int = field(default_factory=torch.get_num_threads)
+    data_sha256: str | None = None
     _bar: Any = field(default=None, repr=False)
 
     @classmethod
@@ -121,6 +123,7 @@ class Trainer:
             stop_epoch=stop,
             log=log,
             progress=progress,
+            data_sha256=fingerprint(data_source, data),
         )
 
     @classmethod
@@ -142,15 +145,24 @@ class Trainer:
         s = ckpt.state
         config = GrowthConfig.model_validate(s["config"])
         dev = pick_device(device if device is not None else s["device"])
-        data = load_data(s["data"], val_fraction=config.val_fraction)
+        data = load_recorded_data(s["data"], s.get("data_sha256"), val_fraction=config.val_fraction)
         graph = ckpt.graph
         module = to_torch(graph, task=config.task).to(dev).train()
         optimizer = make_optimizer(config.optimizer, module)
         load_optimizer_state(
-            optimizer, list(trainable(module)), ckpt.optimizer_tensors, ckpt.optimizer_meta
+            optimizer,
+            list(trainable(module)),
+            ckpt.optimizer_tensors,
+            ckpt.optimizer_meta,
+            directory=ckpt.path,
         )
         policy = make_policy(config, graph)
-        policy.load_state_dict(s["policy"])
+        try:
+            policy.load_state_dict(s["policy"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise broken_file(
+                ckpt.path / "state.json", "the policy's state ('policy')", repr(exc)
+            ) from None
         gen = torch.Generator()
         set_rng_state(ckpt.rng, gen, dev)
         return cls(
@@ -167,6 +179,7 @@ class Trainer:
             stop_epoch=s["stop_epoch"],
             elapsed=float(s["elapsed"]),
             threads=int(s.get("threads", torch.get_num_threads())),
+            data_sha256=s.get("data_sha256"),
             log=log,
             progress=progress,
         )
@@ -313,6 +326,7 @@ class Trainer:
             "next_epoch": self.next_epoch,
             "config": self.config.model_dump(mode="json"),
             "data": self.data_source,
+            "data_sha256": self.data_sha256,
             "device": str(self.device),
             "policy": self.policy.state_dict(),
             "stop_epoch": self.stop_epoch,

@@ -3,11 +3,13 @@ model.onnx (checked against onnxruntime) and curves.png."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from grow_ir.growth.checkpoint import CHECKPOINT, CHECKPOINT_OLD, CHECKPOINT_TMP, write_json_atomic
 from grow_ir.growth.loop import RunResult
@@ -34,6 +36,17 @@ def run_files() -> tuple[str, ...]:
         f"{ONNX_FILE}.data",
         CURVES_FILE,
     )
+
+
+def finished_run(run_dir: str | Path) -> dict[str, Any] | None:
+    """The ``final`` record of the run in ``run_dir`` when the run finished (its outputs,
+    ONNX file included, are written), else None."""
+    try:
+        history = json.loads((Path(run_dir) / HISTORY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    final = history.get("final") if isinstance(history, dict) else None
+    return final if isinstance(final, dict) and "onnx" in final else None
 
 
 @dataclass(frozen=True)
