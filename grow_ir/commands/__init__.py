@@ -13,21 +13,48 @@ message and exits with status 2 (1 for ``CheckFailed``). List a new module in
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from grow_ir.errors import SpecError
 from grow_ir.ir.graph import Graph
 from grow_ir.spec import load_spec
+from grow_ir.spec.errors import suggest
+from grow_ir.spec.examples import example_names, example_path
+
+SPEC_HELP = "a YAML/JSON spec file, a directory written by save(), or a packaged example's name"
 
 
 def add_spec_argument(parser: argparse.ArgumentParser) -> None:
-    """Add the positional ``SPEC`` argument: a spec file or a directory written by save()."""
-    parser.add_argument(
-        "spec", metavar="SPEC", help="a YAML/JSON spec file, or a directory written by save()"
+    """Add the positional ``SPEC`` argument: a spec file, a saved directory or an example."""
+    parser.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
+
+
+def spec_path(spec: str | Path) -> Path:
+    """The path ``SPEC`` names: itself when it exists (or looks like a path), else the
+    packaged example of that name (``mlp``, ``autogrow_digits``).
+
+    Raises:
+        SpecError: ``SPEC`` names neither an existing path nor an example (the nearest
+            example name suggested when it is a bare name).
+    """
+    path = Path(spec)
+    text = str(spec)
+    if path.exists() or "/" in text or path.suffix in (".yaml", ".yml", ".json"):
+        return path
+    if text in example_names():
+        return example_path(text)
+    names = example_names()
+    raise SpecError(
+        f"no such spec file, directory or example{suggest(text, names)}",
+        file=text,
+        expected=f"an existing YAML/JSON file or directory, or one of {', '.join(names)}",
+        found="nothing at that path",
     )
 
 
 def load_graph(spec: str) -> Graph:
-    """The verified Graph of ``SPEC`` (a spec file or a saved directory)."""
-    return load_spec(spec)
+    """The verified Graph of ``SPEC`` (a spec file, a saved directory or an example)."""
+    return load_spec(spec_path(spec))
 
 
 def plural(count: int, word: str) -> str:

@@ -60,6 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--device", metavar="D", help="cpu or cuda (default: cuda when there is one)"
     )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     tasks = load_tasks(args.tasks)
     names = ", ".join(f"{t.name} ({t.source})" for t in tasks)
     print(f"learning {plural(len(tasks), 'task')} on {device}: {names}")
-    result = learn_sequence(spec, tasks, config, device=device, log=print)
+    result = learn_sequence(spec, tasks, config, device=device, log=print, progress=not args.quiet)
     print(result.history.summary())
     files = write_outputs(result, args.output)
     print(

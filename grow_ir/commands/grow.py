@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from grow_ir.commands import add_spec_argument, load_graph, plural
+from grow_ir.commands import add_spec_argument, load_graph, plural, spec_path
 from grow_ir.errors import SpecError
-from grow_ir.owned import check_replaceable_dir
+from grow_ir.owned import check_replaceable_dir, owned_names
 from grow_ir.passes.manager import PlanResult, run_plan
-from grow_ir.spec import save
+from grow_ir.spec import SPEC_FILE, save
 from grow_ir.spec.errors import kind_of
 from grow_ir.spec.text import read_data_file
 
@@ -58,10 +60,47 @@ def read_plan(path: str) -> list[Any]:
     return data
 
 
-def history(result: PlanResult) -> str:
-    """The history file's text: one JSON object per step (pass, arguments, summary,
-    preserved, reason, measured max_error or null, parameter count, origins)."""
-    return json.dumps([s.to_json() for s in result.steps], indent=2, default=str) + "\n"
+def history(result: PlanResult, earlier: Sequence[Any] = ()) -> str:
+    """The history file's text: the ``earlier`` steps, then one JSON object per step of
+    this plan (pass, arguments, summary, preserved, reason, measured max_error or null,
+    parameter count, origins)."""
+    steps = [*earlier, *(s.to_json() for s in result.steps)]
+    return json.dumps(steps, indent=2, default=str) + "\n"
+
+
+def earlier_history(spec: Path) -> list[Any]:
+    """The growth steps already recorded beside ``spec`` (a directory that ``grow`` or
+    ``train`` wrote, or its ``spec.yaml``): a grow history's steps, or a training run's
+    growth events; ``[]`` when there is none.
+
+    Raises:
+        SpecError: the history file grow-ir wrote there is unreadable (it would be lost).
+    """
+    directory = spec if spec.is_dir() else spec.parent
+    if spec.is_file() and spec.name != SPEC_FILE:
+        return []
+    file = directory / HISTORY_FILE
+    if HISTORY_FILE not in (owned_names(directory) or ()) or not file.is_file():
+        return []
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise SpecError(
+            "cannot carry the earlier growth history on",
+            file=str(file),
+            expected="the history.json grow-ir wrote",
+            found=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        ) from None
+    if isinstance(data, dict) and isinstance(data.get("events"), list):
+        return [{"command": "train", **e} for e in data["events"]]
+    if isinstance(data, list):
+        return data
+    raise SpecError(
+        "cannot carry the earlier growth history on",
+        file=str(file),
+        expected="a list of growth steps, or a training run's history",
+        found=kind_of(data),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     # The spec's own plan, once applied, must not be carried on to be applied again; a plan
     # given with --plan leaves the spec's (unapplied) section as it was.
     grown = result.graph if args.plan is not None else result.graph.replace(grow=())
-    save(grown, args.output, extra_files={HISTORY_FILE: history(result)})
+    earlier = earlier_history(spec_path(args.spec))
+    save(grown, args.output, extra_files={HISTORY_FILE: history(result, earlier)})
     for i, step in enumerate(result.steps):
         status = "preserved" if step.result.preserved else f"not preserved: {step.result.reason}"
         error = "" if step.max_error is None else f", max error {step.max_error:.2g}"

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from grow_ir.commands import load_graph, spec_path
 from grow_ir.errors import GrowError
 from grow_ir.growth.checkpoint import find_checkpoint
 from grow_ir.owned import check_replaceable_dir, claim
@@ -47,6 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a spec while its growth policy (AutoGrow) grows it",
+        usage="%(prog)s SPEC -o DIR [options]\n       %(prog)s --resume DIR [--device D] "
+        "[--threads N] [--quiet]",
         description="Train SPEC on a data set while the policy of its 'growth:' section "
         "grows it; flags override that section. DIR receives a checkpoint after every epoch, "
         "then history.json, the grown spec.yaml + weights.safetensors, model.onnx (checked "
@@ -65,7 +69,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--device", metavar="D", help="cpu or cuda (default: cuda when there is one)"
     )
-    parser.add_argument("-o", "--output", metavar="DIR", help="the run directory to write")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="the run directory to write (required, except with --resume DIR)",
+    )
     parser.add_argument(
         "--resume",
         metavar="DIR",
@@ -210,13 +219,37 @@ def _start(args: argparse.Namespace) -> str:
     return str(out)
 
 
+def fitted_tail(section: Mapping[str, Any] | None, given: Mapping[str, Any]) -> dict[str, int]:
+    """``{"tail_epochs": N}`` when ``--epochs`` leaves no room for the spec's tail (and no
+    ``--tail-epochs`` is given): the tail shrinks in proportion to the budget, to at most
+    ``epochs - 1``; a note says so. Otherwise ``{}``."""
+    from grow_ir.growth.config import GrowthConfig
+
+    section = section if isinstance(section, Mapping) else {}
+    epochs = given.get("epochs")
+    if not isinstance(epochs, int) or epochs < 1 or "tail_epochs" in given:
+        return {}
+    fields = GrowthConfig.model_fields
+    tail = section.get("tail_epochs", fields["tail_epochs"].default)
+    spec_epochs = section.get("epochs", fields["epochs"].default)
+    if not isinstance(tail, int) or not isinstance(spec_epochs, int) or tail < epochs:
+        return {}
+    fitted = max(0, min(epochs - 1, round(tail * epochs / max(spec_epochs, 1))))
+    print(
+        f"note: --epochs {epochs} leaves no room for the spec's {tail}-epoch tail; "
+        f"tail shortened to {fitted} (set it with --tail-epochs N)"
+    )
+    return {"tail_epochs": fitted}
+
+
 def _fresh_trainer(args: argparse.Namespace, out_dir: str, progress: bool) -> Trainer:
     from grow_ir.growth import Trainer, growth_config
-    from grow_ir.spec import load_spec
 
-    graph = load_spec(args.spec)
-    spec_file = str(args.spec)
-    config = growth_config(graph.growth, overrides(args), file=spec_file)
+    graph = load_graph(args.spec)
+    spec_file = str(spec_path(args.spec))
+    given = overrides(args)
+    given.update(fitted_tail(graph.growth, given))
+    config = growth_config(graph.growth, given, file=spec_file)
     data = config.data
     if data is None:
         raise GrowError(
@@ -231,5 +264,11 @@ def _fresh_trainer(args: argparse.Namespace, out_dir: str, progress: bool) -> Tr
             data = str(Path(spec_file).parent / data)  # a spec's file is relative to the spec
         data = str(Path(data).resolve())  # so that --resume works from any directory
     return Trainer.fresh(
-        graph, config, data_source=data, out_dir=out_dir, device=args.device, progress=progress
+        graph,
+        config,
+        data_source=data,
+        out_dir=out_dir,
+        device=args.device,
+        progress=progress,
+        log=print,
     )

@@ -24,11 +24,12 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from grow_ir.errors import GrowError
 from grow_ir.growth.config import GrowthConfig
 from grow_ir.ir.graph import Graph
+from grow_ir.spec.weights import write_weights
 
 CHECKPOINT = "checkpoint"
 CHECKPOINT_TMP = ".checkpoint.tmp"
@@ -170,9 +171,9 @@ def save_checkpoint(
     work.mkdir(parents=True)
     tmp = save(graph, work / CHECKPOINT)  # save's own temporary files stay inside work
     tensors, meta = optimizer_to_files(optimizer, names)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    _write_json(tmp / "optimizer.json", meta)
-    save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
+    write_weights(tensors, tmp / OPTIMIZER_TENSORS)
+    _write_json(tmp / OPTIMIZER_META, meta)
+    write_weights(rng, tmp / "rng.safetensors")
     _write_json(tmp / "state.json", state)
     for f in tmp.iterdir():
         _fsync(f)

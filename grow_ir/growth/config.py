@@ -172,7 +172,8 @@ class GrowthConfig(_Model):
     def _budget(self) -> GrowthConfig:
         if self.tail_epochs >= self.epochs:
             raise ValueError(
-                f"tail_epochs ({self.tail_epochs}) must be smaller than epochs ({self.epochs})"
+                f"tail_epochs ({self.tail_epochs}) must be smaller than epochs ({self.epochs}); "
+                "set a shorter tail with --tail-epochs N"
             )
         return self
 

@@ -8,6 +8,7 @@ the graph, the optimizer's state, the policy's state and every RNG state).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from grow_ir.growth.schedule import growth_deadline, learning_rate, tail_boundar
 from grow_ir.ir.graph import Graph
 
 Log = Callable[[str], None]
+LOGGER = logging.getLogger("grow_ir.train")
+"""Where a Trainer's lines go by default (growth steps, stops); the CLI prints them."""
 
 
 @dataclass
@@ -75,7 +78,7 @@ class Trainer:
     next_epoch: int = 0
     stop_epoch: int | None = None
     elapsed: float = 0.0
-    log: Log = print
+    log: Log = LOGGER.info
     progress: bool = True
     threads: int = field(default_factory=torch.get_num_threads)
     data_sha256: str | None = None
@@ -90,7 +93,7 @@ class Trainer:
         data_source: str,
         out_dir: str | Path | None,
         device: str | None = None,
-        log: Log = print,
+        log: Log = LOGGER.info,
         progress: bool = True,
     ) -> Trainer:
         """A new run of ``graph`` under ``config`` on the data set ``data_source``.
@@ -132,7 +135,7 @@ class Trainer:
         out_dir: str | Path,
         *,
         device: str | None = None,
-        log: Log = print,
+        log: Log = LOGGER.info,
         progress: bool = True,
     ) -> Trainer:
         """The run checkpointed in ``out_dir``, ready to continue with its next epoch
@@ -219,7 +222,8 @@ class Trainer:
         """Log one line, above the progress bar when one is shown."""
         bar = self._bar
         if bar is not None and not bar.disable:
-            bar.write(line)
+            with bar.external_write_mode():  # the bar steps aside for the line
+                self.log(line)
         else:
             self.log(line)
 

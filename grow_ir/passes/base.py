@@ -126,6 +126,9 @@ def register_pass(name: str) -> Callable[[Callable[..., PassResult]], Callable[.
             return info.run(graph, **kwargs).graph
 
         public.run = info.run  # type: ignore[attr-defined]
+        # wraps() copied the implementation's `-> PassResult`; the public function gives a Graph
+        public.__signature__ = info.signature.replace(return_annotation=Graph)  # type: ignore[attr-defined]
+        public.__annotations__ = {**impl.__annotations__, "return": Graph}
         return public
 
     return wrap

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,9 +16,20 @@ from grow_ir.ir.types import DTYPES
 
 
 def write_weights(params: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Write ``params`` to a safetensors file (contiguous CPU copies, bitwise exact)."""
+    """Write ``params`` to a safetensors file (contiguous CPU copies, bitwise exact).
+
+    Guarantees: the file gets the permissions of any other file the process creates
+    (0666 less the umask); safetensors alone would leave it readable by its owner only.
+    """
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in params.items()}
     safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt"})
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def read_weights(graph: Graph, path: Path, *, file: str | None) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from grow_ir.errors import GrowError
 from grow_ir.growth.continual.discretise import discretise, fork_plan
@@ -163,6 +164,7 @@ def learn_sequence(
     device: torch.device | str = "cpu",
     log: Log | None = None,
     later_task: LaterTask = learn_task,
+    progress: bool = False,
 ) -> ContinualResult:
     """Learn ``tasks`` in order with Learn to Grow, starting from the network ``spec``.
 
@@ -172,6 +174,7 @@ def learn_sequence(
     task, so its accuracy never moves and the recorded forgetting is exactly 0.0. On the
     CPU, the same inputs (and thread count) give bitwise the same run. ``later_task``
     swaps how tasks after the first are learned (the fine-tuning baseline uses it).
+    ``progress`` shows a bar of tasks on a terminal (``log`` lines print above it).
 
     Raises:
         GrowError: no task, a spec that does not fit the tasks' data, or a spec whose
@@ -188,8 +191,17 @@ def learn_sequence(
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     graph = singles[0]
-    with deterministic_kernels():
+    bar = tqdm(
+        total=len(tasks),
+        desc="tasks",
+        unit="task",
+        disable=None if progress else True,
+        dynamic_ncols=True,
+    )
+    with deterministic_kernels(), bar:
         for i, task in enumerate(tasks):
+            phase = "training" if i == 0 else "searching, then training"
+            bar.set_postfix_str(f"{task.name} ({task.classes} classes): {phase}")
             start = time.perf_counter()
             d = task.data
             if i == 0:
@@ -224,7 +236,9 @@ def learn_sequence(
             )
             history.add(record)
             if log is not None:
-                log(record.table())
+                with bar.external_write_mode():
+                    log(record.table())
+            bar.update(1)
     history.finish(graph.num_params(), sum(g.num_params() for g in singles))
     return ContinualResult(graph, history, list(tasks))
 
