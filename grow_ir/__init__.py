@@ -2,12 +2,14 @@
 
 A network is a typed graph (:class:`Graph`) written as a YAML/JSON spec; growth operators
 are function-preserving rewrite passes (:mod:`grow_ir.passes`); backends lower graphs to a
-``torch.fx.GraphModule`` (:func:`to_torch`) and to ONNX (:func:`to_onnx`).
+``torch.fx.GraphModule`` (:func:`to_torch`) and to ONNX (:func:`to_onnx`); importers bring
+existing models in (:func:`from_torch`, :func:`from_onnx`).
 """
 
 from grow_ir.backends.onnx import to_onnx
 from grow_ir.backends.torch import to_torch, update_params
 from grow_ir.errors import GrowError
+from grow_ir.imports import from_onnx, from_torch
 from grow_ir.ir import Graph, Node, TensorType
 from grow_ir.passes import apply_plan
 from grow_ir.spec import dump_spec, load, load_spec, save
@@ -19,6 +21,8 @@ __all__ = [
     "TensorType",
     "apply_plan",
     "dump_spec",
+    "from_onnx",
+    "from_torch",
     "load",
     "load_spec",
     "save",

@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "continual",
     "export",
+    "import_",
     "schema",
     "demo",
 )

@@ -6,6 +6,7 @@ import grow_ir as gi
 from grow_ir.backends.onnx import to_onnx
 from grow_ir.backends.torch import to_torch, update_params
 from grow_ir.errors import GrowError, SpecError
+from grow_ir.imports import from_onnx, from_torch
 from grow_ir.ir import Graph, Node, TensorType
 from grow_ir.passes import apply_plan
 from grow_ir.spec import dump_spec, load, load_spec, save
@@ -23,6 +24,8 @@ DESIGN_API = [
     "to_torch",
     "update_params",
     "to_onnx",
+    "from_torch",
+    "from_onnx",
 ]
 
 
@@ -45,6 +48,8 @@ def test_every_name_is_the_real_object():
         "to_torch": to_torch,
         "update_params": update_params,
         "to_onnx": to_onnx,
+        "from_torch": from_torch,
+        "from_onnx": from_onnx,
     }
     for name, obj in expected.items():
         assert getattr(gi, name) is obj, name

@@ -16,6 +16,9 @@ from grow_ir.ir.types import DTYPES
 
 IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+# Node names are PyTorch module paths: a scope may start with a digit, as the children of
+# an nn.Sequential do (``layer1.0.conv1``, ``0``, and ``features.0_residual`` after a pass).
+NODE_RE = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 
 
 def _module_attributes() -> frozenset[str]:
@@ -40,7 +43,7 @@ def check_name(name: str, *, what: str = "node", field: str = "name") -> None:
     Graph inputs (``what="input"``) must be one plain identifier, since each becomes an
     argument of the lowered module's ``forward``.
     """
-    pattern = IDENT_RE if what == "input" else NAME_RE
+    pattern = {"input": IDENT_RE, "node": NODE_RE}.get(what, NAME_RE)
     if not isinstance(name, str) or not pattern.fullmatch(name):
         raise VerifyError(
             f"malformed {what} name",
@@ -48,6 +51,8 @@ def check_name(name: str, *, what: str = "node", field: str = "name") -> None:
             field=field,
             expected="a Python identifier, e.g. 'image'"
             if what == "input"
+            else "letters, digits and _ joined by dots, e.g. 'stage1.block0.conv1'"
+            if what == "node"
             else "identifiers joined by dots, e.g. 'stage1.block0.conv1'",
             found=repr(name),
         )

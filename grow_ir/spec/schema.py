@@ -13,8 +13,9 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _NODE_KEYS: dict[str, Any] = {
     "name": {
         "type": "string",
-        "pattern": r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
-        "description": "the node's unique name; dots make scopes (stage1.block0.conv1)",
+        "pattern": r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$",
+        "description": "the node's unique name; dots make scopes (stage1.block0.conv1); "
+        "scopes may start with a digit, as PyTorch module paths do (layer1.0.conv1)",
     },
     "inputs": {
         "type": "array",

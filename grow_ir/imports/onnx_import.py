@@ -1,0 +1,559 @@
+"""``from_onnx``: an ONNX model (a file or a ModelProto) into a verified Graph.
+
+Each ONNX node maps onto IR ops by one rule of :data:`RULES` (keyed by op type); the
+multi-node forms that exporters write for one layer are recognised where they start:
+``MatMul`` + ``Add`` of initializers is a biased linear, ``Sigmoid`` then ``Mul`` by the
+same value is silu, ``GlobalAveragePool``/``ReduceMean`` (keepdims) then ``Flatten`` is
+global_avgpool. Layers are named after their weight initializers (``layer1.0.conv1.weight``
+gives node ``layer1.0.conv1``, so files that ``to_onnx`` and ``torch.onnx.export`` write
+keep the module names); stateless nodes after their output value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from grow_ir.errors import CheckFailed, GrowError
+from grow_ir.imports.builder import GraphBuilder, folded_axes, ident
+from grow_ir.imports.torch_rules import KeptMean, Unsupported
+from grow_ir.ir.graph import Graph
+from grow_ir.ir.types import TensorType
+
+TOLERANCE = 1e-5
+"""Largest accepted relative error of the import check (graph vs onnxruntime)."""
+
+_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT64: "int64",
+}
+
+
+def from_onnx(model: str | Path | onnx.ModelProto, *, check: bool = True) -> Graph:
+    """Import an ONNX model into a verified Graph computing what it computes.
+
+    Guarantees: layers are named after their weight initializers without the last
+    component (``conv.weight`` -> ``conv``), so the parameters keep the file's names;
+    parameter values are the initializers' values, bitwise (a ``MatMul`` weight is
+    stored transposed, as ``nn.Linear`` holds it); inputs and outputs keep their names,
+    dims named in the file stay symbolic; with ``check`` the lowered graph matches
+    onnxruntime on random inputs within :data:`TOLERANCE` (relative). ``model`` is unchanged.
+
+    Raises:
+        ImportRefused: one line per ONNX node (name and op type) that grow-ir has no op
+            for; nothing is imported.
+        CheckFailed: the imported graph computes another function than the file.
+        GrowError: the file cannot be read or is not a valid ONNX model.
+    """
+    proto, label = _load(model)
+    graph = _convert(proto, label)
+    if check:
+        _check(graph, proto)
+    return graph
+
+
+def _load(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name or "model"
+    path = Path(model)
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # protobuf decode errors, missing files
+        raise GrowError(
+            "cannot read the ONNX file",
+            file=str(path),
+            expected="an ONNX model file",
+            found=f"{type(exc).__name__}: {exc}",
+        ) from None
+    return proto, str(path)
+
+
+@dataclass
+class _Context:
+    builder: GraphBuilder
+    consts: dict[str, np.ndarray]
+    consumers: dict[str, list[onnx.NodeProto]]
+    env: dict[str, str | KeptMean] = field(default_factory=dict)
+    done: set[int] = field(default_factory=set)  # ids of nodes a pattern already consumed
+
+    def value(self, name: str) -> str:
+        if name in self.consts:
+            raise Unsupported(f"takes the constant '{name}' where grow-ir needs a value")
+        bound = self.env.get(name)
+        if isinstance(bound, KeptMean):
+            raise Unsupported("reads a spatial mean kept as [N, C, 1, 1] (only flatten may)")
+        if bound is None:
+            raise Unsupported(f"reads '{name}', which has no grow-ir value")
+        return bound
+
+    def const(self, name: str, what: str) -> np.ndarray:
+        if name not in self.consts:
+            raise Unsupported(f"takes its {what} from a computed value, not an initializer")
+        return self.consts[name]
+
+    def type(self, name: str) -> TensorType:
+        bound = self.env[name]
+        return self.builder.types[bound.value if isinstance(bound, KeptMean) else bound]
+
+    def only_consumer(self, output: str) -> onnx.NodeProto | None:
+        users = self.consumers.get(output, [])
+        return users[0] if len(users) == 1 else None
+
+
+def _text(v: str | bytes) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _float32(v: float) -> float:
+    """The shortest decimal of a float32 attribute (1e-05, not 9.99999974e-06)."""
+    return float(str(np.float32(v)))
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _layer_name(init: str) -> str:
+    head = init.split("/")[0]
+    base, _, last = head.rpartition(".")
+    return base if base and last in ("weight", "running_mean", "scale") else head
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, copy=True))
+
+
+def _convert(proto: onnx.ModelProto, label: str) -> Graph:
+    g = proto.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for node in g.node:
+        if node.op_type == "Constant":
+            consts[node.output[0]] = numpy_helper.to_array(_attrs(node)["value"])
+    builder = GraphBuilder(source=f"{label} (onnx)", tensors={})
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    ctx = _Context(builder=builder, consts=consts, consumers=consumers)
+    for inp in g.input:
+        if inp.name in consts:
+            continue
+        ctx.env[inp.name] = builder.add_input(ident(inp.name), _vtype(inp))
+    for node in g.node:
+        if node.op_type == "Constant" or id(node) in ctx.done:
+            continue
+        where = f"node '{node.name or node.output[0]}' ({node.op_type})"
+        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if rule is None:  # listed even after a refused node: every missing op at once
+            missing = f"{node.domain or 'ai.onnx'}.{node.op_type} has no grow-ir op"
+            builder.refuse(where, missing, list(node.output))
+            continue
+        if builder.is_poisoned(list(node.input)):
+            builder.poisoned.update(node.output)
+            continue
+        try:
+            rule(ctx, node)
+        except Unsupported as exc:
+            builder.refuse(where, f"{node.op_type} {exc.reason}", list(node.output))
+    outputs = {}
+    for out in g.output:
+        if builder.is_poisoned([out.name]):
+            continue
+        bound = ctx.env.get(out.name)
+        if bound is None:
+            builder.refuse(out.name, "the output is not computed by any imported node")
+            continue
+        if isinstance(bound, KeptMean):
+            builder.refuse(out.name, "the output is a spatial mean kept as [N, C, 1, 1]")
+            continue
+        outputs[ident(out.name)] = bound
+    return builder.finish(outputs, Path(label).stem if g.name == "" else g.name)
+
+
+def _vtype(info: onnx.ValueInfoProto) -> TensorType:
+    t = info.type.tensor_type
+    if t.elem_type not in _DTYPES:
+        raise GrowError(
+            "unsupported input type",
+            field=f"inputs.{info.name}",
+            expected="float32, float16 or int64",
+            found=onnx.TensorProto.DataType.Name(t.elem_type),
+        )
+    dims: list[int | str] = []
+    for i, d in enumerate(t.shape.dim):
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(ident(d.dim_param or f"dim{i}"))
+    return TensorType(tuple(dims), _DTYPES[t.elem_type])
+
+
+Rule = Callable[[_Context, onnx.NodeProto], None]
+
+
+def _bind_add(
+    ctx: _Context, node: onnx.NodeProto, op: str, inputs: list[str], attrs=None, **layer: Any
+) -> str:
+    hint = layer.pop("hint", None) or node.output[0]
+    name = ctx.builder.add(op, inputs, hint, attrs, **layer)
+    ctx.env[node.output[0]] = name
+    return name
+
+
+def _pair(v: list[int]) -> int | tuple[int, int]:
+    return v[0] if len(set(v)) == 1 else (v[0], v[1])
+
+
+def _symmetric(pads: list[int], what: str) -> list[int]:
+    n = len(pads) // 2
+    if pads[:n] != pads[n:]:
+        raise Unsupported(f"pads {what} asymmetrically ({pads})")
+    return pads[:n]
+
+
+def _conv(ctx: _Context, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    if _text(a.get("auto_pad", "NOTSET")) != "NOTSET":
+        raise Unsupported(f"uses auto_pad={a['auto_pad']!r}")
+    x = ctx.value(node.input[0])
+    w = ctx.const(node.input[1], "weight")
+    nd = w.ndim - 2
+    if nd not in (1, 2):
+        raise Unsupported(f"is a {nd}-d convolution (grow-ir: 1-d and 2-d)")
+    b = ctx.const(node.input[2], "bias") if len(node.input) > 2 and node.input[2] else None
+    pads = _symmetric(list(a.get("pads", [0] * 2 * nd)), "")
+    size = _pair if nd == 2 else (lambda v: v[0] if len(set(v)) == 1 else _bad(v))
+    attrs = {
+        "out_channels": int(w.shape[0]),
+        "kernel_size": size(list(w.shape[2:])),
+        "stride": size(list(a.get("strides", [1] * nd))),
+        "padding": size(pads),
+        "dilation": size(list(a.get("dilations", [1] * nd))),
+        "groups": int(a.get("group", 1)),
+        "bias": b is not None,
+    }
+    params = {"weight": _tensor(w)}
+    if b is not None:
+        params["bias"] = _tensor(b)
+    _bind_add(ctx, node, f"conv{nd}d", [x], attrs, params=params, hint=_layer_name(node.input[1]))
+
+
+def _bad(v: list[int]) -> int:
+    raise Unsupported(f"has unequal sizes {v}")
+
+
+def _gemm(ctx: _Context, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    if a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or a.get("transA", 0):
+        raise Unsupported("scales or transposes its input (alpha, beta, transA)")
+    x = ctx.value(node.input[0])
+    w = ctx.const(node.input[1], "weight")
+    weight = w if a.get("transB", 0) else w.T
+    bias = ctx.const(node.input[2], "bias") if len(node.input) > 2 and node.input[2] else None
+    _linear(ctx, node, x, weight, bias, node.input[1])
+
+
+def _linear(
+    ctx: _Context,
+    node: onnx.NodeProto,
+    x: str,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    init: str,
+    output: str | None = None,
+) -> None:
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise Unsupported(f"adds a bias of shape {list(bias.shape)}, not [{weight.shape[0]}]")
+    params = {"weight": _tensor(weight)}
+    if bias is not None:
+        params["bias"] = _tensor(bias)
+    attrs = {"out_features": int(weight.shape[0]), "bias": bias is not None}
+    name = ctx.builder.add("linear", [x], _layer_name(init), attrs, params=params)
+    ctx.env[output or node.output[0]] = name
+
+
+def _matmul(ctx: _Context, node: onnx.NodeProto) -> None:
+    x = ctx.value(node.input[0])
+    w = ctx.const(node.input[1], "weight")
+    if w.ndim != 2:
+        raise Unsupported(f"multiplies by a rank-{w.ndim} constant (grow-ir: a matrix)")
+    add = ctx.only_consumer(node.output[0])
+    if add is not None and add.op_type == "Add":
+        other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        b = ctx.consts.get(other)
+        if b is not None and b.shape == (w.shape[1],):
+            ctx.done.add(id(add))
+            _linear(ctx, node, x, w.T, b, node.input[1], output=add.output[0])
+            return
+    _linear(ctx, node, x, w.T, None, node.input[1])
+
+
+def _batchnorm(ctx: _Context, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    if a.get("training_mode", 0):
+        raise Unsupported("runs in training mode")
+    x = ctx.value(node.input[0])
+    scale, bias, mean, var = (ctx.const(i, "statistics") for i in node.input[1:5])
+    params = {
+        "weight": _tensor(scale),
+        "bias": _tensor(bias),
+        "running_mean": _tensor(mean),
+        "running_var": _tensor(var),
+        "num_batches_tracked": torch.tensor(0, dtype=torch.int64),
+    }
+    attrs: dict[str, Any] = {"eps": _float32(a.get("epsilon", 1e-5))}
+    if "momentum" in a:  # ONNX's momentum weighs the old statistics, PyTorch's the new
+        attrs["momentum"] = _float32(1.0 - a["momentum"])
+    _bind_add(ctx, node, "batchnorm", [x], attrs, params=params, hint=_layer_name(node.input[3]))
+
+
+def _layernorm(ctx: _Context, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    x = ctx.value(node.input[0])
+    rank = ctx.type(node.input[0]).rank
+    if int(a.get("axis", -1)) % rank != rank - 1:
+        raise Unsupported("normalises over more than the last axis")
+    scale = ctx.const(node.input[1], "scale")
+    bias = ctx.const(node.input[2], "bias") if len(node.input) > 2 and node.input[2] else None
+    params = {"weight": _tensor(scale)}
+    if bias is not None:
+        params["bias"] = _tensor(bias)
+    attrs = {"eps": _float32(a.get("epsilon", 1e-5)), "bias": bias is not None}
+    _bind_add(ctx, node, "layernorm", [x], attrs, params=params, hint=_layer_name(node.input[1]))
+
+
+def _gather(ctx: _Context, node: onnx.NodeProto) -> None:
+    if int(_attrs(node).get("axis", 0)) != 0 or node.input[0] not in ctx.consts:
+        raise Unsupported("is not a table lookup (rows of an initializer by index)")
+    w = ctx.consts[node.input[0]]
+    ids = ctx.value(node.input[1])
+    attrs = {"num_embeddings": int(w.shape[0]), "embedding_dim": int(w.shape[1])}
+    _bind_add(
+        ctx,
+        node,
+        "embedding",
+        [ids],
+        attrs,
+        params={"weight": _tensor(w)},
+        hint=_layer_name(node.input[0]),
+    )
+
+
+def _unary(op: str, **attrs_of: Callable[[dict], Any]) -> Rule:
+    def rule(ctx: _Context, node: onnx.NodeProto) -> None:
+        a = _attrs(node)
+        attrs = {k: f(a) for k, f in attrs_of.items()}
+        _bind_add(ctx, node, op, [ctx.value(node.input[0])], attrs)
+
+    return rule
+
+
+def _alias(ctx: _Context, node: onnx.NodeProto) -> None:
+    ctx.env[node.output[0]] = ctx.value(node.input[0])
+
+
+def _dropout(ctx: _Context, node: onnx.NodeProto) -> None:
+    if len(node.output) > 1 and node.output[1]:
+        raise Unsupported("returns its mask")
+    _alias(ctx, node)
+
+
+def _sigmoid(ctx: _Context, node: onnx.NodeProto) -> None:
+    mul = ctx.only_consumer(node.output[0])
+    if (
+        mul is not None
+        and mul.op_type == "Mul"
+        and set(mul.input) == {node.input[0], node.output[0]}
+    ):
+        ctx.done.add(id(mul))
+        name = ctx.builder.add("silu", [ctx.value(node.input[0])], mul.output[0])
+        ctx.env[mul.output[0]] = name
+        return
+    _bind_add(ctx, node, "sigmoid", [ctx.value(node.input[0])])
+
+
+def _softmax(ctx: _Context, node: onnx.NodeProto) -> None:
+    axis = int(_attrs(node).get("axis", -1))
+    _bind_add(ctx, node, "softmax", [ctx.value(node.input[0])], {"dim": axis})
+
+
+def _pool(op: str) -> Rule:
+    def rule(ctx: _Context, node: onnx.NodeProto) -> None:
+        a = _attrs(node)
+        if _text(a.get("auto_pad", "NOTSET")) != "NOTSET":
+            raise Unsupported(f"uses auto_pad={a['auto_pad']!r}")
+        if len(node.output) > 1 and node.output[1]:
+            raise Unsupported("returns indices")
+        k = list(a["kernel_shape"])
+        if len(k) != 2:
+            raise Unsupported(f"pools over {len(k)} axes (grow-ir: 2)")
+        attrs: dict[str, Any] = {
+            "kernel_size": _pair(k),
+            "stride": _pair(list(a.get("strides", [1, 1]))),
+            "padding": _pair(_symmetric(list(a.get("pads", [0] * 4)), "")),
+            "ceil_mode": bool(a.get("ceil_mode", 0)),
+        }
+        if op == "maxpool2d":
+            attrs["dilation"] = _pair(list(a.get("dilations", [1, 1])))
+        else:
+            attrs["count_include_pad"] = bool(a.get("count_include_pad", 0))
+        _bind_add(ctx, node, op, [ctx.value(node.input[0])], attrs)
+
+    return rule
+
+
+def _global_avgpool(ctx: _Context, node: onnx.NodeProto) -> None:
+    gap = _bind_add(ctx, node, "global_avgpool", [ctx.value(node.input[0])])
+    ctx.env[node.output[0]] = KeptMean(gap)
+
+
+def _reduce_mean(ctx: _Context, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    rank = ctx.type(node.input[0]).rank
+    if len(node.input) > 1 and node.input[1]:
+        axes = [int(v) for v in ctx.const(node.input[1], "axes").reshape(-1)]
+    else:
+        axes = list(a.get("axes", range(rank)))
+    if sorted(int(v) % rank for v in axes) != list(range(2, rank)) or rank < 3:
+        raise Unsupported(f"averages over axes {axes} (grow-ir: the spatial axes)")
+    gap = _bind_add(ctx, node, "global_avgpool", [ctx.value(node.input[0])])
+    if a.get("keepdims", 1):
+        ctx.env[node.output[0]] = KeptMean(gap)
+
+
+def _fold(ctx: _Context, node: onnx.NodeProto, after: list) -> None:
+    source = node.input[0]
+    bound = ctx.env.get(source)
+    before = list(ctx.type(source).shape)
+    if isinstance(bound, KeptMean):
+        if len(after) == 2:
+            ctx.env[node.output[0]] = bound.value
+            return
+        raise Unsupported(f"reshapes a kept spatial mean to {after}")
+    if after == before:
+        _alias(ctx, node)
+        return
+    axes = folded_axes(before, after)
+    if axes is None:
+        raise Unsupported(f"reshapes {before} to {after} (grow-ir: flatten after axis 0)")
+    attrs = {"start_dim": axes[0], "end_dim": axes[1]}
+    _bind_add(ctx, node, "flatten", [ctx.value(source)], attrs)
+
+
+def _flatten(ctx: _Context, node: onnx.NodeProto) -> None:
+    axis = int(_attrs(node).get("axis", 1))
+    shape = list(ctx.type(node.input[0]).shape)
+    axis %= max(1, len(shape))
+    if axis != 1 and not isinstance(ctx.env.get(node.input[0]), KeptMean):
+        raise Unsupported(f"flattens at axis {axis} (grow-ir: after the batch axis)")
+    folded = shape[1:]
+    size: int | str = "?"
+    if all(isinstance(d, int) for d in folded):
+        size = int(np.prod(folded)) if folded else 1
+    _fold(ctx, node, [shape[0], size])
+
+
+def _reshape(ctx: _Context, node: onnx.NodeProto) -> None:
+    target = [int(v) for v in ctx.const(node.input[1], "shape").reshape(-1)]
+    before = list(ctx.type(node.input[0]).shape)
+    allowzero = int(_attrs(node).get("allowzero", 0))
+    after: list = [before[i] if v == 0 and not allowzero else v for i, v in enumerate(target)]
+    if after.count(-1) == 1:
+        # -1 takes what is left: the known sizes divide out, and symbolic dims must cancel
+        known = [d for d in after if d != -1]
+        symbols = sorted(str(d) for d in before if not isinstance(d, int))
+        if symbols == sorted(str(d) for d in known if not isinstance(d, int)):
+            total = int(np.prod([d for d in before if isinstance(d, int)]))
+            part = int(np.prod([d for d in known if isinstance(d, int)]))
+            after[after.index(-1)] = total // max(1, part)
+    _fold(ctx, node, after)
+
+
+def _squeeze(ctx: _Context, node: onnx.NodeProto) -> None:
+    if not isinstance(ctx.env.get(node.input[0]), KeptMean):
+        raise Unsupported("removes axes (grow-ir: only those of a spatial mean)")
+    ctx.env[node.output[0]] = ctx.env[node.input[0]].value  # type: ignore[union-attr]
+
+
+def _binary(op: str) -> Rule:
+    def rule(ctx: _Context, node: onnx.NodeProto) -> None:
+        a, b = ctx.value(node.input[0]), ctx.value(node.input[1])
+        ta, tb = ctx.builder.types[a], ctx.builder.types[b]
+        if ta != tb:
+            raise Unsupported(f"broadcasts {ta} with {tb} (grow-ir: operands of one type)")
+        _bind_add(ctx, node, op, [a, b])
+
+    return rule
+
+
+def _concat(ctx: _Context, node: onnx.NodeProto) -> None:
+    values = [ctx.value(i) for i in node.input]
+    axis = int(_attrs(node)["axis"])
+    if len(values) == 1:
+        ctx.env[node.output[0]] = values[0]
+        return
+    _bind_add(ctx, node, "concat", values, {"dim": axis})
+
+
+RULES: dict[str, Rule] = {
+    "Conv": _conv,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "BatchNormalization": _batchnorm,
+    "LayerNormalization": _layernorm,
+    "Gather": _gather,
+    "Relu": _unary("relu"),
+    "Tanh": _unary("tanh"),
+    "Sigmoid": _sigmoid,
+    "Gelu": _unary("gelu", approximate=lambda a: _text(a.get("approximate", "none"))),
+    "Softmax": _softmax,
+    "Identity": _alias,
+    "Dropout": _dropout,
+    "MaxPool": _pool("maxpool2d"),
+    "AveragePool": _pool("avgpool2d"),
+    "GlobalAveragePool": _global_avgpool,
+    "ReduceMean": _reduce_mean,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Squeeze": _squeeze,
+    "Add": _binary("add"),
+    "Mul": _binary("mul"),
+    "Concat": _concat,
+}
+"""ONNX op type -> rule."""
+
+
+def _check(graph: Graph, proto: onnx.ModelProto) -> None:
+    import onnxruntime as ort
+
+    from grow_ir.backends.torch import to_torch
+    from grow_ir.probes import random_inputs
+
+    inputs = random_inputs(graph)
+    names = [
+        i.name for i in proto.graph.input if i.name not in {x.name for x in proto.graph.initializer}
+    ]
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {n: inputs[g].numpy() for n, g in zip(names, graph.inputs)}
+    want = session.run(None, feed)
+    with torch.no_grad():
+        got = to_torch(graph).eval()(**inputs)
+    got_list = list(got.values()) if isinstance(got, dict) else [got]
+    for (out, _), g, w in zip(graph.outputs.items(), got_list, want):
+        w64 = torch.from_numpy(np.asarray(w)).double()
+        err = (g.double() - w64).abs().max().item() / max(1.0, w64.abs().max().item())
+        if not err <= TOLERANCE:
+            raise CheckFailed(
+                "the imported graph computes another function than the ONNX file",
+                field=f"outputs.{out}",
+                expected=f"a relative error of at most {TOLERANCE:g} against onnxruntime",
+                found=f"{err:.3g}",
+            )

@@ -1,0 +1,531 @@
+"""The importer's table: which ATen op (of a ``torch.export`` program) becomes which IR op.
+
+One rule per ATen overload, like a backend's lowering table in reverse. A rule reads the
+fx node's arguments, adds IR nodes through :class:`Context` and binds the fx value to an IR
+value, or raises :class:`Unsupported` with the reason (the message names the module).
+Ops that only rename a value (``clone``, ``alias``, a ``view`` to the same shape) bind to
+their input and add nothing.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from grow_ir.errors import GrowError
+from grow_ir.imports.builder import GraphBuilder, clean_name, folded_axes
+from grow_ir.ir.types import DTYPES
+
+aten = torch.ops.aten
+
+
+class Unsupported(Exception):
+    """A construct has no grow-ir op; ``reason`` completes ``<op> ...``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class KeptMean:
+    """The IR value ``value`` ([N, C]) standing for a spatial mean kept as [N, C, 1, 1].
+
+    ``adaptive_avg_pool2d(x, 1)`` and ``mean(x, [2, 3], keepdim=True)`` are what models
+    compute before ``flatten``; grow-ir's ``global_avgpool`` drops the unit axes, so the
+    pair becomes one node, and any other use of the kept axes is refused.
+    """
+
+    value: str
+
+
+@dataclass
+class Context:
+    """What a rule may read and do while one program is converted."""
+
+    builder: GraphBuilder
+    root: nn.Module
+    fqns: Mapping[str, str]  # placeholder name -> state_dict key
+    env: dict[str, str | KeptMean] = field(default_factory=dict)
+    constants: set[str] = field(default_factory=set)
+    batch: int | None = None
+    layers: dict[str, tuple[str, str, dict, dict]] = field(default_factory=dict)
+
+    # ---- reading the fx node ------------------------------------------------------------
+
+    def where(self, node: fx.Node) -> str:
+        """``path (Class)`` of the innermost module that ran ``node``."""
+        path, cls = self._scope(node)
+        return f"{path or '<root>'} ({cls.rsplit('.', 1)[-1]})"
+
+    def _scope(self, node: fx.Node) -> tuple[str, str]:
+        stack = node.meta.get("nn_module_stack") or {}
+        if not stack:
+            return "", type(self.root).__name__
+        path, cls = list(stack.values())[-1]
+        cls = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+        return path, cls
+
+    def value(self, arg: Any) -> str:
+        """The IR value of a tensor argument."""
+        if not isinstance(arg, fx.Node):
+            raise Unsupported(f"takes a constant operand ({arg!r}) where grow-ir needs a value")
+        if arg.name in self.fqns:
+            raise Unsupported(
+                f"reads parameter '{self.fqns[arg.name]}' as a value (not as a layer's weight)"
+            )
+        bound = self.env.get(arg.name)
+        if isinstance(bound, KeptMean):
+            raise Unsupported("reads a spatial mean kept as [N, C, 1, 1] (only flatten may)")
+        if bound is None:
+            raise Unsupported(f"reads '{arg.name}', which has no grow-ir value")
+        return bound
+
+    def resolve(self, node: fx.Node, label: str) -> str:
+        """The IR value an output names; a kept mean is refused there."""
+        bound = self.env[node.name]
+        if isinstance(bound, KeptMean):
+            self.builder.refuse(label, "the output is a spatial mean kept as [N, C, 1, 1]")
+            return bound.value
+        return bound
+
+    def param(self, arg: Any) -> str | None:
+        """The state_dict key of a parameter argument, None for None; else Unsupported."""
+        if arg is None:
+            return None
+        if isinstance(arg, fx.Node) and arg.name in self.fqns:
+            return self.fqns[arg.name]
+        raise Unsupported("takes its weight from a computed value, not from a parameter")
+
+    def shape(self, arg: fx.Node) -> tuple[int, ...]:
+        """The concrete shape torch.export recorded for a value."""
+        return tuple(int(d) for d in arg.meta["val"].shape)
+
+    def hint(self, node: fx.Node, short: str) -> str:
+        """A name for a stateless node: a stateless leaf module's own path (``layer1.relu``),
+        else ``SCOPE.OP`` inside the module that ran it (``layer1.0.add``)."""
+        path, _ = self._scope(node)
+        if path:
+            try:
+                mod = self.root.get_submodule(path)
+            except AttributeError:
+                mod = None
+            leaf = mod is not None and not list(mod.children()) and not mod.state_dict()
+            return path if leaf else f"{path}.{short}"
+        return short
+
+    # ---- building ---------------------------------------------------------------------
+
+    def bind(self, node: fx.Node, value: str | KeptMean) -> None:
+        """Make ``node`` stand for an IR value."""
+        self.env[node.name] = value
+
+    def add(
+        self, node: fx.Node, op: str, inputs: list[str], attrs: dict | None = None, short: str = ""
+    ) -> str:
+        """Add a stateless IR node for ``node`` and bind it."""
+        # export names a value after the call that made it (max_pool2d_3): keep the call
+        name = self.builder.add(op, inputs, self.hint(node, short or _call_name(node)), attrs)
+        self.bind(node, name)
+        return name
+
+    def add_layer(
+        self, node: fx.Node, op: str, inputs: list[str], attrs: dict, params: dict[str, str | None]
+    ) -> str:
+        """Add a node with parameters, named by the module they belong to.
+
+        ``params`` maps the op's local names to state_dict keys (the others are looked up
+        under the same module). A module called again becomes a node that shares the
+        first call's parameters.
+        """
+        keys = {k: v for k, v in params.items() if v is not None}
+        first = next(iter(keys.values()))
+        path = first.rpartition(".")[0] or clean_name(first)
+        previous = self.layers.get(path)
+        if previous is not None and previous[1:] == (op, attrs, keys):
+            name = self.builder.add(op, inputs, path, attrs, share=previous[0])
+        else:
+            tensors = self.builder.tensors
+            from grow_ir.ir.ops import OPS
+
+            opdef = OPS[op]
+            typed = opdef.attrs.model_validate(attrs)
+            specs = opdef.params(typed, [self.builder.types[i] for i in inputs])
+            values = {}
+            for local in specs:
+                key = keys.get(local, f"{path}.{local}")
+                if key not in tensors:
+                    raise Unsupported(f"needs '{key}', which the module's state_dict lacks")
+                values[local] = tensors[key]
+            name = self.builder.add(op, inputs, path, attrs, params=values, name=path)
+            self.layers[path] = (name, op, attrs, keys)
+        self.bind(node, name)
+        return name
+
+    def check_shape(self, node: fx.Node) -> None:
+        """Refuse a conversion whose inferred type differs from what torch recorded."""
+        bound = self.env.get(node.name)
+        if (
+            bound is None
+            or "val" not in node.meta
+            or not isinstance(node.meta["val"], torch.Tensor)
+        ):
+            return
+        if isinstance(bound, KeptMean):
+            return
+        t = self.builder.types[bound]
+        shape = tuple(self.batch if d == "batch" else d for d in t.shape)
+        want = node.meta["val"]
+        if shape != tuple(want.shape) or DTYPES[t.dtype] != want.dtype:
+            self.builder.refuse(
+                self.where(node),
+                f"{node.target} was imported as {t} but torch computes "
+                f"{list(want.shape)} {want.dtype}",
+                [node.name],
+            )
+
+
+def _call_name(node: fx.Node) -> str:
+    return re.sub(r"_[0-9]+$", "", node.name)
+
+
+def arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    """Argument ``i`` (keyword ``name``) of an fx call, or ``default``."""
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+Rule = Callable[[Context, fx.Node], None]
+
+
+def _single(values: Any, what: str) -> int:
+    """One int for a size given as an int or equal entries ([3, 3] -> 3)."""
+    if isinstance(values, int):
+        return values
+    vals = list(values)
+    if len(set(vals)) != 1:
+        raise Unsupported(f"has a non-square {what} {vals}")
+    return int(vals[0])
+
+
+def _pair(values: Any) -> int | tuple[int, int]:
+    """An int for equal pairs, else the pair (conv2d and pooling attributes)."""
+    if isinstance(values, int):
+        return values
+    vals = [int(v) for v in values]
+    if len(vals) == 1:
+        return vals[0]
+    return vals[0] if vals[0] == vals[1] else (vals[0], vals[1])
+
+
+# ---- layers with parameters -------------------------------------------------------------
+
+
+def _conv(nd: int) -> Rule:
+    op = f"conv{nd}d"
+
+    def rule(ctx: Context, node: fx.Node) -> None:
+        x = ctx.value(node.args[0])
+        weight, bias = ctx.param(node.args[1]), ctx.param(arg(node, 2, "bias"))
+        w = ctx.builder.tensors[weight]
+        size = _pair if nd == 2 else (lambda v: _single(v, "size"))
+        padding = arg(node, 4, "padding", 0)
+        attrs: dict[str, Any] = {
+            "out_channels": int(w.shape[0]),
+            "kernel_size": size(w.shape[2:]),
+            "stride": size(arg(node, 3, "stride", 1)),
+            "padding": padding if isinstance(padding, str) else size(padding),
+            "dilation": size(arg(node, 5, "dilation", 1)),
+            "groups": int(arg(node, 6, "groups", 1)),
+            "bias": bias is not None,
+        }
+        ctx.add_layer(node, op, [x], attrs, {"weight": weight, "bias": bias})
+
+    return rule
+
+
+def _linear(ctx: Context, node: fx.Node) -> None:
+    x = ctx.value(node.args[0])
+    weight, bias = ctx.param(node.args[1]), ctx.param(arg(node, 2, "bias"))
+    w = ctx.builder.tensors[weight]
+    attrs = {"out_features": int(w.shape[0]), "bias": bias is not None}
+    ctx.add_layer(node, "linear", [x], attrs, {"weight": weight, "bias": bias})
+
+
+def _batch_norm(ctx: Context, node: fx.Node) -> None:
+    x = ctx.value(node.args[0])
+    weight, bias = ctx.param(node.args[1]), ctx.param(node.args[2])
+    mean, var = ctx.param(node.args[3]), ctx.param(node.args[4])
+    if mean is None or var is None:
+        raise Unsupported("normalises with batch statistics (track_running_stats=False)")
+    if arg(node, 5, "training", False):
+        raise Unsupported("runs in training mode")
+    path = mean.rpartition(".")[0]
+    momentum = getattr(_module(ctx, path), "momentum", 0.1)
+    attrs = {"eps": float(arg(node, 7, "eps", 1e-5)), "momentum": momentum}
+    if weight is None:
+        attrs["affine"] = False
+    params = {"weight": weight, "bias": bias, "running_mean": mean, "running_var": var}
+    ctx.add_layer(node, "batchnorm", [x], attrs, params)
+
+
+def _module(ctx: Context, path: str) -> nn.Module | None:
+    try:
+        return ctx.root.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _layer_norm(ctx: Context, node: fx.Node) -> None:
+    x = ctx.value(node.args[0])
+    shape = list(node.args[1])
+    if len(shape) != 1:
+        raise Unsupported(f"normalises over {len(shape)} axes (grow-ir: the last one)")
+    weight, bias = ctx.param(arg(node, 2, "weight")), ctx.param(arg(node, 3, "bias"))
+    attrs: dict[str, Any] = {"eps": float(arg(node, 4, "eps", 1e-5))}
+    if weight is None:
+        if bias is not None:
+            raise Unsupported("has a bias without a weight")
+        attrs["elementwise_affine"] = False
+        ctx.add(node, "layernorm", [x], attrs, short="layer_norm")
+        return
+    if bias is None:
+        attrs["bias"] = False
+    ctx.add_layer(node, "layernorm", [x], attrs, {"weight": weight, "bias": bias})
+
+
+def _embedding(ctx: Context, node: fx.Node) -> None:
+    weight = ctx.param(node.args[0])
+    ids = ctx.value(node.args[1])
+    w = ctx.builder.tensors[weight]
+    padding_idx = int(arg(node, 2, "padding_idx", -1))
+    attrs: dict[str, Any] = {"num_embeddings": int(w.shape[0]), "embedding_dim": int(w.shape[1])}
+    mod = _module(ctx, weight.rpartition(".")[0])
+    if isinstance(mod, nn.Embedding) and mod.padding_idx is not None:
+        attrs["padding_idx"] = mod.padding_idx
+    elif padding_idx != -1:
+        attrs["padding_idx"] = padding_idx
+    ctx.add_layer(node, "embedding", [ids], attrs, {"weight": weight})
+
+
+# ---- stateless ops ----------------------------------------------------------------------
+
+
+def _unary(op: str, **attrs_of: Callable[[fx.Node], Any]) -> Rule:
+    def rule(ctx: Context, node: fx.Node) -> None:
+        attrs = {k: f(node) for k, f in attrs_of.items()}
+        ctx.add(node, op, [ctx.value(node.args[0])], attrs)
+
+    return rule
+
+
+def _alias(ctx: Context, node: fx.Node) -> None:
+    source = node.args[0]
+    if isinstance(source, fx.Node) and source.name in ctx.env:
+        ctx.bind(node, ctx.env[source.name])
+        return
+    ctx.value(source)  # raises the reason
+
+
+def _to(ctx: Context, node: fx.Node) -> None:
+    source = node.args[0]
+    want = node.meta["val"].dtype
+    if isinstance(source, fx.Node) and source.meta["val"].dtype == want:
+        _alias(ctx, node)
+        return
+    raise Unsupported(f"casts to {want} (grow-ir has no cast op)")
+
+
+def _softmax(ctx: Context, node: fx.Node) -> None:
+    ctx.add(node, "softmax", [ctx.value(node.args[0])], {"dim": int(node.args[1])})
+
+
+def _dropout(ctx: Context, node: fx.Node) -> None:
+    x = ctx.value(node.args[0])
+    ctx.add(node, "dropout", [x], {"p": float(arg(node, 1, "p", 0.5))})
+
+
+def _pool_attrs(node: fx.Node, with_dilation: bool) -> dict[str, Any]:
+    kernel = arg(node, 1, "kernel_size")
+    stride = arg(node, 2, "stride", []) or kernel
+    attrs = {
+        "kernel_size": _pair(kernel),
+        "stride": _pair(stride),
+        "padding": _pair(arg(node, 3, "padding", 0)),
+    }
+    if with_dilation:
+        attrs["dilation"] = _pair(arg(node, 4, "dilation", 1))
+        attrs["ceil_mode"] = bool(arg(node, 5, "ceil_mode", False))
+    else:
+        attrs["ceil_mode"] = bool(arg(node, 4, "ceil_mode", False))
+    return attrs
+
+
+def _max_pool(ctx: Context, node: fx.Node) -> None:
+    ctx.add(node, "maxpool2d", [ctx.value(node.args[0])], _pool_attrs(node, True))
+
+
+def _avg_pool(ctx: Context, node: fx.Node) -> None:
+    if arg(node, 6, "divisor_override") is not None:
+        raise Unsupported("has a divisor_override")
+    attrs = _pool_attrs(node, False)
+    attrs["count_include_pad"] = bool(arg(node, 5, "count_include_pad", True))
+    ctx.add(node, "avgpool2d", [ctx.value(node.args[0])], attrs)
+
+
+def _adaptive_avg_pool(ctx: Context, node: fx.Node) -> None:
+    x = node.args[0]
+    size = [int(s) for s in node.args[1]]
+    spatial = list(ctx.shape(x)[2:])
+    if size == spatial:
+        _alias(ctx, node)
+    elif all(s == 1 for s in size):
+        gap = ctx.add(node, "global_avgpool", [ctx.value(x)], short="pool")
+        ctx.bind(node, KeptMean(gap))
+    else:
+        raise Unsupported(f"pools {spatial} to {size} (grow-ir: to 1x1, or keeping the size)")
+
+
+def _mean(ctx: Context, node: fx.Node) -> None:
+    x = node.args[0]
+    rank = len(ctx.shape(x))
+    dims = sorted(int(d) % rank for d in arg(node, 1, "dim", []) or range(rank))
+    if dims != list(range(2, rank)) or rank < 3:
+        raise Unsupported(f"averages over axes {dims} (grow-ir: the spatial axes)")
+    gap = ctx.add(node, "global_avgpool", [ctx.value(x)], short="mean")
+    if arg(node, 2, "keepdim", False):
+        ctx.bind(node, KeptMean(gap))
+
+
+def _fold_to(ctx: Context, node: fx.Node, source: fx.Node, out_shape: tuple[int, ...]) -> None:
+    """Bind a reshape of ``source`` to ``out_shape``: a kept mean's squeeze, an alias, or a
+    flatten of consecutive axes after the batch axis."""
+    bound = ctx.env.get(source.name)
+    in_shape = ctx.shape(source)
+    if isinstance(bound, KeptMean):
+        if out_shape == in_shape[:2]:
+            ctx.bind(node, bound.value)
+            return
+        raise Unsupported(f"reshapes a kept spatial mean to {list(out_shape)}")
+    if out_shape == in_shape:
+        _alias(ctx, node)
+        return
+    axes = folded_axes(in_shape, out_shape)
+    if axes is None:
+        raise Unsupported(
+            f"reshapes {list(in_shape)} to {list(out_shape)} (grow-ir: flatten after axis 0)"
+        )
+    start, end = axes
+    ctx.add(node, "flatten", [ctx.value(source)], {"start_dim": start, "end_dim": end}, "flatten")
+
+
+def _view(ctx: Context, node: fx.Node) -> None:
+    _fold_to(ctx, node, node.args[0], ctx.shape(node))
+
+
+def _flatten(ctx: Context, node: fx.Node) -> None:
+    source = node.args[0]
+    bound = ctx.env.get(source.name)
+    if isinstance(bound, KeptMean) or ctx.shape(node) == ctx.shape(source):
+        _fold_to(ctx, node, source, ctx.shape(node))
+        return
+    rank = len(ctx.shape(source))
+    start, end = int(arg(node, 1, "start_dim", 0)) % rank, int(arg(node, 2, "end_dim", -1)) % rank
+    if start == 0:
+        raise Unsupported("folds the batch axis")
+    ctx.add(node, "flatten", [ctx.value(source)], {"start_dim": start, "end_dim": end})
+
+
+def _squeeze(ctx: Context, node: fx.Node) -> None:
+    _fold_to(ctx, node, node.args[0], ctx.shape(node))
+
+
+def _binary(op: str) -> Rule:
+    def rule(ctx: Context, node: fx.Node) -> None:
+        a, b = node.args[0], node.args[1]
+        if arg(node, 2, "alpha", 1) != 1:
+            raise Unsupported("has alpha != 1")
+        if not isinstance(b, fx.Node) or not isinstance(a, fx.Node):
+            raise Unsupported(f"with a scalar operand ({b if isinstance(a, fx.Node) else a!r})")
+        if ctx.shape(a) != ctx.shape(b):
+            raise Unsupported(
+                f"broadcasts {list(ctx.shape(a))} with {list(ctx.shape(b))} "
+                "(grow-ir: operands of one shape)"
+            )
+        ctx.add(node, op, [ctx.value(a), ctx.value(b)])
+
+    return rule
+
+
+def _cat(ctx: Context, node: fx.Node) -> None:
+    values = [ctx.value(v) for v in node.args[0]]
+    dim = int(arg(node, 1, "dim", 0))
+    if len(values) == 1:
+        ctx.bind(node, values[0])
+        return
+    ctx.add(node, "concat", values, {"dim": dim}, short="cat")
+
+
+def _skip(ctx: Context, node: fx.Node) -> None:
+    """A runtime assertion with no value: nothing to import."""
+
+
+def _gelu_approx(node: fx.Node) -> str:
+    return str(node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none"))
+
+
+RULES: dict[Any, Rule] = {
+    aten.conv1d.default: _conv(1),
+    aten.conv2d.default: _conv(2),
+    aten.conv1d.padding: _conv(1),
+    aten.conv2d.padding: _conv(2),
+    aten.linear.default: _linear,
+    aten.batch_norm.default: _batch_norm,
+    aten.layer_norm.default: _layer_norm,
+    aten.embedding.default: _embedding,
+    aten.relu.default: _unary("relu"),
+    aten.relu_.default: _unary("relu"),
+    aten.gelu.default: _unary("gelu", approximate=_gelu_approx),
+    aten.silu.default: _unary("silu"),
+    aten.silu_.default: _unary("silu"),
+    aten.tanh.default: _unary("tanh"),
+    aten.sigmoid.default: _unary("sigmoid"),
+    aten.softmax.int: _softmax,
+    aten._softmax.default: _softmax,
+    aten.dropout.default: _dropout,
+    aten.max_pool2d.default: _max_pool,
+    aten.avg_pool2d.default: _avg_pool,
+    aten.adaptive_avg_pool2d.default: _adaptive_avg_pool,
+    aten.mean.dim: _mean,
+    aten.flatten.using_ints: _flatten,
+    aten.view.default: _view,
+    aten.reshape.default: _view,
+    aten._unsafe_view.default: _view,
+    aten.squeeze.dims: _squeeze,
+    aten.squeeze.dim: _squeeze,
+    aten.add.Tensor: _binary("add"),
+    aten.add_.Tensor: _binary("add"),
+    aten.mul.Tensor: _binary("mul"),
+    aten.cat.default: _cat,
+    aten.clone.default: _alias,
+    aten.alias.default: _alias,
+    aten.detach.default: _alias,
+    aten.contiguous.default: _alias,
+    aten.to.dtype: _to,
+    aten.to.dtype_layout: _to,
+    aten._to_copy.default: _to,
+    aten._assert_tensor_metadata.default: _skip,
+}
+"""ATen overload -> rule."""
+
+IGNORED = frozenset({operator.getitem})
+"""Targets that are never a construct of their own (a tuple's element)."""
+
+__all__ = ["RULES", "Context", "GrowError", "KeptMean", "Unsupported"]

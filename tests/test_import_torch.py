@@ -1,0 +1,152 @@
+"""from_torch: modules captured with torch.export into verified graphs that compute the same."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import grow_ir as gi
+from grow_ir import passes
+from grow_ir.backends.onnx_check import check_model, check_parity
+from grow_ir.imports import ImportRefused
+from tests.import_models import SmallCNN, hf_gpt2, hf_resnet, outputs_of, randomized, relative_error
+
+
+def lowered_outputs(graph: gi.Graph, *args: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        y = gi.to_torch(graph).eval()(*args)
+    return list(y.values()) if isinstance(y, dict) else [y]
+
+
+def test_small_cnn_keeps_module_names_and_values_exactly():
+    module = randomized(SmallCNN())
+    x = torch.randn(2, 3, 8, 8)
+    graph = gi.from_torch(module, x)
+    assert [(n.name, n.op) for n in graph.nodes] == [
+        ("conv", "conv2d"),
+        ("bn", "batchnorm"),
+        ("relu", "relu"),
+        ("layer.0", "conv2d"),
+        ("layer.1", "batchnorm"),
+        ("add", "add"),
+        ("relu_1", "relu"),
+        ("max_pool2d", "maxpool2d"),
+        ("pool", "global_avgpool"),
+        ("fc", "linear"),
+        ("gelu", "gelu"),
+        ("ln", "layernorm"),
+    ]
+    state = module.state_dict()
+    assert set(graph.params) == set(state)
+    for key, value in state.items():
+        assert torch.equal(graph.params[key], value), key
+    assert graph.inputs["x"].shape == ("batch", 3, 8, 8)
+    # the batch axis is symbolic: another batch size gives the module's outputs too
+    x5 = torch.randn(5, 3, 8, 8)
+    assert relative_error(lowered_outputs(graph, x5)[0], outputs_of(module, x5)[0]) <= 1e-5
+
+
+def test_the_module_is_left_in_its_mode_and_unchanged():
+    module = SmallCNN().train()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    gi.from_torch(module, torch.randn(2, 3, 8, 8))
+    assert module.training
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+@pytest.mark.parametrize("layer_type", ["basic", "bottleneck"])
+def test_hugging_face_resnet_imports_and_grows(layer_type):
+    module = randomized(hf_resnet(layer_type))
+    x = torch.randn(2, 3, 32, 32)
+    graph = gi.from_torch(module, x)
+    assert list(graph.outputs) == ["logits"]
+    assert "resnet.embedder.embedder.convolution" in graph.node_map
+    for got, want in zip(lowered_outputs(graph, x), outputs_of(module, x)):
+        assert relative_error(got, want) <= 1e-5
+    # an imported graph grows like any other: every widenable layer, exactly
+    nodes = passes.widenable(graph)
+    assert len(nodes) >= 5
+    wider = graph
+    for n in nodes:  # one after another: a node's group may have grown already
+        step = {"pass": "widen", "node": n, "width": wider.types[n].shape[1] + 2}
+        wider = gi.apply_plan(wider, [step], check=True)
+    deeper = gi.apply_plan(
+        wider,
+        [
+            {
+                "pass": "insert_layer",
+                "after": "resnet.embedder.embedder.activation",
+                "op": "conv2d",
+                "kernel_size": 3,
+            }
+        ],
+        check=True,
+    )
+    assert len(deeper.nodes) == len(graph.nodes) + 1
+    check_model(gi.to_onnx(deeper))
+    assert check_parity(deeper) <= 1e-5
+
+
+def test_a_module_called_twice_shares_its_parameters():
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.fc(x)))
+
+    module = Twice()
+    graph = gi.from_torch(module, torch.randn(3, 4))
+    assert [(n.name, n.share) for n in graph.nodes] == [
+        ("fc", None),
+        ("relu", None),
+        ("fc_1", "fc"),
+    ]
+    assert set(graph.params) == {"fc.weight", "fc.bias"}
+
+
+def test_unsupported_constructs_are_refused_together_with_their_modules():
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.act = nn.ReLU6()
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = self.act(self.conv(x)).mean(dim=(2, 3))
+            return self.head(y * 2.0).cumsum(-1)
+
+    with pytest.raises(ImportRefused) as info:
+        gi.from_torch(Odd(), torch.randn(2, 3, 8, 8))
+    err = info.value
+    assert err.constructs == [
+        "act (ReLU6): hardtanh.default has no grow-ir op",
+        "<root> (Odd): cumsum.default has no grow-ir op",
+    ]
+    assert "cannot import Odd (torch): 2 constructs" in str(err)
+    assert isinstance(err, gi.GrowError)
+
+
+def test_gpt2_is_refused_naming_the_ops_it_lacks():
+    with pytest.raises(ImportRefused) as info:
+        gi.from_torch(hf_gpt2(), torch.randint(0, 100, (2, 8)))
+    lines = info.value.constructs
+    assert "transformer (GPT2Model): arange.default has no grow-ir op" in lines
+    assert any(line.startswith("transformer.h.0.attn") for line in lines)
+
+
+def test_bad_example_inputs_are_refused():
+    with pytest.raises(gi.GrowError, match="example inputs must be tensors"):
+        gi.from_torch(SmallCNN(), [3])
+
+
+def test_an_uncapturable_module_is_refused_with_the_reason():
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    with pytest.raises(gi.GrowError, match=r"torch\.export cannot capture DataDependent"):
+        gi.from_torch(DataDependent(), torch.randn(2, 3))
