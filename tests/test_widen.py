@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from grow_ir.errors import GrowError, PassError
 from grow_ir.ir import Graph, Node, TensorType, initialize, verify
 from grow_ir.passes import PassResult, channel_group, output_error, run_plan, widen, widenable
-from grow_ir.passes.widen import axis_plan
+from grow_ir.passes.regroup import axis_plan
 from grow_ir.probes import randomize_norms
 
 TOL = 1e-5
@@ -485,7 +485,7 @@ def test_plan_entry_with_check() -> None:
 
 
 def test_axis_plan_places_new_units_after_each_span() -> None:
-    plan = axis_plan(7, [(1, 1), (4, 1)], 2, (1, -1))
+    plan = axis_plan(7, [(1, 1), (4, 1)], 2, (0, 1, 1, -1))
     assert plan.index == (0, 1, 2, 2, -1, 3, 4, 5, 5, -1, 6)
     assert plan.unit == (-1, 0, 1, 1, -1, -1, 0, 1, 1, -1, -1)
     assert plan.new == (False, False, False, True, True, False, False, False, True, True, False)

@@ -16,6 +16,7 @@ from grow_ir.passes.manager import (
     output_error,
     run_plan,
 )
+from grow_ir.passes.prune import prunable, prune
 from grow_ir.passes.widen import widen
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "insert_block",
     "insert_layer",
     "output_error",
+    "prunable",
+    "prune",
     "register_pass",
     "run_plan",
     "widen",

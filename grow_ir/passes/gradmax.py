@@ -126,7 +126,7 @@ def gradmax_units(ctx: InitContext) -> NewUnits:
             entries, or old units whose fan-out is all zero.
     """
     probe = as_probe(ctx.probe, ctx.node)
-    output = _output(ctx.graph, probe, ctx.node)
+    output = probe_output(ctx.graph, probe, ctx.node)
     attrs = _check_group(ctx)
     layout = fan_out_layout(ctx.graph, ctx.group)
     k = ctx.width - ctx.old
@@ -217,7 +217,7 @@ def _check_group(ctx: InitContext) -> dict[str, Mapping[str, Any]]:
     return fixes
 
 
-def _output(graph: Graph, probe: Probe, node: str) -> str:
+def probe_output(graph: Graph, probe: Probe, node: str) -> str:
     """The output the probe's loss reads."""
     if probe.output is None and len(graph.outputs) == 1:
         return next(iter(graph.outputs))
@@ -350,7 +350,7 @@ def bypass_gradient(
         for a in m.axes
         if a.kind == "units"
     ]
-    grads = _probe_gradients(wide, probe, output, [p for p, _ in fan_in], seed, ctx.node)
+    grads = probe_gradients(wide, probe, output, [p for p, _ in fan_in], seed, ctx.node)
     rows = [
         g.narrow(axis, ctx.old, dim).movedim(axis, 0).reshape(dim, -1)
         for g, (_, axis) in zip(grads, fan_in)
@@ -358,7 +358,7 @@ def bypass_gradient(
     return torch.cat(rows, dim=1).detach().to("cpu", torch.float64)
 
 
-def _probe_gradients(
+def probe_gradients(
     graph: Graph, probe: Probe, output: str, names: list[str], seed: int, node: str
 ) -> tuple[torch.Tensor, ...]:
     """Gradients of the probe's loss on ``graph`` with respect to parameters ``names``."""

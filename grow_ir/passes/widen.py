@@ -22,12 +22,12 @@ from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.channels import (
     ChannelGroup,
     Member,
-    ParamAxis,
     Role,
     channel_group,
     width_ops,
 )
 from grow_ir.passes.initializers import gauss, init_layer
+from grow_ir.passes.regroup import axes_by_param, axis_plan, resize_nodes, spans_by_axis
 from grow_ir.passes.rewrite import node_of_kind, replace_nodes
 
 # ---- how new units are filled: one function per init ------------------------------------
@@ -229,7 +229,7 @@ def widen(
             expected=f"an integer above {old}",
             found=repr(width),
         )
-    shaped = _grow_nodes(graph, group, width - old)
+    shaped = resize_nodes(graph, group, width - old)
     try:
         check_size(shaped)
     except GrowError as exc:
@@ -283,7 +283,7 @@ def grow_group(
     map each changed parameter to its old tensor. The result is not verified yet.
     """
     if shaped is None:
-        shaped = _grow_nodes(graph, group, width - group.channels)
+        shaped = resize_nodes(graph, group, width - group.channels)
     if units.attrs:
         shaped = _set_attrs(shaped, units.attrs)
     params, origins = {}, {}
@@ -297,18 +297,6 @@ def grow_group(
 # ---- structure --------------------------------------------------------------------------
 
 
-def _grow_nodes(graph: Graph, group: ChannelGroup, delta: int) -> Graph:
-    """The graph with every width attribute of the group grown by ``delta`` channels
-    (parameters still old)."""
-    changed: dict[str, Node] = {}
-    for m in group.members:
-        if m.width_attrs:
-            n = graph.node(m.node)
-            update = {a: getattr(n.attrs, a) + delta * block for a, block in m.width_attrs}
-            changed[m.node] = n.replace(attrs=n.attrs.model_copy(update=update))
-    return replace_nodes(graph, changed)
-
-
 def _set_attrs(graph: Graph, attrs: Mapping[str, Mapping[str, Any]]) -> Graph:
     """The graph with attribute values set on some nodes (``{node: {attr: value}}``)."""
     changed = {}
@@ -319,45 +307,6 @@ def _set_attrs(graph: Graph, attrs: Mapping[str, Mapping[str, Any]]) -> Graph:
 
 
 # ---- tensors ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AxisPlan:
-    """For each position of a grown axis: the old position it takes its value from (-1:
-    none), the group unit it belongs to (-1: outside the group) and whether it is new."""
-
-    index: tuple[int, ...]
-    unit: tuple[int, ...]
-    new: tuple[bool, ...]
-
-
-def axis_plan(
-    size: int, spans: Sequence[tuple[int, int]], old: int, copies: Sequence[int]
-) -> AxisPlan:
-    """Plan one axis of ``size`` positions where the group sits at ``spans`` (offset, block).
-
-    New units go right after each span's last old channel, in the order of ``copies``:
-    where a widened producer puts them, and so where a concat or flatten of its output
-    does too.
-    """
-    ends = {off + old * blk: (off, blk) for off, blk in spans}
-    unit_of = {p: (p - off) // blk for off, blk in spans for p in range(off, off + old * blk)}
-    if len(ends) != len(spans) or len(unit_of) != old * sum(b for _, b in spans):
-        raise AssertionError(f"overlapping channel spans {spans}")
-    index, unit, new = [], [], []
-    for p in range(size + 1):
-        if p in ends:
-            off, blk = ends[p]
-            for src in copies:
-                for r in range(blk):
-                    index.append(off + src * blk + r if src >= 0 else -1)
-                    unit.append(src)
-                    new.append(True)
-        if p < size:
-            index.append(p)
-            unit.append(unit_of.get(p, -1))
-            new.append(False)
-    return AxisPlan(tuple(index), tuple(unit), tuple(new))
 
 
 def _zero_fan_in(member: Member, node: Node, local: str, value: torch.Tensor) -> torch.Tensor:
@@ -392,9 +341,7 @@ def _grow_member(
     gen: torch.Generator,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Origin]]:
     """New tensors and origins for every parameter of ``member`` indexed by the channels."""
-    by_param: dict[str, list[ParamAxis]] = {}
-    for a in member.axes:
-        by_param.setdefault(a.param, []).append(a)
+    by_param = axes_by_param(member)
     node = graph.node(member.node)
     fresh: dict[str, torch.Tensor] = {}
     if units.fan_in != "copy" and any(a.kind == "units" for a in member.axes):
@@ -403,6 +350,7 @@ def _grow_member(
         if units.fan_in == "zero":
             fresh = {k: _zero_fan_in(member, node, k, v) for k, v in fresh.items()}
     counts = units.counts(old)
+    layout = (*range(old), *units.copies)
     params, origins = {}, {}
     for param, axes in by_param.items():
         t = source = old_graph.params[param]
@@ -411,11 +359,10 @@ def _grow_member(
         scale: dict[int, tuple[float, ...]] = {}
         fill = torch.zeros((), dtype=torch.bool)
         copied = torch.zeros((), dtype=torch.bool)
-        for axis in sorted({a.axis for a in axes}):
-            on_axis = [a for a in axes if a.axis == axis]
+        for axis, on_axis in spans_by_axis(axes).items():
             kind = on_axis[0].kind
             spans = [(a.offset, a.block) for a in on_axis]
-            plan = axis_plan(t.shape[axis], spans, old, units.copies)
+            plan = axis_plan(t.shape[axis], spans, old, layout)
             t = t.index_select(axis, torch.tensor(plan.index).clamp(min=0))
             # Entries with no source start at zero; so do new fan-out columns not split.
             zero_new = kind == "fan_out" and units.fan_out != "split"

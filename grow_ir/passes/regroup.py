@@ -1,0 +1,94 @@
+"""Editing a channel group's layout: the part of the tensor surgery widen and prune share.
+
+A pass that changes a group's channels (``widen`` adds units, ``prune`` removes them)
+describes the new group as a *layout*: for each new channel, the old channel it takes its
+entries from, or -1 for a fresh one. Everything else follows from the group
+(:class:`~grow_ir.passes.channels.ChannelGroup`): every width attribute changes by the
+difference times its block, and every parameter axis the channels index is re-laid out
+span by span (entries outside the group's spans stay where they are, in order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from grow_ir.ir.graph import Graph, Node
+from grow_ir.passes.channels import ChannelGroup, Member, ParamAxis
+from grow_ir.passes.rewrite import replace_nodes
+
+
+def resize_nodes(graph: Graph, group: ChannelGroup, delta: int) -> Graph:
+    """The graph with every width attribute of the group changed by ``delta`` channels
+    (negative to shrink); parameters are still the old ones (not verified)."""
+    changed: dict[str, Node] = {}
+    for m in group.members:
+        if m.width_attrs:
+            n = graph.node(m.node)
+            update = {a: getattr(n.attrs, a) + delta * block for a, block in m.width_attrs}
+            changed[m.node] = n.replace(attrs=n.attrs.model_copy(update=update))
+    return replace_nodes(graph, changed)
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """For each position of a re-laid-out axis: the old position it takes its value from
+    (-1: none), the group unit it belongs to (-1: outside the group) and whether it is new
+    (a fresh entry, or a copy of a unit that appears earlier in the layout)."""
+
+    index: tuple[int, ...]
+    unit: tuple[int, ...]
+    new: tuple[bool, ...]
+
+
+def axis_plan(
+    size: int, spans: Sequence[tuple[int, int]], old: int, layout: Sequence[int]
+) -> AxisPlan:
+    """Plan one axis of ``size`` positions where the group's ``old`` channels sit at
+    ``spans`` (offset, block): each span is replaced by the channels of ``layout`` (old
+    channel per new channel, -1 for a fresh one), in order, block by block.
+
+    ``widen`` lays out ``range(old)`` followed by its copies, so new units go right after
+    each span's last old channel (where a widened producer puts them, and so where a
+    concat or flatten of its output does too); ``prune`` lays out the kept channels.
+    """
+    starts = {off: blk for off, blk in spans}
+    inside = {p for off, blk in spans for p in range(off, off + old * blk)}
+    if len(starts) != len(spans) or len(inside) != old * sum(b for _, b in spans):
+        raise AssertionError(f"overlapping channel spans {spans}")
+    seen: set[int] = set()
+    first = []
+    for u in layout:
+        first.append(u >= 0 and u not in seen)
+        seen.add(u)
+    index, unit, new = [], [], []
+    for p in range(size):
+        if p in starts:
+            blk = starts[p]
+            for src, is_first in zip(layout, first):
+                for r in range(blk):
+                    index.append(p + src * blk + r if src >= 0 else -1)
+                    unit.append(src)
+                    new.append(not is_first)
+        if p not in inside:
+            index.append(p)
+            unit.append(-1)
+            new.append(False)
+    return AxisPlan(tuple(index), tuple(unit), tuple(new))
+
+
+def axes_by_param(member: Member) -> dict[str, list[ParamAxis]]:
+    """The member's parameter axes indexed by the group's channels, by parameter."""
+    out: dict[str, list[ParamAxis]] = {}
+    for a in member.axes:
+        out.setdefault(a.param, []).append(a)
+    return out
+
+
+def spans_by_axis(axes: Sequence[ParamAxis]) -> dict[int, list[ParamAxis]]:
+    """One parameter's indexed axes grouped by tensor axis (a concat of the same value
+    twice indexes one axis at two spans), in axis order."""
+    out: dict[int, list[ParamAxis]] = {}
+    for a in sorted(axes):
+        out.setdefault(a.axis, []).append(a)
+    return dict(sorted(out.items()))
