@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from grow_ir.ir.graph import Graph
 from grow_ir.passes.channels import channel_group, widenable
+from grow_ir.passes.prune import prunable
 from grow_ir.probes import randomize_norms
 from grow_ir.spec import load_spec
 
@@ -476,7 +477,8 @@ def graphs(draw: st.DrawFn, families: tuple[str, ...] = FAMILIES) -> Graph:
 # ---- pass arguments ---------------------------------------------------------------------
 
 PASS_NAMES = ("widen", "insert_layer", "insert_block", "add_adapter", "fork_task")
-"""The growth passes :func:`pass_arguments` knows."""
+"""The growth passes of the shared property test (:func:`pass_arguments` also knows
+``prune``, whose properties tests/test_prune_properties.py checks)."""
 
 DENSE_OPS = ("linear", "conv1d", "conv2d")
 
@@ -516,6 +518,26 @@ def _widen(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
             )
 
         return st.sampled_from(["net2net", "net2net", "zero"]).flatmap(with_init)
+
+    return st.sampled_from(candidates).flatmap(args)
+
+
+def _prune(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
+    candidates = prunable(graph)
+    if not candidates:
+        return None
+
+    def args(node: str) -> st.SearchStrategy[dict[str, Any]]:
+        n = channel_group(graph, node).channels
+        channels = st.lists(st.integers(0, n - 1), min_size=1, max_size=n - 1, unique=True)
+        choice = st.one_of(
+            st.fixed_dictionaries(
+                {"keep": st.integers(1, n - 1), "importance": st.sampled_from(["l1", "l2"])}
+            ),
+            st.fixed_dictionaries({"keep": st.sampled_from([0.25, 0.5, 0.75])}),
+            st.fixed_dictionaries({"drop": channels}),
+        )
+        return choice.map(lambda a: {"node": node, **a})
 
     return st.sampled_from(candidates).flatmap(args)
 
@@ -629,6 +651,7 @@ PASS_ARGUMENTS: dict[str, Callable[[Graph], st.SearchStrategy[dict[str, Any]] | 
     "insert_block": _insert_block,
     "add_adapter": _add_adapter,
     "fork_task": _fork_task,
+    "prune": _prune,
 }
 
 

@@ -16,7 +16,7 @@ from grow_ir.backends.onnx import to_onnx
 from grow_ir.backends.onnx_check import check_model, check_parity
 from grow_ir.errors import GrowError
 from grow_ir.ir import OPS, Graph, Node, TensorType, initialize, verify
-from grow_ir.passes import PASSES, apply_plan
+from grow_ir.passes import PASSES, apply_plan, prunable
 from grow_ir.probes import randomize_norms
 from grow_ir.spec import load_spec
 from tests import graphgen
@@ -262,6 +262,11 @@ PASS_CASES: dict[str, list[tuple[Callable[[], Graph], dict[str, Any]]]] = {
         (small_cnn, {"after": "stem_act", "op": "conv2d"}),
     ],
     "insert_block": [(small_cnn, {"stage": "stage1", "init": "zero"})],
+    "prune": [
+        (small_mlp, {"node": "fc1", "keep": 5}),
+        (small_cnn, {"node": "stem", "keep": 0.5, "importance": "l2"}),
+        (small_cnn, {"node": "down", "drop": [0, 4]}),
+    ],
     "add_adapter": [
         (small_mlp, {"node": "fc2", "kind": "lora", "rank": 2}),
         (small_cnn, {"node": "down", "kind": "parallel", "rank": 2}),
@@ -321,6 +326,12 @@ def pass_arguments(graph: Graph, name: str, step: int) -> st.SearchStrategy[dict
             )
 
         return st.sampled_from(inner).flatmap(widen_args)
+    if name == "prune" and prunable(graph):
+        return st.sampled_from(prunable(graph)).flatmap(
+            lambda node: st.fixed_dictionaries(
+                {"node": st.just(node), "keep": st.sampled_from([0.25, 0.5, 0.75])}
+            )
+        )
     if name == "insert_layer" and values:
         return st.sampled_from(values).flatmap(
             lambda after: st.fixed_dictionaries(
