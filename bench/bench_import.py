@@ -1,0 +1,157 @@
+"""Importing models: ``from_torch`` versus ``torch.export`` alone, and onnxruntime latency of
+``to_onnx`` of the imported graph versus ``torch.onnx.export`` of the original module.
+
+Usage: ``.venv/bin/python bench/bench_import.py [--rounds 3] [--runs 20] [--threads 1]``
+
+Models (Hugging Face classes from their configs, random init, nothing downloaded):
+ResNet-50 (``ResNetConfig()``'s defaults) and ResNet-18 (basic blocks, 2-2-2-2), on
+``[1, 3, 112, 112]`` images, and GPT-2 (2 layers, 128 wide), which is refused today: the
+script says with how many constructs. Import is timed in interleaved rounds after one
+warm-up: ``torch.export.export`` alone, ``from_torch(check=False)`` and ``from_torch()``
+(which also lowers the graph and compares it with the module). Inference: both ONNX files
+run in onnxruntime (CPU, one session each, ``--threads`` intra-op threads) on the same
+input, interleaved, after checking they agree. Printed: medians and ratios (import ÷
+export: the cost of mapping ATen onto grow-ir's ops; inference ours ÷ theirs: goal ≤ 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import transformers
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from grow_ir.backends.onnx import to_onnx  # noqa: E402
+from grow_ir.imports import ImportRefused, from_torch  # noqa: E402
+
+
+def resnet50() -> torch.nn.Module:
+    return transformers.ResNetForImageClassification(transformers.ResNetConfig())
+
+
+def resnet18() -> torch.nn.Module:
+    config = transformers.ResNetConfig(
+        layer_type="basic", hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2]
+    )
+    return transformers.ResNetForImageClassification(config)
+
+
+def gpt2() -> torch.nn.Module:
+    config = transformers.GPT2Config(n_layer=2, n_embd=128, n_head=4, use_cache=False)
+    return transformers.GPT2LMHeadModel(config)
+
+
+MODELS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[], torch.Tensor]]] = {
+    "resnet50": (resnet50, lambda: torch.randn(1, 3, 112, 112)),
+    "resnet18": (resnet18, lambda: torch.randn(1, 3, 112, 112)),
+    "gpt2": (gpt2, lambda: torch.randint(0, 100, (1, 32))),
+}
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def quiet():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def torch_onnx(module: torch.nn.Module, x: torch.Tensor) -> bytes:
+    with quiet():
+        return torch.onnx.export(module, (x,), dynamo=True).model_proto.SerializeToString()
+
+
+def session(model: bytes, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def bench_import(module: torch.nn.Module, x: torch.Tensor, rounds: int) -> dict[str, float]:
+    ways = {
+        "torch.export": lambda: torch.export.export(module, (x,), strict=False),
+        "from_torch(check=False)": lambda: from_torch(module, x, check=False),
+        "from_torch()": lambda: from_torch(module, x),
+    }
+    for fn in ways.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    for _ in range(rounds):
+        for name, fn in ways.items():
+            times[name].append(timed(fn))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_inference(
+    ours: bytes, theirs: bytes, x: torch.Tensor, runs: int, threads: int
+) -> tuple[float, float, float]:
+    a, b = session(ours, threads), session(theirs, threads)
+    feed_a = {a.get_inputs()[0].name: x.numpy()}
+    feed_b = {b.get_inputs()[0].name: x.numpy()}
+    ya, yb = a.run(None, feed_a)[0], b.run(None, feed_b)[0]
+    err = float(np.abs(ya - yb).max() / max(1.0, np.abs(yb).max()))
+    ta, tb = [], []
+    for _ in range(runs):
+        ta.append(timed(lambda: a.run(None, feed_a)))
+        tb.append(timed(lambda: b.run(None, feed_b)))
+    return statistics.median(ta), statistics.median(tb), err
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.disable(logging.WARNING)
+    transformers.logging.set_verbosity_error()
+    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, threads {args.threads}")
+    for name, (make, example) in MODELS.items():
+        torch.manual_seed(0)
+        module, x = make().eval(), example()
+        try:
+            graph = from_torch(module, x, check=False)
+        except ImportRefused as exc:
+            print(f"{name}: refused ({len(exc.constructs)} constructs without a grow-ir op)")
+            continue
+        t = bench_import(module, x, args.rounds)
+        base = t["torch.export"]
+        print(
+            f"{name} import ({len(graph.nodes)} nodes): torch.export {base * 1e3:.0f} ms, "
+            f"from_torch(check=False) {t['from_torch(check=False)'] * 1e3:.0f} ms "
+            f"(x{t['from_torch(check=False)'] / base:.2f}), "
+            f"from_torch() {t['from_torch()'] * 1e3:.0f} ms (x{t['from_torch()'] / base:.2f})"
+        )
+        ours = to_onnx(graph).SerializeToString()
+        theirs = torch_onnx(module, x)
+        ta, tb, err = bench_inference(ours, theirs, x, args.runs, args.threads)
+        print(
+            f"{name} onnxruntime {list(x.shape)}: to_onnx(imported) {ta * 1e3:.2f} ms, "
+            f"torch.onnx.export {tb * 1e3:.2f} ms, ratio {ta / tb:.2f} "
+            f"(outputs agree within {err:.1e})"
+        )
+
+
+if __name__ == "__main__":
+    main()
