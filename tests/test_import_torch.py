@@ -10,6 +10,8 @@ import grow_ir as gi
 from grow_ir import passes
 from grow_ir.backends.onnx_check import check_model, check_parity
 from grow_ir.imports import ImportRefused
+from grow_ir.probes import random_inputs, randomize_norms
+from grow_ir.spec import example_path
 from tests.import_models import SmallCNN, hf_gpt2, hf_resnet, outputs_of, randomized, relative_error
 
 
@@ -150,3 +152,58 @@ def test_an_uncapturable_module_is_refused_with_the_reason():
 
     with pytest.raises(gi.GrowError, match=r"torch\.export cannot capture DataDependent"):
         gi.from_torch(DataDependent(), torch.randn(2, 3))
+
+
+@pytest.mark.parametrize(
+    "example", ["mlp", "resnet", "concat", "multitask", "transformer", "continual_digits"]
+)
+def test_our_own_lowered_modules_come_back_with_their_parameters(example):
+    graph = randomize_norms(gi.load_spec(example_path(example)))
+    module = gi.to_torch(graph).eval()
+    inputs = random_inputs(graph)
+    back = gi.from_torch(module, [inputs[k] for k in graph.inputs])
+    assert [n.op for n in back.nodes] == [n.op for n in graph.nodes]
+    assert list(back.outputs) == (list(graph.outputs) if len(graph.outputs) > 1 else ["output"])
+    assert set(back.params) == set(graph.params)
+    assert all(torch.equal(back.params[k], v) for k, v in graph.params.items())
+    layers = [n.name for n in graph.nodes if graph.node_params(n)]
+    assert layers == [n.name for n in back.nodes if back.node_params(n)]
+
+
+def test_multihead_attention_is_one_attention_node():
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.ln = nn.LayerNorm(16)
+
+        def forward(self, x):
+            y, _ = self.attn(x, x, x)
+            z, _ = self.attn(y, y, y, need_weights=False)
+            return self.ln(z + x)
+
+    module = randomized(Block())
+    x = torch.randn(2, 5, 16)
+    graph = gi.from_torch(module, x)
+    assert [(n.name, n.op, n.share) for n in graph.nodes] == [
+        ("attn", "attention", None),
+        ("attn_1", "attention", "attn"),
+        ("add", "add", None),
+        ("ln", "layernorm", None),
+    ]
+    assert relative_error(lowered_outputs(graph, x)[0], outputs_of(module, x)[0]) <= 1e-5
+
+
+def test_attention_with_a_mask_or_cross_attention_is_refused():
+    class Cross(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x, memory):
+            return self.attn(x, memory, memory, need_weights=False)[0]
+
+    with pytest.raises(ImportRefused) as info:
+        gi.from_torch(Cross(), [torch.randn(2, 3, 8), torch.randn(2, 4, 8)])
+    (line,) = info.value.constructs
+    assert line.startswith("attn (MultiheadAttention): reads 2 values")

@@ -23,6 +23,7 @@ from torch.utils import _pytree as pytree
 
 from grow_ir.errors import CheckFailed, GrowError
 from grow_ir.imports.builder import GraphBuilder, ident
+from grow_ir.imports.torch_modules import WHOLE, Call, calls
 from grow_ir.imports.torch_rules import IGNORED, RULES, Context, Unsupported
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.types import DTYPES, TensorType
@@ -111,7 +112,14 @@ def _convert(
             found=f"{len(names)}",
         )
     batch = args[0].shape[0] if batch_dim and args and args[0].dim() else None
+    whole = calls(program.graph, module)
+    inside = {n.name for call in whole.values() for n in call.nodes}
     for node in program.graph.nodes:
+        if node.name in whole:
+            _convert_whole(ctx, whole[node.name])
+            continue
+        if node.name in inside:
+            continue
         if node.op == "placeholder":
             if node.name in fqns:
                 continue
@@ -169,6 +177,26 @@ def _convert_call(ctx: Context, node: fx.Node) -> None:
         builder.refuse(ctx.where(node), f"{_op_name(node)} {exc.reason}", [node.name])
         return
     ctx.check_shape(node)
+
+
+def _convert_whole(ctx: Context, call: Call) -> None:
+    builder = ctx.builder
+    poison = [n.name for n in call.nodes]
+    outside = [a.name for a in call.outside_inputs(ctx)]
+    where = f"{call.path} ({type(call.module).__name__})"
+    if builder.is_poisoned(outside):
+        builder.poisoned.update(poison)
+        return
+    try:
+        WHOLE[type(call.module)](ctx, call)
+    except Unsupported as exc:
+        builder.refuse(where, exc.reason, poison)
+        return
+    bound = {n.name for n in call.nodes if n.name in ctx.env}
+    builder.poisoned.update(p for p in poison if p not in bound)
+    for n in call.nodes:
+        if n.name in bound:
+            ctx.check_shape(n)
 
 
 def _op_name(node: fx.Node) -> str:
