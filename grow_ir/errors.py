@@ -54,12 +54,13 @@ class GrowError(Exception):
 
     def at(self, *, file: str | None = None, node: str | None = None) -> GrowError:
         """Return a copy of this error with the file and/or node filled in where unknown."""
+        return self.replace(file=self.file or file, node=self.node or node)
+
+    def replace(self, **changes: str | None) -> GrowError:
+        """A copy of this error (same class) with some of its parts changed."""
         err = type(self).__new__(type(self))
         err.__dict__.update(self.__dict__)
-        if err.file is None:
-            err.file = file
-        if err.node is None:
-            err.node = node
+        err.__dict__.update(changes)
         Exception.__init__(err, err.message)
         return err
 

@@ -275,4 +275,4 @@ def test_refuses_a_bad_rank(net: Graph) -> None:
 
 
 def test_refuses_names_that_are_not_a_list(net: Graph) -> None:
-    refuse(net, "new must list node names", task="t2", base="t1", new=3)
+    refuse(net, "expected a node name or a list of node names", task="t2", base="t1", new=3)

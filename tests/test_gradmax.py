@@ -11,7 +11,7 @@ from grow_ir.backends.torch import to_torch
 from grow_ir.backends.torch_modules import relu_unit_slope
 from grow_ir.errors import PassError
 from grow_ir.ir import Graph, Node, TensorType, initialize, verify
-from grow_ir.passes import PassResult, apply_plan, channel_group, output_error, widen
+from grow_ir.passes import PassResult, apply_plan, channel_group, fork_task, output_error, widen
 from grow_ir.passes.gradmax import Probe, bypass_gradient, fan_out_layout, top_directions
 from grow_ir.passes.widen import InitContext
 from grow_ir.probes import randomize_norms
@@ -309,7 +309,7 @@ def refuse(graph: Graph, match: str, **kwargs) -> PassError:
 def test_a_plan_cannot_give_the_probe() -> None:
     with pytest.raises(PassError, match="needs a probe batch") as info:
         apply_plan(mlp(), [{"pass": "widen", "node": "fc1", "width": 4, "init": "gradmax"}])
-    assert info.value.field == "probe" and "Python" in info.value.reason
+    assert info.value.field == "grow[0].probe" and "Python" in info.value.reason
 
 
 def test_refusals() -> None:
@@ -371,3 +371,36 @@ def test_refuses_products_and_layers_that_read_and_write_the_channels() -> None:
         {"y": "fc2"},
     )
     refuse(stream, "both reads and writes", probe=probe_for(stream))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_forked_task_conv(bias: bool) -> None:
+    """The fuzzer's case: widening a forked task's own conv (no bias) with GradMax. With a
+    probe on the task's output it grows exactly; with a probe on the other output, which
+    does not depend on the conv, it is refused (it was a KeyError)."""
+    graph = build(
+        {"x": ("batch", 2, 6, 6)},
+        [
+            (
+                "conv1",
+                "conv2d",
+                {"out_channels": 3, "kernel_size": 3, "padding": 1, "bias": bias},
+                ["x"],
+            ),
+            ("act", "relu", {}, ["conv1"]),
+            ("conv2", "conv2d", {"out_channels": 4, "kernel_size": 3, "padding": 1}, ["act"]),
+            ("pool", "global_avgpool", {}, ["conv2"]),
+            ("head", "linear", {"out_features": 2}, ["pool"]),
+        ],
+        {"task0": "head"},
+    )
+    graph = fork_task(graph, task="task1", base="task0", new=["conv1", "conv2"])
+    x = torch.randn(6, 2, 6, 6, generator=torch.Generator().manual_seed(0))
+    targets = torch.randn(6, 2, generator=torch.Generator().manual_seed(1))
+    good = Probe({"x": x}, targets, output="task1")
+    result = widen.run(graph, node="task1.conv1", width=5, init="gradmax", probe=good)
+    assert result.preserved and output_error(graph, result.graph, {}) <= 1e-5
+    assert result.graph.node("task1.conv1").attrs.out_channels == 5
+    bad = Probe({"x": x}, targets, output="task0")
+    err = refuse(graph, "does not depend on 'task1.conv1'", node="task1.conv1", width=5, probe=bad)
+    assert err.field == "probe.output"

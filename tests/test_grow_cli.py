@@ -185,3 +185,54 @@ def test_the_installed_command(spec: dict, write_spec: Callable[..., Path], tmp_
     assert proc.stderr.startswith("grow-ir: error: ") and "Traceback" not in proc.stderr
     assert "insert_layer: no such value" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+CNN = {
+    "version": 1,
+    "inputs": {"x": {"shape": ["batch", 2, 6, 6]}},
+    "nodes": [
+        {"name": "conv", "op": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1},
+        {"name": "act", "op": "relu"},
+        {"name": "pool", "op": "global_avgpool"},
+        {"name": "head", "op": "linear", "out_features": 2},
+    ],
+    "outputs": {"y": "head"},
+}
+
+
+@pytest.mark.parametrize(
+    ("net", "entry", "message"),
+    [
+        ("mlp", "{pass: widen, node: [fc], width: 9}", "field 'grow[0].node': widen: bad arg"),
+        ("mlp", "{pass: [widen], node: fc}", "field 'grow[0].pass': a pass is named by a string"),
+        ("mlp", "{pass: widen, node: fc, width: 9, seed: '1'}", "found '1' (a string)"),
+        ("mlp", "{pass: widen, node: fc, width: 9, seed: 1e30}", "field 'grow[0].seed'"),
+        ("mlp", "{pass: widen, node: fc, width: 9, seed: 100000000000000000000000}", "at most"),
+        ("mlp", "{pass: insert_layer, after: fc, op: linear, residual: 'yes'}", "true or false"),
+        ("mlp", "{pass: widen, node: fc, width: 100000000000000000000}", "too large to alloc"),
+        ("mlp", "{pass: add_adapter, node: fc, rank: 1e9}", "field 'grow[0].rank'"),
+        ("mlp", "{pass: add_adapter, node: fc, rank: 1000000000}", "found 14.9 GiB"),
+        ("mlp", "{pass: fork_task, task: t2, base: y, head: 1000000000000}", "'grow[0].head'"),
+        ("cnn", "{pass: insert_layer, after: conv, op: conv2d, kernel_size: 1000000001}", "GiB"),
+        ("cnn", "{pass: add_adapter, node: conv, kind: serial, rank: 1000000000}", "GiB"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_paragraph_and_write_nothing(
+    spec: dict,
+    write_spec: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    net: str,
+    entry: str,
+    message: str,
+) -> None:
+    """Wrong types, huge integers and sizes that would not fit in memory are refused
+    before anything is allocated or written."""
+    path = write_spec(spec if net == "mlp" else CNN)
+    plan = write_spec(f"- {entry}\n", name="plan.yaml")
+    before = listing(tmp_path)
+    assert grow(path, "--plan", plan, "-o", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("grow-ir: error: ") and message in err, err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert listing(tmp_path) == before

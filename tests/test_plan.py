@@ -120,11 +120,93 @@ def test_plan_that_is_not_a_list(net: Graph) -> None:
 
 
 def test_argument_of_the_wrong_type(net: Graph, broken: str) -> None:
-    with pytest.raises(PassError, match=f"bad arguments for pass '{broken}'") as info:
-        run_plan(net, [GOOD, {"pass": broken, "factor": [2]}])
-    assert info.value.field == "grow[1]"
-    with pytest.raises(PassError, match="insert_layer: seed must be an integer"):
+    rec = Recorder()
+    with pytest.raises(PassError, match=f"{broken}: bad argument") as info:
+        run_plan(net, [GOOD, {"pass": broken, "factor": [2]}], instruments=[rec])
+    assert info.value.field == "grow[1].factor"
+    assert info.value.expected == "a number" and info.value.found == "a list [2]"
+    assert rec.calls == []  # checked before any pass ran
+    with pytest.raises(PassError) as info:
         run_plan(net, [{**GOOD, "seed": "seven"}])
+    assert info.value.field == "grow[0].seed" and info.value.found == "'seven' (a string)"
+
+
+@pytest.mark.parametrize(
+    ("entry", "field", "expected", "found"),
+    [
+        ({"pass": "widen", "node": ["fc"], "width": 9}, "node", "a node name", "a list ['fc']"),
+        ({"pass": "widen", "node": "fc", "width": 9.0}, "width", "an integer", "9.0"),
+        ({"pass": "widen", "node": "fc", "width": "9"}, "width", "an integer", "'9' (a string)"),
+        ({**GOOD, "residual": "yes"}, "residual", "true or false", "'yes' (a string)"),
+        ({**GOOD, "residual": 1}, "residual", "true or false", "1"),
+        ({**GOOD, "seed": 2**64}, "seed", "at most 18446744073709551615", "18446744073709551616"),
+        ({**GOOD, "seed": True}, "seed", "an integer seed", "true"),
+        ({**GOOD, "activation": 3}, "activation", "a name or null", "3"),
+        ({**GOOD, "kernel_size": [3]}, "kernel_size", "an integer or null", "a list [3]"),
+        (
+            {"pass": "add_adapter", "node": "fc", "rank": "4"},
+            "rank",
+            "an integer",
+            "'4' (a string)",
+        ),
+        ({"pass": "fork_task", "task": 1, "base": "y"}, "task", "an output (task) name", "1"),
+    ],
+)
+def test_arguments_are_typed(
+    net: Graph, entry: dict, field: str, expected: str, found: str
+) -> None:
+    with pytest.raises(PassError) as info:
+        run_plan(net, [GOOD, entry], file="plan.yaml")
+    err = info.value
+    assert err.file == "plan.yaml" and err.field == f"grow[1].{field}"
+    assert expected in err.expected and err.found == found
+    assert f"{entry['pass']}: bad argument" in err.message
+
+
+def test_a_pass_named_by_a_list_is_refused(net: Graph) -> None:
+    with pytest.raises(PassError, match="a pass is named by a string") as info:
+        run_plan(net, [{"pass": ["widen"], "node": "fc"}])
+    assert info.value.field == "grow[0].pass" and info.value.found == "a list ['widen']"
+
+
+def test_python_calls_are_typed_too(net: Graph) -> None:
+    with pytest.raises(PassError, match="widen: bad argument") as info:
+        passes.widen(net, node=["fc"], width=9)
+    assert info.value.field == "node" and info.value.expected == "a node name"
+
+
+def test_a_pass_bug_is_not_turned_into_a_user_error(net: Graph) -> None:
+    def buggy(graph: Graph, factor: float = 2.0) -> PassResult:
+        return len(factor)  # type: ignore[arg-type,return-value]  # a TypeError: a bug
+
+    register_pass("test_buggy")(buggy)
+    try:
+        with pytest.raises(TypeError):
+            run_plan(net, [{"pass": "test_buggy"}])
+    finally:
+        del PASSES["test_buggy"]
+
+
+def test_a_pass_needs_type_hints() -> None:
+    def untyped(graph: Graph, factor=2.0) -> PassResult:
+        raise AssertionError
+
+    with pytest.raises(TypeError, match="argument 'factor' has no type hint"):
+        register_pass("test_untyped")(untyped)
+    assert "test_untyped" not in PASSES
+
+
+def test_an_error_in_a_step_names_it_and_the_steps_before(net: Graph) -> None:
+    plan = [
+        GOOD,
+        {"pass": "add_adapter", "node": "fc", "kind": "serial"},
+        {"pass": "widen", "node": "fc", "width": 2},
+    ]
+    with pytest.raises(PassError) as info:
+        run_plan(net, plan, file="plan.yaml")
+    err = info.value
+    assert err.field == "grow[2].width"
+    assert "after grow[0] insert_layer, grow[1] add_adapter" in err.message
 
 
 def test_check_catches_a_pass_that_lies(net: Graph, broken: str) -> None:

@@ -88,6 +88,11 @@ def bad_npz(tmp_path: Path) -> Path:
         (["--data", "mnist"], "unknown data set"),
         (["--device", "tpu"], "device"),
         (["--set", "nonsense"], "a --set needs KEY=VALUE"),
+        (["--set", f"seed={10**24}"], "field 'growth.seed'"),
+        (["--set", f"batch_size={10**20}"], "field 'growth.batch_size'"),
+        (["--set", f"epochs={10**20}"], "field 'growth.epochs'"),
+        (["--set", f"max_depth={10**20}"], "field 'growth.max_depth'"),
+        (["--set", f"adam_init.max_steps={10**20}"], "field 'growth.adam_init.max_steps'"),
     ],
 )
 def test_bad_input_exits_2_with_one_paragraph(
@@ -98,6 +103,7 @@ def test_bad_input_exits_2_with_one_paragraph(
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert err.startswith("grow-ir: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
 
 
 def test_run_directory_rules(spec_file: Path, tmp_path: Path, capsys) -> None:

@@ -482,7 +482,6 @@ REFUSALS = [
     ),
     ("width not larger", mlp, {"node": "fc1", "width": 6}, "must be larger"),
     ("width smaller", mlp, {"node": "fc1", "width": 3}, "must be larger"),
-    ("width not an int", mlp, {"node": "fc1", "width": 7.0}, "must be larger"),
     ("unknown node", mlp, {"node": "fc9", "width": 8}, "no such node"),
     (
         "not a widenable op",

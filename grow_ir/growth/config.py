@@ -9,22 +9,28 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     NonNegativeFloat,
-    NonNegativeInt,
     PositiveFloat,
-    PositiveInt,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from grow_ir.errors import GrowError
+from grow_ir.passes.args import Seed
+
+MAX_COUNT = 2**31 - 1
+"""The largest count a setting takes (epochs, batch size, depth, width...): anything above
+is a mistake, refused with the field's name rather than met deep inside training."""
+
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+"""A positive count of at most :data:`MAX_COUNT`."""
 
 WIDEN_INITS: dict[str, str] = {
     "net2net": "replicate units, divide their outgoing weights by the copy count (exact)",
@@ -69,8 +75,8 @@ class AdamInitConfig(_Model):
     """
 
     lr: PositiveFloat = 1e-3
-    max_steps: PositiveInt = 100
-    check_every: PositiveInt = 10
+    max_steps: Count = 100
+    check_every: Count = 10
 
 
 class WidenConfig(_Model):
@@ -91,7 +97,7 @@ class WidenConfig(_Model):
 
     nodes: list[str] = Field(min_length=1)
     factor: float = Field(default=1.5, gt=1.0)
-    max_width: PositiveInt = 64
+    max_width: Count = 64
     init: str = "zero"
     noise: NonNegativeFloat = 0.0
 
@@ -143,22 +149,22 @@ class GrowthConfig(_Model):
     data: str | None = None
     policy: Literal["autogrow", "none"] = "autogrow"
     mode: Literal["periodic", "convergent"] = "periodic"
-    interval: PositiveInt = 2
-    patience: PositiveInt = 3
+    interval: Count = 2
+    patience: Count = 3
     tau: NonNegativeFloat = 0.005
     stages: list[str] | None = None
-    max_depth: PositiveInt | dict[str, PositiveInt] = 4
+    max_depth: Count | dict[str, Count] = 4
     init: Literal["zero", "adam", "uniform", "gauss"] = "zero"
     adam_init: AdamInitConfig = AdamInitConfig()
     widen: WidenConfig | None = None
     optimizer: OptimizerConfig = OptimizerConfig()
-    epochs: PositiveInt = 20
-    tail_epochs: NonNegativeInt = 4
+    epochs: Count = 20
+    tail_epochs: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 4
     lr_milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
     lr_gamma: PositiveFloat = 0.1
-    batch_size: PositiveInt = 64
+    batch_size: Count = 64
     val_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
-    seed: int = 0
+    seed: Seed = 0
     task: str | None = None
 
     @field_validator("lr_milestones")
@@ -247,7 +253,7 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, file: str | None) -> 
 def _to_grow_error(exc: ValidationError, file: str | None) -> GrowError:
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     err = errors[0]
-    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
+    loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "constrained-"))]
     path = ".".join(["growth", *loc])
     if err["type"] == "extra_forbidden":
         model: type[BaseModel] = GrowthConfig

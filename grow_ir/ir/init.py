@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from grow_ir.errors import GrowError
 from grow_ir.ir.graph import Graph
+from grow_ir.ir.ops import ParamSpec
 from grow_ir.ir.types import DTYPES
 
 MAX_PARAM_BYTES = 8 * 2**30
 """Refuse to allocate more than this many bytes of parameters (8 GiB)."""
 
 
+def spec_bytes(specs: Iterable[ParamSpec]) -> int:
+    """Bytes the parameters and buffers of ``specs`` take, computed from shapes alone."""
+    return sum(s.numel * DTYPES[s.dtype].itemsize for s in specs)
+
+
 def param_bytes(graph: Graph) -> int:
     """Bytes the graph's parameters and buffers take, computed from shapes alone."""
-    return sum(s.numel * DTYPES[s.dtype].itemsize for s in graph.param_specs.values())
+    return spec_bytes(graph.param_specs.values())
+
+
+def check_bytes(
+    total: int, params: int, node: str, node_params: int, *, file: str | None = None
+) -> None:
+    """The size guard: raise GrowError, stating the size, when ``total`` bytes of
+    parameters (``params`` of them; ``node`` the largest, with ``node_params``) would exceed
+    :data:`MAX_PARAM_BYTES`. Called before anything is allocated."""
+    if total > MAX_PARAM_BYTES:
+        raise GrowError(
+            "the parameters are too large to allocate",
+            file=file,
+            node=node,
+            expected=f"at most {MAX_PARAM_BYTES / 2**30:.0f} GiB of parameters",
+            found=f"{total / 2**30:,.1f} GiB ({params:,} parameters; the largest node has "
+            f"{node_params:,})",
+        )
 
 
 def check_size(graph: Graph, *, file: str | None = None) -> None:
@@ -22,14 +47,7 @@ def check_size(graph: Graph, *, file: str | None = None) -> None:
     total = param_bytes(graph)
     if total > MAX_PARAM_BYTES:
         biggest = max(graph.nodes, key=lambda n: graph.num_params(n))
-        raise GrowError(
-            "the parameters are too large to allocate",
-            file=file,
-            node=biggest.name,
-            expected=f"at most {MAX_PARAM_BYTES / 2**30:.0f} GiB of parameters",
-            found=f"{total / 2**30:,.1f} GiB ({graph.num_params():,} parameters; the largest "
-            f"node has {graph.num_params(biggest):,})",
-        )
+        check_bytes(total, graph.num_params(), biggest.name, graph.num_params(biggest), file=file)
 
 
 def initialize(graph: Graph, seed: int = 0) -> Graph:

@@ -19,6 +19,7 @@ import torch
 from grow_ir.errors import PassError, ShapeError
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.ops import OPS
+from grow_ir.passes.args import Choice, Count, NodeName, OutputName, Seed
 from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.rewrite import (
     Additions,
@@ -93,11 +94,15 @@ def build_adapter(
     adds = Additions(graph)
     if kind == "lora":
         a = adds.add(
-            adds.name(f"{node}_lora_a"), "linear", n.inputs, {"out_features": rank, "bias": False}
+            adds.name(f"{node}_lora_a"),
+            "linear",
+            n.inputs,
+            {"out_features": rank, "bias": False},
+            sized_by="rank",
         )
         adds.init(a, "default", gen)
         attrs = {"out_features": n.attrs.out_features, "bias": False}
-        last = adds.add(adds.name(f"{node}_lora_b"), "linear", [a.name], attrs)
+        last = adds.add(adds.name(f"{node}_lora_b"), "linear", [a.name], attrs, sized_by="rank")
     elif kind == "parallel":
         proto = _parallel_conv(n)
         last = adds.add(adds.name(proto.name), n.op, n.inputs, proto.attrs)
@@ -117,7 +122,8 @@ def build_adapter(
         pointwise = {"kernel_size": 1} if "kernel_size" in n.opdef.attrs.model_fields else {}
 
         def layer(name: str, src: str, size: int) -> Node:
-            return adds.add(adds.name(name), n.op, [src], {width_attr: size, **pointwise})
+            attrs = {width_attr: size, **pointwise}
+            return adds.add(adds.name(name), n.op, [src], attrs, sized_by="rank")
 
         down = layer(f"{node}_adapter_down", node, rank)
         adds.init(down, "default", gen)
@@ -132,11 +138,11 @@ def build_adapter(
 @register_pass("add_adapter")
 def add_adapter(
     graph: Graph,
-    node: str,
-    kind: str = "lora",
-    rank: int = 4,
-    task: str | None = None,
-    seed: int = 0,
+    node: NodeName,
+    kind: Choice = "lora",
+    rank: Count = 4,
+    task: OutputName | None = None,
+    seed: Seed = 0,
 ) -> PassResult:
     """Add a zero-initialised adapter of ``kind`` and width ``rank`` to layer ``node``.
 

@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from pydantic import BaseModel
+
 from grow_ir.errors import GrowError, PassError
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.verify import verify
+from grow_ir.passes.args import args_model, found_text, validate_args
 
 
 @dataclass(frozen=True)
@@ -77,14 +80,25 @@ class PassImpl(Protocol):
 
 @dataclass(frozen=True)
 class PassInfo:
-    """A registered pass: its name, implementation and public signature."""
+    """A registered pass: its name, implementation, public signature and the pydantic model
+    of its arguments (made from the signature's type hints, see ``passes.args``)."""
 
     name: str
     impl: Callable[..., PassResult]
     signature: inspect.Signature
+    args: type[BaseModel]
+
+    def check(
+        self, args: Mapping[str, Any], *, where: str | None = None, file: str | None = None
+    ) -> dict[str, Any]:
+        """``args`` validated against the pass's argument model (PassError otherwise)."""
+        return validate_args(self.name, self.args, args, where=where, file=file)
 
     def run(self, graph: Graph, **kwargs: Any) -> PassResult:
-        """Run the pass; the result's graph is verified. Raises PassError naming the pass."""
+        """Check the arguments, run the pass; the result's graph is verified. Raises
+        PassError naming the pass. An exception other than a GrowError is a bug in the
+        pass and propagates as it is."""
+        kwargs = self.check(kwargs)
         try:
             result = self.impl(graph, **kwargs)
         except PassError as exc:
@@ -112,13 +126,14 @@ def register_pass(name: str) -> Callable[[Callable[..., PassResult]], Callable[.
     """Register a pass implementation under ``name``.
 
     Returns the public function ``(graph, **args) -> Graph``; ``fn.run(graph, **args)``
-    gives the PassResult.
+    gives the PassResult. The implementation's arguments after the graph must carry type
+    hints: they become the strict model every call and plan entry is checked against.
     """
 
     def wrap(impl: Callable[..., PassResult]) -> Callable[..., Graph]:
         if name in PASSES:
             raise ValueError(f"pass {name!r} is registered twice")
-        info = PassInfo(name, impl, inspect.signature(impl))
+        info = PassInfo(name, impl, inspect.signature(impl), args_model(name, impl))
         PASSES[name] = info
 
         @functools.wraps(impl)
@@ -138,6 +153,13 @@ def get_pass(name: str) -> PassInfo:
     """The registered pass ``name``; GrowError suggesting the nearest name otherwise."""
     import difflib
 
+    if not isinstance(name, str):
+        raise PassError(
+            "a pass is named by a string",
+            field="pass",
+            expected=f"one of {', '.join(sorted(PASSES))}",
+            found=found_text(name),
+        )
     if name not in PASSES:
         near = difflib.get_close_matches(str(name), PASSES, n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""

@@ -19,6 +19,7 @@ from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.ops import OPS
 from grow_ir.ir.verify import check_name
 from grow_ir.passes.adapter import KINDS, auto_kind, build_adapter, kind_ops
+from grow_ir.passes.args import Choice, Count, NodeNames, OutputName, Seed
 from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.rewrite import (
     Additions,
@@ -43,18 +44,9 @@ def with_width(node: Node, width: int) -> dict:
     return {**node.attrs.model_dump(), attr: width}
 
 
-def _names(value: object, field: str) -> tuple[str, ...]:
-    """A list of node names (a single name is accepted as a list of one)."""
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
-        return tuple(dict.fromkeys(value))
-    raise PassError(
-        f"{field} must list node names",
-        field=field,
-        expected="a list of node names",
-        found=repr(value),
-    )
+def _names(value: str | Sequence[str]) -> tuple[str, ...]:
+    """A list of node names, without repeats (a single name is a list of one)."""
+    return (value,) if isinstance(value, str) else tuple(dict.fromkeys(value))
 
 
 def _check_task(graph: Graph, task: str, base: str) -> None:
@@ -161,7 +153,7 @@ def _copy(
     """Add the task's copy of ``n``: ``new`` (own copied parameters), ``head`` (``head``
     outputs; parameters given by the caller) or ``share`` (``n``'s parameters)."""
     if mode == "head":
-        return adds.add(name, n.op, inputs, with_width(n, head))
+        return adds.add(name, n.op, inputs, with_width(n, head), sized_by="head")
     own = mode == "new" or not graph.node_params(n)
     copy = adds.add(name, n.op, inputs, n.attrs, share=None if own else n.param_prefix)
     if mode == "new":
@@ -174,14 +166,14 @@ def _copy(
 @register_pass("fork_task")
 def fork_task(
     graph: Graph,
-    task: str,
-    base: str,
-    new: Sequence[str] = (),
-    adapt: Sequence[str] = (),
-    head: int | None = None,
-    adapter: str = "auto",
-    rank: int = 4,
-    seed: int = 0,
+    task: OutputName,
+    base: OutputName,
+    new: NodeNames = (),
+    adapt: NodeNames = (),
+    head: Count | None = None,
+    adapter: Choice = "auto",
+    rank: Count = 4,
+    seed: Seed = 0,
 ) -> PassResult:
     """Add output ``task`` computing what output ``base`` computes, layer by layer.
 
@@ -205,7 +197,7 @@ def fork_task(
             that does not apply, or a head on a layer that is not linear/conv.
     """
     _check_task(graph, task, base)
-    new_names, adapt_names = _names(new, "new"), _names(adapt, "adapt")
+    new_names, adapt_names = _names(new), _names(adapt)
     check_choice(adapter, ADAPTERS, "adapter")
     check_positive_int(rank, "rank")
     last = graph.outputs[base]

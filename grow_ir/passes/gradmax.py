@@ -127,6 +127,7 @@ def gradmax_units(ctx: InitContext) -> NewUnits:
     """
     probe = as_probe(ctx.probe, ctx.node)
     output = probe_output(ctx.graph, probe, ctx.node)
+    _check_reaches(ctx, output)
     attrs = _check_group(ctx)
     layout = fan_out_layout(ctx.graph, ctx.group)
     k = ctx.width - ctx.old
@@ -215,6 +216,23 @@ def _check_group(ctx: InitContext) -> dict[str, Mapping[str, Any]]:
     if not group.consumers:
         raise _refuse(ctx, "no layer reads the channels: there is no fan-out", "no consumer")
     return fixes
+
+
+def _check_reaches(ctx: InitContext, output: str) -> None:
+    """Refuse a probe whose output does not depend on every producer of the group: the
+    gradient GradMax maximises is that output's loss's, and it would not reach them."""
+    deps = ctx.graph.output_deps
+    off = [p for p in ctx.group.producers if output not in deps[p]]
+    if off:
+        reads = ", ".join(sorted(deps[off[0]])) or "no output"
+        raise PassError(
+            f"the probe's loss reads output '{output}', which does not depend on "
+            f"'{off[0]}' (it feeds {reads}), so the new units' gradient would not reach it",
+            node=ctx.node,
+            field="probe.output",
+            expected=f"an output that depends on {', '.join(ctx.group.producers)}",
+            found=repr(output),
+        )
 
 
 def probe_output(graph: Graph, probe: Probe, node: str) -> str:

@@ -14,6 +14,7 @@ from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.ops import OPS
 from grow_ir.ir.ops.facts import No
 from grow_ir.ir.types import TensorType
+from grow_ir.passes.args import Choice, Count, Seed, StageName, ValueName
 from grow_ir.passes.base import PassResult, register_pass
 from grow_ir.passes.rewrite import (
     Additions,
@@ -96,13 +97,13 @@ def _activation_refusal(graph: Graph, after: str, activation: str) -> PassError:
 @register_pass("insert_layer")
 def insert_layer(
     graph: Graph,
-    after: str,
-    op: str,
-    init: str = "identity",
-    activation: str | None = None,
+    after: ValueName,
+    op: Choice,
+    init: Choice = "identity",
+    activation: Choice | None = None,
     residual: bool = False,
-    kernel_size: int | None = None,
-    seed: int = 0,
+    kernel_size: Count | None = None,
+    seed: Seed = 0,
 ) -> PassResult:
     """Insert a square ``op`` layer (and an optional activation) after the value ``after``.
 
@@ -160,7 +161,8 @@ def insert_layer(
 
     gen = seeded(seed)
     adds = Additions(graph)
-    first = adds.add(adds.name(f"{after}_{op}"), op, [after], attrs)
+    sized_by = "kernel_size" if _has_kernel(op) else None
+    first = adds.add(adds.name(f"{after}_{op}"), op, [after], attrs, sized_by=sized_by)
     if residual:
         exact = init in ("identity", "zero")
         last_init = "zero" if exact else init
@@ -168,7 +170,7 @@ def insert_layer(
         if activation is not None:
             adds.init(first, "default", gen)
             act = adds.add(adds.name(f"{after}_{activation}"), activation, [first.name])
-            last = adds.add(adds.name(f"{after}_{op}"), op, [act.name], attrs)
+            last = adds.add(adds.name(f"{after}_{op}"), op, [act.name], attrs, sized_by=sized_by)
         adds.init(last, last_init, gen)
         end = adds.add(adds.name(f"{after}_residual"), RESIDUAL_SUM, [after, last.name])
         reason = "" if exact else f"init '{init}': the residual branch's last layer is random"
@@ -367,7 +369,9 @@ def _branch_ends(
 
 
 @register_pass("insert_block")
-def insert_block(graph: Graph, stage: str, init: str = "zero", seed: int = 0) -> PassResult:
+def insert_block(
+    graph: Graph, stage: StageName, init: Choice = "zero", seed: Seed = 0
+) -> PassResult:
     """Append one block to ``stage``, instantiated from the stage's template.
 
     The new block ``{stage}.block{N}`` reads block ``N-1``'s output and takes over all its

@@ -177,7 +177,23 @@ def parse_entry(entry: Any, index: int, file: str | None) -> tuple[PassInfo, dic
                 expected="a value",
                 found="none",
             )
+    info.check(args, where=where, file=file)
     return info, args
+
+
+def at_step(exc: GrowError, index: int, before: Sequence[str], file: str | None) -> GrowError:
+    """``exc``, raised while plan step ``index`` ran, placed at ``grow[index]`` (its field
+    under it) and naming the steps that ran before it (all undone: plans are all or
+    nothing)."""
+    if exc.field is not None and exc.field.startswith("grow["):
+        return exc.at(file=file)
+    where = f"grow[{index}]"
+    ran = ", ".join(f"grow[{j}] {name}" for j, name in enumerate(before))
+    return exc.replace(
+        reason=exc.reason + (f" (after {ran}, undone)" if ran else ""),
+        field=f"{where}.{exc.field}" if exc.field else where,
+        file=exc.file or file,
+    )
 
 
 def run_plan(
@@ -214,11 +230,7 @@ def run_plan(
         try:
             res = info.run(current, **args)
         except GrowError as exc:
-            raise (exc.at(file=file) if exc.file is None and file else exc) from None
-        except TypeError as exc:  # wrong argument types reach the pass signature
-            raise PassError(
-                f"bad arguments for pass '{info.name}': {exc}", file=file, field=f"grow[{i}]"
-            ) from None
+            raise at_step(exc, i, [s.name for s in result.steps], file) from None
         record = Step(info.name, args, res)
         for t in tools:
             t.after(i, record, current)

@@ -7,8 +7,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from grow_ir.errors import PassError, ShapeError, VerifyError
+from grow_ir.errors import GrowError, PassError, ShapeError, VerifyError
 from grow_ir.ir.graph import Graph, Node
+from grow_ir.ir.init import check_bytes, param_bytes, spec_bytes
 from grow_ir.ir.ops import Attrs
 from grow_ir.ir.types import TensorType
 from grow_ir.passes.base import Origin
@@ -146,8 +147,10 @@ class Additions:
     """New nodes and parameters that a pass builds on top of ``graph``.
 
     Each node's type is inferred as it is added, so an impossible layer (wrong rank, a
-    symbolic width, a bad attribute) is refused with a PassError before anything is built.
-    Every parameter added gets an :class:`Origin`. Nothing here changes ``graph``.
+    symbolic width, a bad attribute) is refused with a PassError before anything is built,
+    and so is one whose parameters would not fit in memory (the size guard of
+    ``ir.init.check_bytes``, stating the size). Every parameter added gets an
+    :class:`Origin`. Nothing here changes ``graph``.
     """
 
     def __init__(self, graph: Graph) -> None:
@@ -156,6 +159,8 @@ class Additions:
         self.params: dict[str, torch.Tensor] = {}
         self.origins: dict[str, Origin] = {}
         self._types: dict[str, TensorType] = {}
+        self._bytes: int | None = None  # of the graph and the nodes added so far
+        self._count = 0
 
     def name(self, base: str) -> str:
         """A fresh name from ``base``, unused by the graph and by the nodes added so far."""
@@ -179,13 +184,17 @@ class Additions:
         attrs: Attrs | Mapping[str, object] | None = None,
         *,
         share: str | None = None,
+        sized_by: str | None = None,
     ) -> Node:
         """Add the node ``name`` (taken as given: make it with :meth:`name`) and infer its
-        type. Raises PassError naming the node when its attributes or inputs do not fit."""
+        type. Raises PassError naming the node when its attributes or inputs do not fit, or
+        its parameters would be too large (naming the field ``sized_by``, the pass argument
+        its size comes from)."""
         raw = attrs if isinstance(attrs, Attrs) else dict(attrs or {})
         try:
             node = Node(name, op, raw, tuple(inputs), share)
-            out = node.opdef.infer(node.attrs, [self.type(i) for i in node.inputs])
+            ins = [self.type(i) for i in node.inputs]
+            out = node.opdef.infer(node.attrs, ins)
         except (ShapeError, VerifyError) as exc:
             raise PassError(
                 f"cannot build the {op} layer: {exc.reason}",
@@ -194,9 +203,31 @@ class Additions:
                 expected=exc.expected,
                 found=exc.found,
             ) from None
+        if share is None:
+            try:
+                self._check_size(node, ins)
+            except GrowError as exc:
+                raise PassError(
+                    f"cannot build the {op} layer: {exc.reason}",
+                    node=name,
+                    field=sized_by,
+                    expected=exc.expected,
+                    found=exc.found,
+                ) from None
         self._types[name] = out
         self.nodes.append(node)
         return node
+
+    def _check_size(self, node: Node, ins: list[TensorType]) -> None:
+        """Refuse a node whose parameters would take the graph over the size limit."""
+        specs = node.opdef.params(node.attrs, ins).values()
+        if self._bytes is None:
+            self._bytes = param_bytes(self.graph)
+            self._count = self.graph.num_params()
+        self._bytes += spec_bytes(specs)
+        numel = sum(s.numel for s in specs if not s.buffer)
+        self._count += numel
+        check_bytes(self._bytes, self._count, node.name, numel)
 
     def init(self, node: Node, how: str, gen: torch.Generator) -> None:
         """Give an added node fresh parameters under scheme ``how`` (see init_layer)."""
@@ -237,10 +268,7 @@ def check_positive_int(value: object, field: str) -> int:
     return value
 
 
-def seeded(seed: object) -> torch.Generator:
-    """A ``torch.Generator`` seeded with ``seed``; a PassError unless it is an int."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise PassError(
-            "seed must be an integer", field="seed", expected="an integer", found=repr(seed)
-        )
+def seeded(seed: int) -> torch.Generator:
+    """A ``torch.Generator`` seeded with ``seed`` (an ``args.Seed``, checked by the pass's
+    argument model: an integer in the range torch takes)."""
     return torch.Generator().manual_seed(seed)

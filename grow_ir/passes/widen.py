@@ -18,6 +18,7 @@ from grow_ir.errors import GrowError, PassError
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.init import check_size
 from grow_ir.ir.ops import Channels
+from grow_ir.passes.args import Choice, Count, NodeName, Seed
 from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.channels import (
     ChannelGroup,
@@ -166,10 +167,10 @@ PROBE_INITS = frozenset({"gradmax"})
 @register_pass("widen")
 def widen(
     graph: Graph,
-    node: str,
-    width: int,
-    init: str = "net2net",
-    seed: int = 0,
+    node: NodeName,
+    width: Count,
+    init: Choice = "net2net",
+    seed: Seed = 0,
     noise: float = 0.0,
     probe: Any = None,
 ) -> PassResult:

@@ -164,7 +164,7 @@ def build_supernet(
             continue
         inputs = [mapped.get(i, i) for i in n.inputs]
         if n.name == last:
-            copy = adds.add(f"{scope}.{n.name}", n.op, inputs, with_width(n, head))
+            copy = adds.add(f"{scope}.{n.name}", n.op, inputs, with_width(n, head), sized_by="head")
             adds.init(copy, "default", gen)
             placed[n.name] = [copy]
         elif graph.node_params(n):
