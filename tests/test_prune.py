@@ -331,7 +331,7 @@ REFUSALS = [
     (mlp, {"node": "fc1", "keep": 6}, "removes at least one"),
     (mlp, {"node": "fc1", "keep": 0}, "removes at least one"),
     (mlp, {"node": "fc1", "keep": 1.5}, "fraction"),
-    (mlp, {"node": "fc1", "keep": "half"}, "bad keep"),
+    (mlp, {"node": "fc1", "keep": "half"}, "an integer or a number or a list of integers"),
     (mlp, {"node": "fc1", "drop": [0, 1, 2, 3, 4, 5]}, "removes at least one"),
     (mlp, {"node": "fc1", "drop": [6]}, "distinct channel indices"),
     (mlp, {"node": "fc1", "drop": [1, 1]}, "distinct channel indices"),

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from grow_ir.backends.torch import to_torch, update_params
-from grow_ir.errors import GrowError
 from grow_ir.growth.autogrow import GrowthRequest
 from grow_ir.growth.config import GrowthConfig
 from grow_ir.growth.data import Dataset
@@ -83,13 +82,7 @@ def apply_growth(
     extra = WIDEN_ARGS.get(str(args.get("init"))) if request.pass_name == "widen" else None
     if extra is not None:
         args.update(extra(ctx, state, request))
-    info = get_pass(request.pass_name)
-    try:
-        result = info.run(graph, **args)
-    except TypeError as exc:
-        raise GrowError(
-            f"bad arguments for pass '{request.pass_name}': {exc}", field="growth"
-        ) from None
+    result = get_pass(request.pass_name).run(graph, **args)
     module = to_torch(result.graph, task=ctx.task).to(ctx.device).train()
     notes: dict[str, Any] = {}
     if request.pass_name == "insert_block" and ctx.config.init == "adam":

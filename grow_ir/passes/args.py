@@ -20,8 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from grow_ir.errors import PassError
 
-NodeName = Annotated[str, Field(description="a node name")]
-ValueName = Annotated[str, Field(description="the name of a node or graph input")]
+_A_NODE = "a node name"
+_A_VALUE = "the name of a node or graph input"
+NodeName = Annotated[str, Field(description=_A_NODE)]
+ValueName = Annotated[str, Field(description=_A_VALUE)]
 NodeNames = Annotated[
     str | Sequence[NodeName], Field(description="a node name or a list of node names")
 ]
@@ -78,14 +80,27 @@ def validate_args(
         info = model.model_fields.get(arg)
         expected = (info.description if info is not None else None) or _describe(info)
         bound = _bound(err)
+        node = next(  # the node the call is about, when another argument names it
+            (
+                v
+                for k, v in args.items()
+                if k != arg and isinstance(v, str) and _is_node(model.model_fields.get(k))
+            ),
+            None,
+        )
         raise PassError(
             f"{pass_name}: bad argument",
             file=file,
+            node=node,
             field=field,
             expected=f"{expected} ({bound})" if bound else expected,
             found=found_text(args.get(arg)),
         ) from None
     return {k: getattr(checked, k) for k in args}
+
+
+def _is_node(info: Any) -> bool:
+    return info is not None and info.description in (_A_NODE, _A_VALUE)
 
 
 _NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -107,6 +122,11 @@ def _one(ann: Any) -> str:
             if getattr(meta, "description", None):
                 return meta.description
         ann = typing.get_args(ann)[0]
+    if typing.get_origin(ann) in (list, tuple, Sequence):
+        inner = [_one(a) for a in typing.get_args(ann) if a is not Ellipsis]
+        return (
+            f"a list of {inner[0].removeprefix('an ').removeprefix('a ')}s" if inner else "a list"
+        )
     return _NAMES.get(ann, getattr(ann, "__name__", str(ann)))
 
 

@@ -23,6 +23,7 @@ import torch
 
 from grow_ir.errors import PassError
 from grow_ir.ir.graph import Graph
+from grow_ir.passes.args import NodeName
 from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.channels import ChannelGroup, Role, channel_group, width_ops
 from grow_ir.passes.regroup import axes_by_param, axis_plan, resize_nodes, spans_by_axis
@@ -295,7 +296,7 @@ def _all_zero(parts: Sequence[torch.Tensor], channels: int) -> list[bool]:
 @register_pass("prune")
 def prune(
     graph: Graph,
-    node: str,
+    node: NodeName,
     keep: int | float | list[int] | None = None,
     drop: list[int] | None = None,
     importance: str | list[float] = "l1",
