@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "continual",
     "export",
     "import_",
+    "draw",
     "schema",
     "demo",
 )

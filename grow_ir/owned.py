@@ -102,6 +102,14 @@ def claim(directory: str | os.PathLike[str], names: Iterable[str], command: str)
     os.replace(tmp, target / MANIFEST)
 
 
+def new_file_mode() -> int:
+    """The permissions a plain new file gets in this process: 0666 less the umask (for files
+    written through a temporary name that another library created 0600)."""
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def check_replaceable_file(path: str | os.PathLike[str], *, ours: bool, what: str) -> None:
     """Refuse to replace an existing file at ``path`` unless grow-ir wrote it (``ours``).
 

@@ -10,6 +10,8 @@ from typing import Any
 
 from grow_ir.commands import add_spec_argument, load_graph, plural, spec_path
 from grow_ir.errors import SpecError
+from grow_ir.ir.diff import grown_nodes
+from grow_ir.ir.graph import Graph
 from grow_ir.owned import check_replaceable_dir, owned_names
 from grow_ir.passes.manager import PlanResult, run_plan
 from grow_ir.spec import SPEC_FILE, save
@@ -60,11 +62,15 @@ def read_plan(path: str) -> list[Any]:
     return data
 
 
-def history(result: PlanResult, earlier: Sequence[Any] = ()) -> str:
+def history(result: PlanResult, initial: Graph, earlier: Sequence[Any] = ()) -> str:
     """The history file's text: the ``earlier`` steps, then one JSON object per step of
     this plan (pass, arguments, summary, preserved, reason, measured max_error or null,
-    parameter count, origins)."""
-    steps = [*earlier, *(s.to_json() for s in result.steps)]
+    parameter count, origins, the nodes it added and changed)."""
+    steps = list(earlier)
+    before = initial
+    for step in result.steps:
+        steps.append({**step.to_json(), **grown_nodes(before, step.result.graph)})
+        before = step.result.graph
     return json.dumps(steps, indent=2, default=str) + "\n"
 
 
@@ -131,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     # given with --plan leaves the spec's (unapplied) section as it was.
     grown = result.graph if args.plan is not None else result.graph.replace(grow=())
     earlier = earlier_history(spec_path(args.spec))
-    save(grown, args.output, extra_files={HISTORY_FILE: history(result, earlier)})
+    save(grown, args.output, extra_files={HISTORY_FILE: history(result, graph, earlier)})
     for i, step in enumerate(result.steps):
         status = "preserved" if step.result.preserved else f"not preserved: {step.result.reason}"
         error = "" if step.max_error is None else f", max error {step.max_error:.2g}"

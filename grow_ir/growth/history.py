@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grow_ir.growth.actions import StepOutcome
+from grow_ir.ir.diff import grown_nodes
+from grow_ir.ir.graph import Graph
 
 
 @dataclass
@@ -47,8 +49,11 @@ class History:
         self.epochs.append(row)
         return row
 
-    def add_event(self, epoch: int, outcome: StepOutcome) -> dict[str, Any]:
-        """Record one growth step after ``epoch``."""
+    def add_event(
+        self, epoch: int, outcome: StepOutcome, before: Graph | None = None
+    ) -> dict[str, Any]:
+        """Record one growth step after ``epoch`` (with the nodes it added and changed,
+        given the graph ``before`` it)."""
         r, req = outcome.result, outcome.request
         row = {
             "epoch": epoch,
@@ -62,6 +67,8 @@ class History:
             "not_preserved_because": r.reason,
             **outcome.notes,
         }
+        if before is not None:
+            row.update(grown_nodes(before, r.graph))
         self.events.append(row)
         return row
 

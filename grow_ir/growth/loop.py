@@ -284,13 +284,14 @@ class Trainer:
         self._log_stops()
         ctx = GrowthContext(self.config, self.data, self.device, epoch, self.config.task)
         for req in requests:
+            before = self.state.graph
             try:
                 self.state, outcome = apply_growth(self.state, req, ctx)
             except PassError as exc:  # the graph and the state are unchanged
                 self.policy.refused(req, epoch, exc.message)
                 continue
             self.policy.grown(req, epoch, self.state.graph)
-            self.history.add_event(epoch + 1, outcome)
+            self.history.add_event(epoch + 1, outcome, before)
             self._say(growth_line(epoch + 1, outcome))
         self._log_stops()
         if not self.policy.growing and self.stop_epoch is None:

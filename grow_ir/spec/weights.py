@@ -13,6 +13,7 @@ from safetensors import SafetensorError
 from grow_ir.errors import SpecError
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.types import DTYPES
+from grow_ir.owned import new_file_mode
 
 
 def write_weights(params: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -23,13 +24,7 @@ def write_weights(params: Mapping[str, torch.Tensor], path: Path) -> None:
     """
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in params.items()}
     safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt"})
-    os.chmod(path, 0o666 & ~_umask())
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
+    os.chmod(path, new_file_mode())
 
 
 def read_weights(graph: Graph, path: Path, *, file: str | None) -> dict[str, torch.Tensor]:
