@@ -56,6 +56,7 @@ def test_a_tail_longer_than_the_budget_says_how_to_shorten_it(
         ["show", "resnet"],
         ["export", "transformer", "-o", "{tmp}/t.onnx"],
         ["grow", "mlp", "-o", "{tmp}/grown"],
+        ["draw", "resnet", "-o", "{tmp}/resnet.svg"],
     ],
 )
 def test_every_command_takes_a_packaged_example_by_name(
