@@ -51,7 +51,7 @@ def table_rows(graph: Graph, dims: Mapping[str, int]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = [
         (n, "input", shape_text(graph, n), "-", "-", "") for n in graph.inputs
     ]
-    previous: str | None = None
+    previous: str | None = next(reversed(graph.inputs), None)  # the row above the first node
     stage: str | None = None
     for node in graph.nodes:
         here = _stage_of(graph, node.name)
