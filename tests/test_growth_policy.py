@@ -12,7 +12,7 @@ from grow_ir.growth.config import growth_config
 from grow_ir.ir.graph import Graph
 from grow_ir.passes import get_pass
 from grow_ir.spec import load_spec
-from tests.tiny_specs import RES_BLOCK
+from tests.tiny_specs import RES_BLOCK, TINY_SPIRALS
 
 
 def staged_spec() -> dict:
@@ -60,7 +60,9 @@ def test_periodic_growth_is_round_robin_up_to_the_max_depth() -> None:
     assert steps == [(1, "stage1"), (3, "stage2"), (5, "stage1"), (7, "stage2")]
     assert {s: r["depth"] for s, r in graph.stages.items()} == {"stage1": 3, "stage2": 3}
     assert not policy.growing
-    assert [s.reason for s in policy.drain_stops()] == ["reached its max depth 3"] * 2
+    assert [s.reason for s in policy.drain_stops()] == [
+        "its depth 3 reached max_depth 3 (growth.max_depth)"
+    ] * 2
 
 
 def test_a_stage_stops_when_its_growth_gains_less_than_tau() -> None:
@@ -97,6 +99,34 @@ def test_width_policy_widens_on_a_plateau_up_to_the_max_width() -> None:
     graph, steps = drive(policy, graph, [0.8, 0.9, 0.9, 0.9, 0.9], start=4)
     assert steps == [(7, "mid")] and graph.node("mid").attrs.out_features == 10
     assert not policy.growing
+    (stop,) = policy.drain_stops()
+    assert (stop.epoch, stop.unit) == (7, "mid")
+    assert stop.reason == "its width 10 reached max_width 10 (growth.widen.max_width)"
+
+
+def test_a_layer_already_at_its_max_width_is_said_to_stop_before_training(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from grow_ir.growth import Trainer
+
+    graph = load_spec(TINY_SPIRALS)
+    cfg = growth_config(
+        {"epochs": 3, "tail_epochs": 1, "widen": {"nodes": ["stem"], "max_width": 8}}
+    )
+    trainer = Trainer.fresh(
+        graph, cfg, data_source="spirals", out_dir=None, progress=False, log=print
+    )
+    trainer.run()
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "before training: stem stops growing: its width 8 reached max_width 8 "
+        "(growth.widen.max_width)\n"
+    )
+    assert trainer.history.stops[0] == {
+        "epoch": 0,
+        "unit": "stem",
+        "reason": "its width 8 reached max_width 8 (growth.widen.max_width)",
+    }
 
 
 def test_growth_closes_at_the_deadline() -> None:
@@ -133,3 +163,41 @@ def test_bad_policy_targets_are_refused() -> None:
     with pytest.raises(GrowError, match="nothing to grow"):
         AutoGrow(config(stages=[]), GRAPH)
     assert isinstance(make_policy(config(policy="none"), GRAPH), NoGrowth)
+
+
+def test_gradmax_grows_the_requested_factor_past_its_per_step_capacity(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from grow_ir.growth import Trainer
+    from grow_ir.passes.gradmax import capacity
+
+    spec = {
+        "version": 1,
+        "name": "narrow_head",
+        "inputs": {"x": {"shape": ["batch", 2]}},
+        "nodes": [
+            {"name": "fc1", "op": "linear", "out_features": 8},
+            {"name": "act", "op": "relu"},
+            {"name": "head", "op": "linear", "out_features": 2},
+        ],
+        "outputs": {"y": "head"},
+    }
+    graph = load_spec(spec)
+    assert capacity(graph, "fc1") == 2  # a fan-out of fc1 is one column of head: 2 entries
+    widen = {"nodes": ["fc1"], "factor": 1.5, "max_width": 64, "init": "gradmax"}
+    cfg = growth_config({"epochs": 4, "tail_epochs": 1, "patience": 1, "tau": 1.0, "widen": widen})
+    trainer = Trainer.fresh(
+        graph, cfg, data_source="spirals", out_dir=None, progress=False, log=print
+    )
+    result = trainer.run()
+    events = result.history.events
+    assert [(e["args"]["width"], e["args"]["init"]) for e in events[:2]] == [
+        (10, "gradmax"),
+        (12, "zero"),
+    ]
+    assert all(e["preserved"] for e in events)
+    assert "GradMax fills 2 units at once, zero init the other 2" in events[0]["reason"]
+    assert result.history.stops == [] or all(
+        "refused" not in s["reason"] for s in result.history.stops
+    )
+    assert result.graph.node("fc1").attrs.out_features >= 12

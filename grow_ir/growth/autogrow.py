@@ -58,7 +58,7 @@ class Unit:
 
 @dataclass
 class Stop:
-    """A unit that stopped growing at an epoch, and why."""
+    """A unit that stopped growing after an epoch (-1: before training), and why."""
 
     epoch: int
     unit: str
@@ -156,14 +156,14 @@ class AutoGrow(Policy):
                 expected="stages (a node entry with 'stage:') or growth.widen.nodes",
                 found="neither",
             )
-        for u in self.units:
-            self._check_limit(u)
         self.accs: list[float] = []
         self.cursor = 0
         self.last_depth = -1
         self.last_step = -1
         self.closed = False
         self._stops: list[Stop] = []
+        for u in self.units:
+            self._check_limit(u)
 
     # ---- decisions ------------------------------------------------------------------
 
@@ -185,7 +185,7 @@ class AutoGrow(Policy):
         depth = self._depth_request(epoch)
         if depth is not None:
             return [depth]
-        return self._width_requests(epoch)
+        return self._width_requests(epoch, graph)
 
     def _judge(self, epoch: int) -> None:
         j, tau = self.config.patience, self.config.tau
@@ -232,7 +232,7 @@ class AutoGrow(Policy):
                 return GrowthRequest(u.name, "insert_block", args, reason)
         return None
 
-    def _width_requests(self, epoch: int) -> list[GrowthRequest]:
+    def _width_requests(self, epoch: int, graph: Graph) -> list[GrowthRequest]:
         widen = self.config.widen
         if widen is None:
             return []
@@ -249,11 +249,37 @@ class AutoGrow(Policy):
         for u in self.units:
             if u.kind == "width" and u.active and u.pending_epoch is None:
                 width = min(widen.max_width, math.ceil(u.size * widen.factor))
+                capped = "" if width < widen.max_width else f", capped at max_width {width}"
                 args: dict[str, Any] = {"node": u.name, "width": width, "init": widen.init}
                 if widen.noise > 0:
                     args["noise"] = widen.noise
-                out.append(GrowthRequest(u.name, "widen", args, reason))
+                out.extend(self._split_gradmax(graph, u, args, reason + capped))
         return out
+
+    def _split_gradmax(
+        self, graph: Graph, u: Unit, args: dict[str, Any], reason: str
+    ) -> list[GrowthRequest]:
+        """GradMax fills at most as many units per step as a fan-out has entries; the
+        rest of the requested width comes in a second step with ``zero`` init (random
+        fan-in, zero fan-out: exact too), so the policy grows the factor it asked for."""
+        if args["init"] != "gradmax":
+            return [GrowthRequest(u.name, "widen", args, reason)]
+        from grow_ir.passes.gradmax import capacity
+
+        try:
+            room = capacity(graph, u.name)
+        except GrowError:  # a group GradMax refuses: the pass will say why
+            return [GrowthRequest(u.name, "widen", args, reason)]
+        if args["width"] - u.size <= room:
+            return [GrowthRequest(u.name, "widen", args, reason)]
+        first = {**args, "width": u.size + room}
+        rest = {**args, "width": args["width"], "init": "zero"}
+        note = f"; GradMax fills {room} units at once, zero init the other "
+        note += f"{args['width'] - u.size - room}"
+        return [
+            GrowthRequest(u.name, "widen", first, reason + note),
+            GrowthRequest(u.name, "widen", rest, reason + note),
+        ]
 
     def _block_init(self) -> str:
         # AdamInit inserts a Gaussian block, then trains it alone (see growth.actions).
@@ -282,15 +308,18 @@ class AutoGrow(Policy):
         self._stop(epoch, self._unit(request.unit), f"the pass refused: {reason}")
 
     def _check_limit(self, u: Unit, epoch: int = -1) -> None:
+        """Stop ``u`` at its limit (``epoch`` -1: before training), naming the setting."""
         if u.active and u.size >= u.limit:
-            what = "max depth" if u.kind == "depth" else "max width"
-            self._stop(epoch, u, f"reached its {what} {u.limit}")
+            if u.kind == "depth":
+                what = f"depth {u.size} reached max_depth {u.limit} (growth.max_depth)"
+            else:
+                what = f"width {u.size} reached max_width {u.limit} (growth.widen.max_width)"
+            self._stop(epoch, u, f"its {what}")
 
     def _stop(self, epoch: int, u: Unit, reason: str) -> None:
         u.active, u.stop_reason = False, reason
         u.pending_epoch, u.pending_before = None, None
-        if epoch >= 0:
-            self._stops.append(Stop(epoch, u.name, reason))
+        self._stops.append(Stop(epoch, u.name, reason))
 
     def _close(self, epoch: int, reason: str) -> None:
         for u in self.units:

@@ -210,6 +210,7 @@ class Trainer:
         self._bar = bar
         try:
             with deterministic(self.threads):
+                self._log_stops()  # units already at their limit
                 for epoch in range(self.next_epoch, cfg.epochs):
                     self._epoch(epoch, bar)
                 bar.close()
@@ -310,7 +311,8 @@ class Trainer:
             grouped.setdefault((stop.epoch + 1, stop.reason), []).append(stop.unit)
         for (epoch, reason), units in grouped.items():
             verb = "stops" if len(units) == 1 else "stop"
-            self._say(f"epoch {epoch}: {', '.join(units)} {verb} growing: {reason}")
+            when = f"epoch {epoch}" if epoch > 0 else "before training"
+            self._say(f"{when}: {', '.join(units)} {verb} growing: {reason}")
 
     def _checkpoint(self) -> None:
         assert self.out_dir is not None

@@ -35,7 +35,7 @@ from grow_ir.errors import GrowError, PassError
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.init import check_size
 from grow_ir.ir.ops.facts import why_not
-from grow_ir.passes.channels import ChannelGroup, Role
+from grow_ir.passes.channels import ChannelGroup, Role, channel_group
 from grow_ir.passes.widen import InitContext, NewUnits, grow_group
 
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -308,6 +308,12 @@ class FanOutLayout:
                 first += block
             out[p.param] = torch.cat(pieces).movedim(0, p.axis)
         return out
+
+
+def capacity(graph: Graph, node: str) -> int:
+    """The most units one GradMax step can add to ``node``'s channel group: new units'
+    fan-outs are orthogonal, so at most as many as a fan-out has entries."""
+    return fan_out_layout(graph, channel_group(graph, node)).dim
 
 
 def fan_out_layout(graph: Graph, group: ChannelGroup) -> FanOutLayout:
