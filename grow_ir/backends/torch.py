@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import operator
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import networkx as nx
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.graph import PythonCode
 
+from grow_ir.backends import torch_reuse
 from grow_ir.backends.torch_modules import Mix, SelfAttention, relu_unit_slope
 from grow_ir.errors import GrowError
 from grow_ir.ir.graph import Graph, Node
@@ -238,6 +240,10 @@ class LoweredModule(fx.GraphModule):
     """Submodules whose buffers (BatchNorm running statistics) another task also reads:
     they stay in eval mode, so training this task cannot move those statistics."""
 
+    built: Mapping[str, torch_reuse.Built] = MappingProxyType({})
+    """How each submodule was built, by target (see :mod:`grow_ir.backends.torch_reuse`):
+    what a later ``to_torch(..., reuse=self)`` checks before taking one over."""
+
     def train(self, mode: bool = True) -> LoweredModule:
         """``nn.Module.train``, except that :attr:`frozen_stats` submodules stay in eval mode."""
         super().train(mode)
@@ -254,7 +260,9 @@ class LoweredModule(fx.GraphModule):
         return code
 
 
-def to_torch(graph: Graph, task: str | None = None) -> fx.GraphModule:
+def to_torch(
+    graph: Graph, task: str | None = None, *, reuse: nn.Module | None = None
+) -> fx.GraphModule:
     """Lower ``graph`` to a ``torch.fx.GraphModule`` with generated forward code.
 
     Guarantees:
@@ -273,7 +281,16 @@ def to_torch(graph: Graph, task: str | None = None) -> fx.GraphModule:
       another output reads (shared BatchNorm statistics) stay in eval mode even under
       ``.train()``, so training ``task`` cannot change another task;
     - nothing is pinned to a device or dtype: ``.to(device, dtype)``, autocast and
-      ``torch.compile`` (without graph breaks) work.
+      ``torch.compile`` (without graph breaks) work;
+    - the module is in train mode (``frozen_stats`` in eval), with no gradients;
+    - with ``reuse`` (a module an earlier ``to_torch`` made, possibly trained, moved,
+      compiled or wrapped in DDP), each submodule that would be built exactly as ``reuse``
+      holds it (same op, attributes and input types, and tensors whose values are known to
+      equal this graph's: see :mod:`grow_ir.backends.torch_reuse`) is that very submodule
+      object, now shared by both modules, gradients cleared and ``requires_grad`` set as
+      above; every other submodule is built afresh. The result computes bitwise what
+      ``to_torch(graph, task)`` computes (on the reused modules' device), with the same
+      ``state_dict`` keys: a growth step costs the nodes it changed.
 
     Raises:
         VerifyError: ``graph`` breaks an invariant of the IR.
@@ -283,8 +300,11 @@ def to_torch(graph: Graph, task: str | None = None) -> fx.GraphModule:
     outputs = selected_outputs(graph, task)
     nodes = needed_nodes(graph, outputs)
     _check_lowerable(nodes)
-    fxg, modules = _build_fx(graph, nodes, outputs, every_input=task is None)
+    old = _reusable(reuse)
+    fxg, modules, built = _build_fx(graph, nodes, outputs, every_input=task is None, old=old)
     gm = LoweredModule(_nest(modules), fxg, class_name=_class_name(graph.name))
+    gm.built = built
+    reused = old is not None and any(b is old.get(t) for t, b in built.items())
     if task is not None:
         owners = graph.param_owners
         mine = frozenset({task})
@@ -297,7 +317,35 @@ def to_torch(graph: Graph, task: str | None = None) -> fx.GraphModule:
                 if owners.get(name, mine) != mine
             )
         )
-    return gm
+    elif reused:
+        for p in gm.parameters():
+            p.requires_grad_(True)
+    if reused:
+        for p in gm.parameters():
+            p.grad = None
+    return gm.train()
+
+
+def _reusable(module: nn.Module | None) -> dict[str, torch_reuse.Built] | None:
+    """The build records of ``module`` whose submodule is still in place."""
+    if module is None:
+        return None
+    root = _unwrap(module)
+    if not isinstance(root, LoweredModule):
+        raise GrowError(
+            "reuse needs a module that to_torch made",
+            field="reuse",
+            expected="a module returned by to_torch (possibly compiled or wrapped in DDP)",
+            found=type(module).__name__,
+        )
+    out = {}
+    for target, built in root.built.items():
+        try:
+            if root.get_submodule(target) is built.module:
+                out[target] = built
+        except AttributeError:
+            continue
+    return out
 
 
 def _check_lowerable(nodes: Sequence[Node]) -> None:
@@ -313,9 +361,15 @@ def _check_lowerable(nodes: Sequence[Node]) -> None:
 
 
 def _build_fx(
-    graph: Graph, nodes: Sequence[Node], outputs: dict[str, str], *, every_input: bool
-) -> tuple[fx.Graph, dict[str, nn.Module]]:
-    """The fx graph computing ``outputs`` from ``nodes``, and its modules by target."""
+    graph: Graph,
+    nodes: Sequence[Node],
+    outputs: dict[str, str],
+    *,
+    every_input: bool,
+    old: dict[str, torch_reuse.Built] | None = None,
+) -> tuple[fx.Graph, dict[str, nn.Module], dict[str, torch_reuse.Built]]:
+    """The fx graph computing ``outputs`` from ``nodes``, its modules by target and their
+    build records (those of ``old`` that still match are taken over)."""
     used_inputs = {i for n in nodes for i in n.inputs}
     fxg = fx.Graph()
     env: dict[str, fx.Node] = {}
@@ -323,6 +377,7 @@ def _build_fx(
         if every_input or name in used_inputs:
             env[name] = fxg.placeholder(name)
     modules: dict[str, nn.Module] = {}
+    built: Mapping[str, torch_reuse.Built] = MappingProxyType({})
     scopes: dict[str, fx.Node] = {}
     for n in nodes:
         args = [env[i] for i in n.inputs]
@@ -331,7 +386,13 @@ def _build_fx(
             continue
         target = n.param_prefix
         if target not in modules:
-            modules[target] = build_module(graph, graph.node(target))
+            owner = graph.node(target)
+            prior = old.get(target) if old else None
+            if prior is not None and prior.matches(graph, owner):
+                built[target] = prior
+            else:
+                built[target] = torch_reuse.record(graph, owner, build_module(graph, owner))
+            modules[target] = built[target].module
         scope, _, leaf = target.rpartition(".")
         if not scope:
             env[n.name] = fxg.create_node("call_module", target, tuple(args), name=n.name)
@@ -347,7 +408,7 @@ def _build_fx(
     else:
         fxg.output({out: env[node] for out, node in outputs.items()})
     fxg.lint()
-    return fxg, modules
+    return fxg, modules, built
 
 
 def _caller(fxg: fx.Graph, node: Node) -> Call:
@@ -408,14 +469,18 @@ def update_params(graph: Graph, module: nn.Module) -> Graph:
     another device or dtype, compiled or wrapped in DDP); it may hold a subset of the
     graph's parameters (e.g. one task's module), and the others are kept. Guarantees: the
     result is verified; its tensors are detached CPU copies with the graph's dtypes, sharing
-    no storage with ``module``; ``graph`` is unchanged.
+    no storage with ``module``; ``graph`` is unchanged. ``module`` records that its tensors
+    equal the result's (where the copy is exact), so ``to_torch(grown, reuse=module)`` of a
+    graph a pass grew from the result takes over the submodules the pass left alone.
 
     Raises:
         GrowError: a key is not a parameter of the graph, or its shape differs.
     """
     specs = graph.param_specs
     params = dict(graph.params)
-    for key, value in _unwrap(module).state_dict().items():
+    root = _unwrap(module)
+    exact: set[str] = set()
+    for key, value in root.state_dict().items():
         if key not in specs:
             raise GrowError(
                 "the module has a tensor the graph does not",
@@ -432,4 +497,11 @@ def update_params(graph: Graph, module: nn.Module) -> Graph:
                 found=str(list(value.shape)),
             )
         params[key] = value.detach().to("cpu", old.dtype, copy=True)
+        if value.dtype == old.dtype:
+            exact.add(key)
+    if isinstance(root, LoweredModule) and root.built:
+        # The new tensors are exact copies of the module's: link them, so that lowering
+        # a graph grown from the result can take over the unchanged submodules.
+        relinked = {t: torch_reuse.relink(b, params, exact) for t, b in root.built.items()}
+        root.built = {t: b for t, b in relinked.items() if b is not None}
     return verify(graph.replace(params=params))

@@ -83,7 +83,7 @@ def apply_growth(
     if extra is not None:
         args.update(extra(ctx, state, request))
     result = get_pass(request.pass_name).run(graph, **args)
-    module = to_torch(result.graph, task=ctx.task).to(ctx.device).train()
+    module = to_torch(result.graph, task=ctx.task, reuse=state.module).to(ctx.device).train()
     notes: dict[str, Any] = {}
     if request.pass_name == "insert_block" and ctx.config.init == "adam":
         notes = adam_init(state, module, result.graph, graph, ctx, args["seed"])
