@@ -377,7 +377,7 @@ def _build_fx(
         if every_input or name in used_inputs:
             env[name] = fxg.placeholder(name)
     modules: dict[str, nn.Module] = {}
-    built: Mapping[str, torch_reuse.Built] = MappingProxyType({})
+    built: dict[str, torch_reuse.Built] = {}
     scopes: dict[str, fx.Node] = {}
     for n in nodes:
         args = [env[i] for i in n.inputs]
