@@ -37,6 +37,7 @@ from grow_ir.growth.history import History
 from grow_ir.growth.optim_state import make_optimizer, set_lr, trainable
 from grow_ir.growth.report import architecture, growth_line
 from grow_ir.growth.schedule import growth_deadline, learning_rate, tail_boundaries
+from grow_ir.growth.timing import Timings
 from grow_ir.ir.graph import Graph
 
 Log = Callable[[str], None]
@@ -82,6 +83,7 @@ class Trainer:
     progress: bool = True
     threads: int = field(default_factory=torch.get_num_threads)
     data_sha256: str | None = None
+    timings: Timings = field(default_factory=Timings)
     _bar: Any = field(default=None, repr=False)
 
     @classmethod
@@ -183,6 +185,7 @@ class Trainer:
             elapsed=float(s["elapsed"]),
             threads=int(s.get("threads", torch.get_num_threads())),
             data_sha256=s.get("data_sha256"),
+            timings=Timings.from_json(s.get("timings")),
             log=log,
             progress=progress,
         )
@@ -234,7 +237,8 @@ class Trainer:
         lr = learning_rate(cfg, epoch, self.stop_epoch)
         set_lr(st.optimizer, lr)
         loss, train_acc = self._train_epoch()
-        val_acc = accuracy(st.module, self.data.x_val, self.data.y_val, self.device)
+        with self.timings.phase("validation"):
+            val_acc = accuracy(st.module, self.data.x_val, self.data.y_val, self.device)
         params = st.graph.num_params()
         seconds = time.perf_counter() - start
         self.history.add_epoch(
@@ -250,35 +254,46 @@ class Trainer:
             {"loss": f"{loss:.3f}", "val acc": f"{val_acc:.2%}", "params": f"{params:,}"}
         )
         if self.policy.growing:
-            self._grow(epoch, val_acc)
+            with self.timings.phase("growth"):
+                self._grow(epoch, val_acc)
         self.elapsed += time.perf_counter() - start
         self.next_epoch = epoch + 1
         bar.update(1)
         if self.out_dir is not None:
-            self._checkpoint()
+            with self.timings.phase("checkpoint"):
+                self._checkpoint()
 
     def _train_epoch(self) -> tuple[float, float]:
         st, d = self.state, self.data
         st.module.train()
         n, bs = len(d.y_train), self.config.batch_size
+        clock = time.perf_counter
+        start = clock()
         order = torch.randperm(n, generator=self.generator)
         x, y = d.x_train.to(self.device), d.y_train.to(self.device)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
+        step_s = 0.0  # on CUDA, kernels run asynchronously: time lands where the host waits
         for i in range(0, n, bs):
             idx = order[i : i + bs].to(self.device)
             if len(idx) < 2 and seen:
                 break  # batchnorm cannot train on one sample
-            out = st.module(x[idx])
-            loss = nn.functional.cross_entropy(out, y[idx])
+            xb, yb = x[idx], y[idx]
+            t0 = clock()
+            out = st.module(xb)
+            loss = nn.functional.cross_entropy(out, yb)
             st.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             st.optimizer.step()
             total += loss.detach().double() * len(idx)
-            correct += (out.detach().argmax(-1) == y[idx]).sum()
+            correct += (out.detach().argmax(-1) == yb).sum()
             seen += len(idx)
-        return float(total) / max(1, seen), int(correct) / max(1, seen)
+            step_s += clock() - t0
+        result = float(total) / max(1, seen), int(correct) / max(1, seen)
+        self.timings.add("step", step_s)
+        self.timings.add("data", clock() - start - step_s)
+        return result
 
     def _grow(self, epoch: int, val_acc: float) -> None:
         requests = self.policy.observe(epoch, val_acc, self.state.graph)
@@ -340,12 +355,14 @@ class Trainer:
             "history": self.history.to_json(),
             "elapsed": self.elapsed,
             "threads": self.threads,
+            "timings": self.timings.to_json(),
         }
 
     def _finish(self) -> RunResult:
         st = self.state
         graph = update_params(st.graph, st.module)
-        test_acc = accuracy(st.module, self.data.x_test, self.data.y_test, self.device)
+        with self.timings.phase("validation"):
+            test_acc = accuracy(st.module, self.data.x_test, self.data.y_test, self.device)
         last = self.history.epochs[-1] if self.history.epochs else {}
         self.history.final = {
             "test_accuracy": test_acc,
@@ -359,7 +376,9 @@ class Trainer:
             "threads": self.threads,
             "architecture": architecture(graph),
             "units": self.policy.summary(),
+            "time_split": self.timings.to_json(),
         }
+        self._say(self.timings.line())
         return RunResult(
             graph,
             self.history,
