@@ -50,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a spec while its growth policy (AutoGrow) grows it",
         usage="%(prog)s SPEC -o DIR [options]\n       %(prog)s --resume DIR [--device D] "
-        "[--threads N] [--quiet]",
+        "[--threads N] [--compile [BACKEND]] [--quiet]",
         description="Train SPEC on a data set while the policy of its 'growth:' section "
         "grows it; flags override that section. DIR receives a checkpoint after every epoch, "
         "then history.json, the grown spec.yaml + weights.safetensors, model.onnx (checked "
@@ -101,6 +101,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="CPU threads for torch (default 1: small networks train fastest on one thread; "
         "a resumed run keeps its own). The same seed gives the same weights for one N",
     )
+    parser.add_argument(
+        "--compile",
+        metavar="BACKEND",
+        nargs="?",
+        const="inductor",
+        default=None,
+        help="train under torch.compile (default backend inductor; aot_eager or eager to "
+        "check capture): one compilation per growth step; a resumed run keeps its own",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -142,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         CheckFailed: the exported ONNX model does not match the torch backend.
     """
     from grow_ir.growth import Trainer, describe_architecture, write_outputs
+    from grow_ir.growth.compiled import Compiler, check_backend
     from grow_ir.growth.outputs import finished_run, run_files
 
     if args.threads is not None and args.threads < 1:
@@ -149,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             "bad --threads", field="--threads", expected="N >= 1", found=str(args.threads)
         )
     progress = not args.quiet
+    backend = None if args.compile is None else check_backend(args.compile)
     if args.resume is not None:
         out_dir = args.output if args.resume is True else args.resume
         if out_dir is None:
@@ -163,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
             raise GrowError(
                 "a resumed run keeps the spec and settings it started with",
                 field="--resume",
-                expected="only --device, --threads and --quiet beside --resume",
+                expected="only --device, --threads, --compile and --quiet beside --resume",
                 found=", ".join(["SPEC"] * (args.spec is not None) + list(given)),
             )
         final = finished_run(out_dir)
@@ -176,12 +187,15 @@ def run(args: argparse.Namespace) -> int:
             return 0
         trainer = Trainer.resume(out_dir, device=args.device, progress=progress, log=print)
         trainer.threads = args.threads or trainer.threads
+        if backend is not None:
+            trainer.compiler = Compiler(backend)
         print(f"resuming {out_dir} at epoch {trainer.next_epoch + 1} of {trainer.config.epochs}")
     else:
         out_dir = _start(args)
         trainer = _fresh_trainer(args, out_dir, progress)
         claim(out_dir, run_files(), "train")
         trainer.threads = args.threads or 1
+        trainer.compiler = None if backend is None else Compiler(backend)
     # A growth step drops the old lowered module, which fx keeps in reference cycles, so only
     # a full collection frees it; over torch's heap that takes ~0.1 s per step. The heap
     # built so far (imports, data) is never garbage: keep the collector off it.

@@ -30,6 +30,7 @@ from grow_ir.growth.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from grow_ir.growth.compiled import Compiler
 from grow_ir.growth.config import GrowthConfig
 from grow_ir.growth.data import Dataset, check_fits, fingerprint, load_data, load_recorded_data
 from grow_ir.growth.device import deterministic, pick_device
@@ -84,6 +85,8 @@ class Trainer:
     threads: int = field(default_factory=torch.get_num_threads)
     data_sha256: str | None = None
     timings: Timings = field(default_factory=Timings)
+    compiler: Compiler | None = None
+    """Set to train under ``torch.compile`` (``--compile``): one compilation per growth step."""
     _bar: Any = field(default=None, repr=False)
 
     @classmethod
@@ -186,6 +189,7 @@ class Trainer:
             threads=int(s.get("threads", torch.get_num_threads())),
             data_sha256=s.get("data_sha256"),
             timings=Timings.from_json(s.get("timings")),
+            compiler=Compiler(s["compile"]) if s.get("compile") else None,
             log=log,
             progress=progress,
         )
@@ -266,6 +270,7 @@ class Trainer:
     def _train_epoch(self) -> tuple[float, float]:
         st, d = self.state, self.data
         st.module.train()
+        model = st.module if self.compiler is None else self.compiler.wrap(st.module)
         n, bs = len(d.y_train), self.config.batch_size
         clock = time.perf_counter
         start = clock()
@@ -280,8 +285,10 @@ class Trainer:
             if len(idx) < 2 and seen:
                 break  # batchnorm cannot train on one sample
             xb, yb = x[idx], y[idx]
+            if self.compiler is not None:
+                xb = self.compiler.batch(xb)
             t0 = clock()
-            out = st.module(xb)
+            out = model(xb)
             loss = nn.functional.cross_entropy(out, yb)
             st.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -356,6 +363,7 @@ class Trainer:
             "elapsed": self.elapsed,
             "threads": self.threads,
             "timings": self.timings.to_json(),
+            "compile": None if self.compiler is None else self.compiler.backend,
         }
 
     def _finish(self) -> RunResult:
