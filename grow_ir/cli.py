@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (2), --help and --version (0)
         return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # a launcher re-runs them
     run = getattr(args, "_run", None)
     if run is None:
         parser.print_help(sys.stderr)

@@ -18,6 +18,7 @@ from grow_ir.owned import check_replaceable_dir, claim
 
 if TYPE_CHECKING:
     from grow_ir.growth import Trainer
+    from grow_ir.growth.distributed import Distributed
 
 FLAGS: dict[str, tuple[str, type, str, str]] = {
     "epochs": ("--epochs", int, "N", "the whole training budget in epochs"),
@@ -110,6 +111,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train under torch.compile (default backend inductor; aot_eager or eager to "
         "check capture): one compilation per growth step; a resumed run keeps its own",
     )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train as N processes with DistributedDataParallel on this machine (gloo on "
+        "the CPU, NCCL on CUDA; the global batch is --batch-size); torchrun ... -m grow_ir "
+        "train starts the ranks itself",
+    )
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds a rank waits for the others before the run fails (default 120)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -144,21 +160,43 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Train, write the run's files, and print the grown architecture, the test accuracy
-    and the path of the verified ONNX file.
+    and the path of the verified ONNX file. With ``--nproc N`` (N > 1), check the run can
+    start, then run it as N ranks of a DDP run (:func:`grow_ir.growth.distributed.launch`);
+    in a process started as a rank (by ``--nproc`` or torchrun), train as that rank.
 
     Raises:
         GrowError: a bad spec, data set, setting or flag, or nothing to resume.
-        CheckFailed: the exported ONNX model does not match the torch backend.
+        CheckFailed: the exported ONNX model does not match the torch backend, or another
+            rank failed.
     """
-    from grow_ir.growth import Trainer, describe_architecture, write_outputs
+    from grow_ir.growth.device import pick_device
+    from grow_ir.growth.distributed import Distributed, launch, launched, rank_argv
+
+    for flag, value in (("--threads", args.threads), ("--nproc", args.nproc)):
+        if value is not None and value < 1:
+            raise GrowError(f"bad {flag}", field=flag, expected="N >= 1", found=str(value))
+    if (args.nproc or 1) > 1 and not launched():
+        made = _make_trainer(args, progress=False, lead=True)  # bad input: exit 2 here
+        if isinstance(made, int):
+            return made
+        return launch(args.nproc, rank_argv(args._argv))
+    if not launched():
+        return _train(args, None)
+    dist = Distributed.join(pick_device(args.device), args.dist_timeout)
+    try:
+        return _train(args, dist)
+    finally:
+        dist.close()
+
+
+def _make_trainer(args: argparse.Namespace, progress: bool, lead: bool) -> Trainer | int:
+    """The run's trainer (fresh or resumed), or 0 when a resumed run has already finished.
+    Only the ``lead`` process checks and claims the output directory and prints."""
+    from grow_ir.growth import Trainer
     from grow_ir.growth.compiled import Compiler, check_backend
     from grow_ir.growth.outputs import finished_run, run_files
 
-    if args.threads is not None and args.threads < 1:
-        raise GrowError(
-            "bad --threads", field="--threads", expected="N >= 1", found=str(args.threads)
-        )
-    progress = not args.quiet
+    say = print if lead else _silent
     backend = None if args.compile is None else check_backend(args.compile)
     if args.resume is not None:
         out_dir = args.output if args.resume is True else args.resume
@@ -174,33 +212,68 @@ def run(args: argparse.Namespace) -> int:
             raise GrowError(
                 "a resumed run keeps the spec and settings it started with",
                 field="--resume",
-                expected="only --device, --threads, --compile and --quiet beside --resume",
+                expected="only --device, --threads, --compile, --nproc and --quiet beside --resume",
                 found=", ".join(["SPEC"] * (args.spec is not None) + list(given)),
             )
         final = finished_run(out_dir)
         if final is not None:
-            print(
+            say(
                 f"nothing to resume: {out_dir} is a finished run ({final.get('epochs')} epochs, "
                 f"test accuracy {final.get('test_accuracy', 0):.2%}); its results are in "
                 f"{Path(out_dir) / 'history.json'}. Start a new run with -o ANOTHER_DIR"
             )
             return 0
-        trainer = Trainer.resume(out_dir, device=args.device, progress=progress, log=print)
+        trainer = Trainer.resume(out_dir, device=args.device, progress=progress, log=say)
         trainer.threads = args.threads or trainer.threads
         if backend is not None:
             trainer.compiler = Compiler(backend)
-        print(f"resuming {out_dir} at epoch {trainer.next_epoch + 1} of {trainer.config.epochs}")
+        say(f"resuming {out_dir} at epoch {trainer.next_epoch + 1} of {trainer.config.epochs}")
     else:
-        out_dir = _start(args)
+        out_dir = _start(args) if lead else str(args.output)
         trainer = _fresh_trainer(args, out_dir, progress)
-        claim(out_dir, run_files(), "train")
+        if lead:
+            claim(out_dir, run_files(), "train")
         trainer.threads = args.threads or 1
         trainer.compiler = None if backend is None else Compiler(backend)
+    return trainer
+
+
+def _silent(line: str) -> None:
+    pass
+
+
+def _train(args: argparse.Namespace, dist: Distributed | None) -> int:
+    from grow_ir.growth import describe_architecture, write_outputs
+    from grow_ir.growth.distributed import check_started, lost_rank
+
+    lead = dist is None or dist.rank == 0
+    if dist is None:
+        made = _make_trainer(args, progress=not args.quiet, lead=lead)
+    else:  # every rank starts, or none: a rank's bad input ends all of them
+        args.device = str(dist.device)
+        error: GrowError | None = None
+        try:
+            made = _make_trainer(args, progress=not args.quiet, lead=lead)
+        except GrowError as exc:
+            error = exc
+        check_started(dist, error)
+    if isinstance(made, int):
+        return made
+    trainer = made
+    trainer.dist = dist
+    out_dir = str(trainer.out_dir)
     # A growth step drops the old lowered module, which fx keeps in reference cycles, so only
     # a full collection frees it; over torch's heap that takes ~0.1 s per step. The heap
     # built so far (imports, data) is never garbage: keep the collector off it.
     gc.freeze()
-    result = trainer.run()
+    try:
+        result = trainer.run()
+    except RuntimeError as exc:  # a collective under DDP's backward or its construction
+        if dist is None:
+            raise
+        raise lost_rank(dist, exc, out_dir) from None
+    if not lead:
+        return 0
     files = write_outputs(result, out_dir)
     print(f"architecture: {describe_architecture(result.graph)}")
     print(

@@ -34,6 +34,7 @@ from grow_ir.growth.compiled import Compiler
 from grow_ir.growth.config import GrowthConfig
 from grow_ir.growth.data import Dataset, check_fits, fingerprint, load_data, load_recorded_data
 from grow_ir.growth.device import deterministic, pick_device
+from grow_ir.growth.distributed import Distributed
 from grow_ir.growth.history import History
 from grow_ir.growth.optim_state import make_optimizer, set_lr, trainable
 from grow_ir.growth.report import architecture, growth_line
@@ -87,6 +88,8 @@ class Trainer:
     timings: Timings = field(default_factory=Timings)
     compiler: Compiler | None = None
     """Set to train under ``torch.compile`` (``--compile``): one compilation per growth step."""
+    dist: Distributed | None = None
+    """Set when this process is one rank of a DDP run (see :mod:`grow_ir.growth.distributed`)."""
     _bar: Any = field(default=None, repr=False)
 
     @classmethod
@@ -211,7 +214,7 @@ class Trainer:
             initial=self.next_epoch,
             desc="epoch",
             unit="epoch",
-            disable=None if self.progress else True,
+            disable=None if self.progress and self.lead else True,
             dynamic_ncols=True,
         )
         self._bar = bar
@@ -226,8 +229,15 @@ class Trainer:
             bar.close()
             self._bar = None
 
+    @property
+    def lead(self) -> bool:
+        """True in the process that logs and writes files (rank 0, or the only one)."""
+        return self.dist is None or self.dist.rank == 0
+
     def _say(self, line: str) -> None:
-        """Log one line, above the progress bar when one is shown."""
+        """Log one line, above the progress bar when one is shown (rank 0 only)."""
+        if not self.lead:
+            return
         bar = self._bar
         if bar is not None and not bar.disable:
             with bar.external_write_mode():  # the bar steps aside for the line
@@ -243,6 +253,8 @@ class Trainer:
         loss, train_acc = self._train_epoch()
         with self.timings.phase("validation"):
             val_acc = accuracy(st.module, self.data.x_val, self.data.y_val, self.device)
+            if self.dist is not None:  # the policy decides on rank 0's figure
+                val_acc = self.dist.rank0_float(val_acc)
         params = st.graph.num_params()
         seconds = time.perf_counter() - start
         self.history.add_epoch(
@@ -263,14 +275,15 @@ class Trainer:
         self.elapsed += time.perf_counter() - start
         self.next_epoch = epoch + 1
         bar.update(1)
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.lead:
             with self.timings.phase("checkpoint"):
                 self._checkpoint()
 
     def _train_epoch(self) -> tuple[float, float]:
         st, d = self.state, self.data
         st.module.train()
-        model = st.module if self.compiler is None else self.compiler.wrap(st.module)
+        model = st.module if self.dist is None else self.dist.wrap(st.module)
+        model = model if self.compiler is None else self.compiler.wrap(model)
         n, bs = len(d.y_train), self.config.batch_size
         clock = time.perf_counter
         start = clock()
@@ -281,29 +294,46 @@ class Trainer:
         seen = 0
         step_s = 0.0  # on CUDA, kernels run asynchronously: time lands where the host waits
         for i in range(0, n, bs):
-            idx = order[i : i + bs].to(self.device)
-            if len(idx) < 2 and seen:
+            batch = order[i : i + bs]
+            if self._smallest(len(batch)) < 2 and seen:
                 break  # batchnorm cannot train on one sample
+            idx = (batch if self.dist is None else self.dist.shard(batch)).to(self.device)
             xb, yb = x[idx], y[idx]
             if self.compiler is not None:
                 xb = self.compiler.batch(xb)
             t0 = clock()
             out = model(xb)
-            loss = nn.functional.cross_entropy(out, yb)
+            if self.dist is None:
+                loss = nn.functional.cross_entropy(out, yb)
+                total += loss.detach().double() * len(idx)
+            else:  # DDP averages over ranks: scaled so the gradient is the global batch mean
+                summed = nn.functional.cross_entropy(out, yb, reduction="sum")
+                loss = summed * (self.dist.world / len(batch))
+                total += summed.detach().double()
             st.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             st.optimizer.step()
-            total += loss.detach().double() * len(idx)
             correct += (out.detach().argmax(-1) == yb).sum()
             seen += len(idx)
             step_s += clock() - t0
+        if self.dist is not None:
+            total_f, correct_f, seen_f = self.dist.sum([float(total), float(correct), seen])
+            total.fill_(total_f)
+            correct.fill_(int(correct_f))
+            seen = int(seen_f)
         result = float(total) / max(1, seen), int(correct) / max(1, seen)
         self.timings.add("step", step_s)
         self.timings.add("data", clock() - start - step_s)
         return result
 
+    def _smallest(self, batch: int) -> int:
+        """The fewest samples a process trains on in a global batch of ``batch``."""
+        return batch if self.dist is None else self.dist.smallest_shard(batch)
+
     def _grow(self, epoch: int, val_acc: float) -> None:
         requests = self.policy.observe(epoch, val_acc, self.state.graph)
+        if self.dist is not None:  # one decision, rank 0's, taken by every rank
+            requests = self.dist.same_decision(requests)
         self._log_stops()
         ctx = GrowthContext(self.config, self.data, self.device, epoch, self.config.task)
         for req in requests:
