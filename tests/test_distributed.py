@@ -148,3 +148,22 @@ def test_bad_input_is_refused_before_any_rank_starts(tmp_path: Path, capsys) -> 
 def test_a_rank_runs_the_command_line_without_nproc() -> None:
     argv = ["train", "s.yaml", "--nproc", "2", "-o", "d", "--nproc=3", "--quiet"]
     assert rank_argv(argv) == ["train", "s.yaml", "-o", "d", "--quiet"]
+
+
+def test_continual_on_two_processes_makes_the_same_choices(tmp_path: Path) -> None:
+    from grow_ir.commands import example_path
+
+    spec = str(example_path("continual_digits"))
+    fast = ["--search-epochs", "2", "--epochs", "1", "--first-epochs", "2", "--quiet"]
+    tasks = ["--tasks", "split-digits"]
+    single, double = tmp_path / "one", tmp_path / "two"
+    assert main(["continual", spec, *tasks, "-o", str(single), *fast]) == 0
+    done = grow_ir("grow_ir", "continual", spec, *tasks, "-o", str(double), *fast, "--nproc", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "x 2 processes" in done.stdout
+    one, two = history(single), history(double)
+    assert [t["choices"] for t in one["tasks"]] == [t["choices"] for t in two["tasks"]]
+    assert two["final"]["forgetting"] == 0.0
+    a, b = weights(single), weights(double)
+    assert a.keys() == b.keys()
+    assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) <= TOLERANCE

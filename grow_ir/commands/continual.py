@@ -13,6 +13,9 @@ from grow_ir.owned import check_replaceable_dir
 
 if TYPE_CHECKING:
     from grow_ir.growth.continual.learn import ContinualConfig
+    from grow_ir.growth.continual.tasks import Task
+    from grow_ir.growth.distributed import Distributed
+    from grow_ir.ir.graph import Graph
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -60,26 +63,88 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--device", metavar="D", help="cpu or cuda (default: cuda when there is one)"
     )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="learn as N processes with DistributedDataParallel on this machine (gloo on "
+        "the CPU, NCCL on CUDA; batch sizes are global)",
+    )
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds a rank waits for the others before the run fails (default 120)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Learn the tasks, print per-task tables and a summary, write DIR.
+    """Learn the tasks, print per-task tables and a summary, write DIR. With ``--nproc N``
+    (N > 1), check the inputs, then learn as N ranks of a DDP run (``torchrun ... -m
+    grow_ir continual`` starts the ranks itself); rank 0 prints and writes.
 
     GrowError for bad input (exit 2); CheckFailed when the ONNX model does not match the
-    torch backend (exit 1, the other files written).
+    torch backend (exit 1, the other files written) or another rank failed.
     """
-    from grow_ir.growth.continual import learn_sequence, load_tasks, write_outputs
+    from grow_ir.growth.distributed import Distributed, launch, launched, rank_argv
     from grow_ir.growth.loop import pick_device
 
+    if args.nproc is not None and args.nproc < 1:
+        raise GrowError("bad --nproc", field="--nproc", expected="N >= 1", found=str(args.nproc))
+    if (args.nproc or 1) > 1 and not launched():
+        _inputs(args, lead=True)  # bad input: exit 2 before any rank starts
+        return launch(args.nproc, rank_argv(args._argv))
+    if not launched():
+        return _learn(args, None)
+    dist = Distributed.join(pick_device(args.device), args.dist_timeout)
+    try:
+        return _learn(args, dist)
+    finally:
+        dist.close()
+
+
+def _inputs(args: argparse.Namespace, lead: bool) -> tuple[ContinualConfig, Graph, list[Task]]:
+    """The run's settings, spec and tasks (the output directory checked by the lead)."""
+    from grow_ir.growth.continual import load_tasks
+
     config = _config(args)
-    check_replaceable_dir(args.output, field="--output")
-    device = pick_device(args.device)
-    spec = load_graph(args.spec)
-    tasks = load_tasks(args.tasks)
+    if lead:
+        check_replaceable_dir(args.output, field="--output")
+    return config, load_graph(args.spec), load_tasks(args.tasks)
+
+
+def _learn(args: argparse.Namespace, dist: Distributed | None) -> int:
+    from grow_ir.growth.continual import learn_sequence, write_outputs
+    from grow_ir.growth.distributed import check_started, lost_rank
+    from grow_ir.growth.loop import pick_device
+
+    lead = dist is None or dist.rank == 0
+    if dist is None:
+        config, spec, tasks = _inputs(args, lead)
+    else:  # every rank starts, or none
+        error: GrowError | None = None
+        try:
+            config, spec, tasks = _inputs(args, lead)
+        except GrowError as exc:
+            error = exc
+        check_started(dist, error)
+    device = pick_device(args.device) if dist is None else dist.device
+    say = print if lead else _silent
     names = ", ".join(f"{t.name} ({t.source})" for t in tasks)
-    print(f"learning {plural(len(tasks), 'task')} on {device}: {names}")
-    result = learn_sequence(spec, tasks, config, device=device, log=print, progress=not args.quiet)
+    ranks = "" if dist is None else f" x {dist.world} processes"
+    say(f"learning {plural(len(tasks), 'task')} on {device}{ranks}: {names}")
+    try:
+        result = learn_sequence(
+            spec, tasks, config, device=device, log=say, progress=lead and not args.quiet
+        )
+    except RuntimeError as exc:  # a collective under DDP failed
+        if dist is None:
+            raise
+        raise lost_rank(dist, exc) from None
+    if not lead:
+        return 0
     print(result.history.summary())
     files = write_outputs(result, args.output)
     print(
@@ -87,6 +152,10 @@ def run(args: argparse.Namespace) -> int:
         f"{plural(len(tasks), 'output')}, max relative error {files.onnx_error:.2g})"
     )
     return 0
+
+
+def _silent(line: str) -> None:
+    pass
 
 
 def _config(args: argparse.Namespace) -> ContinualConfig:

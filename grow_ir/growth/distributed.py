@@ -49,6 +49,10 @@ DEFAULT_TIMEOUT_S = 120.0
 """How long a collective waits for the other ranks before the run fails."""
 
 
+_JOINED: list[Distributed] = []
+"""The group this process joined (torch.distributed's process group is per process too)."""
+
+
 class RankFailed(CheckFailed):
     """Another rank failed, was killed or stopped answering: this rank stops too (exit
     status 1, not bad input)."""
@@ -97,11 +101,13 @@ class Distributed:
             dist.init_process_group(
                 backend, timeout=timedelta(seconds=timeout_s), rank=rank, world_size=world
             )
-        return cls(rank, world, local, device)
+        _JOINED[:] = [cls(rank, world, local, device)]
+        return _JOINED[0]
 
     def close(self) -> None:
         """Leave the process group."""
         self._source = self._wrapped = None
+        _JOINED.clear()
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -188,6 +194,29 @@ class Distributed:
             fn(*args, **kwargs)
         except (RuntimeError, dist.DistError) as exc:
             raise lost_rank(self, exc) from None
+
+
+def current() -> Distributed | None:
+    """The multi-process run this process is a rank of, if any (for training loops that
+    are not handed one, like Learn to Grow's)."""
+    return _JOINED[0] if _JOINED and dist.is_initialized() else None
+
+
+def shard_of(where: Distributed | None, batch: torch.Tensor) -> torch.Tensor:
+    """This process's share of a global batch (all of it in a single process)."""
+    return batch if where is None else where.shard(batch)
+
+
+def batch_loss(
+    where: Distributed | None, out: torch.Tensor, y: torch.Tensor, global_size: int
+) -> torch.Tensor:
+    """Cross-entropy to back-propagate for this process's shard of a global batch: the
+    mean in a single process; under DDP, which averages over ranks, the shard's sum times
+    ranks ÷ global size, so the gradient is the global batch's mean whatever the shards."""
+    if where is None:
+        return nn.functional.cross_entropy(out, y)
+    summed = nn.functional.cross_entropy(out, y, reduction="sum")
+    return summed * (where.world / global_size)
 
 
 def lost_rank(where: Distributed, exc: BaseException, out_dir: str | None = None) -> RankFailed:

@@ -34,7 +34,7 @@ from grow_ir.growth.compiled import Compiler
 from grow_ir.growth.config import GrowthConfig
 from grow_ir.growth.data import Dataset, check_fits, fingerprint, load_data, load_recorded_data
 from grow_ir.growth.device import deterministic, pick_device
-from grow_ir.growth.distributed import Distributed
+from grow_ir.growth.distributed import Distributed, batch_loss, shard_of
 from grow_ir.growth.history import History
 from grow_ir.growth.optim_state import make_optimizer, set_lr, trainable
 from grow_ir.growth.report import architecture, growth_line
@@ -283,6 +283,7 @@ class Trainer:
         st, d = self.state, self.data
         st.module.train()
         model = st.module if self.dist is None else self.dist.wrap(st.module)
+        ranks = 1 if self.dist is None else self.dist.world
         model = model if self.compiler is None else self.compiler.wrap(model)
         n, bs = len(d.y_train), self.config.batch_size
         clock = time.perf_counter
@@ -297,19 +298,14 @@ class Trainer:
             batch = order[i : i + bs]
             if self._smallest(len(batch)) < 2 and seen:
                 break  # batchnorm cannot train on one sample
-            idx = (batch if self.dist is None else self.dist.shard(batch)).to(self.device)
+            idx = shard_of(self.dist, batch).to(self.device)
             xb, yb = x[idx], y[idx]
             if self.compiler is not None:
                 xb = self.compiler.batch(xb)
             t0 = clock()
             out = model(xb)
-            if self.dist is None:
-                loss = nn.functional.cross_entropy(out, yb)
-                total += loss.detach().double() * len(idx)
-            else:  # DDP averages over ranks: scaled so the gradient is the global batch mean
-                summed = nn.functional.cross_entropy(out, yb, reduction="sum")
-                loss = summed * (self.dist.world / len(batch))
-                total += summed.detach().double()
+            loss = batch_loss(self.dist, out, yb, len(batch))
+            total += loss.detach().double() * (len(batch) / ranks)  # summed over ranks: the sum
             st.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             st.optimizer.step()

@@ -20,12 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from grow_ir.backends.torch import to_torch, update_params
 from grow_ir.errors import GrowError
 from grow_ir.growth.continual.supernet import Supernet
 from grow_ir.growth.continual.training import batches
+from grow_ir.growth.distributed import batch_loss, current, shard_of
 from grow_ir.growth.optim_state import trainable
 from grow_ir.ir.graph import Graph
 
@@ -143,24 +143,26 @@ def search(
     arch_idx, weight_idx = halves(len(y), gen)
     ax, ay = x[arch_idx.to(device)], y[arch_idx.to(device)]
     wx, wy = x[weight_idx.to(device)], y[weight_idx.to(device)]
+    dp = current()  # one rank of a DDP run (grow-ir continual --nproc N), or None
+    model, ranks = (module, 1) if dp is None else (dp.wrap(module), dp.world)
     for epoch in range(settings.epochs):
         module.train()  # shared batchnorm statistics stay frozen
         update_arch = bool(arch) and epoch >= settings.warmup
-        arch_batches = batches(len(ay), settings.arch_batch_size, gen)
-        for idx in batches(len(wy), settings.batch_size, gen):
-            a_idx = next(arch_batches, None)
-            if a_idx is None:
-                arch_batches = batches(len(ay), settings.arch_batch_size, gen)
-                a_idx = next(arch_batches)
-            a_idx, idx = a_idx.to(device), idx.to(device)
+        arch_batches = batches(len(ay), settings.arch_batch_size, gen, ranks)
+        for w_batch in batches(len(wy), settings.batch_size, gen, ranks):
+            a_batch = next(arch_batches, None)
+            if a_batch is None:
+                arch_batches = batches(len(ay), settings.arch_batch_size, gen, ranks)
+                a_batch = next(arch_batches)
+            a_idx, idx = shard_of(dp, a_batch).to(device), shard_of(dp, w_batch).to(device)
             if update_arch:
-                loss = nn.functional.cross_entropy(module(ax[a_idx]), ay[a_idx])
+                loss = batch_loss(dp, model(ax[a_idx]), ay[a_idx], len(a_batch))
                 loss = loss + settings.penalty * size_penalty(supernet, alphas)
                 arch_opt.zero_grad(set_to_none=True)
                 weight_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 arch_opt.step()
-            loss = nn.functional.cross_entropy(module(wx[idx]), wy[idx])
+            loss = batch_loss(dp, model(wx[idx]), wy[idx], len(w_batch))
             arch_opt.zero_grad(set_to_none=True)
             weight_opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from grow_ir.backends.torch import to_torch, update_params
+from grow_ir.growth.distributed import batch_loss, current, shard_of
 from grow_ir.growth.loop import accuracy
 from grow_ir.growth.optim_state import trainable
 from grow_ir.ir.graph import Graph
@@ -55,13 +56,16 @@ def deterministic_kernels() -> Iterator[None]:
         torch.backends.cudnn.benchmark = was_bench
 
 
-def batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
-    """Index batches of a fresh random order of ``range(n)``; a last batch of one sample
-    (which batchnorm cannot train on) is dropped unless it is the only one."""
+def batches(
+    n: int, batch_size: int, gen: torch.Generator, ranks: int = 1
+) -> Iterator[torch.Tensor]:
+    """Index batches of a fresh random order of ``range(n)``; a last batch that would give
+    a rank fewer than two samples (which batchnorm cannot train on) is dropped unless it
+    is the only one. Under DDP these are global batches, ``ranks`` shards each."""
     order = torch.randperm(n, generator=gen)
     for i in range(0, n, batch_size):
         idx = order[i : i + batch_size]
-        if len(idx) < 2 and i > 0:
+        if len(idx) // ranks < 2 and i > 0:
             return
         yield idx
 
@@ -115,11 +119,13 @@ def train_task(
     )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
     x, y = x.to(device), y.to(device)
+    dp = current()  # one rank of a DDP run (grow-ir continual --nproc N), or None
+    model = module if dp is None else dp.wrap(module)
     for _ in range(settings.epochs):
         module.train()
-        for idx in batches(len(y), settings.batch_size, gen):
-            idx = idx.to(device)
-            loss = nn.functional.cross_entropy(module(x[idx]), y[idx])
+        for batch in batches(len(y), settings.batch_size, gen, 1 if dp is None else dp.world):
+            idx = shard_of(dp, batch).to(device)
+            loss = batch_loss(dp, model(x[idx]), y[idx], len(batch))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
