@@ -310,6 +310,8 @@ def to_torch(
         mine = frozenset({task})
         for name, p in gm.named_parameters():
             p.requires_grad_(owners.get(name) == mine)
+            if reused:
+                p.grad = None
         gm.frozen_stats = tuple(
             dict.fromkeys(
                 name.rsplit(".", 1)[0]
@@ -320,8 +322,6 @@ def to_torch(
     elif reused:
         for p in gm.parameters():
             p.requires_grad_(True)
-    if reused:
-        for p in gm.parameters():
             p.grad = None
     return gm.train()
 
