@@ -34,7 +34,20 @@ from grow_ir.passes.prune import prunable
 from grow_ir.probes import randomize_norms
 from grow_ir.spec import load_spec
 
-ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid", "identity")
+ACTIVATIONS = (
+    "relu",
+    "gelu",
+    "silu",
+    "tanh",
+    "sigmoid",
+    "identity",
+    "hardtanh",
+    "relu6",
+    "hardswish",
+    "hardsigmoid",
+    "leaky_relu",
+    "elu",
+)
 """Activations drawn between layers (dropout is drawn on its own)."""
 
 FAMILIES = ("mlp", "cnn", "seq", "staged")

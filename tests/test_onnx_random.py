@@ -22,7 +22,21 @@ from grow_ir.spec import load_spec
 from tests import graphgen
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "specs" / "examples"
-ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid", "identity", "dropout")
+ACTIVATIONS = (
+    "relu",
+    "gelu",
+    "silu",
+    "tanh",
+    "sigmoid",
+    "identity",
+    "dropout",
+    "hardtanh",
+    "relu6",
+    "hardswish",
+    "hardsigmoid",
+    "leaky_relu",
+    "elu",
+)
 SETTINGS = settings(
     max_examples=25,
     deadline=None,

@@ -334,6 +334,30 @@ def _unary(op_type: str) -> Rule:
     return rule
 
 
+def _clip(low: Callable[[Node], float], high: Callable[[Node], float]) -> Rule:
+    """``Clip`` between two of the graph's shared scalars."""
+
+    def rule(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+        dt = e.dtype(n.inputs[0])
+        bounds = [_scalar(e, low(n), dt), _scalar(e, high(n), dt)]
+        e.add("Clip", [xs[0], *bounds], out, name=n.name)
+
+    return rule
+
+
+def _with_alpha(op_type: str, attr: str) -> Rule:
+    """An activation whose one float attribute is ONNX's ``alpha``."""
+
+    def rule(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+        e.add(op_type, [xs[0]], out, name=n.name, alpha=float(getattr(n.attrs, attr)))
+
+    return rule
+
+
+def _hardsigmoid(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    e.add("HardSigmoid", [xs[0]], out, name=n.name, alpha=1.0 / 6.0, beta=0.5)
+
+
 def _silu(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     gate = e.add("Sigmoid", [xs[0]], _sub(n, "sigmoid"))
     e.add("Mul", [xs[0], gate], out, name=n.name)
@@ -514,6 +538,12 @@ EMIT: dict[str, Rule] = {
     "tanh": _unary("Tanh"),
     "sigmoid": _unary("Sigmoid"),
     "silu": _silu,
+    "hardtanh": _clip(lambda n: n.attrs.min_val, lambda n: n.attrs.max_val),
+    "relu6": _clip(lambda n: 0.0, lambda n: 6.0),
+    "hardswish": _unary("HardSwish"),
+    "hardsigmoid": _hardsigmoid,
+    "leaky_relu": _with_alpha("LeakyRelu", "negative_slope"),
+    "elu": _with_alpha("Elu", "alpha"),
     "gelu": _gelu,
     "identity": _unary("Identity"),
     "dropout": _unary("Identity"),  # eval semantics

@@ -356,6 +356,32 @@ def _unary(op: str, **attrs_of: Callable[[dict], Any]) -> Rule:
     return rule
 
 
+def _clip(ctx: _Context, node: onnx.NodeProto) -> None:
+    def bound(i: int, default: float) -> float:
+        if len(node.input) > i and node.input[i]:
+            return float(ctx.const(node.input[i], "bound").reshape(()))
+        return default
+
+    low, high = bound(1, -np.inf), bound(2, np.inf)
+    x = ctx.value(node.input[0])
+    if (low, high) == (0.0, 6.0):
+        _bind_add(ctx, node, "relu6", [x])
+    elif (low, high) == (0.0, np.inf):
+        _bind_add(ctx, node, "relu", [x])
+    elif low < 0.0 < high and np.isfinite([low, high]).all():
+        _bind_add(ctx, node, "hardtanh", [x], {"min_val": low, "max_val": high})
+    else:
+        raise Unsupported(f"clips to [{low}, {high}] (grow-ir: [0, 6], [0, inf) or around 0)")
+
+
+def _hard_sigmoid(ctx: _Context, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+    if not (np.isclose(alpha, 1 / 6, rtol=1e-6) and beta == 0.5):
+        raise Unsupported(f"has alpha {alpha}, beta {beta} (PyTorch's: 1/6 and 0.5)")
+    _bind_add(ctx, node, "hardsigmoid", [ctx.value(node.input[0])])
+
+
 def _alias(ctx: _Context, node: onnx.NodeProto) -> None:
     ctx.env[node.output[0]] = ctx.value(node.input[0])
 
@@ -512,6 +538,11 @@ RULES: dict[str, Rule] = {
     "Gather": _gather,
     "Relu": _unary("relu"),
     "Tanh": _unary("tanh"),
+    "Clip": _clip,
+    "HardSwish": _unary("hardswish"),
+    "HardSigmoid": _hard_sigmoid,
+    "LeakyRelu": _unary("leaky_relu", negative_slope=lambda a: _float32(a.get("alpha", 0.01))),
+    "Elu": _unary("elu", alpha=lambda a: _float32(a.get("alpha", 1.0))),
     "Sigmoid": _sigmoid,
     "Gelu": _unary("gelu", approximate=lambda a: _text(a.get("approximate", "none"))),
     "Softmax": _softmax,

@@ -326,6 +326,35 @@ def _unary(op: str, **attrs_of: Callable[[fx.Node], Any]) -> Rule:
     return rule
 
 
+def _hardtanh(ctx: Context, node: fx.Node) -> None:
+    low, high = float(arg(node, 1, "min_val", -1.0)), float(arg(node, 2, "max_val", 1.0))
+    x = ctx.value(node.args[0])
+    if (low, high) == (0.0, 6.0):
+        ctx.add(node, "relu6", [x])
+    elif low < 0.0 < high:
+        ctx.add(node, "hardtanh", [x], {"min_val": low, "max_val": high})
+    else:
+        raise Unsupported(f"clamps to [{low}, {high}] (grow-ir: [0, 6] or around 0)")
+
+
+def _leaky_relu(ctx: Context, node: fx.Node) -> None:
+    slope = float(arg(node, 1, "negative_slope", 0.01))
+    x = ctx.value(node.args[0])
+    if slope == 0.0:
+        ctx.add(node, "relu", [x])
+    else:
+        ctx.add(node, "leaky_relu", [x], {"negative_slope": slope})
+
+
+def _elu(ctx: Context, node: fx.Node) -> None:
+    alpha = float(arg(node, 1, "alpha", 1.0))
+    if float(arg(node, 2, "scale", 1.0)) != 1.0 or float(arg(node, 3, "input_scale", 1.0)) != 1.0:
+        raise Unsupported("scales its input or output (that is SELU or CELU)")
+    if alpha == 0.0:
+        raise Unsupported("has alpha 0")
+    ctx.add(node, "elu", [ctx.value(node.args[0])], {"alpha": alpha})
+
+
 def _alias(ctx: Context, node: fx.Node) -> None:
     source = node.args[0]
     if isinstance(source, fx.Node) and source.name in ctx.env:
@@ -496,10 +525,21 @@ RULES: dict[Any, Rule] = {
     aten.silu.default: _unary("silu"),
     aten.silu_.default: _unary("silu"),
     aten.tanh.default: _unary("tanh"),
+    aten.hardtanh.default: _hardtanh,
+    aten.hardtanh_.default: _hardtanh,
+    aten.hardswish.default: _unary("hardswish"),
+    aten.hardswish_.default: _unary("hardswish"),
+    aten.hardsigmoid.default: _unary("hardsigmoid"),
+    aten.hardsigmoid_.default: _unary("hardsigmoid"),
+    aten.leaky_relu.default: _leaky_relu,
+    aten.leaky_relu_.default: _leaky_relu,
+    aten.elu.default: _elu,
+    aten.elu_.default: _elu,
     aten.sigmoid.default: _unary("sigmoid"),
     aten.softmax.int: _softmax,
     aten._softmax.default: _softmax,
     aten.dropout.default: _dropout,
+    aten.dropout_.default: _dropout,
     aten.max_pool2d.default: _max_pool,
     aten.avg_pool2d.default: _avg_pool,
     aten.adaptive_avg_pool2d.default: _adaptive_avg_pool,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from grow_ir.ir.ops.base import (
     Attrs,
@@ -109,6 +109,103 @@ register(
         facts=_activation("gelu", zero_to_zero=True, nonnegative=False),
     )
 )
+
+
+class HardtanhAttrs(Attrs):
+    """``torch.nn.Hardtanh``: ``clamp(x, min_val, max_val)`` with ``min_val < 0 < max_val``
+    (a clamp at 0 is ``relu6`` or ``relu``)."""
+
+    min_val: float = -1.0
+    max_val: float = 1.0
+
+    @model_validator(mode="after")
+    def _around_zero(self) -> HardtanhAttrs:
+        if not self.min_val < 0.0 < self.max_val:
+            raise ValueError(
+                f"min_val {self.min_val} and max_val {self.max_val} must enclose 0 "
+                "(use relu6 for [0, 6])"
+            )
+        return self
+
+
+register(
+    OpDef(
+        name="hardtanh",
+        attrs=HardtanhAttrs,
+        infer=_same_type("hardtanh"),
+        doc="torch.nn.Hardtanh: clamp(x, min_val, max_val) around 0",
+        facts=_activation("hardtanh", zero_to_zero=True, nonnegative=False),
+    )
+)
+register(
+    OpDef(
+        name="relu6",
+        attrs=NoAttrs,
+        infer=_same_type("relu6"),
+        doc="torch.nn.ReLU6: clamp(x, 0, 6)",
+        facts=replace(
+            _activation("relu6", zero_to_zero=True, nonnegative=True),
+            gradient_at_zero=No(
+                "relu6's derivative at 0 is 0, so a unit whose input is 0 never learns"
+            ),
+        ),
+    )
+)
+
+
+def _nonzero(name: str):
+    def check(cls: type, v: float) -> float:
+        if v == 0.0:
+            raise ValueError(f"{name} must not be 0 (that is relu)")
+        return v
+
+    return field_validator(name)(classmethod(check))
+
+
+class LeakyReluAttrs(Attrs):
+    """``torch.nn.LeakyReLU``: ``x`` for ``x > 0``, ``negative_slope * x`` otherwise
+    (``negative_slope`` nonzero: 0 is relu)."""
+
+    negative_slope: float = 0.01
+    _check = _nonzero("negative_slope")
+
+
+class EluAttrs(Attrs):
+    """``torch.nn.ELU``: ``x`` for ``x > 0``, ``alpha * (exp(x) - 1)`` otherwise (``alpha``
+    nonzero: 0 is relu)."""
+
+    alpha: float = 1.0
+    _check = _nonzero("alpha")
+
+
+for _name, _attrs, _doc, _facts in [
+    (
+        "hardswish",
+        NoAttrs,
+        "torch.nn.Hardswish: x * relu6(x + 3) / 6",
+        _activation("hardswish", zero_to_zero=True, nonnegative=False),
+    ),
+    (
+        "hardsigmoid",
+        NoAttrs,
+        "torch.nn.Hardsigmoid: relu6(x + 3) / 6",
+        _activation(
+            "hardsigmoid",
+            zero_to_zero=No(
+                "hardsigmoid(0) = 1/2, so a zero-fan-in unit would change the consumers' input"
+            ),
+            nonnegative=True,
+        ),
+    ),
+    (
+        "leaky_relu",
+        LeakyReluAttrs,
+        "torch.nn.LeakyReLU",
+        _activation("leaky_relu", zero_to_zero=True, nonnegative=False),
+    ),
+    ("elu", EluAttrs, "torch.nn.ELU", _activation("elu", zero_to_zero=True, nonnegative=False)),
+]:
+    register(OpDef(name=_name, attrs=_attrs, infer=_same_type(_name), doc=_doc, facts=_facts))
 
 
 def _identity_infer(a: object, ins: Sequence[TensorType]) -> TensorType:
