@@ -233,6 +233,18 @@ CASES: list[Case] = [
         lambda x, w: F.avg_pool2d(x[0], 3, 2, 1, ceil_mode=True, count_include_pad=False),
     ),
     ("global_avgpool", (f32((2, 3, 4, 5)),), {}, lambda x, w: x[0].mean((2, 3))),
+    (
+        "adaptive_avgpool2d",
+        (f32((2, 3, 4, 5)),),
+        {"output_size": 1},
+        lambda x, w: F.adaptive_avg_pool2d(x[0], 1),
+    ),
+    (
+        "adaptive_avgpool2d",
+        (f32((2, 3, 6, 4)),),
+        {"output_size": [3, 1]},
+        lambda x, w: F.adaptive_avg_pool2d(x[0], (3, 1)),
+    ),
     ("global_avgpool", (f32((2, 3, 5)),), {}, lambda x, w: x[0].mean(2)),
     ("flatten", (f32((2, 3, 4, 5)),), {}, lambda x, w: torch.flatten(x[0], 1)),
     (

@@ -456,6 +456,18 @@ def _avgpool(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     )
 
 
+def _adaptive_avgpool(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    """GlobalAveragePool for 1x1; else AveragePool with windows of ``size / output``
+    (the op's type inference guarantees the output size divides the input)."""
+    x, y = e.graph.types[n.inputs[0]], e.graph.types[n.name]
+    if y.shape[2:] == (1, 1):
+        e.add("GlobalAveragePool", [xs[0]], out, name=n.name)
+        return
+    kernel = [int(i) // int(o) if o != 1 else int(i) for i, o in zip(x.shape[2:], y.shape[2:])]
+    stride = [k if o != 1 else 1 for k, o in zip(kernel, y.shape[2:])]
+    e.add("AveragePool", [xs[0]], out, name=n.name, kernel_shape=kernel, strides=stride)
+
+
 def _global_avgpool(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     rank = e.graph.types[n.inputs[0]].rank
     axes = list(range(2, rank))
@@ -552,6 +564,7 @@ EMIT: dict[str, Rule] = {
     "maxpool2d": _maxpool,
     "avgpool2d": _avgpool,
     "global_avgpool": _global_avgpool,
+    "adaptive_avgpool2d": _adaptive_avgpool,
     "flatten": _flatten,
     "add": _chain("Add"),
     "mul": _chain("Mul"),

@@ -180,6 +180,7 @@ FUNCTIONS: dict[str, Emitter] = {
     "maxpool2d": _max_pool,
     "avgpool2d": _avg_pool,
     "global_avgpool": _global_avgpool,
+    "adaptive_avgpool2d": _unary(F.adaptive_avg_pool2d, output_size=lambda a: a.output_size),
     "flatten": _unary(torch.flatten, start_dim=lambda a: a.start_dim, end_dim=lambda a: a.end_dim),
     "add": _fold(operator.add),
     "mul": _fold(operator.mul),

@@ -430,6 +430,49 @@ _make_pool("maxpool2d", MaxPool2dAttrs, "torch.nn.MaxPool2d")
 _make_pool("avgpool2d", AvgPool2dAttrs, "torch.nn.AvgPool2d")
 
 
+class AdaptiveAvgPool2dAttrs(Attrs):
+    """``torch.nn.AdaptiveAvgPool2d(output_size)``: ``[N, C, H, W]`` to ``[N, C, h, w]``
+    (an int is a square size; the axes are kept, so ``1`` gives ``[N, C, 1, 1]``)."""
+
+    output_size: IntOrPair
+
+    @field_validator("output_size", mode="before")
+    @classmethod
+    def _list_to_pair(cls, v: object) -> object:
+        return tuple(v) if isinstance(v, list) else v
+
+
+def _adaptive_infer(a: AdaptiveAvgPool2dAttrs, ins: Sequence[TensorType]) -> TensorType:
+    (x,) = ins
+    require_float(x, "adaptive_avgpool2d")
+    require_rank(x, [4], "adaptive_avgpool2d")
+    dims = []
+    for i, (axis, out) in enumerate(zip(("height", "width"), spatial(a.output_size, 2))):
+        size = known(x.shape[2 + i], f"adaptive_avgpool2d's {axis}")
+        if out != 1 and size % out:
+            # PyTorch's overlapping windows of unequal sizes have no ONNX pooling op
+            raise fail(
+                "the output size must divide the input size (or be 1)",
+                field="output_size",
+                expected=f"a divisor of {size} along {axis}",
+                found=out,
+            )
+        dims.append(out)
+    return TensorType((*x.shape[:2], *dims), x.dtype)
+
+
+register(
+    OpDef(
+        name="adaptive_avgpool2d",
+        attrs=AdaptiveAvgPool2dAttrs,
+        infer=_adaptive_infer,
+        doc="torch.nn.AdaptiveAvgPool2d to a size that divides the input (axes kept)",
+        channel_axis=lambda a, ins: 1,
+        facts=_pooling("adaptive_avgpool2d"),
+    )
+)
+
+
 def _gap_infer(a: object, ins: Sequence[TensorType]) -> TensorType:
     (x,) = ins
     require_float(x, "global_avgpool")
