@@ -34,7 +34,20 @@ from grow_ir.passes.prune import prunable
 from grow_ir.probes import randomize_norms
 from grow_ir.spec import load_spec
 
-ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid", "identity")
+ACTIVATIONS = (
+    "relu",
+    "gelu",
+    "silu",
+    "tanh",
+    "sigmoid",
+    "identity",
+    "hardtanh",
+    "relu6",
+    "hardswish",
+    "hardsigmoid",
+    "leaky_relu",
+    "elu",
+)
 """Activations drawn between layers (dropout is drawn on its own)."""
 
 FAMILIES = ("mlp", "cnn", "seq", "staged")
@@ -241,10 +254,13 @@ def cnn_specs(draw: st.DrawFn) -> Spec:
     if dims == 2 and min(x.size) >= 2 and draw(st.booleans()):
         x = _pool(draw, b, x)
     features = []
+    value = x.value
+    if dims == 2 and draw(st.booleans()):  # a squeeze-excitation-style kept 1x1 mean
+        value = b.add("adaptive_avgpool2d", value, output_size=1)
     if draw(st.booleans()):
-        features.append(b.add("global_avgpool", x.value))
+        features.append(b.add("global_avgpool", value))
     else:
-        features.append(b.add("flatten", x.value))
+        features.append(b.add("flatten", value))
     if draw(st.booleans()):
         hidden = b.add("linear", features[0], out_features=draw(WIDTHS))
         features.append(activation(draw, b, hidden))

@@ -3,6 +3,9 @@ configs with random init (nothing is downloaded)."""
 
 from __future__ import annotations
 
+import warnings
+
+import onnx
 import torch
 import transformers
 from torch import nn
@@ -75,6 +78,13 @@ def outputs_of(module: nn.Module, *args: torch.Tensor) -> list[torch.Tensor]:
     if isinstance(y, torch.Tensor):
         return [y]
     return [v for v in (y.values() if hasattr(y, "values") else y) if isinstance(v, torch.Tensor)]
+
+
+def torch_onnx(module: nn.Module, x: torch.Tensor) -> onnx.ModelProto:
+    """What ``torch.onnx.export`` (the default, dynamo exporter) writes for ``module``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(module, (x,), dynamo=True, verbose=False).model_proto
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -21,7 +21,7 @@ def mlp():
 
 
 def odd():
-    return nn.Sequential(nn.Linear(4, 8), nn.ReLU6())
+    return nn.Sequential(nn.Linear(4, 8), nn.Softplus())
 
 
 def not_a_module():
@@ -63,7 +63,7 @@ def test_import_refusals_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch)
     (tmp_path / "mymodels.py").write_text(MODULE_FILE)
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "import", "mymodels:odd", "--input-shape", "2,4", "-o", "o1")
-    assert code == 2 and "1 (ReLU6): hardtanh.default has no grow-ir op" in err
+    assert code == 2 and "1 (Softplus): softplus.default has no grow-ir op" in err
     assert "Traceback" not in err and not Path("o1").exists()
     code, _, err = run(capsys, "import", "mymodels:mlp", "-o", "o2")
     assert code == 2 and "--input-shape" in err

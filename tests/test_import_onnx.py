@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -14,7 +12,14 @@ import grow_ir as gi
 from grow_ir.imports import ImportRefused
 from grow_ir.probes import randomize_norms
 from grow_ir.spec import example_path
-from tests.import_models import SmallCNN, hf_resnet, outputs_of, randomized, relative_error
+from tests.import_models import (
+    SmallCNN,
+    hf_resnet,
+    outputs_of,
+    randomized,
+    relative_error,
+    torch_onnx,
+)
 
 
 @pytest.mark.parametrize("example", ["mlp", "resnet", "concat", "multitask", "autogrow_digits"])
@@ -30,12 +35,6 @@ def test_our_own_export_comes_back_as_the_same_graph(example):
         if not key.endswith("num_batches_tracked"):  # ONNX has no counter; import gives 0
             assert torch.equal(back.params[key], value), key
     assert back.outputs.keys() == graph.outputs.keys()
-
-
-def torch_onnx(module: torch.nn.Module, x: torch.Tensor) -> onnx.ModelProto:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.onnx.export(module, (x,), dynamo=True, verbose=False).model_proto
 
 
 @pytest.mark.parametrize(

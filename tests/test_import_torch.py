@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 from torch import nn
 
 import grow_ir as gi
@@ -114,7 +115,7 @@ def test_unsupported_constructs_are_refused_together_with_their_modules():
         def __init__(self) -> None:
             super().__init__()
             self.conv = nn.Conv2d(3, 4, 3)
-            self.act = nn.ReLU6()
+            self.act = nn.Softplus()
             self.head = nn.Linear(4, 2)
 
         def forward(self, x):
@@ -125,7 +126,7 @@ def test_unsupported_constructs_are_refused_together_with_their_modules():
         gi.from_torch(Odd(), torch.randn(2, 3, 8, 8))
     err = info.value
     assert err.constructs == [
-        "act (ReLU6): hardtanh.default has no grow-ir op",
+        "act (Softplus): softplus.default has no grow-ir op",
         "<root> (Odd): cumsum.default has no grow-ir op",
     ]
     assert "cannot import Odd (torch): 2 constructs" in str(err)
@@ -207,3 +208,54 @@ def test_attention_with_a_mask_or_cross_attention_is_refused():
         gi.from_torch(Cross(), [torch.randn(2, 3, 8), torch.randn(2, 4, 8)])
     (line,) = info.value.constructs
     assert line.startswith("attn (MultiheadAttention): reads 2 values")
+
+
+class Pools(nn.Module):
+    """A squeeze-excitation-style gate on a kept 1x1 mean, and pooling to a size."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.squeeze = nn.AdaptiveAvgPool2d(1)
+        self.excite = nn.Conv2d(8, 8, 1)
+        self.grid = nn.AdaptiveAvgPool2d(size)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.grid(y), torch.sigmoid(self.excite(self.squeeze(y)))
+
+
+def test_adaptive_pooling_keeps_its_axes_where_the_model_reads_them():
+    module = randomized(Pools((3, 7)))
+    x = torch.randn(2, 3, 8, 9)
+    graph = gi.from_torch(module, x)
+    assert [(n.name, n.op) for n in graph.nodes] == [
+        ("conv", "conv2d"),
+        ("grid", "adaptive_avgpool2d"),
+        ("squeeze", "adaptive_avgpool2d"),
+        ("excite", "conv2d"),
+        ("sigmoid", "sigmoid"),
+    ]
+    assert graph.types["squeeze"].shape == ("batch", 8, 1, 1)
+    for got, want in zip(lowered_outputs(graph, x), outputs_of(module, x)):
+        assert relative_error(got, want) <= 1e-5
+    assert check_parity(graph) <= 1e-5
+    back = gi.from_onnx(gi.to_onnx(graph))  # checked against onnxruntime
+    assert len(back.nodes) == len(graph.nodes)
+
+
+def test_pooling_to_a_size_that_does_not_divide_is_refused():
+    with pytest.raises(ImportRefused) as info:
+        gi.from_torch(Pools((4, 4)), torch.randn(2, 3, 8, 9))
+    (line,) = info.value.constructs
+    assert line.startswith("grid (AdaptiveAvgPool2d): adaptive_avg_pool2d.default node 'grid'")
+    assert "the output size must divide the input size" in line
+
+
+def test_squeeze_excitation_is_refused_for_its_broadcasting_multiply():
+    config = transformers.RegNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], groups_width=8, num_labels=5
+    )
+    with pytest.raises(ImportRefused) as info:
+        gi.from_torch(transformers.RegNetForImageClassification(config), torch.randn(2, 3, 32, 32))
+    assert all("mul.Tensor broadcasts" in line for line in info.value.constructs)

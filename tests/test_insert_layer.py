@@ -290,7 +290,7 @@ def test_refuses_unknown_init(cnn: Graph) -> None:
 
 def test_refuses_unknown_activation(cnn: Graph) -> None:
     refuse(cnn, r"unknown activation \(did you mean 'relu'\?\)", after="act", op="conv2d",
-           activation="relu6")  # fmt: skip
+           activation="rleu")  # fmt: skip
 
 
 def test_refuses_unknown_value(cnn: Graph) -> None:

@@ -22,7 +22,21 @@ from grow_ir.spec import load_spec
 from tests import graphgen
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "specs" / "examples"
-ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid", "identity", "dropout")
+ACTIVATIONS = (
+    "relu",
+    "gelu",
+    "silu",
+    "tanh",
+    "sigmoid",
+    "identity",
+    "dropout",
+    "hardtanh",
+    "relu6",
+    "hardswish",
+    "hardsigmoid",
+    "leaky_relu",
+    "elu",
+)
 SETTINGS = settings(
     max_examples=25,
     deadline=None,
@@ -52,6 +66,7 @@ def op_choices(t: TensorType) -> list[str]:
             "maxpool2d",
             "avgpool2d",
             "global_avgpool",
+            "adaptive_avgpool2d",
             "flatten",
         ]
     if t.rank == 3 and isinstance(t.shape[1], int):  # [batch, C, L]
@@ -79,6 +94,10 @@ def attr_strategy(op: str, t: TensorType) -> st.SearchStrategy[dict[str, Any]]:
             {"kernel_size": st.integers(1, 3), "padding": st.integers(0, 1)},
             optional={"stride": st.integers(1, 2), **extra},
         )
+    if op == "adaptive_avgpool2d":  # a size that divides the input, or 1
+        sizes = [[o for o in range(1, int(d) + 1) if int(d) % o == 0] for d in t.shape[2:]]
+        pair = st.tuples(st.sampled_from(sizes[0]), st.sampled_from(sizes[1]))
+        return st.fixed_dictionaries({"output_size": pair.map(list)})
     if op == "linear":
         return st.fixed_dictionaries({"out_features": st.integers(1, 6), "bias": b})
     if op == "attention":

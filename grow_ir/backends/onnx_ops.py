@@ -334,6 +334,30 @@ def _unary(op_type: str) -> Rule:
     return rule
 
 
+def _clip(low: Callable[[Node], float], high: Callable[[Node], float]) -> Rule:
+    """``Clip`` between two of the graph's shared scalars."""
+
+    def rule(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+        dt = e.dtype(n.inputs[0])
+        bounds = [_scalar(e, low(n), dt), _scalar(e, high(n), dt)]
+        e.add("Clip", [xs[0], *bounds], out, name=n.name)
+
+    return rule
+
+
+def _with_alpha(op_type: str, attr: str) -> Rule:
+    """An activation whose one float attribute is ONNX's ``alpha``."""
+
+    def rule(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+        e.add(op_type, [xs[0]], out, name=n.name, alpha=float(getattr(n.attrs, attr)))
+
+    return rule
+
+
+def _hardsigmoid(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    e.add("HardSigmoid", [xs[0]], out, name=n.name, alpha=1.0 / 6.0, beta=0.5)
+
+
 def _silu(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     gate = e.add("Sigmoid", [xs[0]], _sub(n, "sigmoid"))
     e.add("Mul", [xs[0], gate], out, name=n.name)
@@ -432,6 +456,18 @@ def _avgpool(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     )
 
 
+def _adaptive_avgpool(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    """GlobalAveragePool for 1x1; else AveragePool with windows of ``size / output``
+    (the op's type inference guarantees the output size divides the input)."""
+    x, y = e.graph.types[n.inputs[0]], e.graph.types[n.name]
+    if y.shape[2:] == (1, 1):
+        e.add("GlobalAveragePool", [xs[0]], out, name=n.name)
+        return
+    kernel = [int(i) // int(o) if o != 1 else int(i) for i, o in zip(x.shape[2:], y.shape[2:])]
+    stride = [k if o != 1 else 1 for k, o in zip(kernel, y.shape[2:])]
+    e.add("AveragePool", [xs[0]], out, name=n.name, kernel_shape=kernel, strides=stride)
+
+
 def _global_avgpool(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     rank = e.graph.types[n.inputs[0]].rank
     axes = list(range(2, rank))
@@ -514,6 +550,12 @@ EMIT: dict[str, Rule] = {
     "tanh": _unary("Tanh"),
     "sigmoid": _unary("Sigmoid"),
     "silu": _silu,
+    "hardtanh": _clip(lambda n: n.attrs.min_val, lambda n: n.attrs.max_val),
+    "relu6": _clip(lambda n: 0.0, lambda n: 6.0),
+    "hardswish": _unary("HardSwish"),
+    "hardsigmoid": _hardsigmoid,
+    "leaky_relu": _with_alpha("LeakyRelu", "negative_slope"),
+    "elu": _with_alpha("Elu", "alpha"),
     "gelu": _gelu,
     "identity": _unary("Identity"),
     "dropout": _unary("Identity"),  # eval semantics
@@ -522,6 +564,7 @@ EMIT: dict[str, Rule] = {
     "maxpool2d": _maxpool,
     "avgpool2d": _avgpool,
     "global_avgpool": _global_avgpool,
+    "adaptive_avgpool2d": _adaptive_avgpool,
     "flatten": _flatten,
     "add": _chain("Add"),
     "mul": _chain("Mul"),

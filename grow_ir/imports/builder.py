@@ -73,6 +73,7 @@ class GraphBuilder:
     params: dict[str, torch.Tensor] = field(default_factory=dict)
     refusals: list[str] = field(default_factory=list)
     poisoned: set[str] = field(default_factory=set)
+    built: dict[tuple, str] = field(default_factory=dict)  # nodes made once, on first use
     _taken: set[str] = field(default_factory=set)
     _scopes: set[str] = field(default_factory=set)
 

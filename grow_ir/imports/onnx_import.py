@@ -21,7 +21,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from grow_ir.errors import CheckFailed, GrowError
+from grow_ir.errors import CheckFailed, GrowError, ShapeError
 from grow_ir.imports.builder import GraphBuilder, folded_axes, ident
 from grow_ir.imports.torch_rules import KeptMean, Unsupported
 from grow_ir.ir.graph import Graph
@@ -89,7 +89,7 @@ class _Context:
             raise Unsupported(f"takes the constant '{name}' where grow-ir needs a value")
         bound = self.env.get(name)
         if isinstance(bound, KeptMean):
-            raise Unsupported("reads a spatial mean kept as [N, C, 1, 1] (only flatten may)")
+            return bound.kept(self.builder)
         if bound is None:
             raise Unsupported(f"reads '{name}', which has no grow-ir value")
         return bound
@@ -101,7 +101,9 @@ class _Context:
 
     def type(self, name: str) -> TensorType:
         bound = self.env[name]
-        return self.builder.types[bound.value if isinstance(bound, KeptMean) else bound]
+        return (
+            bound.type(self.builder) if isinstance(bound, KeptMean) else self.builder.types[bound]
+        )
 
     def only_consumer(self, output: str) -> onnx.NodeProto | None:
         users = self.consumers.get(output, [])
@@ -163,6 +165,8 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
             rule(ctx, node)
         except Unsupported as exc:
             builder.refuse(where, f"{node.op_type} {exc.reason}", list(node.output))
+        except ShapeError as exc:  # a value the op's type inference refuses
+            builder.refuse(where, f"{node.op_type} {exc.message}", list(node.output))
     outputs = {}
     for out in g.output:
         if builder.is_poisoned([out.name]):
@@ -172,8 +176,7 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
             builder.refuse(out.name, "the output is not computed by any imported node")
             continue
         if isinstance(bound, KeptMean):
-            builder.refuse(out.name, "the output is a spatial mean kept as [N, C, 1, 1]")
-            continue
+            bound = bound.kept(builder)
         outputs[ident(out.name)] = bound
     return builder.finish(outputs, Path(label).stem if g.name == "" else g.name)
 
@@ -356,6 +359,32 @@ def _unary(op: str, **attrs_of: Callable[[dict], Any]) -> Rule:
     return rule
 
 
+def _clip(ctx: _Context, node: onnx.NodeProto) -> None:
+    def bound(i: int, default: float) -> float:
+        if len(node.input) > i and node.input[i]:
+            return float(ctx.const(node.input[i], "bound").reshape(()))
+        return default
+
+    low, high = bound(1, -np.inf), bound(2, np.inf)
+    x = ctx.value(node.input[0])
+    if (low, high) == (0.0, 6.0):
+        _bind_add(ctx, node, "relu6", [x])
+    elif (low, high) == (0.0, np.inf):
+        _bind_add(ctx, node, "relu", [x])
+    elif low < 0.0 < high and np.isfinite([low, high]).all():
+        _bind_add(ctx, node, "hardtanh", [x], {"min_val": low, "max_val": high})
+    else:
+        raise Unsupported(f"clips to [{low}, {high}] (grow-ir: [0, 6], [0, inf) or around 0)")
+
+
+def _hard_sigmoid(ctx: _Context, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+    if not (np.isclose(alpha, 1 / 6, rtol=1e-6) and beta == 0.5):
+        raise Unsupported(f"has alpha {alpha}, beta {beta} (PyTorch's: 1/6 and 0.5)")
+    _bind_add(ctx, node, "hardsigmoid", [ctx.value(node.input[0])])
+
+
 def _alias(ctx: _Context, node: onnx.NodeProto) -> None:
     ctx.env[node.output[0]] = ctx.value(node.input[0])
 
@@ -411,8 +440,7 @@ def _pool(op: str) -> Rule:
 
 
 def _global_avgpool(ctx: _Context, node: onnx.NodeProto) -> None:
-    gap = _bind_add(ctx, node, "global_avgpool", [ctx.value(node.input[0])])
-    ctx.env[node.output[0]] = KeptMean(gap)
+    ctx.env[node.output[0]] = KeptMean(ctx.value(node.input[0]), node.output[0])
 
 
 def _reduce_mean(ctx: _Context, node: onnx.NodeProto) -> None:
@@ -424,20 +452,21 @@ def _reduce_mean(ctx: _Context, node: onnx.NodeProto) -> None:
         axes = list(a.get("axes", range(rank)))
     if sorted(int(v) % rank for v in axes) != list(range(2, rank)) or rank < 3:
         raise Unsupported(f"averages over axes {axes} (grow-ir: the spatial axes)")
-    gap = _bind_add(ctx, node, "global_avgpool", [ctx.value(node.input[0])])
-    if a.get("keepdims", 1):
-        ctx.env[node.output[0]] = KeptMean(gap)
+    if a.get("keepdims", 1) and rank == 4:
+        ctx.env[node.output[0]] = KeptMean(ctx.value(node.input[0]), node.output[0])
+    elif a.get("keepdims", 1):
+        raise Unsupported("keeps the axis of a 1-d mean")
+    else:
+        _bind_add(ctx, node, "global_avgpool", [ctx.value(node.input[0])])
 
 
 def _fold(ctx: _Context, node: onnx.NodeProto, after: list) -> None:
     source = node.input[0]
     bound = ctx.env.get(source)
     before = list(ctx.type(source).shape)
-    if isinstance(bound, KeptMean):
-        if len(after) == 2:
-            ctx.env[node.output[0]] = bound.value
-            return
-        raise Unsupported(f"reshapes a kept spatial mean to {after}")
+    if isinstance(bound, KeptMean) and len(after) == 2:
+        ctx.env[node.output[0]] = bound.mean(ctx.builder)
+        return
     if after == before:
         _alias(ctx, node)
         return
@@ -478,9 +507,10 @@ def _reshape(ctx: _Context, node: onnx.NodeProto) -> None:
 
 
 def _squeeze(ctx: _Context, node: onnx.NodeProto) -> None:
-    if not isinstance(ctx.env.get(node.input[0]), KeptMean):
+    bound = ctx.env.get(node.input[0])
+    if not isinstance(bound, KeptMean):
         raise Unsupported("removes axes (grow-ir: only those of a spatial mean)")
-    ctx.env[node.output[0]] = ctx.env[node.input[0]].value  # type: ignore[union-attr]
+    ctx.env[node.output[0]] = bound.mean(ctx.builder)
 
 
 def _binary(op: str) -> Rule:
@@ -512,6 +542,11 @@ RULES: dict[str, Rule] = {
     "Gather": _gather,
     "Relu": _unary("relu"),
     "Tanh": _unary("tanh"),
+    "Clip": _clip,
+    "HardSwish": _unary("hardswish"),
+    "HardSigmoid": _hard_sigmoid,
+    "LeakyRelu": _unary("leaky_relu", negative_slope=lambda a: _float32(a.get("alpha", 0.01))),
+    "Elu": _unary("elu", alpha=lambda a: _float32(a.get("alpha", 1.0))),
     "Sigmoid": _sigmoid,
     "Gelu": _unary("gelu", approximate=lambda a: _text(a.get("approximate", "none"))),
     "Softmax": _softmax,

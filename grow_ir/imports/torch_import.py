@@ -21,7 +21,7 @@ import torch
 from torch import fx, nn
 from torch.utils import _pytree as pytree
 
-from grow_ir.errors import CheckFailed, GrowError
+from grow_ir.errors import CheckFailed, GrowError, ShapeError
 from grow_ir.imports.builder import GraphBuilder, ident
 from grow_ir.imports.torch_modules import WHOLE, Call, calls
 from grow_ir.imports.torch_rules import IGNORED, RULES, Context, Unsupported
@@ -175,6 +175,9 @@ def _convert_call(ctx: Context, node: fx.Node) -> None:
         rule(ctx, node)
     except Unsupported as exc:
         builder.refuse(ctx.where(node), f"{_op_name(node)} {exc.reason}", [node.name])
+        return
+    except ShapeError as exc:  # a value the op's type inference refuses
+        builder.refuse(ctx.where(node), f"{_op_name(node)} {exc.message}", [node.name])
         return
     ctx.check_shape(node)
 

@@ -20,7 +20,7 @@ from torch import fx, nn
 
 from grow_ir.errors import GrowError
 from grow_ir.imports.builder import GraphBuilder, clean_name, folded_axes
-from grow_ir.ir.types import DTYPES
+from grow_ir.ir.types import DTYPES, TensorType
 
 aten = torch.ops.aten
 
@@ -35,14 +35,35 @@ class Unsupported(Exception):
 
 @dataclass(frozen=True)
 class KeptMean:
-    """The IR value ``value`` ([N, C]) standing for a spatial mean kept as [N, C, 1, 1].
+    """A spatial mean of the IR value ``source`` kept as ``[N, C, 1, 1]``, not yet built.
 
     ``adaptive_avg_pool2d(x, 1)`` and ``mean(x, [2, 3], keepdim=True)`` are what models
-    compute before ``flatten``; grow-ir's ``global_avgpool`` drops the unit axes, so the
-    pair becomes one node, and any other use of the kept axes is refused.
+    compute before ``flatten``: that pair becomes one ``global_avgpool`` (:meth:`mean`).
+    Any other use reads the kept axes, an ``adaptive_avgpool2d`` node (:meth:`kept`;
+    squeeze-excitation gates). Each is built once, on first use.
     """
 
-    value: str
+    source: str
+    hint: str
+
+    def mean(self, builder: GraphBuilder) -> str:
+        """The ``[N, C]`` value: a global_avgpool node."""
+        return self._once(builder, "global_avgpool", {})
+
+    def kept(self, builder: GraphBuilder) -> str:
+        """The ``[N, C, 1, 1]`` value: an adaptive_avgpool2d node of output size 1."""
+        return self._once(builder, "adaptive_avgpool2d", {"output_size": 1})
+
+    def type(self, builder: GraphBuilder) -> TensorType:
+        """The type of the kept value, ``[N, C, 1, 1]``."""
+        t = builder.types[self.source]
+        return TensorType((*t.shape[:2], 1, 1), t.dtype)
+
+    def _once(self, builder: GraphBuilder, op: str, attrs: dict) -> str:
+        key = (self.source, self.hint, op)
+        if key not in builder.built:
+            builder.built[key] = builder.add(op, [self.source], self.hint, attrs)
+        return builder.built[key]
 
 
 @dataclass
@@ -82,7 +103,7 @@ class Context:
             )
         bound = self.env.get(arg.name)
         if isinstance(bound, KeptMean):
-            raise Unsupported("reads a spatial mean kept as [N, C, 1, 1] (only flatten may)")
+            return bound.kept(self.builder)
         if bound is None:
             raise Unsupported(f"reads '{arg.name}', which has no grow-ir value")
         return bound
@@ -90,10 +111,7 @@ class Context:
     def resolve(self, node: fx.Node, label: str) -> str:
         """The IR value an output names; a kept mean is refused there."""
         bound = self.env[node.name]
-        if isinstance(bound, KeptMean):
-            self.builder.refuse(label, "the output is a spatial mean kept as [N, C, 1, 1]")
-            return bound.value
-        return bound
+        return bound.kept(self.builder) if isinstance(bound, KeptMean) else bound
 
     def param(self, arg: Any) -> str | None:
         """The state_dict key of a parameter argument, None for None; else Unsupported."""
@@ -326,6 +344,35 @@ def _unary(op: str, **attrs_of: Callable[[fx.Node], Any]) -> Rule:
     return rule
 
 
+def _hardtanh(ctx: Context, node: fx.Node) -> None:
+    low, high = float(arg(node, 1, "min_val", -1.0)), float(arg(node, 2, "max_val", 1.0))
+    x = ctx.value(node.args[0])
+    if (low, high) == (0.0, 6.0):
+        ctx.add(node, "relu6", [x])
+    elif low < 0.0 < high:
+        ctx.add(node, "hardtanh", [x], {"min_val": low, "max_val": high})
+    else:
+        raise Unsupported(f"clamps to [{low}, {high}] (grow-ir: [0, 6] or around 0)")
+
+
+def _leaky_relu(ctx: Context, node: fx.Node) -> None:
+    slope = float(arg(node, 1, "negative_slope", 0.01))
+    x = ctx.value(node.args[0])
+    if slope == 0.0:
+        ctx.add(node, "relu", [x])
+    else:
+        ctx.add(node, "leaky_relu", [x], {"negative_slope": slope})
+
+
+def _elu(ctx: Context, node: fx.Node) -> None:
+    alpha = float(arg(node, 1, "alpha", 1.0))
+    if float(arg(node, 2, "scale", 1.0)) != 1.0 or float(arg(node, 3, "input_scale", 1.0)) != 1.0:
+        raise Unsupported("scales its input or output (that is SELU or CELU)")
+    if alpha == 0.0:
+        raise Unsupported("has alpha 0")
+    ctx.add(node, "elu", [ctx.value(node.args[0])], {"alpha": alpha})
+
+
 def _alias(ctx: Context, node: fx.Node) -> None:
     source = node.args[0]
     if isinstance(source, fx.Node) and source.name in ctx.env:
@@ -387,10 +434,9 @@ def _adaptive_avg_pool(ctx: Context, node: fx.Node) -> None:
     if size == spatial:
         _alias(ctx, node)
     elif all(s == 1 for s in size):
-        gap = ctx.add(node, "global_avgpool", [ctx.value(x)], short="pool")
-        ctx.bind(node, KeptMean(gap))
+        ctx.bind(node, KeptMean(ctx.value(x), ctx.hint(node, "pool")))
     else:
-        raise Unsupported(f"pools {spatial} to {size} (grow-ir: to 1x1, or keeping the size)")
+        ctx.add(node, "adaptive_avgpool2d", [ctx.value(x)], {"output_size": size}, "pool")
 
 
 def _mean(ctx: Context, node: fx.Node) -> None:
@@ -399,9 +445,12 @@ def _mean(ctx: Context, node: fx.Node) -> None:
     dims = sorted(int(d) % rank for d in arg(node, 1, "dim", []) or range(rank))
     if dims != list(range(2, rank)) or rank < 3:
         raise Unsupported(f"averages over axes {dims} (grow-ir: the spatial axes)")
-    gap = ctx.add(node, "global_avgpool", [ctx.value(x)], short="mean")
-    if arg(node, 2, "keepdim", False):
-        ctx.bind(node, KeptMean(gap))
+    if arg(node, 2, "keepdim", False) and rank == 4:
+        ctx.bind(node, KeptMean(ctx.value(x), ctx.hint(node, "mean")))
+    elif arg(node, 2, "keepdim", False):
+        raise Unsupported("keeps the axis of a 1-d mean")
+    else:
+        ctx.add(node, "global_avgpool", [ctx.value(x)], short="mean")
 
 
 def _fold_to(ctx: Context, node: fx.Node, source: fx.Node, out_shape: tuple[int, ...]) -> None:
@@ -409,11 +458,9 @@ def _fold_to(ctx: Context, node: fx.Node, source: fx.Node, out_shape: tuple[int,
     flatten of consecutive axes after the batch axis."""
     bound = ctx.env.get(source.name)
     in_shape = ctx.shape(source)
-    if isinstance(bound, KeptMean):
-        if out_shape == in_shape[:2]:
-            ctx.bind(node, bound.value)
-            return
-        raise Unsupported(f"reshapes a kept spatial mean to {list(out_shape)}")
+    if isinstance(bound, KeptMean) and out_shape == in_shape[:2]:
+        ctx.bind(node, bound.mean(ctx.builder))
+        return
     if out_shape == in_shape:
         _alias(ctx, node)
         return
@@ -496,10 +543,21 @@ RULES: dict[Any, Rule] = {
     aten.silu.default: _unary("silu"),
     aten.silu_.default: _unary("silu"),
     aten.tanh.default: _unary("tanh"),
+    aten.hardtanh.default: _hardtanh,
+    aten.hardtanh_.default: _hardtanh,
+    aten.hardswish.default: _unary("hardswish"),
+    aten.hardswish_.default: _unary("hardswish"),
+    aten.hardsigmoid.default: _unary("hardsigmoid"),
+    aten.hardsigmoid_.default: _unary("hardsigmoid"),
+    aten.leaky_relu.default: _leaky_relu,
+    aten.leaky_relu_.default: _leaky_relu,
+    aten.elu.default: _elu,
+    aten.elu_.default: _elu,
     aten.sigmoid.default: _unary("sigmoid"),
     aten.softmax.int: _softmax,
     aten._softmax.default: _softmax,
     aten.dropout.default: _dropout,
+    aten.dropout_.default: _dropout,
     aten.max_pool2d.default: _max_pool,
     aten.avg_pool2d.default: _avg_pool,
     aten.adaptive_avg_pool2d.default: _adaptive_avg_pool,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from grow_ir.ir.ops.base import (
     Attrs,
@@ -109,6 +109,103 @@ register(
         facts=_activation("gelu", zero_to_zero=True, nonnegative=False),
     )
 )
+
+
+class HardtanhAttrs(Attrs):
+    """``torch.nn.Hardtanh``: ``clamp(x, min_val, max_val)`` with ``min_val < 0 < max_val``
+    (a clamp at 0 is ``relu6`` or ``relu``)."""
+
+    min_val: float = -1.0
+    max_val: float = 1.0
+
+    @model_validator(mode="after")
+    def _around_zero(self) -> HardtanhAttrs:
+        if not self.min_val < 0.0 < self.max_val:
+            raise ValueError(
+                f"min_val {self.min_val} and max_val {self.max_val} must enclose 0 "
+                "(use relu6 for [0, 6])"
+            )
+        return self
+
+
+register(
+    OpDef(
+        name="hardtanh",
+        attrs=HardtanhAttrs,
+        infer=_same_type("hardtanh"),
+        doc="torch.nn.Hardtanh: clamp(x, min_val, max_val) around 0",
+        facts=_activation("hardtanh", zero_to_zero=True, nonnegative=False),
+    )
+)
+register(
+    OpDef(
+        name="relu6",
+        attrs=NoAttrs,
+        infer=_same_type("relu6"),
+        doc="torch.nn.ReLU6: clamp(x, 0, 6)",
+        facts=replace(
+            _activation("relu6", zero_to_zero=True, nonnegative=True),
+            gradient_at_zero=No(
+                "relu6's derivative at 0 is 0, so a unit whose input is 0 never learns"
+            ),
+        ),
+    )
+)
+
+
+def _nonzero(name: str):
+    def check(cls: type, v: float) -> float:
+        if v == 0.0:
+            raise ValueError(f"{name} must not be 0 (that is relu)")
+        return v
+
+    return field_validator(name)(classmethod(check))
+
+
+class LeakyReluAttrs(Attrs):
+    """``torch.nn.LeakyReLU``: ``x`` for ``x > 0``, ``negative_slope * x`` otherwise
+    (``negative_slope`` nonzero: 0 is relu)."""
+
+    negative_slope: float = 0.01
+    _check = _nonzero("negative_slope")
+
+
+class EluAttrs(Attrs):
+    """``torch.nn.ELU``: ``x`` for ``x > 0``, ``alpha * (exp(x) - 1)`` otherwise (``alpha``
+    nonzero: 0 is relu)."""
+
+    alpha: float = 1.0
+    _check = _nonzero("alpha")
+
+
+for _name, _attrs, _doc, _facts in [
+    (
+        "hardswish",
+        NoAttrs,
+        "torch.nn.Hardswish: x * relu6(x + 3) / 6",
+        _activation("hardswish", zero_to_zero=True, nonnegative=False),
+    ),
+    (
+        "hardsigmoid",
+        NoAttrs,
+        "torch.nn.Hardsigmoid: relu6(x + 3) / 6",
+        _activation(
+            "hardsigmoid",
+            zero_to_zero=No(
+                "hardsigmoid(0) = 1/2, so a zero-fan-in unit would change the consumers' input"
+            ),
+            nonnegative=True,
+        ),
+    ),
+    (
+        "leaky_relu",
+        LeakyReluAttrs,
+        "torch.nn.LeakyReLU",
+        _activation("leaky_relu", zero_to_zero=True, nonnegative=False),
+    ),
+    ("elu", EluAttrs, "torch.nn.ELU", _activation("elu", zero_to_zero=True, nonnegative=False)),
+]:
+    register(OpDef(name=_name, attrs=_attrs, infer=_same_type(_name), doc=_doc, facts=_facts))
 
 
 def _identity_infer(a: object, ins: Sequence[TensorType]) -> TensorType:
@@ -331,6 +428,49 @@ def pool_geometry(a: _Pool2dAttrs) -> tuple[tuple, tuple, tuple, tuple]:
 
 _make_pool("maxpool2d", MaxPool2dAttrs, "torch.nn.MaxPool2d")
 _make_pool("avgpool2d", AvgPool2dAttrs, "torch.nn.AvgPool2d")
+
+
+class AdaptiveAvgPool2dAttrs(Attrs):
+    """``torch.nn.AdaptiveAvgPool2d(output_size)``: ``[N, C, H, W]`` to ``[N, C, h, w]``
+    (an int is a square size; the axes are kept, so ``1`` gives ``[N, C, 1, 1]``)."""
+
+    output_size: IntOrPair
+
+    @field_validator("output_size", mode="before")
+    @classmethod
+    def _list_to_pair(cls, v: object) -> object:
+        return tuple(v) if isinstance(v, list) else v
+
+
+def _adaptive_infer(a: AdaptiveAvgPool2dAttrs, ins: Sequence[TensorType]) -> TensorType:
+    (x,) = ins
+    require_float(x, "adaptive_avgpool2d")
+    require_rank(x, [4], "adaptive_avgpool2d")
+    dims = []
+    for i, (axis, out) in enumerate(zip(("height", "width"), spatial(a.output_size, 2))):
+        size = known(x.shape[2 + i], f"adaptive_avgpool2d's {axis}")
+        if out != 1 and size % out:
+            # PyTorch's overlapping windows of unequal sizes have no ONNX pooling op
+            raise fail(
+                "the output size must divide the input size (or be 1)",
+                field="output_size",
+                expected=f"a divisor of {size} along {axis}",
+                found=out,
+            )
+        dims.append(out)
+    return TensorType((*x.shape[:2], *dims), x.dtype)
+
+
+register(
+    OpDef(
+        name="adaptive_avgpool2d",
+        attrs=AdaptiveAvgPool2dAttrs,
+        infer=_adaptive_infer,
+        doc="torch.nn.AdaptiveAvgPool2d to a size that divides the input (axes kept)",
+        channel_axis=lambda a, ins: 1,
+        facts=_pooling("adaptive_avgpool2d"),
+    )
+)
 
 
 def _gap_infer(a: object, ins: Sequence[TensorType]) -> TensorType:
