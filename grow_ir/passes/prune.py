@@ -26,6 +26,7 @@ from grow_ir.ir.graph import Graph
 from grow_ir.passes.args import NodeName
 from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.channels import ChannelGroup, Role, channel_group, width_ops
+from grow_ir.passes.connections import effective
 from grow_ir.passes.regroup import axes_by_param, axis_plan, resize_nodes, spans_by_axis
 from grow_ir.passes.rewrite import node_of_kind
 
@@ -79,7 +80,7 @@ def _norm(p: int) -> ImportanceFn:
     def score(s: Scoring) -> torch.Tensor:
         total = torch.zeros(s.group.channels, dtype=torch.float64)
         for param, kind in entries_of(s.group, weights_of(s.graph, s.group)):
-            t = s.graph.params[param]
+            t = effective(s.graph, param)
             total += channel_entries(t, s.group, param, kind).abs().pow(p).sum(1)
         return total if p == 1 else total.sqrt()
 
@@ -98,7 +99,7 @@ def _taylor(s: Scoring) -> torch.Tensor:
     grads = dict(zip(names, probe_gradients(s.graph, probe, output, names, 0, s.node)))
     total = torch.zeros(s.group.channels, dtype=torch.float64)
     for name, kind in entries_of(s.group, names):
-        w = channel_entries(s.graph.params[name], s.group, name, kind)
+        w = channel_entries(effective(s.graph, name), s.group, name, kind)
         g = channel_entries(grads[name].cpu(), s.group, name, kind)
         total += (w * g).sum(1)
     return total.abs()
@@ -255,7 +256,7 @@ def dead_channels(graph: Graph, group: ChannelGroup, dropped: Sequence[int]) -> 
     zero_in: list[bool] = [False] * group.channels
     if through:
         fan_in = [
-            channel_entries(graph.params[p], group, p, "units")
+            channel_entries(effective(graph, p), group, p, "units")
             for p in dict.fromkeys(
                 a.param
                 for m in group.members
@@ -271,7 +272,7 @@ def dead_channels(graph: Graph, group: ChannelGroup, dropped: Sequence[int]) -> 
     for p, axes in group.param_axes().items():
         if not any(a.kind == "fan_out" for a in axes):
             continue
-        t = graph.params[p]
+        t = effective(graph, p)
         for axis, on_axis in spans_by_axis([a for a in axes if a.kind == "units"]).items():
             spans = [(a.offset, a.block) for a in on_axis]
             plan = axis_plan(t.shape[axis], spans, group.channels, range(group.channels))
