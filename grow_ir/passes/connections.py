@@ -109,7 +109,10 @@ def prune_connections(graph: Graph, node: str, density: float) -> PassResult:
 
     ``node`` is a linear or conv layer; it becomes ``masked`` (a ``weight_mask`` buffer),
     the ``round(density * entries)`` live entries of largest ``|weight|`` stay (ties: the
-    lower flat index), the others are masked out and their weights set to zero. A layer
+    lower flat index), the others are masked out and their weights set to zero. Each unit
+    (output row) keeps its strongest live connection even when it is not among those, so
+    that no unit becomes a constant (a batchnorm after a constant divides by a vanishing
+    variance); with fewer entries to keep than units, every unit keeps one. A layer
     already sparser than ``density`` is unchanged.
 
     Guarantees: the input is untouched; the result's layer computes with exactly the kept
@@ -131,7 +134,15 @@ def prune_connections(graph: Graph, node: str, density: float) -> PassResult:
     if int(live.sum()) <= keep:
         mask = live.to(w.dtype)
     else:
-        mask = (_top(w.abs().double() * live, keep) & live).to(w.dtype)
+        scores = w.abs().double() * live
+        # every unit keeps its strongest live connection: a unit cut off from its input is
+        # a constant, which a batchnorm after it divides by a vanishing variance
+        rows = scores.reshape(len(scores), -1)
+        strongest = torch.zeros_like(rows, dtype=torch.bool)
+        strongest[torch.arange(len(rows)), rows.argmax(1)] = rows.max(1).values > 0
+        strongest = strongest.reshape(w.shape)
+        top = _top(torch.where(strongest, torch.inf, scores), keep)
+        mask = (top & live).to(w.dtype)
     removed = (mask == 0) & live
     weight = w * mask
     new, origins = _with_mask(graph, n, weight, mask)
@@ -206,3 +217,12 @@ def grow_connections(
         "(largest |dL/dw| on the probe, starting at 0)"
     )
     return PassResult(new, preserved=True, summary=summary, origins=origins)
+
+
+def live_params(graph: Graph) -> int:
+    """Parameter elements the network computes with: ``num_params()`` less the masked-out
+    connections."""
+    masked = sum(
+        int((graph.params[k] == 0).sum()) for k, s in graph.param_specs.items() if s.mask_of
+    )
+    return graph.num_params() - masked

@@ -204,7 +204,18 @@ def choose_kept(
             "keep=... or drop=[...]",
             (keep, drop),
         )
-    if drop is not None:
+    if drop == "dead":
+        kept = [c for c in range(channels) if c not in set(all_dead(s.graph, s.group))]
+        if len(kept) == channels:
+            raise _bad(
+                node,
+                "drop",
+                "no channel of the group is provably dead",
+                "a channel with zero fan-out, or zero fan-in through ops that keep 0",
+                "none",
+            )
+        how = "dead"
+    elif drop is not None:
         dropped = set(_indices(node, "drop", drop, channels))
         kept = [c for c in range(channels) if c not in dropped]
         how = "given"
@@ -285,6 +296,23 @@ def dead_channels(graph: Graph, group: ChannelGroup, dropped: Sequence[int]) -> 
     return [c for c in dropped if zero_in[c] or zero_out[c]]
 
 
+def all_dead(graph: Graph, group: ChannelGroup) -> list[int]:
+    """The largest set of the group's channels that are dead together (see
+    :func:`dead_channels`), keeping at least one channel: the fixed point of removing the
+    channels that are not dead once the others are gone."""
+    candidates = list(range(group.channels))
+    for keep_first in (False, True):
+        dead = candidates[1:] if keep_first else candidates
+        while True:
+            again = dead_channels(graph, group, dead)
+            if again == dead:
+                break
+            dead = again
+        if len(dead) < group.channels:
+            return dead
+    raise AssertionError("one channel kept, yet every channel dead")
+
+
 def _all_zero(parts: Sequence[torch.Tensor], channels: int) -> list[bool]:
     if not parts:
         return [False] * channels
@@ -299,13 +327,14 @@ def prune(
     graph: Graph,
     node: NodeName,
     keep: int | float | list[int] | None = None,
-    drop: list[int] | None = None,
+    drop: list[int] | str | None = None,
     importance: str | list[float] = "l1",
     probe: Any = None,
 ) -> PassResult:
     """Remove output channels of ``node`` (linear, conv1d/2d, embedding) and of its group.
 
-    Say which channels with ``drop=[...]`` or ``keep=[...]`` (indices), or how many with
+    Say which channels with ``drop=[...]`` or ``keep=[...]`` (indices), ``drop="dead"``
+    (every channel provably dead, :func:`all_dead`: exact), or how many with
     ``keep=N`` (a count) or ``keep=f`` (a fraction in (0, 1): ``int(f * channels)``, at
     least 1, what Torch-Pruning keeps at ratio ``1 - f``); then the channels of highest
     ``importance`` stay: ``"l1"``/``"l2"`` (the norm of the channel's weights across the
