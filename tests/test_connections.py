@@ -110,7 +110,11 @@ def test_prune_connections_keeps_the_largest_weights() -> None:
     keep = round(0.25 * w.numel())
     mask = result.graph.params["fc1.weight_mask"]
     assert int(mask.sum()) == keep
-    assert w.abs()[mask == 1].min() >= w.abs()[mask == 0].max()
+    # each unit keeps its strongest connection; the others go by magnitude
+    forced = torch.zeros_like(mask, dtype=torch.bool)
+    forced[torch.arange(len(w)), w.abs().argmax(1)] = True
+    assert torch.all(mask[forced] == 1)
+    assert w.abs()[(mask == 1) & ~forced].min() >= w.abs()[mask == 0].max()
     assert torch.equal(result.graph.params["fc1.weight"], w * mask)
     assert not result.preserved and "nonzero weights" in result.reason
     assert (
@@ -125,6 +129,16 @@ def test_prune_connections_keeps_the_largest_weights() -> None:
     # pruning again to the same density changes nothing and is exact
     again = prune_connections.run(result.graph, node="fc1", density=0.25)
     assert again.preserved and torch.equal(again.graph.params["fc1.weight_mask"], mask)
+
+
+def test_every_unit_keeps_a_connection() -> None:
+    graph = mlp()
+    w = graph.params["fc1.weight"].clone()
+    w[2] *= 1e-3  # unit 2's connections are the weakest of all
+    graph = graph.replace(params={**graph.params, "fc1.weight": w})
+    mask = prune_connections(graph, node="fc1", density=0.3).params["fc1.weight_mask"]
+    assert torch.all(mask.sum(1) >= 1) and int(mask.sum()) == round(0.3 * w.numel())
+    assert int(mask[2].sum()) == 1 and mask[2, w[2].abs().argmax()] == 1
 
 
 def test_pruning_zero_weights_is_exact() -> None:
