@@ -53,6 +53,17 @@ def channel_entries(t: torch.Tensor, group: ChannelGroup, param: str, kind: str)
     input columns (all of a flatten block), one row per channel."""
     axes = [a for a in group.param_axes()[param] if a.kind == kind]
     t = t.double()
+    by_axis = spans_by_axis(axes)
+    if len(by_axis) == 1:  # the usual case, in one gather: channel-major positions
+        ((axis, on_axis),) = by_axis.items()
+        idx = torch.tensor(
+            [
+                [a.offset + c * a.block + r for a in on_axis for r in range(a.block)]
+                for c in range(group.channels)
+            ]
+        )
+        part = t.index_select(axis, idx.reshape(-1)).movedim(axis, 0)
+        return part.reshape(group.channels, -1)
     rows = []
     for c in range(group.channels):
         part = t
