@@ -171,7 +171,7 @@ def test_optimizer_state_of_cut_connections_is_zero() -> None:
         ({"node": "act", "density": 0.5}, "cannot apply to a relu node"),
         ({"node": "fc1", "density": 0.0}, "bad density"),
         ({"node": "fc1", "density": 1.5}, "bad density"),
-        ({"node": "fc1", "density": "half"}, "bad density"),
+        ({"node": "fc1", "density": "half"}, "bad argument; expected a number"),
     ],
 )
 def test_prune_connections_refusals(kwargs: dict, match: str) -> None:

@@ -136,12 +136,12 @@ class NestConfig(_Model):
     """
 
     nodes: list[str] = Field(min_length=1)
-    grow_steps: NonNegativeInt = 2
+    grow_steps: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 2
     factor: float = Field(default=1.5, gt=1.0)
-    max_width: PositiveInt = 64
+    max_width: Count = 64
     seed_density: float = Field(default=1.0, gt=0.0, le=1.0)
     connection_growth: float = Field(default=0.1, ge=0.0, le=1.0)
-    prune_steps: NonNegativeInt = 3
+    prune_steps: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 3
     density: float = Field(default=0.3, gt=0.0, le=1.0)
     channels: float | None = Field(default=None, gt=0.0, lt=1.0)
 

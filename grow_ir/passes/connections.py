@@ -22,6 +22,7 @@ import torch
 
 from grow_ir.errors import PassError
 from grow_ir.ir.graph import Graph, Node
+from grow_ir.passes.args import NodeName
 from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.rewrite import node_of_kind, replace_nodes
 
@@ -104,7 +105,7 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @register_pass("prune_connections")
-def prune_connections(graph: Graph, node: str, density: float) -> PassResult:
+def prune_connections(graph: Graph, node: NodeName, density: float) -> PassResult:
     """Keep the ``density`` fraction of ``node``'s weight entries of largest magnitude.
 
     ``node`` is a linear or conv layer; it becomes ``masked`` (a ``weight_mask`` buffer),
@@ -163,7 +164,7 @@ def prune_connections(graph: Graph, node: str, density: float) -> PassResult:
 
 @register_pass("grow_connections")
 def grow_connections(
-    graph: Graph, node: str, fraction: float = 0.1, probe: Any = None
+    graph: Graph, node: NodeName, fraction: float = 0.1, probe: Any = None
 ) -> PassResult:
     """NeST's connection growth: bring back the masked-out connections of ``node`` with
     the largest loss gradient ``|∂L/∂w|`` on ``probe`` (a
