@@ -494,7 +494,8 @@ def graphs(draw: st.DrawFn, families: tuple[str, ...] = FAMILIES) -> Graph:
 
 PASS_NAMES = ("widen", "insert_layer", "insert_block", "add_adapter", "fork_task")
 """The growth passes of the shared property test (:func:`pass_arguments` also knows
-``prune``, whose properties tests/test_prune_properties.py checks)."""
+``prune`` and ``prune_connections``, whose properties tests/test_prune_properties.py
+checks)."""
 
 DENSE_OPS = ("linear", "conv1d", "conv2d")
 
@@ -556,6 +557,22 @@ def _prune(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
         return choice.map(lambda a: {"node": node, **a})
 
     return st.sampled_from(candidates).flatmap(args)
+
+
+def _prune_connections(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
+    layers = [n.name for n in graph.nodes if n.op in DENSE_OPS and not n.share]
+    layers = [n for n in layers if not any(m.share == n for m in graph.nodes)]
+    if not layers:
+        return None
+    return st.fixed_dictionaries(
+        {"node": st.sampled_from(layers), "density": st.sampled_from([0.2, 0.5, 0.9, 1.0])}
+    )
+
+
+def _needs_a_probe(graph: Graph) -> None:
+    """Passes that read a probe batch (tensors, from Python or the trainer) get no
+    arguments from a strategy."""
+    return None
 
 
 def _insert_layer(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
@@ -668,6 +685,8 @@ PASS_ARGUMENTS: dict[str, Callable[[Graph], st.SearchStrategy[dict[str, Any]] | 
     "add_adapter": _add_adapter,
     "fork_task": _fork_task,
     "prune": _prune,
+    "prune_connections": _prune_connections,
+    "grow_connections": _needs_a_probe,
 }
 
 

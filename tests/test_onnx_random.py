@@ -16,7 +16,7 @@ from grow_ir.backends.onnx import to_onnx
 from grow_ir.backends.onnx_check import check_model, check_parity
 from grow_ir.errors import GrowError
 from grow_ir.ir import OPS, Graph, Node, TensorType, initialize, verify
-from grow_ir.passes import PASSES, apply_plan, prunable
+from grow_ir.passes import PASSES, Probe, apply_plan, prunable
 from grow_ir.probes import randomize_norms
 from grow_ir.spec import load_spec
 from tests import graphgen
@@ -269,6 +269,14 @@ def small_cnn() -> Graph:
     return verify(randomize_norms(load_spec(spec), seed=5))
 
 
+def _mlp_probe() -> Probe:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 6, generator=gen)
+    return Probe(
+        inputs={"x": x}, targets=torch.randint(0, 3, (8,), generator=gen), loss="cross_entropy"
+    )
+
+
 PASS_CASES: dict[str, list[tuple[Callable[[], Graph], dict[str, Any]]]] = {
     "widen": [
         (small_mlp, {"node": "fc1", "width": 12, "init": "net2net"}),
@@ -281,6 +289,16 @@ PASS_CASES: dict[str, list[tuple[Callable[[], Graph], dict[str, Any]]]] = {
         (small_cnn, {"after": "stem_act", "op": "conv2d"}),
     ],
     "insert_block": [(small_cnn, {"stage": "stage1", "init": "zero"})],
+    "prune_connections": [
+        (small_mlp, {"node": "fc2", "density": 0.4}),
+        (small_cnn, {"node": "stem", "density": 0.5}),
+    ],
+    "grow_connections": [
+        (
+            lambda: PASSES["prune_connections"].run(small_mlp(), node="fc2", density=0.3).graph,
+            {"node": "fc2", "fraction": 0.5, "probe": _mlp_probe()},
+        )
+    ],
     "prune": [
         (small_mlp, {"node": "fc1", "keep": 5}),
         (small_cnn, {"node": "stem", "keep": 0.5, "importance": "l2"}),
@@ -350,6 +368,10 @@ def pass_arguments(graph: Graph, name: str, step: int) -> st.SearchStrategy[dict
             lambda node: st.fixed_dictionaries(
                 {"node": st.just(node), "keep": st.sampled_from([0.25, 0.5, 0.75])}
             )
+        )
+    if name == "prune_connections" and dense:
+        return st.fixed_dictionaries(
+            {"node": st.sampled_from(dense), "density": st.sampled_from([0.3, 0.7])}
         )
     if name == "insert_layer" and values:
         return st.sampled_from(values).flatmap(

@@ -1,5 +1,6 @@
 """Property tests of pruning: random networks of every op (tests/graphgen.py) and random
-sequences of prune and widen steps, checked after every step:
+sequences of prune, prune_connections and widen steps (so channels are also pruned and
+widened through masked layers), checked after every step:
 
 - the result verifies, its input is untouched (spec and tensors, bitwise), and a refusal
   changes nothing;
@@ -73,8 +74,9 @@ def test_random_prune_and_widen_sequences(same_graph: SameGraph) -> None:
     def run(graph: Graph, data: st.DataObject) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for step in range(data.draw(st.integers(1, 4), label="steps")):
-                options = {n: pass_arguments(graph, n) for n in ("prune", "prune", "widen")}
-                usable = [n for n, o in options.items() if o is not None]
+                names = ("prune", "prune", "widen", "prune_connections")
+                options = {n: pass_arguments(graph, n) for n in names}
+                usable = [n for n in names if options[n] is not None]
                 if not usable:
                     break
                 name = data.draw(st.sampled_from(usable))
@@ -113,6 +115,7 @@ def test_random_prune_and_widen_sequences(same_graph: SameGraph) -> None:
     assert tally["prune applied"] >= 30, tally
     assert tally["prune applied"] > tally["prune preserved"], tally
     assert tally["widen applied"] >= 10, tally
+    assert tally["prune_connections applied"] >= 10, tally
 
 
 @settings(SETTINGS, max_examples=40)

@@ -120,11 +120,16 @@ class Emitter:
         """The initializer of ``node``'s parameter ``local`` (``weight``, ``out_proj.bias``).
 
         A node that shares another node's parameters gets that node's initializer: the
-        tensor is stored once.
+        tensor is stored once. A masked parameter (a buffer of the node says it masks
+        ``local``: connection pruning) is stored with its mask applied, so the file holds
+        the weights the layer computes with and no mask.
         """
         full = f"{node.param_prefix}.{local}"
         if full not in self.initializers:
             tensor = self.graph.params.get(full)
+            for key, spec in self.graph.node_params(node).items():
+                if spec.mask_of == local and tensor is not None:
+                    tensor = tensor * self.graph.params[key]
             if tensor is None:
                 raise GrowError(
                     "missing parameter",

@@ -28,7 +28,14 @@ from torch import fx, nn
 from torch.fx.graph import PythonCode
 
 from grow_ir.backends import torch_reuse
-from grow_ir.backends.torch_modules import Mix, SelfAttention, relu_unit_slope
+from grow_ir.backends.torch_modules import (
+    MaskedConv1d,
+    MaskedConv2d,
+    MaskedLinear,
+    Mix,
+    SelfAttention,
+    relu_unit_slope,
+)
 from grow_ir.errors import GrowError
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.ops.dense import spatial
@@ -51,10 +58,11 @@ Emitter = Callable[[Any, Sequence[TensorType], list[fx.Node], Call], fx.Node]
 
 
 def _conv(n: int) -> ModuleFactory:
-    cls = nn.Conv1d if n == 1 else nn.Conv2d
+    plain = nn.Conv1d if n == 1 else nn.Conv2d
+    masked = MaskedConv1d if n == 1 else MaskedConv2d
 
     def make(a: Any, ins: Sequence[TensorType]) -> nn.Module:
-        return cls(
+        return (masked if a.masked else plain)(
             ins[0].shape[1],
             a.out_channels,
             spatial(a.kernel_size, n),
@@ -83,7 +91,7 @@ def _batchnorm(a: Any, ins: Sequence[TensorType]) -> nn.Module:
 
 
 MODULES: dict[str, ModuleFactory] = {
-    "linear": lambda a, ins: nn.Linear(
+    "linear": lambda a, ins: (MaskedLinear if a.masked else nn.Linear)(
         ins[0].shape[-1], a.out_features, bias=a.bias, device="meta", dtype=ins[0].torch_dtype
     ),
     "conv1d": _conv(1),

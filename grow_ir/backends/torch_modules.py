@@ -122,3 +122,46 @@ class Mix(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_choices={self.alpha.shape[0]}"
+
+
+class MaskedLinear(nn.Linear):
+    """``nn.Linear`` computing with ``weight * weight_mask`` (connection pruning).
+
+    ``weight_mask`` is a buffer (in ``state_dict``, not trained): masked connections get
+    no gradient, and their weights are ignored whatever an optimizer does to them.
+    """
+
+    weight_mask: torch.Tensor
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.register_buffer("weight_mask", torch.ones_like(self.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.weight_mask, self.bias)
+
+
+class MaskedConv1d(nn.Conv1d):
+    """``nn.Conv1d`` computing with ``weight * weight_mask`` (see :class:`MaskedLinear`)."""
+
+    weight_mask: torch.Tensor
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.register_buffer("weight_mask", torch.ones_like(self.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.weight_mask, self.bias)
+
+
+class MaskedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` computing with ``weight * weight_mask`` (see :class:`MaskedLinear`)."""
+
+    weight_mask: torch.Tensor
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.register_buffer("weight_mask", torch.ones_like(self.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.weight_mask, self.bias)

@@ -47,6 +47,12 @@ step. An init that needs training data (GradMax: a probe batch for the gradient)
 a function here and its name in :data:`grow_ir.growth.config.WIDEN_INITS`."""
 
 
+PassArgs = Callable[[GrowthContext, TrainState, GrowthRequest], dict[str, Any]]
+PASS_ARGS: dict[str, PassArgs] = {}
+"""Extra arguments by pass name, computed from the run at the step (a pass that reads a
+probe batch of training data, such as ``grow_connections``, registers a function here)."""
+
+
 @dataclass
 class StepOutcome:
     """The result of one growth step, for the log and the history."""
@@ -78,8 +84,12 @@ def apply_growth(
     """
     graph = update_params(state.graph, state.module)
     args = dict(request.args)
-    args["seed"] = step_seed(ctx.config.seed, ctx.epoch, request.unit)
-    extra = WIDEN_ARGS.get(str(args.get("init"))) if request.pass_name == "widen" else None
+    if "seed" in get_pass(request.pass_name).signature.parameters:
+        args["seed"] = step_seed(ctx.config.seed, ctx.epoch, request.unit)
+    if request.pass_name == "widen":
+        extra = WIDEN_ARGS.get(str(args.get("init")))
+    else:
+        extra = PASS_ARGS.get(request.pass_name)
     if extra is not None:
         args.update(extra(ctx, state, request))
     result = get_pass(request.pass_name).run(graph, **args)

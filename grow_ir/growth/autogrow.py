@@ -377,4 +377,8 @@ def make_policy(config: GrowthConfig, graph: Graph) -> Policy:
     """The policy named by ``config.policy`` for ``graph``."""
     if config.policy == "none":
         return NoGrowth()
+    if config.policy == "nest":
+        from grow_ir.growth.nest import NeST  # it builds on this module's Policy
+
+        return NeST(config, graph)
     return AutoGrow(config, graph)

@@ -109,6 +109,49 @@ class WidenConfig(_Model):
         return v
 
 
+class NestConfig(_Model):
+    """NeST (Dai, Yin and Jha 2019): grow, then prune, on a fixed schedule.
+
+    Every ``interval`` epochs one step runs, first ``grow_steps`` growth steps, then
+    ``prune_steps`` pruning steps. A growth step grows every layer of ``nodes`` by
+    ``factor`` (up to ``max_width``) with gradient-based new units (GradMax: zero fan-in,
+    fan-out from the loss gradient; exact) and, from the second step on, brings back the
+    ``connection_growth`` fraction of each layer's masked connections with the largest
+    loss gradient (NeST's rule; they start at 0, exact). The first growth step first
+    sparsifies the layers to ``seed_density`` (NeST's sparse seed; 1.0: dense). Pruning
+    step ``j`` of ``P`` keeps ``1 - (1 - density) * j / P`` of each layer's connections by
+    magnitude (gradual pruning); the first keeps ``channels`` of each layer's channels by
+    l1 when set, and the last removes every channel that is provably dead (exact).
+
+    Attributes:
+        nodes: linear/conv layers that grow and are pruned.
+        grow_steps: growth steps (0: prune only).
+        factor: the width is multiplied by this (rounded up) at each growth step.
+        max_width: no layer grows past this width.
+        seed_density: connections kept before growing (1.0: start dense).
+        connection_growth: fraction of masked connections grown back per growth step.
+        prune_steps: pruning steps (0: grow only).
+        density: fraction of each layer's connections kept after the last pruning step.
+        channels: fraction of channels kept at the first pruning step (None: keep all).
+    """
+
+    nodes: list[str] = Field(min_length=1)
+    grow_steps: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 2
+    factor: float = Field(default=1.5, gt=1.0)
+    max_width: Count = 64
+    seed_density: float = Field(default=1.0, gt=0.0, le=1.0)
+    connection_growth: float = Field(default=0.1, ge=0.0, le=1.0)
+    prune_steps: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 3
+    density: float = Field(default=0.3, gt=0.0, le=1.0)
+    channels: float | None = Field(default=None, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _some_steps(self) -> NestConfig:
+        if self.grow_steps + self.prune_steps == 0:
+            raise ValueError("expected at least one growth or pruning step, found none")
+        return self
+
+
 class GrowthConfig(_Model):
     """Everything a training run needs besides the network: data, policy, optimizer, budget.
 
@@ -119,7 +162,8 @@ class GrowthConfig(_Model):
 
     Attributes:
         data: ``spirals``, ``digits`` or ``FILE.npz`` (relative to the spec).
-        policy: ``autogrow``, or ``none`` to train the network as it is.
+        policy: ``autogrow``, ``nest`` (grow then prune, see :class:`NestConfig`), or
+            ``none`` to train the network as it is.
         mode: ``periodic`` (grow every ``interval`` epochs) or ``convergent`` (grow when
             the best validation accuracy of the last ``interval`` epochs beats the best
             before them by less than ``tau``).
@@ -134,6 +178,7 @@ class GrowthConfig(_Model):
             (AdamInit), ``uniform`` (UniInit) or ``gauss`` (GauInit).
         adam_init: AdamInit's settings.
         widen: the width policy (none by default).
+        nest: NeST's settings (required by ``policy: nest``).
         optimizer: the optimizer and base learning rate.
         epochs: the whole training budget.
         tail_epochs: growth never happens in the last ``tail_epochs`` epochs.
@@ -147,7 +192,7 @@ class GrowthConfig(_Model):
     """
 
     data: str | None = None
-    policy: Literal["autogrow", "none"] = "autogrow"
+    policy: Literal["autogrow", "nest", "none"] = "autogrow"
     mode: Literal["periodic", "convergent"] = "periodic"
     interval: Count = 2
     patience: Count = 3
@@ -157,6 +202,7 @@ class GrowthConfig(_Model):
     init: Literal["zero", "adam", "uniform", "gauss"] = "zero"
     adam_init: AdamInitConfig = AdamInitConfig()
     widen: WidenConfig | None = None
+    nest: NestConfig | None = None
     optimizer: OptimizerConfig = OptimizerConfig()
     epochs: Count = 20
     tail_epochs: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 4
@@ -173,6 +219,14 @@ class GrowthConfig(_Model):
         if any(not 0.0 < f < 1.0 for f in v) or v != sorted(v):
             raise ValueError(f"expected increasing fractions in (0, 1), found {v}")
         return v
+
+    @model_validator(mode="after")
+    def _nest(self) -> GrowthConfig:
+        if self.policy == "nest" and self.nest is None:
+            raise ValueError(
+                "expected a nest section (nest: {nodes: [...]}) for policy nest, found none"
+            )
+        return self
 
     @model_validator(mode="after")
     def _budget(self) -> GrowthConfig:

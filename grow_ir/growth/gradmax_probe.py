@@ -1,4 +1,5 @@
-"""GradMax in the trainer: the width policy's ``init: gradmax`` gets a probe batch.
+"""GradMax in the trainer: the width policy's ``init: gradmax`` (and NeST's connection
+growth, ``grow_connections``) gets a probe batch.
 
 GradMax (:mod:`grow_ir.passes.gradmax`) sets new units' fan-out from the gradient of the
 loss on a batch of training data; this module draws that batch at the growth step and
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-from grow_ir.growth.actions import WIDEN_ARGS, GrowthContext, TrainState, step_seed
+from grow_ir.growth.actions import PASS_ARGS, WIDEN_ARGS, GrowthContext, TrainState, step_seed
 from grow_ir.growth.autogrow import GrowthRequest
 from grow_ir.growth.config import WIDEN_INITS
 from grow_ir.passes.gradmax import Probe
@@ -39,3 +40,4 @@ def gradmax_args(ctx: GrowthContext, state: TrainState, request: GrowthRequest) 
 
 WIDEN_INITS["gradmax"] = "zero fan-in, fan-out from the loss gradient's top singular vectors"
 WIDEN_ARGS["gradmax"] = gradmax_args
+PASS_ARGS["grow_connections"] = gradmax_args  # NeST's connection growth reads a probe too

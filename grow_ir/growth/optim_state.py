@@ -13,6 +13,7 @@ state is carried over by name using the provenance the pass recorded:
   ``exp_avg``, SGD's ``momentum_buffer``) by the factor, like the weights they follow, and
   second moments (``exp_avg_sq``, ``max_exp_avg_sq``: squared gradients) by its square, so
   Adam's step direction ``exp_avg / sqrt(exp_avg_sq)`` of a split entry is its source's;
+- entries that ``Origin.fresh`` marks (connections cut or grown back) start at zero;
 - a new parameter (``source`` None, or unknown to the old module) starts with no state,
   which is exactly zero moments at step 0.
 """
@@ -131,7 +132,8 @@ def gather_state(
 
     Per axis in ``origin.index``: entry ``j`` copies old entry ``index[j]``, or is zero
     where ``index[j] == -1``. Per axis in ``origin.scale``: entry ``j`` is multiplied by
-    ``scale[j]`` (squared for a second moment). Other axes are unchanged.
+    ``scale[j]`` (squared for a second moment). Other axes are unchanged. Entries that
+    ``origin.fresh`` marks are zero.
     """
     out = value
     for axis, idx in sorted(origin.index.items()):
@@ -150,4 +152,7 @@ def gather_state(
         shape = [1] * out.dim()
         shape[axis] = len(factors)
         out = out * f.view(shape)
+    if origin.fresh is not None:
+        zero = torch.zeros((), dtype=out.dtype, device=out.device)
+        out = torch.where(origin.fresh.to(out.device), zero, out)
     return out.contiguous() if out is not value else out.clone()

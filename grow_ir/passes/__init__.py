@@ -3,6 +3,7 @@
 from grow_ir.passes.adapter import add_adapter
 from grow_ir.passes.base import PASSES, Origin, PassResult, get_pass, register_pass
 from grow_ir.passes.channels import ChannelGroup, channel_group, widenable
+from grow_ir.passes.connections import grow_connections, prune_connections
 from grow_ir.passes.fork import fork_task
 from grow_ir.passes.gradmax import Probe
 from grow_ir.passes.insert import insert_block, insert_layer
@@ -35,11 +36,13 @@ __all__ = [
     "channel_group",
     "fork_task",
     "get_pass",
+    "grow_connections",
     "insert_block",
     "insert_layer",
     "output_error",
     "prunable",
     "prune",
+    "prune_connections",
     "register_pass",
     "run_plan",
     "widen",

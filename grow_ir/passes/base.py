@@ -32,19 +32,26 @@ class Origin:
             or -1 where the entry is new. Axes not listed map one to one.
         scale: per axis, a factor for every new index by which copied values were scaled
             (net2net divides split fan-out by the copy count). Axes not listed: 1.
+        fresh: a boolean tensor of the new parameter's shape, true at entries that are new
+            although the index maps them to a source entry (connections cut or grown back:
+            their values and optimizer state start afresh); None when there are none.
     """
 
     source: str | None
     index: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
     scale: Mapping[int, tuple[float, ...]] = field(default_factory=dict)
+    fresh: Any = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        """Plain data for history files."""
-        return {
+        """Plain data for history files (``fresh`` as the number of fresh entries)."""
+        out: dict[str, Any] = {
             "source": self.source,
             "index": {str(k): list(v) for k, v in self.index.items()},
             "scale": {str(k): list(v) for k, v in self.scale.items()},
         }
+        if self.fresh is not None:
+            out["fresh"] = int(self.fresh.sum())
+        return out
 
 
 @dataclass(frozen=True)

@@ -372,7 +372,7 @@ def bypass_gradient(
         for m in ctx.group.members
         if Role.PRODUCER in m.roles
         for a in m.axes
-        if a.kind == "units"
+        if a.kind == "units" and not wide.param_specs[a.param].buffer  # masks do not learn
     ]
     grads = probe_gradients(wide, probe, output, [p for p, _ in fan_in], seed, ctx.node)
     rows = [

@@ -26,6 +26,7 @@ from grow_ir.ir.graph import Graph
 from grow_ir.passes.args import NodeName
 from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.channels import ChannelGroup, Role, channel_group, width_ops
+from grow_ir.passes.connections import effective
 from grow_ir.passes.regroup import axes_by_param, axis_plan, resize_nodes, spans_by_axis
 from grow_ir.passes.rewrite import node_of_kind
 
@@ -52,6 +53,17 @@ def channel_entries(t: torch.Tensor, group: ChannelGroup, param: str, kind: str)
     input columns (all of a flatten block), one row per channel."""
     axes = [a for a in group.param_axes()[param] if a.kind == kind]
     t = t.double()
+    by_axis = spans_by_axis(axes)
+    if len(by_axis) == 1:  # the usual case, in one gather: channel-major positions
+        ((axis, on_axis),) = by_axis.items()
+        idx = torch.tensor(
+            [
+                [a.offset + c * a.block + r for a in on_axis for r in range(a.block)]
+                for c in range(group.channels)
+            ]
+        )
+        part = t.index_select(axis, idx.reshape(-1)).movedim(axis, 0)
+        return part.reshape(group.channels, -1)
     rows = []
     for c in range(group.channels):
         part = t
@@ -79,7 +91,7 @@ def _norm(p: int) -> ImportanceFn:
     def score(s: Scoring) -> torch.Tensor:
         total = torch.zeros(s.group.channels, dtype=torch.float64)
         for param, kind in entries_of(s.group, weights_of(s.graph, s.group)):
-            t = s.graph.params[param]
+            t = effective(s.graph, param)
             total += channel_entries(t, s.group, param, kind).abs().pow(p).sum(1)
         return total if p == 1 else total.sqrt()
 
@@ -98,7 +110,7 @@ def _taylor(s: Scoring) -> torch.Tensor:
     grads = dict(zip(names, probe_gradients(s.graph, probe, output, names, 0, s.node)))
     total = torch.zeros(s.group.channels, dtype=torch.float64)
     for name, kind in entries_of(s.group, names):
-        w = channel_entries(s.graph.params[name], s.group, name, kind)
+        w = channel_entries(effective(s.graph, name), s.group, name, kind)
         g = channel_entries(grads[name].cpu(), s.group, name, kind)
         total += (w * g).sum(1)
     return total.abs()
@@ -203,7 +215,18 @@ def choose_kept(
             "keep=... or drop=[...]",
             (keep, drop),
         )
-    if drop is not None:
+    if drop == "dead":
+        kept = [c for c in range(channels) if c not in set(all_dead(s.graph, s.group))]
+        if len(kept) == channels:
+            raise _bad(
+                node,
+                "drop",
+                "no channel of the group is provably dead",
+                "a channel with zero fan-out, or zero fan-in through ops that keep 0",
+                "none",
+            )
+        how = "dead"
+    elif drop is not None:
         dropped = set(_indices(node, "drop", drop, channels))
         kept = [c for c in range(channels) if c not in dropped]
         how = "given"
@@ -255,7 +278,7 @@ def dead_channels(graph: Graph, group: ChannelGroup, dropped: Sequence[int]) -> 
     zero_in: list[bool] = [False] * group.channels
     if through:
         fan_in = [
-            channel_entries(graph.params[p], group, p, "units")
+            channel_entries(effective(graph, p), group, p, "units")
             for p in dict.fromkeys(
                 a.param
                 for m in group.members
@@ -271,7 +294,7 @@ def dead_channels(graph: Graph, group: ChannelGroup, dropped: Sequence[int]) -> 
     for p, axes in group.param_axes().items():
         if not any(a.kind == "fan_out" for a in axes):
             continue
-        t = graph.params[p]
+        t = effective(graph, p)
         for axis, on_axis in spans_by_axis([a for a in axes if a.kind == "units"]).items():
             spans = [(a.offset, a.block) for a in on_axis]
             plan = axis_plan(t.shape[axis], spans, group.channels, range(group.channels))
@@ -282,6 +305,23 @@ def dead_channels(graph: Graph, group: ChannelGroup, dropped: Sequence[int]) -> 
         fan_out.append(channel_entries(t, group, p, "fan_out"))
     zero_out = _all_zero(fan_out, group.channels)
     return [c for c in dropped if zero_in[c] or zero_out[c]]
+
+
+def all_dead(graph: Graph, group: ChannelGroup) -> list[int]:
+    """The largest set of the group's channels that are dead together (see
+    :func:`dead_channels`), keeping at least one channel: the fixed point of removing the
+    channels that are not dead once the others are gone."""
+    candidates = list(range(group.channels))
+    for keep_first in (False, True):
+        dead = candidates[1:] if keep_first else candidates
+        while True:
+            again = dead_channels(graph, group, dead)
+            if again == dead:
+                break
+            dead = again
+        if len(dead) < group.channels:
+            return dead
+    raise AssertionError("one channel kept, yet every channel dead")
 
 
 def _all_zero(parts: Sequence[torch.Tensor], channels: int) -> list[bool]:
@@ -298,13 +338,14 @@ def prune(
     graph: Graph,
     node: NodeName,
     keep: int | float | list[int] | None = None,
-    drop: list[int] | None = None,
+    drop: list[int] | str | None = None,
     importance: str | list[float] = "l1",
     probe: Any = None,
 ) -> PassResult:
     """Remove output channels of ``node`` (linear, conv1d/2d, embedding) and of its group.
 
-    Say which channels with ``drop=[...]`` or ``keep=[...]`` (indices), or how many with
+    Say which channels with ``drop=[...]`` or ``keep=[...]`` (indices), ``drop="dead"``
+    (every channel provably dead, :func:`all_dead`: exact), or how many with
     ``keep=N`` (a count) or ``keep=f`` (a fraction in (0, 1): ``int(f * channels)``, at
     least 1, what Torch-Pruning keeps at ratio ``1 - f``); then the channels of highest
     ``importance`` stay: ``"l1"``/``"l2"`` (the norm of the channel's weights across the

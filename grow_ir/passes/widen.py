@@ -23,6 +23,7 @@ from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.channels import (
     ChannelGroup,
     Member,
+    ParamAxis,
     Role,
     channel_group,
     width_ops,
@@ -332,6 +333,22 @@ def _along(values: Sequence, axis: int, like: torch.Tensor, dtype: torch.dtype) 
     return torch.tensor(values, dtype=dtype).reshape(shape)
 
 
+def _grow_mask(
+    t: torch.Tensor, param: str, axes: Sequence[ParamAxis], old: int, layout: Sequence[int]
+) -> tuple[torch.Tensor, Origin]:
+    """A connection mask grown with its weight: copied units copy their entries, every
+    fresh entry is 1 (a new connection is live, whatever its weight), nothing is scaled."""
+    index: dict[int, tuple[int, ...]] = {}
+    for axis, on_axis in spans_by_axis(axes).items():
+        spans = [(a.offset, a.block) for a in on_axis]
+        plan = axis_plan(t.shape[axis], spans, old, layout)
+        t = t.index_select(axis, torch.tensor(plan.index).clamp(min=0))
+        fresh = _along([i < 0 for i in plan.index], axis, t, torch.bool)
+        t = torch.where(fresh, torch.ones((), dtype=t.dtype), t)
+        index[axis] = plan.index
+    return t.contiguous(), Origin(source=param, index=index)
+
+
 def _grow_member(
     old_graph: Graph,
     graph: Graph,
@@ -354,6 +371,10 @@ def _grow_member(
     layout = (*range(old), *units.copies)
     params, origins = {}, {}
     for param, axes in by_param.items():
+        if old_graph.param_specs[param].mask_of is not None:
+            mask = old_graph.params[param]
+            params[param], origins[param] = _grow_mask(mask, param, axes, old, layout)
+            continue
         t = source = old_graph.params[param]
         local = param[len(node.param_prefix) + 1 :]
         index: dict[int, tuple[int, ...]] = {}

@@ -49,11 +49,17 @@ class Channels(str, Enum):
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """Shape, dtype and role of one parameter or buffer of a node."""
+    """Shape, dtype and role of one parameter or buffer of a node.
+
+    ``mask_of`` names the parameter (local name) that this buffer masks entry by entry:
+    the op computes with ``weight * weight_mask`` (connection pruning), a mask holds 0 or
+    1, new entries of a grown mask start at 1 and a mask is never rescaled.
+    """
 
     shape: tuple[int, ...]
     dtype: str = "float32"
     buffer: bool = False
+    mask_of: str | None = None
 
     @property
     def numel(self) -> int:

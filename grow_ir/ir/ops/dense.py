@@ -34,6 +34,7 @@ class LinearAttrs(Attrs):
 
     out_features: PositiveInt
     bias: bool = True
+    masked: bool = False
 
 
 def _linear_infer(a: LinearAttrs, ins: Sequence[TensorType]) -> TensorType:
@@ -50,6 +51,15 @@ def _linear_params(a: LinearAttrs, ins: Sequence[TensorType]) -> dict[str, Param
     specs = {"weight": ParamSpec((a.out_features, fan_in), dt)}
     if a.bias:
         specs["bias"] = ParamSpec((a.out_features,), dt)
+    return with_mask(a, specs)
+
+
+def with_mask(a: LinearAttrs | _ConvAttrs, specs: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+    """``specs`` plus the ``weight_mask`` buffer of a ``masked`` layer (connection
+    pruning: the layer computes with ``weight * weight_mask``)."""
+    if a.masked:
+        w = specs["weight"]
+        specs["weight_mask"] = ParamSpec(w.shape, w.dtype, buffer=True, mask_of="weight")
     return specs
 
 
@@ -65,6 +75,8 @@ def kaiming_init(specs: dict[str, ParamSpec], fan_in: int, gen: torch.Generator)
     if "bias" in specs:
         bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
         out["bias"] = uniform_(empty(specs["bias"]), bound, gen)
+    if "weight_mask" in specs:  # every connection on: no draw, so the weights are PyTorch's
+        out["weight_mask"] = torch.ones_like(weight)
     return out
 
 
@@ -149,6 +161,7 @@ class _ConvAttrs(Attrs):
     dilation: PositiveInt = 1
     groups: PositiveInt = 1
     bias: bool = True
+    masked: bool = False
 
 
 class Conv1dAttrs(_ConvAttrs):
@@ -248,7 +261,7 @@ def _make_conv(n: int) -> OpDef:
         }
         if a.bias:
             specs["bias"] = ParamSpec((a.out_channels,), dt)
-        return specs
+        return with_mask(a, specs)
 
     def init(a: _ConvAttrs, ins: Sequence[TensorType], gen: torch.Generator) -> dict:
         specs = params(a, ins)
