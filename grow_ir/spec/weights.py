@@ -86,3 +86,24 @@ def read_weights(graph: Graph, path: Path, *, file: str | None) -> dict[str, tor
             found=f"{len(extra)} extra tensor(s), e.g. {extra[0]!r}",
         )
     return tensors
+
+
+def check_finite(graph: Graph, *, file: str | None) -> None:
+    """Refuse a graph whose parameters or buffers hold NaN or Inf (a diverged run, a
+    damaged file): nothing computed from them, exported or measured, means anything.
+
+    Raises:
+        SpecError: naming the first such parameter and how many of its values are bad.
+    """
+    for name, tensor in graph.params.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            node = name.rsplit(".", 1)[0]
+            raise SpecError(
+                "a parameter holds values that are not finite",
+                file=file,
+                node=node if node in graph.node_map else None,
+                field=name,
+                expected="finite values (no NaN or Inf)",
+                found=f"{bad:,} NaN or Inf of {tensor.numel():,}",
+            )
