@@ -3,11 +3,13 @@
 Every output is first written into a temporary directory beside its target, named
 ``.TARGET.grow-ir-XXXXXXXX.tmp`` and holding a manifest (:data:`grow_ir.owned.MANIFEST`)
 that lists the names it may hold. While the writing process lives it holds an ``flock`` on
-that manifest, so the kernel itself says when the writer is gone (a SIGKILL releases it).
+the directory, so the kernel itself says when the writer is gone (a SIGKILL releases it).
 
 :func:`clean_leftovers` removes what a killed run left beside a target: only directories
 with that name pattern, whose manifest is grow-ir's and lists every entry, and whose writer
-is gone; it logs each removal. Anything else, a user's file above all, is never touched.
+is gone (and empty directories of that pattern); it logs each removal. Anything else, a
+user's file above all, is never touched. Removal deletes the manifest last, so that a kill
+during it leaves a directory that is still recognised.
 
 :func:`swap_in` replaces a directory by another in one step with Linux ``renameat2(...,
 RENAME_EXCHANGE)``, so that a reader of the target always finds the old or the new
@@ -52,40 +54,58 @@ def temp_dir(target: Path, files: Iterable[str], command: str) -> Iterator[Path]
     """A fresh temporary directory beside ``target`` for writing ``files`` into.
 
     ``target``'s folder must exist. Guarantees: the directory is new, named by
-    :func:`temp_name_pattern`, and holds a manifest listing ``files`` (locked until the
-    block ends), so that a later :func:`clean_leftovers` recognises it if this process is
+    :func:`temp_name_pattern`, holds a manifest listing ``files`` and is locked until the
+    block ends, so that a later :func:`clean_leftovers` recognises it if this process is
     killed. On leaving the block whatever is still at its path (nothing after a rename,
-    the old output after :func:`swap_in`) is removed.
+    the old output after :func:`swap_in`) is removed, its manifest last.
     """
     prefix = f".{target.name}{TEMP_TAG}"
     path = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=target.parent))
-    fd = os.open(path / MANIFEST, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    lock = os.open(path, os.O_RDONLY)  # the lock is on the directory: it survives renames
     try:
         if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # before the manifest says whose it is
-        text = json.dumps(
-            {
-                "written_by": "grow-ir",
-                "command": command,
-                "temporary_for": target.name,
-                "files": sorted({*files, MANIFEST, f"{MANIFEST}.tmp"}),
-            },
-            indent=1,
-        )
-        os.write(fd, text.encode())
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = {
+            "written_by": "grow-ir",
+            "command": command,
+            "temporary_for": target.name,
+            "files": sorted({*files, MANIFEST, f"{MANIFEST}.tmp"}),
+        }
+        fd = os.open(path / MANIFEST, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, json.dumps(manifest, indent=1).encode())  # one small write
+        finally:
+            os.close(fd)
         yield path
     finally:
-        os.close(fd)
-        shutil.rmtree(path, ignore_errors=True)
+        remove_output(path)
+        os.close(lock)
+
+
+def remove_output(path: Path) -> None:
+    """Remove the directory ``path`` that grow-ir wrote, its manifest last, so that a kill
+    halfway leaves a directory :func:`clean_leftovers` still recognises."""
+    if not path.is_dir() or path.is_symlink():
+        return
+    for entry in path.iterdir():
+        if entry.name == MANIFEST:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    (path / MANIFEST).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()
 
 
 def clean_leftovers(target: Path) -> list[Path]:
     """Remove the temporary directories that killed grow-ir runs left beside ``target``.
 
     Guarantees: a directory is removed only when its name matches
-    :func:`temp_name_pattern`, it is a real directory (not a link), its manifest is
-    grow-ir's and lists every entry in it, and no live process holds its lock; each removal
-    is logged as a warning. Returns the paths removed.
+    :func:`temp_name_pattern`, it is a real directory (not a link), no live process holds
+    its lock, and it is empty or its manifest is grow-ir's and lists every entry in it;
+    each removal is logged as a warning. Returns the paths removed.
     """
     if fcntl is None or not target.parent.is_dir():
         return []
@@ -93,19 +113,20 @@ def clean_leftovers(target: Path) -> list[Path]:
     for path in sorted(target.parent.glob(temp_name_pattern(target))):
         if path.is_symlink() or not path.is_dir() or not _abandoned(path):
             continue
-        shutil.rmtree(path, ignore_errors=True)
+        remove_output(path)
         removed.append(path)
         log.warning("grow-ir: removed %s, left by an interrupted grow-ir run", path)
     return removed
 
 
 def _abandoned(path: Path) -> bool:
-    """Whether ``path`` is grow-ir's (every entry listed) and its writer is gone."""
+    """Whether ``path`` is grow-ir's (empty, or every entry listed) and its writer is gone."""
+    entries = [entry.name for entry in path.iterdir()]
     owned = owned_names(path)
-    if owned is None or any(entry.name not in owned for entry in path.iterdir()):
+    if entries and (owned is None or any(name not in owned for name in entries)):
         return False
     try:
-        fd = os.open(path / MANIFEST, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return False
     try:

@@ -61,7 +61,9 @@ def save(
         write_model_files(graph, tmp)
         for name, content in (extra_files or {}).items():
             _write_extra(tmp, name, content)
-        (tmp / MANIFEST).write_text(manifest_text(names, "save"), encoding="utf-8")
+        manifest = tmp / f"{MANIFEST}.tmp"  # replaced in one step: always a whole manifest
+        manifest.write_text(manifest_text(names, "save"), encoding="utf-8")
+        os.replace(manifest, tmp / MANIFEST)
         tmp.chmod(0o755)
         swap_in(tmp, target)
     return target
