@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -61,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Guarantees: a GrowError never escapes as a traceback; it is printed as one paragraph on
     stderr and gives status 2 (1 for CheckFailed).
     """
+    _log_to_stderr()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -86,6 +88,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         _error(f"{exc.strerror or exc}{where}.")
         return EXIT_BAD_INPUT
+
+
+class _Stderr(logging.Handler):
+    """Writes grow-ir's log records (warnings such as a removed leftover) as lines on the
+    stderr of the moment."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _log_to_stderr() -> None:
+    logger = logging.getLogger("grow_ir")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        logger.addHandler(_Stderr())
 
 
 def _error(message: str) -> None:

@@ -34,6 +34,12 @@ def random_inputs(
     return {k: v.to(device) for k, v in out.items()}
 
 
+def as_float64(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``inputs`` with every float tensor in float64 (indices unchanged), for a reference
+    run of a module converted with ``.double()``."""
+    return {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
+
+
 def randomize_norms(graph: Graph, seed: int = 0) -> Graph:
     """Return ``graph`` with random BatchNorm statistics and norm affine parameters, so that
     a check of function preservation cannot pass because an identity happens to be free."""

@@ -10,13 +10,13 @@ Files are written atomically (:func:`save`).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import onnx
 from onnx import helper
 
+from grow_ir.atomic import clean_leftovers, temp_dir
 from grow_ir.backends.onnx_emit import ONNX_DTYPES, Emitter, value_info
 from grow_ir.backends.onnx_ops import EMIT
 from grow_ir.backends.torch import needed_nodes, selected_outputs
@@ -216,10 +216,11 @@ def save(
     ours = _written_by_us(target)
     check_replaceable_file(target, ours=ours, what="an ONNX model")
     check_replaceable_file(data_file, ours=ours, what="an ONNX model's data file")
+    data_name = f"{target.name}.data"
     try:
-        with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=folder) as tmp:
-            staged = Path(tmp) / target.name
-            data_name = f"{target.name}.data"
+        clean_leftovers(target)
+        with temp_dir(target, [target.name, data_name], "export") as tmp:
+            staged = tmp / target.name
             if _initializer_bytes(model) > EXTERNAL_DATA_BYTES:
                 external = onnx.ModelProto()
                 external.CopyFrom(model)
@@ -235,8 +236,8 @@ def save(
                 staged.write_bytes(model.SerializeToString())
             if before_replace is not None:
                 before_replace(staged)
-            if (Path(tmp) / data_name).exists():
-                os.replace(Path(tmp) / data_name, folder / data_name)
+            if (tmp / data_name).exists():
+                os.replace(tmp / data_name, folder / data_name)
             os.replace(staged, target)
     except OSError as exc:
         raise GrowError(

@@ -19,11 +19,19 @@ from grow_ir.backends.onnx import to_onnx
 from grow_ir.backends.torch import selected_outputs, to_torch
 from grow_ir.errors import CheckFailed
 from grow_ir.ir.graph import Graph
-from grow_ir.probes import random_inputs
+from grow_ir.probes import as_float64, random_inputs
 
 TOLERANCE: Mapping[str, float] = {"float32": 1e-5, "float16": 1e-2, "int64": 0.0}
 """Largest accepted ``|onnx - torch| / max(1, |torch|)`` by output dtype. float16 keeps
 about three decimal digits, and the two runtimes round intermediate results differently."""
+
+ROUNDOFF_FACTOR = 4.0
+"""Where the float32 comparison exceeds :data:`TOLERANCE`, onnxruntime is compared with the
+torch backend run in float64 instead, and may differ from it by the tolerance plus this
+many times the torch backend's own float32 error against float64 on the same probes (a
+measured condition estimate: how far float32 arithmetic alone moves these outputs). On a
+layernorm over 2 nearly equal channels (400 random graphs) onnxruntime's float32 result
+was up to 3.1 times as far from float64 as torch's, beyond the tolerance."""
 
 PROBE_SIZES: tuple[tuple[int, int], ...] = ((2, 5), (3, 7))
 """(batch, seq) of the probe inputs: two of each, so that one file must serve both."""
@@ -87,12 +95,16 @@ def check_parity(
     (batch, seq) of ``sizes``. ``model`` defaults to ``to_onnx(graph, task=task)``; a file
     must have been exported with the same ``task``. Returns the largest error seen.
 
-    Guarantees, when it returns: for every output and size, the shapes and dtypes agree and
-    ``max |onnx - torch| / max(1, |torch|)`` is at most ``tol`` (default: the output
-    dtype's :data:`TOLERANCE`).
+    Guarantees, when it returns: for every output and size, the shapes and dtypes agree,
+    the torch outputs are finite, and ``max |onnx - torch| / max(1, |torch|)`` is at most
+    ``tol`` (default: the output dtype's :data:`TOLERANCE`), or, for a float output where
+    it is not, ``max |onnx - torch64| / max(1, |torch64|)`` against the torch backend in
+    float64 is at most ``tol + ROUNDOFF_FACTOR * r``, ``r`` the same error of the torch
+    backend's own float32 result (see :data:`ROUNDOFF_FACTOR`).
 
     Raises:
-        CheckFailed: naming the first output that differs, with its error.
+        CheckFailed: naming the first output that differs, with its error, or whose torch
+            result is not finite (NaN or Inf weights: nothing can be compared).
     """
     outputs = selected_outputs(graph, task)
     sess = session(to_onnx(graph, task=task) if model is None else model)
@@ -100,25 +112,52 @@ def check_parity(
     wanted = [i.name for i in sess.get_inputs()]
     order = [n.target for n in module.graph.nodes if n.op == "placeholder"]
     worst = 0.0
+    module64: torch.nn.Module | None = None
     for batch, seq in sizes:
         inputs = random_inputs(graph, batch=batch, seq=seq, seed=seed)
         with torch.no_grad():
             ref = module(*(inputs[name] for name in order))
-        refs = ref if isinstance(ref, dict) else {next(iter(outputs)): ref}
+        refs = _by_output(ref, outputs)
         feed = {name: inputs[name].numpy() for name in wanted}
         got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+        refs64: dict[str, torch.Tensor] | None = None
         for out, node in outputs.items():
             limit = TOLERANCE[graph.types[node].dtype] if tol is None else tol
-            err = _relative_error(refs[out].numpy(), got.get(out), out, batch, seq)
+            expected = refs[out].numpy()
+            if not np.isfinite(expected).all():
+                raise CheckFailed(
+                    "the torch backend's output is not finite on random probes, so parity "
+                    "cannot be checked (are the weights finite?)",
+                    field=f"outputs.{out}",
+                    expected="finite outputs",
+                    found=f"NaN or Inf at batch {batch}, seq {seq}",
+                )
+            err = _relative_error(expected, got.get(out), out, batch, seq)
+            found = f"{err:.3g} at batch {batch}, seq {seq}"
+            if not err <= limit and graph.types[node].is_float:
+                if refs64 is None:
+                    module64 = module64 or to_torch(graph, task).eval().double()
+                    with torch.no_grad():
+                        ref64 = module64(*(as_float64(inputs)[name] for name in order))
+                    refs64 = _by_output(ref64, outputs)
+                exact = refs64[out].numpy()
+                roundoff = _relative_error(exact, expected.astype(np.float64), out, batch, seq)
+                err64 = _relative_error(exact, got[out].astype(np.float64), out, batch, seq)
+                limit = limit + ROUNDOFF_FACTOR * roundoff
+                err, found = err64, f"{err64:.3g} against float64 (float32: {found})"
             if not err <= limit:
                 raise CheckFailed(
                     "onnxruntime differs from the torch backend",
                     field=f"outputs.{out}",
-                    expected=f"a relative error of at most {limit:g}",
-                    found=f"{err:.3g} at batch {batch}, seq {seq}",
+                    expected=f"a relative error of at most {limit:.3g}",
+                    found=found,
                 )
             worst = max(worst, err)
     return worst
+
+
+def _by_output(ref: Any, outputs: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    return ref if isinstance(ref, dict) else {next(iter(outputs)): ref}
 
 
 def _relative_error(

@@ -20,6 +20,7 @@ from grow_ir.ir.graph import Graph
 from grow_ir.spec import load_spec
 from grow_ir.spec.errors import suggest
 from grow_ir.spec.examples import example_names, example_path
+from grow_ir.spec.weights import check_finite
 
 SPEC_HELP = "a YAML/JSON spec file, a directory written by save(), or a packaged example's name"
 
@@ -53,8 +54,11 @@ def spec_path(spec: str | Path) -> Path:
 
 
 def load_graph(spec: str) -> Graph:
-    """The verified Graph of ``SPEC`` (a spec file, a saved directory or an example)."""
-    return load_spec(spec_path(spec))
+    """The verified Graph of ``SPEC`` (a spec file, a saved directory or an example), its
+    parameters finite (a SpecError names a NaN or Inf one)."""
+    graph = load_spec(spec_path(spec))
+    check_finite(graph, file=spec)
+    return graph
 
 
 def plural(count: int, word: str) -> str:

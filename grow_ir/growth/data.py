@@ -185,6 +185,15 @@ def load_npz(path: str | Path, *, val_fraction: float = 0.1) -> Dataset:
                 expected="a float array",
                 found=f"dtype {x.dtype}",
             )
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        if bad:
+            raise GrowError(
+                "inputs must be finite",
+                file=file,
+                field=f"x_{split}",
+                expected="finite floats (no NaN or Inf)",
+                found=f"{bad:,} NaN or Inf values of {x.size:,}",
+            )
         if x.ndim < 2 or x.shape[0] == 0:
             raise GrowError(
                 "inputs must have a batch axis and at least one sample",

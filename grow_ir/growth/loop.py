@@ -9,6 +9,7 @@ the graph, the optimizer's state, the policy's state and every RNG state).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from grow_ir.backends.torch import to_torch, update_params
-from grow_ir.errors import PassError
+from grow_ir.errors import GrowError, PassError
 from grow_ir.growth.actions import GrowthContext, TrainState, apply_growth
 from grow_ir.growth.autogrow import NoGrowth, Policy, make_policy
 from grow_ir.growth.checkpoint import (
@@ -251,6 +252,14 @@ class Trainer:
         lr = learning_rate(cfg, epoch, self.stop_epoch)
         set_lr(st.optimizer, lr)
         loss, train_acc = self._train_epoch()
+        if not math.isfinite(loss):  # NaN/Inf data or a diverging step: nothing to report
+            raise GrowError(
+                f"training stopped: the loss is not finite in epoch {epoch + 1}",
+                field="--lr",
+                expected="a finite loss (finite data; a smaller learning rate); the last "
+                "checkpoint is kept",
+                found=f"a mean loss of {loss}",
+            )
         with self.timings.phase("validation"):
             val_acc = accuracy(st.module, self.data.x_val, self.data.y_val, self.device)
             if self.dist is not None:  # the policy decides on rank 0's figure

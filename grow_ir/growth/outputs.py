@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grow_ir.atomic import clean_leftovers, temp_dir
 from grow_ir.growth.checkpoint import CHECKPOINT, CHECKPOINT_OLD, CHECKPOINT_TMP, write_json_atomic
 from grow_ir.growth.loop import RunResult
 from grow_ir.growth.plots import plot_curves
@@ -35,6 +34,7 @@ def run_files() -> tuple[str, ...]:
         ONNX_FILE,
         f"{ONNX_FILE}.data",
         CURVES_FILE,
+        f"{CURVES_FILE}.tmp",
     )
 
 
@@ -99,13 +99,12 @@ def write_outputs(result: RunResult, out_dir: str | Path) -> RunFiles:
 def save_model_files(result: RunResult, out: Path) -> tuple[Path, Path]:
     """Write spec.yaml and weights.safetensors of the grown graph into ``out`` (each file
     replaced atomically, the rest of ``out`` untouched)."""
-    from grow_ir.spec import SPEC_FILE, WEIGHTS_FILE, save
+    from grow_ir.spec import SPEC_FILE, WEIGHTS_FILE
+    from grow_ir.spec.store import write_model_files
 
-    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=out))
-    try:
-        saved = save(result.graph, tmp / "model")
-        for name in (WEIGHTS_FILE, SPEC_FILE):
-            os.replace(saved / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    staging = out / "model"  # names the temporary directory: .model.grow-ir-*.tmp
+    clean_leftovers(staging)
+    with temp_dir(staging, [SPEC_FILE, WEIGHTS_FILE], "train") as tmp:
+        for path in write_model_files(result.graph, tmp)[::-1]:  # weights first
+            os.replace(path, out / path.name)
     return out / SPEC_FILE, out / WEIGHTS_FILE

@@ -1,18 +1,18 @@
 """save/load: a graph as a directory holding spec.yaml and weights.safetensors.
 
 A save is all or nothing: everything is written into a fresh temporary directory beside
-the target, which then replaces the target by rename. A reader sees the old complete
-directory or the new complete one, never half of one.
+the target (:mod:`grow_ir.atomic`), which then takes the target's place in one rename that
+exchanges the two. A reader sees the old complete directory or the new complete one, never
+half of one and never none; what a killed save left is removed by the next save there.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from grow_ir.atomic import clean_leftovers, swap_in, temp_dir
 from grow_ir.errors import GrowError, SpecError
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.verify import verify
@@ -55,22 +55,17 @@ def save(
         raise with_file(exc, None) from None
     target = check_replaceable_dir(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        dumped = dump_spec(graph)
-        head = {"version": dumped.pop("version"), "name": dumped.pop("name")}
-        spec = {**head, "weights": WEIGHTS_FILE, **dumped}
-        (tmp / SPEC_FILE).write_text(to_yaml(spec), encoding="utf-8")
-        write_weights(graph.params, tmp / WEIGHTS_FILE)
+    clean_leftovers(target)
+    names = [SPEC_FILE, WEIGHTS_FILE, *(extra_files or {})]
+    with temp_dir(target, names, "save") as tmp:
+        write_model_files(graph, tmp)
         for name, content in (extra_files or {}).items():
             _write_extra(tmp, name, content)
-        names = [SPEC_FILE, WEIGHTS_FILE, *(extra_files or {})]
-        (tmp / MANIFEST).write_text(manifest_text(names, "save"), encoding="utf-8")
+        manifest = tmp / f"{MANIFEST}.tmp"  # replaced in one step: always a whole manifest
+        manifest.write_text(manifest_text(names, "save"), encoding="utf-8")
+        os.replace(manifest, tmp / MANIFEST)
         tmp.chmod(0o755)
-        _replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        swap_in(tmp, target)
     return target
 
 
@@ -91,6 +86,18 @@ def load(directory: str | os.PathLike[str]) -> Graph:
     return load_spec(path / SPEC_FILE)
 
 
+def write_model_files(graph: Graph, directory: Path) -> tuple[Path, Path]:
+    """Write ``spec.yaml`` (with ``weights: weights.safetensors``) and the weights file of
+    ``graph`` into ``directory``; return their paths. Not atomic: write into a temporary
+    directory (:func:`grow_ir.atomic.temp_dir`) and move the files from there."""
+    dumped = dump_spec(graph)
+    head = {"version": dumped.pop("version"), "name": dumped.pop("name")}
+    spec = {**head, "weights": WEIGHTS_FILE, **dumped}
+    (directory / SPEC_FILE).write_text(to_yaml(spec), encoding="utf-8")
+    write_weights(graph.params, directory / WEIGHTS_FILE)
+    return directory / SPEC_FILE, directory / WEIGHTS_FILE
+
+
 def _write_extra(tmp: Path, name: str, content: str | bytes) -> None:
     if Path(name).name != name or name in (SPEC_FILE, WEIGHTS_FILE, MANIFEST, "", ".", ".."):
         raise SpecError(
@@ -104,19 +111,3 @@ def _write_extra(tmp: Path, name: str, content: str | bytes) -> None:
         path.write_bytes(content)
     else:
         path.write_text(content, encoding="utf-8")
-
-
-def _replace(tmp: Path, target: Path) -> None:
-    """Move ``tmp`` to ``target``, replacing a previous save without a partial state."""
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    old.rmdir()
-    os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,18 +14,25 @@ from safetensors import SafetensorError
 from grow_ir.errors import SpecError
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.types import DTYPES
-from grow_ir.owned import new_file_mode
 
 
 def write_weights(params: Mapping[str, torch.Tensor], path: Path) -> None:
     """Write ``params`` to a safetensors file (contiguous CPU copies, bitwise exact).
 
     Guarantees: the file gets the permissions of any other file the process creates
-    (0666 less the umask); safetensors alone would leave it readable by its owner only.
+    (0666 less the umask), and nothing but ``path`` is created (``save_file`` would stage
+    the data in a randomly named file beside it, which a kill would leave behind).
     """
-    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in params.items()}
-    safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt"})
-    os.chmod(path, new_file_mode())
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in params.items()}
+    storages = Counter(t.untyped_storage().data_ptr() for t in tensors.values())
+    for k, t in tensors.items():  # safetensors refuses tensors that share memory
+        if storages[t.untyped_storage().data_ptr()] > 1:
+            tensors[k] = t.clone()
+    data = safetensors.torch.save(tensors, metadata={"format": "pt"})
+    del tensors
+    fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o666)  # less the umask
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def read_weights(graph: Graph, path: Path, *, file: str | None) -> dict[str, torch.Tensor]:
@@ -86,3 +94,24 @@ def read_weights(graph: Graph, path: Path, *, file: str | None) -> dict[str, tor
             found=f"{len(extra)} extra tensor(s), e.g. {extra[0]!r}",
         )
     return tensors
+
+
+def check_finite(graph: Graph, *, file: str | None) -> None:
+    """Refuse a graph whose parameters or buffers hold NaN or Inf (a diverged run, a
+    damaged file): nothing computed from them, exported or measured, means anything.
+
+    Raises:
+        SpecError: naming the first such parameter and how many of its values are bad.
+    """
+    for name, tensor in graph.params.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            node = name.rsplit(".", 1)[0]
+            raise SpecError(
+                "a parameter holds values that are not finite",
+                file=file,
+                node=node if node in graph.node_map else None,
+                field=name,
+                expected="finite values (no NaN or Inf)",
+                found=f"{bad:,} NaN or Inf of {tensor.numel():,}",
+            )
