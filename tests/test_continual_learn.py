@@ -33,6 +33,7 @@ CONFIG = ContinualConfig(
     first=TrainSettings(epochs=3, lr=0.05, batch_size=16),
     search=SearchSettings(epochs=3, warmup=1, batch_size=16, arch_batch_size=32),
     train=TrainSettings(epochs=2, batch_size=16),
+    penalties=(0.3,),
     rank=2,
 )
 SPEC = {
@@ -55,9 +56,12 @@ SPEC = {
 def synthetic(index: int, classes: int) -> Task:
     """A learnable task: labels from a random linear map of random 4x4 images."""
     gen = torch.Generator().manual_seed(100 + index)
-    x = torch.randn(144, 1, 4, 4, generator=gen)
-    y = (x.reshape(144, -1) @ torch.randn(16, classes, generator=gen)).argmax(1)
-    data = Dataset(f"synthetic{index}", x[:96], y[:96], x[:0], y[:0], x[96:], y[96:], classes)
+    x = torch.randn(184, 1, 4, 4, generator=gen)
+    y = (x.reshape(184, -1) @ torch.randn(16, classes, generator=gen)).argmax(1)
+    train, test, val = slice(0, 96), slice(96, 144), slice(144, 184)
+    data = Dataset(
+        f"synthetic{index}", x[train], y[train], x[val], y[val], x[test], y[test], classes
+    )
     return Task(f"task{index}", f"synthetic {index}", data)
 
 
@@ -196,6 +200,36 @@ def test_a_run_is_reproducible(run, spec: Graph, tasks: list[Task]) -> None:
     again = learn_sequence(spec, tasks[:2], CONFIG)
     for key, value in again.graph.params.items():
         assert torch.equal(value, run.graph.params[key]), key
+
+
+def test_the_size_penalty_is_chosen_on_the_validation_split(trained0: Graph, tasks) -> None:
+    config = replace(CONFIG, penalties=(0.0, 50.0, 0.0))
+    task = tasks[1]
+    done = learn_task(trained0, task, "task0", config, gen=gen(), device=CPU)
+    c = done.candidates
+    assert [r["penalty"] for r in c] == [0.0, 50.0, 0.0]
+    # a huge penalty reuses every layer; none is trained twice for the same choices
+    assert set(c[1]["choices"].values()) == {"reuse"}
+    assert c[1]["params"] < c[0]["params"] or c[1]["same_as"] is not None
+    trained = [r for r in c if r["same_as"] is None]
+    best = max(r["val_accuracy"] for r in trained)
+    kept = [r for r in trained if r["val_accuracy"] == best]
+    want = min(kept, key=lambda r: r["params"])
+    assert done.penalty == want["penalty"] and done.choices == want["choices"]
+    assert done.graph.num_params() == want["params"]
+    from grow_ir.growth.continual import evaluate
+
+    d = task.data
+    assert evaluate(done.graph, task.name, d.x_val, d.y_val, CPU) == want["val_accuracy"]
+
+
+def test_choosing_a_penalty_needs_validation_samples(trained0: Graph, tasks) -> None:
+    d = tasks[1].data
+    bare = Task("task1", "bare", replace(d, x_val=d.x_val[:0], y_val=d.y_val[:0]))
+    with pytest.raises(GrowError, match="needs a validation split"):
+        learn_task(
+            trained0, bare, "task0", replace(CONFIG, penalties=(0.1, 1.0)), gen=gen(), device=CPU
+        )
 
 
 def test_forgetting_measures_drops(run) -> None:

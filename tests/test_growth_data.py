@@ -35,8 +35,8 @@ def test_spirals_are_two_balanced_classes() -> None:
 
 
 def test_unknown_name_is_refused() -> None:
-    with pytest.raises(GrowError, match=r"unknown data set.*'mnist'"):
-        load_data("mnist")
+    with pytest.raises(GrowError, match=r"unknown data set.*'cifar10'"):
+        load_data("cifar10")
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> Path:

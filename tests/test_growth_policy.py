@@ -82,6 +82,40 @@ def test_a_stage_stops_when_its_growth_gains_less_than_tau() -> None:
     assert not flat.growing
 
 
+def test_the_stopping_rule_compares_running_maxima() -> None:
+    # stage1 grows after epoch 1, a dip (0.70) below the best so far (0.90). Climbing back
+    # to 0.78 is no gain over the running maximum, so it stops; a single-epoch baseline
+    # would have counted +8%.
+    policy = AutoGrow(config(max_depth=9), GRAPH)
+    _, steps = drive(policy, GRAPH, [0.9, 0.7, 0.75, 0.78])
+    assert steps == [(1, "stage1"), (3, "stage2")]
+    stops = policy.drain_stops()
+    assert [(s.epoch, s.unit) for s in stops] == [(3, "stage1")]
+    assert "best val accuracy so far gained +0.00% < tau 1.00%" in stops[0].reason
+    # a peak just before growing is no loss either: the gain is never negative
+    peak = AutoGrow(config(max_depth=9), GRAPH)
+    drive(peak, GRAPH, [0.5, 0.9, 0.85, 0.86])
+    assert "gained +0.00%" in peak.drain_stops()[0].reason
+    # a new best beyond tau within J epochs keeps the stage growing
+    rising = AutoGrow(config(max_depth=9), GRAPH)
+    _, steps = drive(rising, GRAPH, [0.9, 0.7, 0.75, 0.92, 0.93, 0.95])
+    assert steps == [(1, "stage1"), (3, "stage2"), (5, "stage1")]
+    assert rising.drain_stops() == []
+
+
+def test_growing_all_grows_every_stage_at_each_step_and_they_stop_together() -> None:
+    policy = AutoGrow(config(max_depth=3, growing="all"), GRAPH)
+    rising = [0.5 + 0.02 * e for e in range(8)]
+    graph, steps = drive(policy, GRAPH, rising)
+    assert steps == [(1, "stage1"), (1, "stage2"), (3, "stage1"), (3, "stage2")]
+    assert {s: r["depth"] for s, r in graph.stages.items()} == {"stage1": 3, "stage2": 3}
+    flat = AutoGrow(config(max_depth=9, growing="all"), GRAPH)
+    _, steps = drive(flat, GRAPH, [0.5, 0.6, 0.605, 0.604, 0.603])
+    assert steps == [(1, "stage1"), (1, "stage2")]
+    assert [(s.epoch, s.unit) for s in flat.drain_stops()] == [(3, "stage1"), (3, "stage2")]
+    assert not flat.growing
+
+
 def test_convergent_growth_waits_for_a_plateau() -> None:
     policy = AutoGrow(config(mode="convergent", max_depth=9, tau=0.01), GRAPH)
     accs = [0.5, 0.6, 0.7, 0.8, 0.801, 0.802, 0.803]

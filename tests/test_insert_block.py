@@ -152,6 +152,19 @@ def test_random_init_is_reported(net: Graph, init: str) -> None:
     assert error(net, result) > 1e-3
 
 
+def test_uniinit_and_gauinit_draw_the_last_norm_as_the_paper_does() -> None:
+    # AutoGrow's UniInit: gamma, beta ~ U(0, 1); GauInit: N(0, 1) (Wen et al. 2020).
+    g = load(resnet(c=64))
+    drawn = {}
+    for init in ("uniform", "gauss"):
+        new = passes.insert_block.run(g, stage="s1", init=init).graph
+        drawn[init] = torch.cat([new.params[f"s1.block2.bn2.{k}"] for k in ("weight", "bias")])
+    u, n = drawn["uniform"], drawn["gauss"]
+    assert float(u.min()) >= 0.0 and float(u.max()) <= 1.0
+    assert 0.4 < float(u.mean()) < 0.6 and float(u.max()) > 0.9
+    assert float(n.min()) < -1.0 and float(n.max()) > 1.0 and 0.8 < float(n.std()) < 1.2
+
+
 def test_final_activation_that_is_not_the_identity_is_reported() -> None:
     block = copy.deepcopy(BASIC)
     block["nodes"][-1] = {"name": "act", "op": "silu"}

@@ -85,7 +85,7 @@ def bad_npz(tmp_path: Path) -> Path:
     [
         (["--data", "{npz}"], "bad.npz: field 'y_test': missing array"),
         (["--set", "intervall=2"], "unknown growth setting (did you mean 'interval'?)"),
-        (["--data", "mnist"], "unknown data set"),
+        (["--data", "cifar10"], "unknown data set"),
         (["--device", "tpu"], "device"),
         (["--set", "nonsense"], "a --set needs KEY=VALUE"),
         (["--set", f"seed={10**24}"], "field 'growth.seed'"),

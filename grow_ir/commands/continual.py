@@ -44,7 +44,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="where to write")
     parser.add_argument(
-        "--penalty", type=float, metavar="L", help="λ of the size penalty (default 0.3)"
+        "--penalty",
+        type=float,
+        nargs="+",
+        metavar="L",
+        help="λ of the size penalty; several are candidates, each task keeping the one "
+        "with the best validation accuracy (default 0.1 0.3 1)",
     )
     parser.add_argument(
         "--search-epochs", type=int, metavar="N", help="epochs of each search (default 100)"
@@ -172,14 +177,14 @@ def _config(args: argparse.Namespace) -> ContinualConfig:
             raise GrowError(
                 "out of range", field=flag, expected=f"an integer >= {low}", found=str(value)
             )
-    if args.penalty is not None and not args.penalty >= 0:
+    bad = [p for p in args.penalty or () if not p >= 0]
+    if bad:
         raise GrowError(
-            "out of range", field="--penalty", expected="a number >= 0", found=str(args.penalty)
+            "out of range", field="--penalty", expected="numbers >= 0", found=f"{bad[0]:g}"
         )
     config = ContinualConfig()
     search = config.search
-    if args.penalty is not None:
-        search = replace(search, penalty=args.penalty)
+    penalties = config.penalties if args.penalty is None else tuple(args.penalty)
     if args.search_epochs is not None:
         search = replace(
             search, epochs=args.search_epochs, warmup=min(search.warmup, args.search_epochs // 2)
@@ -192,6 +197,7 @@ def _config(args: argparse.Namespace) -> ContinualConfig:
     return replace(
         config,
         search=search,
+        penalties=penalties,
         first=first,
         train=train,
         rank=config.rank if args.rank is None else args.rank,

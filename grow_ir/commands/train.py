@@ -64,8 +64,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--data",
         metavar="NAME|FILE.npz",
-        help="spirals, digits, or a .npz with x_train, y_train, x_test, y_test "
-        "(default: the growth section's 'data')",
+        help="spirals, digits, mnist (installed by requirements-data.txt), or a .npz with "
+        "x_train, y_train, x_test, y_test (default: the growth section's 'data')",
     )
     parser.add_argument(
         "--device", metavar="D", help="cpu or cuda (default: cuda when there is one)"

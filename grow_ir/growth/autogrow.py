@@ -5,14 +5,17 @@ stage (grown by ``insert_block``) or, with a width policy, a layer (grown by ``w
 
 - Depth growth is ``periodic`` (every ``interval`` epochs) or ``convergent`` (when the
   best validation accuracy of the last ``interval`` epochs beats the best before them,
-  since the last growth, by less than ``tau``). Stages grow one per step, round-robin,
-  up to their maximum depth.
+  since the last growth, by less than ``tau``). With ``growing: round_robin`` one stage
+  grows per step, in turn; with ``growing: all`` every growing stage gets a block at each
+  step (the reference code's ``--growing-mode all``). Stages stop at their maximum depth.
 - Width growth widens each listed layer by ``factor`` (up to ``max_width``) when
   validation accuracy plateaus: the best of the last ``patience`` epochs beats the best
   before them by less than ``tau``, and no growth happened in those epochs.
-- Stopping: ``patience`` epochs after a unit grew, if the best validation accuracy since
-  then gained less than ``tau`` over the accuracy just before it grew, the unit stops.
-  A unit never grows again before its last growth has been judged.
+- Stopping: ``patience`` epochs after a unit grew, if the running maximum of validation
+  accuracy (the best of every epoch so far, as the reference code's ``MovingMaximum``)
+  rose by less than ``tau`` since the epoch it grew, the unit stops. Units grown in the
+  same step are judged on the same gain, so under ``growing: all`` they stop together. A
+  unit never grows again before its last growth has been judged.
 
 A policy is plain data between epochs: :meth:`Policy.state_dict` gives JSON that
 :meth:`Policy.load_state_dict` restores exactly, so a resumed run decides the same.
@@ -182,55 +185,61 @@ class AutoGrow(Policy):
             tail = self.config.tail_epochs
             self._close(epoch, f"growth budget reached (the last {_epochs(tail)} are the tail)")
             return []
-        depth = self._depth_request(epoch)
-        if depth is not None:
-            return [depth]
+        depth = self._depth_requests(epoch)
+        if depth:
+            return depth
         return self._width_requests(epoch, graph)
 
     def _judge(self, epoch: int) -> None:
         j, tau = self.config.patience, self.config.tau
+        best = max(self.accs[: epoch + 1])
         for u in self.units:
             if u.pending_epoch is None or epoch - u.pending_epoch < j:
                 continue
-            since = self.accs[u.pending_epoch + 1 : epoch + 1]
-            gain = max(since) - (u.pending_before or 0.0)
+            gain = best - (u.pending_before or 0.0)
             u.pending_epoch, u.pending_before = None, None
             if gain < tau:
                 self._stop(
                     epoch,
                     u,
-                    f"val accuracy gained {gain:+.2%} < tau {tau:.2%} in {_epochs(j)} "
-                    "after its last growth",
+                    f"best val accuracy so far gained {gain:+.2%} < tau {tau:.2%} in "
+                    f"{_epochs(j)} after its last growth",
                 )
 
-    def _depth_request(self, epoch: int) -> GrowthRequest | None:
+    def _depth_requests(self, epoch: int) -> list[GrowthRequest]:
         stages = [u for u in self.units if u.kind == "depth"]
         if not stages:
-            return None
+            return []
         k = self.config.interval
         if self.config.mode == "periodic":
             if epoch - self.last_depth < k:
-                return None
+                return []
             reason = "periodic, every epoch" if k == 1 else f"periodic, every {_epochs(k)}"
         else:
             window = self.accs[epoch - k + 1 : epoch + 1]
             prior = self.accs[self.last_step + 1 : epoch - k + 1]
             if epoch - self.last_step < k or not prior:
-                return None
+                return []
             gain = max(window) - max(prior)
             if gain >= self.config.tau:
-                return None
+                return []
             reason = (
                 f"converged: best val accuracy gained {gain:+.2%} < tau "
                 f"{self.config.tau:.2%} in {_epochs(k)}"
             )
+        ready = [u for u in stages if u.active and u.pending_epoch is None]
+        if self.config.growing == "all":
+            return [self._block_request(u, reason) for u in ready]
         for offset in range(len(stages)):
             u = stages[(self.cursor + offset) % len(stages)]
-            if u.active and u.pending_epoch is None:
+            if u in ready:
                 self.cursor = (self.cursor + offset + 1) % len(stages)
-                args = {"stage": u.name, "init": self._block_init()}
-                return GrowthRequest(u.name, "insert_block", args, reason)
-        return None
+                return [self._block_request(u, reason)]
+        return []
+
+    def _block_request(self, u: Unit, reason: str) -> GrowthRequest:
+        args = {"stage": u.name, "init": self._block_init()}
+        return GrowthRequest(u.name, "insert_block", args, reason)
 
     def _width_requests(self, epoch: int, graph: Graph) -> list[GrowthRequest]:
         widen = self.config.widen
@@ -289,7 +298,8 @@ class AutoGrow(Policy):
 
     def grown(self, request: GrowthRequest, epoch: int, graph: Graph) -> None:
         """Record a step that ran: every unit's size (widening a layer may widen another
-        unit of its channel group), and the grown unit's growth awaiting judgement."""
+        unit of its channel group), and the grown unit's growth awaiting judgement
+        against the running maximum of validation accuracy at ``epoch``."""
         for other in self.units:
             if other.kind == "depth":
                 other.size = stage_depth(graph, other.name)
@@ -297,7 +307,7 @@ class AutoGrow(Policy):
                 other.size = unit_width(graph, other.name)
         u = self._unit(request.unit)
         u.steps += 1
-        u.pending_epoch, u.pending_before = epoch, self.accs[epoch]
+        u.pending_epoch, u.pending_before = epoch, max(self.accs[: epoch + 1])
         self.last_step = epoch
         if u.kind == "depth":
             self.last_depth = epoch

@@ -68,14 +68,19 @@ class AdamInitConfig(_Model):
     """AdamInit: after inserting a (Gaussian) block, train it alone with Adam until the
     training loss on a probe batch is back to its value before the step.
 
+    The defaults recover: on MNIST after 2 epochs, a Gaussian block in stage1 came back
+    to the probe loss in 60 steps at lr 0.01, but needed 240 at lr 0.001 (the reference
+    code's rate), where a cap of 100 stopped it at 0.180 against 0.108. The growth line
+    says which happened.
+
     Attributes:
         lr: Adam's learning rate for the new block.
         max_steps: the most Adam steps per new block.
         check_every: steps between two measurements of the probe loss.
     """
 
-    lr: PositiveFloat = 1e-3
-    max_steps: Count = 100
+    lr: PositiveFloat = 1e-2
+    max_steps: Count = 300
     check_every: Count = 10
 
 
@@ -169,8 +174,10 @@ class GrowthConfig(_Model):
             before them by less than ``tau``).
         interval: AutoGrow's K.
         patience: AutoGrow's J: epochs after a unit grew before its growth is judged.
-        tau: a unit stops growing when the best validation accuracy in the ``patience``
-            epochs after it grew beats the accuracy before by less than this.
+        tau: a unit stops growing when the running maximum of validation accuracy rose
+            by less than this in the ``patience`` epochs after it grew.
+        growing: ``round_robin`` (one stage per step, in turn: each stage's gain is its
+            own) or ``all`` (every growing stage at each step; they stop together).
         stages: the stages that grow (default: every stage of the spec).
         max_depth: the most blocks per stage: one number, or per stage (stages not
             listed get the largest).
@@ -197,6 +204,7 @@ class GrowthConfig(_Model):
     interval: Count = 2
     patience: Count = 3
     tau: NonNegativeFloat = 0.005
+    growing: Literal["round_robin", "all"] = "round_robin"
     stages: list[str] | None = None
     max_depth: Count | dict[str, Count] = 4
     init: Literal["zero", "adam", "uniform", "gauss"] = "zero"

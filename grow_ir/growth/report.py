@@ -31,6 +31,21 @@ def describe_architecture(graph: Graph) -> str:
     return f"{'; '.join(parts)} ({arch['params']:,} params)"
 
 
+def adam_outcome(notes: dict[str, Any]) -> str:
+    """What AdamInit did: the steps, and whether the probe loss came back to its value
+    before the step or the step cap stopped it first."""
+    steps = int(notes["adam_steps"])
+    if "adam_loss" not in notes:
+        return f"{steps} Adam steps: no new parameters"
+    loss, target = float(notes["adam_loss"]), float(notes["adam_target_loss"])
+    if loss <= target:
+        return f"{steps} Adam steps: probe loss {loss:.3f} <= {target:.3f} before the step"
+    return (
+        f"stopped at its cap of {steps} Adam steps with the probe loss {loss:.3f} still above "
+        f"{target:.3f} before the step; training goes on from there"
+    )
+
+
 def growth_line(epoch: int, outcome: StepOutcome) -> str:
     """The one line a growth step prints: what grew, how, the new size, and why."""
     req, res = outcome.request, outcome.result
@@ -42,7 +57,7 @@ def growth_line(epoch: int, outcome: StepOutcome) -> str:
         what = f"grew {req.unit}"
         size = f"{depth} blocks"
         if "adam_steps" in outcome.notes:
-            init = f"adam ({outcome.notes['adam_steps']} Adam steps)"
+            init = f"adam ({adam_outcome(outcome.notes)})"
     elif req.pass_name == "widen":
         what = f"widened {req.unit}"
         size = f"width {outcome.args.get('width')}"

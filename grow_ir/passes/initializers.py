@@ -52,7 +52,10 @@ def init_layer(
       (layernorm among them) have no identity.
     - ``zero``: weight and bias zero, so the layer outputs zeros (buffers keep defaults).
     - ``gauss`` / ``uniform``: weight and bias random with variance ``1 / fan_in`` of the
-      weight.
+      weight (Gaussian; uniform on ``±sqrt(3 / fan_in)``), except for a norm layer's
+      per-channel scale and shift (a weight without fan-in: batchnorm, layernorm), where
+      they are AutoGrow's GauInit and UniInit (Wen et al. 2020): gamma and beta from
+      N(0, 1), resp. U(0, 1).
 
     Raises:
         PassError: the scheme is unknown or impossible for this layer, naming the node.
@@ -79,6 +82,7 @@ def init_layer(
             expected="a layer with a weight",
             found=f"{node.op} {node.attr_dict()}",
         )
+    per_channel = params["weight"].dim() == 1
     std = 1.0 / math.sqrt(fan_in(params["weight"].shape))
     for key in affine:
         t = params[key]
@@ -86,6 +90,8 @@ def init_layer(
             params[key] = torch.zeros_like(t)
         elif how == "gauss":
             params[key] = gauss(t, std, gen)
+        elif per_channel:  # UniInit: a positive scale, as the reference code draws it
+            params[key] = torch.nn.init.uniform_(torch.empty_like(t), 0.0, 1.0, generator=gen)
         else:
             params[key] = uniform(t, math.sqrt(3.0) * std, gen)
     return params

@@ -1,8 +1,9 @@
 """The record of a continual-learning run and its summary metrics.
 
 ``history.json`` holds ``tasks`` (per task, in order: its ``choices`` per layer, the
-softmax weights behind them, the ``fork_task`` plan entry that realised them, and the test
-accuracy on every task learned so far) and
+softmax weights behind them, the ``fork_task`` plan entry that realised them, the λ kept
+and every candidate λ's validation accuracy, and the test accuracy on every task learned
+so far) and
 ``final``: ``average_accuracy`` (mean final accuracy over all tasks), ``forgetting``
 (mean over all tasks but the last of best earlier accuracy minus final accuracy, as in
 Chaudhry et al. 2018), ``params`` (the multi-task network), ``separate_params`` (one
@@ -31,6 +32,10 @@ class TaskRecord:
         accuracies: test accuracy of every task learned so far, after this one.
         params: parameters of the multi-task network after this task.
         seconds: wall time spent on this task.
+        penalty: the λ of the size penalty kept (by validation accuracy); None for the
+            first task and for a method without a search.
+        candidates: per candidate λ: ``penalty``, ``choices``, ``val_accuracy``,
+            ``params`` and ``same_as`` (the earlier λ whose choices it repeated).
     """
 
     task: str
@@ -42,6 +47,8 @@ class TaskRecord:
     accuracies: dict[str, float]
     params: int
     seconds: float
+    penalty: float | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
 
     def table(self) -> str:
         """The task's choices as a table (layer, choice, weights) and its accuracies."""
@@ -57,9 +64,19 @@ class TaskRecord:
         ]
         for r in rows:
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if self.candidates:
+            tried = "; ".join(_candidate(c) for c in self.candidates)
+            lines.append(f"  lambda {self.penalty:g} kept by validation accuracy ({tried})")
         acc = " | ".join(f"{t} {a:.1%}" for t, a in self.accuracies.items())
         lines.append(f"  accuracy: {acc}")
         return "\n".join(lines)
+
+
+def _candidate(c: dict[str, Any]) -> str:
+    """One candidate λ for the table: its validation accuracy and parameters."""
+    if c.get("same_as") is not None:
+        return f"{c['penalty']:g}: same choices as {c['same_as']:g}"
+    return f"{c['penalty']:g}: val {c['val_accuracy']:.1%}, {c['params']:,} params"
 
 
 @dataclass

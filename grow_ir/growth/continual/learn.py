@@ -11,6 +11,11 @@ layer resized to the task's classes). Every later task ``T``:
    weights the search trained;
 4. :func:`~grow_ir.growth.continual.training.train_task` trains the tensors ``T`` owns.
 
+Steps 2-4 run once per candidate λ of the size penalty (``ContinualConfig.penalties``);
+the task keeps the candidate with the best accuracy on its validation split (carved from
+its training data, never trained on), the smaller network on a tie. Candidates whose
+search made the same choices as an earlier one are not trained again.
+
 No step changes a tensor another output depends on, so every earlier task's output stays
 bitwise identical and forgetting is exactly zero.
 """
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -54,8 +59,11 @@ class ContinualConfig:
 
     Attributes:
         first: training of the first task (the whole network, from its initialisation).
-        search: the architecture search of every later task.
+        search: the architecture search of every later task (its ``penalty`` is replaced
+            by each of ``penalties``).
         train: training of a later task's own tensors after discretisation.
+        penalties: the candidate λ of the size penalty; each later task searches, trains
+            and scores on its validation split with each, and keeps the best.
         rank: rank of the adapters (lora, serial).
         seed: seed of shuffling and of fresh tensors (heads, adapters).
     """
@@ -63,6 +71,7 @@ class ContinualConfig:
     first: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=30, lr=0.05))
     search: SearchSettings = field(default_factory=SearchSettings)
     train: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=30, lr=0.05))
+    penalties: tuple[float, ...] = (0.1, 0.3, 1.0)
     rank: int = 4
     seed: int = 0
 
@@ -70,12 +79,16 @@ class ContinualConfig:
 @dataclass(frozen=True)
 class TaskOutcome:
     """One learned task: the grown graph, the choice per layer, the softmax weights
-    behind the choices, and the ``fork_task`` plan entry that realised them."""
+    behind the choices, the ``fork_task`` plan entry that realised them, the λ chosen
+    and every candidate λ's record (``penalty``, ``choices``, ``val_accuracy``,
+    ``params``, ``same_as``: the earlier λ with the same choices, not trained again)."""
 
     graph: Graph
     choices: dict[str, str]
     probabilities: dict[str, dict[str, float]]
     plan: dict[str, Any] | None  # the fork_task plan entry; None when no search ran
+    penalty: float | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -133,22 +146,66 @@ def learn_task(
     gen: torch.Generator,
     device: torch.device,
 ) -> TaskOutcome:
-    """Learn ``task`` on top of ``graph`` (forking output ``base``): search, discretise,
-    train.
+    """Learn ``task`` on top of ``graph`` (forking output ``base``): for each candidate λ
+    search, discretise, train; keep the best on the task's validation split.
 
     Guarantees: every output of ``graph`` computes bitwise what it did (its tensors are
-    the same objects); the new output is ``task.name``.
+    the same objects); the new output is ``task.name``; the kept candidate has the
+    highest validation accuracy, and the fewest parameters among those tied.
+
+    Raises:
+        GrowError: no candidate λ, one below 0, or several and no validation samples.
     """
+    penalties = list(config.penalties)
+    if not penalties or any(not p >= 0 for p in penalties):
+        raise GrowError(
+            "bad size penalties",
+            field="penalties",
+            expected="one or more numbers >= 0",
+            found=repr(config.penalties),
+        )
+    d = task.data
+    if len(penalties) > 1 and len(d.y_val) == 0:
+        raise GrowError(
+            "choosing the size penalty needs a validation split",
+            file=task.source,
+            field="x_val",
+            expected=f"validation samples to choose among λ {', '.join(map(str, penalties))}",
+            found="none (give one penalty, or data with a validation split)",
+        )
     supernet = build_supernet(
         graph, task.name, base, task.classes, rank=config.rank, seed=config.seed
     )
-    d = task.data
-    found = search(supernet, d.x_train, d.y_train, config.search, gen=gen, device=device)
-    grown = discretise(graph, supernet, found.graph, found.choices)
-    grown = train_task(grown, task.name, d.x_train, d.y_train, config.train, gen=gen, device=device)
-    return TaskOutcome(
-        grown, found.choices, found.probabilities, fork_plan(supernet, found.choices)
-    )
+    tried: list[tuple[TaskOutcome, float]] = []
+    records: list[dict[str, Any]] = []
+    for penalty in penalties:
+        settings = replace(config.search, penalty=penalty)
+        found = search(supernet, d.x_train, d.y_train, settings, gen=gen, device=device)
+        twin = next((i for i, (o, _) in enumerate(tried) if o.choices == found.choices), None)
+        if twin is not None:
+            records.append({**records[twin], "penalty": penalty, "same_as": penalties[twin]})
+            tried.append(tried[twin])
+            continue
+        grown = discretise(graph, supernet, found.graph, found.choices)
+        grown = train_task(
+            grown, task.name, d.x_train, d.y_train, config.train, gen=gen, device=device
+        )
+        val = evaluate(grown, task.name, d.x_val, d.y_val, device)
+        outcome = TaskOutcome(
+            grown, found.choices, found.probabilities, fork_plan(supernet, found.choices)
+        )
+        tried.append((outcome, val))
+        records.append(
+            {
+                "penalty": penalty,
+                "choices": found.choices,
+                "val_accuracy": val,
+                "params": grown.num_params(),
+                "same_as": None,
+            }
+        )
+    best = max(range(len(tried)), key=lambda i: (tried[i][1], -tried[i][0].graph.num_params(), -i))
+    return replace(tried[best][0], penalty=penalties[best], candidates=records)
 
 
 LaterTask = Callable[..., TaskOutcome]
@@ -208,17 +265,12 @@ def learn_sequence(
                 graph = train_task(
                     graph, task.name, d.x_train, d.y_train, config.first, gen=gen, device=dev
                 )
-                choices = {n.name: "new" for n in trunk_layers(graph, task.name)}
-                probs: dict[str, dict[str, float]] = {}
-                plan = None
+                done = TaskOutcome(
+                    graph, {n.name: "new" for n in trunk_layers(graph, task.name)}, {}, None
+                )
             else:
                 done = later_task(graph, task, tasks[0].name, config, gen=gen, device=dev)
-                graph, choices, probs, plan = (
-                    done.graph,
-                    done.choices,
-                    done.probabilities,
-                    done.plan,
-                )
+                graph = done.graph
             accuracies = {
                 t.name: evaluate(graph, t.name, t.data.x_test, t.data.y_test, dev)
                 for t in tasks[: i + 1]
@@ -227,12 +279,14 @@ def learn_sequence(
                 task=task.name,
                 source=task.source,
                 classes=task.classes,
-                choices=choices,
-                probabilities=probs,
-                plan=plan,
+                choices=done.choices,
+                probabilities=done.probabilities,
+                plan=done.plan,
                 accuracies=accuracies,
                 params=graph.num_params(),
                 seconds=time.perf_counter() - start,
+                penalty=done.penalty,
+                candidates=done.candidates,
             )
             history.add(record)
             if log is not None:
