@@ -86,12 +86,18 @@ def _with_mask(
     had_mask = key_m in graph.params
     masked = n.replace(attrs=n.attrs.model_copy(update={"masked": True}))
     new = replace_nodes(graph, {n.name: masked}, params={key_w: weight, key_m: mask})
-    changed = weight != graph.params[key_w]
-    origins = {
-        key_w: Origin(key_w, fresh=changed if bool(changed.any()) else None),
-        key_m: Origin(key_m if had_mask else None),
-    }
+    origins = {key_w: _kept_where_equal(key_w, weight, graph.params[key_w])}
+    if had_mask:  # a mask entry that moved is new, like a weight entry that did
+        origins[key_m] = _kept_where_equal(key_m, mask, graph.params[key_m])
+    else:
+        origins[key_m] = Origin(None)
     return new, origins
+
+
+def _kept_where_equal(key: str, new: torch.Tensor, old: torch.Tensor) -> Origin:
+    """``key`` copied from itself, the entries where ``new`` differs from ``old`` fresh."""
+    changed = new != old
+    return Origin(key, fresh=changed if bool(changed.any()) else None)
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
