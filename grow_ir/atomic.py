@@ -104,7 +104,8 @@ def clean_leftovers(target: Path) -> list[Path]:
 
     Guarantees: a directory is removed only when its name matches
     :func:`temp_name_pattern`, it is a real directory (not a link), no live process holds
-    its lock, and it is empty or its manifest is grow-ir's and lists every entry in it;
+    its lock, and it is empty, holds only a (possibly half-written) manifest, or its
+    manifest is grow-ir's and lists every entry in it;
     each removal is logged as a warning. Returns the paths removed.
     """
     if fcntl is None or not target.parent.is_dir():
@@ -123,7 +124,9 @@ def _abandoned(path: Path) -> bool:
     """Whether ``path`` is grow-ir's (empty, or every entry listed) and its writer is gone."""
     entries = [entry.name for entry in path.iterdir()]
     owned = owned_names(path)
-    if entries and (owned is None or any(name not in owned for name in entries)):
+    # a manifest alone is ours even when unreadable: a kill while it was being written
+    only_manifest = entries == [MANIFEST]
+    if entries and not only_manifest and (owned is None or any(n not in owned for n in entries)):
         return False
     try:
         fd = os.open(path, os.O_RDONLY)

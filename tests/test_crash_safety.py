@@ -89,6 +89,17 @@ def test_a_live_writers_directory_is_left_alone(tmp_path):
         assert tmp.is_dir()
 
 
+@pytest.mark.parametrize("manifest", [b"", b'{"written_by": "gro'])
+def test_a_writer_killed_while_writing_its_manifest_is_cleaned(tmp_path, manifest):
+    out = tmp_path / "out"
+    left = killed_writer(out, "spec.yaml")
+    for entry in left.iterdir():
+        entry.unlink()
+    (left / MANIFEST).write_bytes(manifest)  # the kill came mid-write
+    assert atomic.clean_leftovers(out) == [left]
+    assert not left.exists()
+
+
 @pytest.mark.parametrize("case", ["no manifest", "a foreign file", "not ours", "a symlink"])
 def test_look_alikes_that_grow_ir_did_not_write_are_kept(tmp_path, case):
     out = tmp_path / "out"
