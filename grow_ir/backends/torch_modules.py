@@ -124,44 +124,36 @@ class Mix(nn.Module):
         return f"num_choices={self.alpha.shape[0]}"
 
 
-class MaskedLinear(nn.Linear):
-    """``nn.Linear`` computing with ``weight * weight_mask`` (connection pruning).
+class _WeightMask:
+    """Adds the ``weight_mask`` buffer (all ones at first) to an ``nn.Linear``/``nn.ConvNd``
+    it is mixed into. The buffer is in ``state_dict`` and not trained: masked connections
+    get no gradient, and their weights are ignored whatever an optimizer does to them."""
 
-    ``weight_mask`` is a buffer (in ``state_dict``, not trained): masked connections get
-    no gradient, and their weights are ignored whatever an optimizer does to them.
-    """
-
+    weight: torch.Tensor
     weight_mask: torch.Tensor
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.register_buffer("weight_mask", torch.ones_like(self.weight))
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.register_buffer("weight_mask", torch.ones_like(self.weight))  # type: ignore[attr-defined]
+
+
+class MaskedLinear(_WeightMask, nn.Linear):
+    """``nn.Linear`` computing with ``weight * weight_mask`` (connection pruning)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight * self.weight_mask, self.bias)
 
 
-class MaskedConv1d(nn.Conv1d):
+class _MaskedConv(_WeightMask):
+    """A convolution computing with ``weight * weight_mask``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.weight_mask, self.bias)  # type: ignore[attr-defined]
+
+
+class MaskedConv1d(_MaskedConv, nn.Conv1d):
     """``nn.Conv1d`` computing with ``weight * weight_mask`` (see :class:`MaskedLinear`)."""
 
-    weight_mask: torch.Tensor
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.register_buffer("weight_mask", torch.ones_like(self.weight))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight * self.weight_mask, self.bias)
-
-
-class MaskedConv2d(nn.Conv2d):
+class MaskedConv2d(_MaskedConv, nn.Conv2d):
     """``nn.Conv2d`` computing with ``weight * weight_mask`` (see :class:`MaskedLinear`)."""
-
-    weight_mask: torch.Tensor
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.register_buffer("weight_mask", torch.ones_like(self.weight))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight * self.weight_mask, self.bias)
