@@ -50,9 +50,11 @@ def init_layer(
       outputs as inputs, stride 1, groups 1 and padding ``dilation * (k - 1) / 2``, and for
       batchnorm gamma = sqrt(running_var + eps), beta = running_mean. Other layers
       (layernorm among them) have no identity.
-    - ``zero``: weight and bias zero, so the layer outputs zeros (buffers keep defaults).
-    - ``gauss`` / ``uniform``: weight and bias random with variance ``1 / fan_in`` of the
-      weight.
+    - ``zero``: the parameters that make the output (``OpFacts.zeroable``: weight and
+      bias, attention's ``out_proj``) zero, so the layer outputs zeros; the others keep
+      their defaults.
+    - ``gauss`` / ``uniform``: those parameters random with variance ``1 / fan_in`` of
+      the first (the weight).
 
     Raises:
         PassError: the scheme is unknown or impossible for this layer, naming the node.
@@ -70,8 +72,10 @@ def init_layer(
             expected=f"one of {', '.join(LAYER_INITS)}",
             found=repr(how),
         )
-    affine = [k for k in ("weight", "bias") if k in params]
-    if "weight" not in affine:
+    # The parameters that make the output (OpFacts.zeroable: weight and bias, attention's
+    # out_proj); the first is the weight whose fan-in sets the random scale.
+    affine = [k for k in node.opdef.facts.zeroable if k in params]
+    if not affine or params[affine[0]].dim() < 1:
         raise PassError(
             f"a {node.op} without weights cannot take init '{how}'",
             node=node.name,
@@ -79,7 +83,7 @@ def init_layer(
             expected="a layer with a weight",
             found=f"{node.op} {node.attr_dict()}",
         )
-    std = 1.0 / math.sqrt(fan_in(params["weight"].shape))
+    std = 1.0 / math.sqrt(fan_in(params[affine[0]].shape))
     for key in affine:
         t = params[key]
         if how == "zero":
