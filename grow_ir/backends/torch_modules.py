@@ -78,7 +78,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend over ``x`` of shape ``[N, L, E]``; returns ``[N, L, E]``."""
-        n, length, e = x.shape
+        n, length = x.shape[:2]
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         # [N, L, 3E] -> three [N, heads, L, head_dim] views
         q, k, v = qkv.view(n, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
