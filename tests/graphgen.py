@@ -392,28 +392,6 @@ TEMPLATES: dict[str, tuple[str, dict[str, Any], bool]] = {
         },
         True,
     ),
-    "attention_half": (
-        "seq",
-        {
-            "nodes": [
-                _t("ln", "layernorm", ["input"]),
-                _t("attn", "attention", num_heads="$heads"),
-                _t("sum", "add", ["attn", "input"]),
-            ]
-        },
-        True,
-    ),
-    "post_norm": (
-        "seq",
-        {
-            "nodes": [
-                _t("attn", "attention", ["input"], num_heads="$heads"),
-                _t("res", "add", ["input", "attn"]),
-                _t("ln", "layernorm"),
-            ]
-        },
-        False,
-    ),
 }
 """Block templates by name: the kind of value they take, the template, and whether
 ``insert_block`` with zero init keeps the function (a chain of residual adds back to the

@@ -198,8 +198,9 @@ def insert_layer(
 # ---- insert_block ----------------------------------------------------------------------
 
 
-def _stage(graph: Graph, stage: str) -> tuple[Mapping[str, Any], Mapping[str, Any], int]:
-    """The stage's entry, its block template and its depth, validated."""
+def stage_of(graph: Graph, stage: str) -> tuple[Mapping[str, Any], Mapping[str, Any], int]:
+    """The stage's entry, its block template (with its ``output``) and its depth,
+    validated; PassError naming the field otherwise."""
     if stage not in graph.stages:
         near = difflib.get_close_matches(str(stage), list(graph.stages), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
@@ -334,9 +335,7 @@ def _through_identities(nodes: Mapping[str, Node], value: str) -> str:
     return value
 
 
-def _residual_chain(
-    nodes: Mapping[str, Node], value: str, block_in: str
-) -> tuple[list[Node], str]:
+def _residual_chain(nodes: Mapping[str, Node], value: str, block_in: str) -> tuple[list[Node], str]:
     """The layers whose zeroing makes ``value`` equal ``block_in``, and why there are none
     (empty when there are).
 
@@ -365,13 +364,11 @@ def _residual_chain(
     trunk, layers = trunks[0]
     ends = [_last_layer(nodes, i) for i in node.inputs if i != trunk]
     if any(e is None for e in ends):
-        return [], (
-            f"a residual branch into '{value}' does not end in a layer that can be zeroed"
-        )
+        return [], (f"a residual branch into '{value}' does not end in a layer that can be zeroed")
     return layers + [e for e in ends if e is not None], ""
 
 
-def _branch_ends(
+def branch_ends(
     graph: Graph, nodes: Mapping[str, Node], block_in: str, block_out: str
 ) -> tuple[list[Node], str]:
     """The layers whose zeroing makes the block compute its input, and why that would not be
@@ -432,10 +429,10 @@ def insert_block(
             block, an unset template parameter, or a block that would change the type.
     """
     check_choice(init, BLOCK_INITS, "init")
-    entry, template, depth = _stage(graph, stage)
+    entry, template, depth = stage_of(graph, stage)
     adds, prev_out, new_out = _instantiate(graph, stage, entry, template, depth)
     nodes = {n.name: n for n in adds.nodes}
-    ends, why = _branch_ends(graph, nodes, prev_out, new_out)
+    ends, why = branch_ends(graph, nodes, prev_out, new_out)
     gen = seeded(seed)
     last_layers = {e.name for e in ends}
     for node in adds.nodes:

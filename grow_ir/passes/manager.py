@@ -68,19 +68,29 @@ class Instrument:
 
 
 def output_error(
-    old: Graph, new: Graph, same_as: Mapping[str, str], *, batch: int = 3, seed: int = 0
+    old: Graph,
+    new: Graph,
+    same_as: Mapping[str, str],
+    *,
+    batch: int = 3,
+    seed: int = 0,
+    grown: Mapping[str, tuple[int, int]] | None = None,
 ) -> float:
     """The largest relative error between matching outputs of two graphs on random probes.
 
-    Both graphs run in eval mode on the same inputs; each old output is compared with the
-    new output of the same name, and each ``same_as`` pair likewise. The error of a pair
-    is ``max|y_new - y_old| / max(1, max|y_old|)``.
+    Both graphs run in eval mode on the same inputs (indices valid for both); each old
+    output is compared with the new output of the same name, and each ``same_as`` pair
+    likewise; an output in ``grown`` (``{output: (axis, old size)}``) is compared on its
+    first ``old size`` entries along ``axis``. The error of a pair is
+    ``max|y_new - y_old| / max(1, max|y_old|)``.
     """
     from grow_ir.backends.torch import to_torch
 
     pairs = {o: o for o in old.outputs if o in new.outputs}
     pairs.update(same_as)
     inputs = random_inputs(new, batch=batch, seed=seed)
+    # the old graph's inputs drawn again within its own index bounds (a grown vocabulary)
+    inputs.update(random_inputs(old, batch=batch, seed=seed))
     old_m, new_m = to_torch(old).eval(), to_torch(new).eval()
     with torch.no_grad():
         y_old = _as_dict(old_m(**{k: inputs[k] for k in old.inputs}), old)
@@ -88,6 +98,9 @@ def output_error(
     worst = 0.0
     for new_out, old_out in pairs.items():
         a, b = y_new[new_out].double(), y_old[old_out].double()
+        if grown and new_out in grown:
+            axis, size = grown[new_out]
+            a = a.narrow(axis, 0, size) if a.dim() > axis and a.shape[axis] >= size else a
         if a.shape != b.shape:
             return float("inf")
         scale = max(1.0, b.abs().max().item()) if b.numel() else 1.0
@@ -109,7 +122,10 @@ class CheckPreservation(Instrument):
     def after(self, step: int, record: Step, before: Graph) -> None:
         same_as = record.result.same_as
         err = max(
-            output_error(before, record.result.graph, same_as, batch=b, seed=step) for b in (1, 4)
+            output_error(
+                before, record.result.graph, same_as, batch=b, seed=step, grown=record.result.grown
+            )
+            for b in (1, 4)
         )
         record.max_error = err
         if record.result.preserved and not err <= self.tol:

@@ -12,6 +12,7 @@ from grow_ir.ir.ops.base import (
     Channels,
     OpDef,
     ParamSpec,
+    ThroughRule,
     empty,
     fail,
     known,
@@ -107,8 +108,13 @@ ATTENTION = register(
         infer=_attention_infer,
         params=_attention_params,
         init=_attention_init,
-        channels=Channels.OPAQUE,
+        channels=Channels.THROUGH,
         channel_axis=lambda a, ins: 2,
+        through=ThroughRule(
+            reads=("in_proj_weight",),
+            writes=("out_proj.weight", "out_proj.bias"),
+            pin=lambda a, ins: {"head_dim": head_dim(a, ins)},
+        ),
         doc="torch.nn.MultiheadAttention self-attention, batch first, optional causal mask",
         facts=OpFacts(
             width_attr=None,
