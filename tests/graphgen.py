@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from grow_ir.ir.graph import Graph
 from grow_ir.passes.channels import channel_group, widenable
+from grow_ir.passes.heads import head_ops
 from grow_ir.passes.prune import prunable
 from grow_ir.probes import randomize_norms
 from grow_ir.spec import load_spec
@@ -518,7 +519,7 @@ def _widen(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
                 }
             )
 
-        return st.sampled_from(["net2net", "net2net", "zero"]).flatmap(with_init)
+        return st.sampled_from(["net2net", "net2net", "zero", "lemon"]).flatmap(with_init)
 
     return st.sampled_from(candidates).flatmap(args)
 
@@ -646,6 +647,72 @@ def _fork_task(graph: Graph) -> st.SearchStrategy[dict[str, Any]]:
     return st.sampled_from(sorted(graph.outputs)).flatmap(args)
 
 
+def _attention_nodes(graph: Graph) -> list[str]:
+    return [n.name for n in graph.nodes if n.op in head_ops()]
+
+
+def _add_heads(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
+    nodes = _attention_nodes(graph)
+    if not nodes:
+        return None
+    return st.sampled_from(nodes).flatmap(
+        lambda n: st.fixed_dictionaries(
+            {
+                "node": st.just(n),
+                "heads": st.integers(1, 3).map(lambda k: graph.node(n).attrs.num_heads + k),
+                "seed": st.integers(0, 9),
+            }
+        )
+    )
+
+
+def _grow_head_dim(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
+    nodes = _attention_nodes(graph)
+    if not nodes:
+        return None
+
+    def args(n: str) -> st.SearchStrategy[dict[str, Any]]:
+        node = graph.node(n)
+        hd = node.attrs.head_dim or graph.types[n].shape[-1] // node.attrs.num_heads
+        return st.fixed_dictionaries(
+            {"node": st.just(n), "head_dim": st.integers(hd + 1, 2 * hd + 1)}
+        )
+
+    return st.sampled_from(nodes).flatmap(args)
+
+
+def _grow_vocab(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
+    tables = [n.name for n in graph.nodes if n.opdef.facts.index_bound is not None]
+    if not tables:
+        return None
+
+    def args(n: str) -> st.SearchStrategy[dict[str, Any]]:
+        old = graph.node(n).attrs.num_embeddings
+        return st.fixed_dictionaries({"node": st.just(n), "size": st.integers(old + 1, 2 * old)})
+
+    return st.sampled_from(tables).flatmap(args)
+
+
+def _stack_blocks(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
+    if not graph.stages:
+        return None
+
+    def args(stage: str) -> st.SearchStrategy[dict[str, Any]]:
+        depth = graph.stages[stage]["depth"]
+        return st.integers(0, depth - 1).flatmap(
+            lambda start: st.fixed_dictionaries(
+                {
+                    "stage": st.just(stage),
+                    "start": st.just(start),
+                    "stop": st.integers(start + 1, depth),
+                    "mode": st.sampled_from(["stack", "interpolate"]),
+                }
+            )
+        )
+
+    return st.sampled_from(sorted(graph.stages)).flatmap(args)
+
+
 PASS_ARGUMENTS: dict[str, Callable[[Graph], st.SearchStrategy[dict[str, Any]] | None]] = {
     "widen": _widen,
     "insert_layer": _insert_layer,
@@ -653,6 +720,10 @@ PASS_ARGUMENTS: dict[str, Callable[[Graph], st.SearchStrategy[dict[str, Any]] | 
     "add_adapter": _add_adapter,
     "fork_task": _fork_task,
     "prune": _prune,
+    "add_heads": _add_heads,
+    "grow_head_dim": _grow_head_dim,
+    "grow_vocab": _grow_vocab,
+    "stack_blocks": _stack_blocks,
 }
 
 

@@ -377,4 +377,8 @@ def make_policy(config: GrowthConfig, graph: Graph) -> Policy:
     """The policy named by ``config.policy`` for ``graph``."""
     if config.policy == "none":
         return NoGrowth()
+    if config.policy == "schedule":
+        from grow_ir.growth.scheduled import Scheduled  # it imports this module
+
+        return Scheduled(config, graph)
     return AutoGrow(config, graph)

@@ -49,6 +49,7 @@ def stack_blocks(
     start: int = 0,
     stop: int | None = None,
     mode: str = "stack",
+    seed: int = 0,
 ) -> PassResult:
     """Copy blocks ``start`` to ``stop - 1`` (default: all) of ``stage``.
 
@@ -58,6 +59,8 @@ def stack_blocks(
     preserved exactly when every block of the range is a chain of residual adds whose
     branches end in zeroable layers (a pre-norm transformer block, a ResNet block without a
     final non-identity activation), otherwise reported as not preserving with the reason.
+
+    ``seed`` is accepted like every growth pass's and unused: nothing here is random.
 
     Guarantees: the input graph is untouched; the stage's depth grows by ``stop - start``;
     every parameter of a renumbered block records its old name, every copied one its source.
