@@ -371,3 +371,18 @@ def test_interpolating_a_post_norm_stage_is_reported_not_exact() -> None:
 def test_stack_refusals(kwargs: dict, match: str) -> None:
     with pytest.raises(PassError, match=match):
         passes.stack_blocks(MODELS["gpt2"], **kwargs)
+
+
+def test_a_grown_transformer_imports_back_from_its_torch_module() -> None:
+    import grow_ir as gi
+
+    g = run("widen", MODELS["gpt2"], node="wte", width=20, init="lemon").graph
+    g = run("add_heads", g, node="h.block0.attn", heads=3).graph
+    module = to_torch(g).eval()
+    inputs = random_inputs(g, batch=2, seq=5, seed=4)
+    back = gi.from_torch(module, [inputs[k] for k in g.inputs], names=list(g.inputs))
+    attn = next(n for n in back.nodes if n.op == "attention" and n.attrs.num_heads == 3)
+    assert attn.attrs.head_dim == 8
+    with torch.no_grad():
+        got = to_torch(back).eval()(**inputs)
+        assert torch.allclose(got, module(**inputs), atol=1e-5)
