@@ -240,3 +240,17 @@ def test_bad_schedules_exit_2(
     spec = write_spec(tmp_path, lm_spec(str(text_file), **growth))
     assert main(["train", str(spec), "-o", str(tmp_path / "run"), "--quiet"]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_the_gpt_bytes_example_schedule_is_exact_step_by_step() -> None:
+    from grow_ir.growth.autogrow import make_policy
+    from grow_ir.passes import apply_plan
+    from grow_ir.spec import example_path
+
+    graph = load_spec(example_path("gpt_bytes"))
+    config = growth_config(graph.growth)
+    assert type(make_policy(config, graph)).__name__ == "Scheduled"
+    plan = [{"pass": s.pass_name, **s.arguments()} for s in config.schedule or []]
+    grown = apply_plan(graph, plan, check=True)  # every step measured within 1e-5
+    assert grown.stages["h"]["depth"] == 4 and grown.node("wte").attrs.embedding_dim == 64
+    assert {n.attrs.num_heads for n in grown.nodes if n.op == "attention"} == {8}

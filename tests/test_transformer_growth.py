@@ -386,3 +386,13 @@ def test_a_grown_transformer_imports_back_from_its_torch_module() -> None:
     with torch.no_grad():
         got = to_torch(back).eval()(**inputs)
         assert torch.allclose(got, module(**inputs), atol=1e-5)
+
+
+def test_interpolating_relu_blocks_is_exact_where_their_input_is_non_negative() -> None:
+    from tests.tiny_specs import TINY_SPIRALS
+
+    spec = {**TINY_SPIRALS, "nodes": [dict(n) for n in TINY_SPIRALS["nodes"]]}
+    spec["nodes"][2]["depth"] = 2
+    g = randomized(load_spec(spec))
+    result = run("stack_blocks", g, stage="stage1", mode="interpolate")
+    assert result.preserved  # relu(x + 0) = x: every block's input is a relu output

@@ -6,7 +6,10 @@ Here each step of ``growth.schedule`` is a plan entry with an epoch,
 ``{epoch: 3, pass: widen, node: wte, width: 128, init: lemon}``; after that epoch the
 trainer runs it like any growth step (optimizer state carried by the pass's origins, the
 step in the history and the checkpoint). A step the pass refuses is logged with the
-pass's reason and skipped; the graph is unchanged.
+pass's reason and skipped; the graph is unchanged. The learning-rate tail starts at the
+growth deadline (``epochs - tail_epochs``), as for a run without growth, so that a
+scheduled run and the final architecture trained from scratch share one learning-rate
+schedule.
 """
 
 from __future__ import annotations
@@ -45,12 +48,15 @@ class Scheduled(Policy):
                     f"tail_epochs {config.tail_epochs})",
                     found=str(step.epoch),
                 )
+        self.deadline = last
+        self.seen = 0  # epochs observed
         self.next = 0
         self.status: list[str] = ["pending"] * len(self.steps)
         self._stops: list[Stop] = []
 
     def observe(self, epoch: int, val_accuracy: float, graph: Graph) -> list[GrowthRequest]:
         """The steps scheduled after epoch ``epoch + 1`` (1-based), each once."""
+        self.seen = epoch + 1
         out = []
         while self.next < len(self.steps) and self.steps[self.next].epoch <= epoch + 1:
             i = self.next
@@ -77,8 +83,8 @@ class Scheduled(Policy):
 
     @property
     def growing(self) -> bool:
-        """Whether steps remain."""
-        return self.next < len(self.steps)
+        """Until the growth deadline (the tail starts there, as without growth)."""
+        return self.seen < self.deadline
 
     def drain_stops(self) -> list[Stop]:
         """Steps refused since the last call."""
@@ -99,15 +105,15 @@ class Scheduled(Policy):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """The next step and every step's status."""
-        return {"next": self.next, "status": list(self.status)}
+        """The next step, the epochs seen and every step's status."""
+        return {"next": self.next, "seen": self.seen, "status": list(self.status)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output."""
         status = list(state["status"])
         if len(status) != len(self.steps) or not 0 <= int(state["next"]) <= len(self.steps):
             raise ValueError("the schedule's state does not match its steps")
-        self.next, self.status = int(state["next"]), status
+        self.next, self.seen, self.status = int(state["next"]), int(state["seen"]), status
 
 
 def _index(request: GrowthRequest) -> int:

@@ -369,7 +369,12 @@ def _residual_chain(nodes: Mapping[str, Node], value: str, block_in: str) -> tup
 
 
 def branch_ends(
-    graph: Graph, nodes: Mapping[str, Node], block_in: str, block_out: str
+    graph: Graph,
+    nodes: Mapping[str, Node],
+    block_in: str,
+    block_out: str,
+    *,
+    proven: str | None = None,
 ) -> tuple[list[Node], str]:
     """The layers whose zeroing makes the block compute its input, and why that would not be
     exact (empty when it would be).
@@ -378,7 +383,8 @@ def branch_ends(
     block's input (see :func:`_residual_chain`), each branch ending in a layer that can be
     zeroed (``OpFacts.zeroable``: linear, conv, norms, attention's output projection)
     followed only by zero-keeping ops; ``act`` must be absent, identity, dropout, or relu on
-    a value proven non-negative.
+    a value proven non-negative (``proven``: the name of the block's input in ``graph``,
+    when the block reads it under another name).
     """
     out = nodes[block_out]
     act = None
@@ -397,7 +403,7 @@ def branch_ends(
         return fallback, "the block has no residual branch to zero"
     if act is None or act.opdef.facts.eval_identity:
         return layers, ""
-    if act.opdef.facts.identity_on_nonnegative and is_nonnegative(graph, block_in):
+    if act.opdef.facts.identity_on_nonnegative and is_nonnegative(graph, proven or block_in):
         return layers, ""
     return layers, (
         f"the block ends in {act.op}, which is not the identity on its input '{block_in}'"

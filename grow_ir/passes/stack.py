@@ -116,7 +116,8 @@ def stack_blocks(
         zero: set[str] = set()
         if copy and mode == "interpolate":
             by_name = {n.name: n for n in made}
-            ends, why = branch_ends(graph, by_name, prev, new_scope + out_local)
+            old_out_i = f"{stage}.block{i}.{out_local}"  # what the copy reads, in graph
+            ends, why = branch_ends(graph, by_name, prev, new_scope + out_local, proven=old_out_i)
             why_not = why_not or why
             zero = {e.name for e in ends}
             zeroed += sorted(zero)

@@ -27,13 +27,9 @@ from grow_ir.ir.types import TensorType
 
 
 class AttentionAttrs(Attrs):
-    """Self-attention on ``[N, L, E]``; ``causal`` masks future positions.
-
-    ``head_dim`` sets each head's size; by default ``E / num_heads`` (as
-    ``nn.MultiheadAttention``). The heads together are ``num_heads * head_dim`` wide, which
-    may differ from ``E`` (the in-projection is ``[3 * inner, E]``, the out-projection
-    ``[E, inner]``): so heads and the model width can grow apart.
-    """
+    """Self-attention on ``[N, L, E]``; ``causal`` masks future positions; ``head_dim``
+    sets each head's size (default ``E / num_heads``), so the heads (``num_heads *
+    head_dim`` wide) and the model width ``E`` can grow apart."""
 
     num_heads: PositiveInt
     head_dim: PositiveInt | None = None
