@@ -396,3 +396,57 @@ def test_interpolating_relu_blocks_is_exact_where_their_input_is_non_negative() 
     g = randomized(load_spec(spec))
     result = run("stack_blocks", g, stage="stage1", mode="interpolate")
     assert result.preserved  # relu(x + 0) = x: every block's input is a relu output
+
+
+# ---- a transformer nobody here wrote: PyTorch's own encoder layers, imported -------------
+
+
+class _TorchLM(torch.nn.Module):
+    """A pre-norm language model of ``nn.TransformerEncoderLayer`` s (PyTorch's code)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wte = torch.nn.Embedding(64, 32)
+        layer = torch.nn.TransformerEncoderLayer(
+            32, 4, 64, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.ln = torch.nn.LayerNorm(32)
+        self.head = torch.nn.Linear(32, 64)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.ln(self.blocks(self.wte(tokens))))
+
+
+@pytest.fixture(scope="module")
+def imported() -> Graph:
+    import grow_ir as gi
+
+    torch.manual_seed(0)
+    module = _TorchLM().eval()
+    return randomized(gi.from_torch(module, [torch.randint(0, 64, (2, 8))]), seed=2)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("widen", {"node": "wte", "width": 64, "init": "net2net"}),
+        ("widen", {"node": "wte", "width": 45, "init": "lemon"}),
+        ("widen", {"node": "blocks.layers.1.linear1", "width": 80, "init": "lemon"}),
+        ("add_heads", {"node": "blocks.layers.0.self_attn", "heads": 6}),
+        ("grow_head_dim", {"node": "blocks.layers.1.self_attn", "head_dim": 12}),
+        ("grow_vocab", {"node": "wte", "size": 80}),
+    ],
+)
+def test_passes_on_an_imported_pytorch_transformer(
+    imported: Graph, name: str, kwargs: dict
+) -> None:
+    result = run(name, imported, **kwargs)
+    assert result.preserved
+    g = result.graph
+    inputs = random_inputs(g, batch=2, seq=6, seed=3)
+    with torch.no_grad():
+        want = to_torch(g).eval()(**inputs).numpy()
+    session = ort.InferenceSession(to_onnx(g).SerializeToString())
+    got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    assert np.abs(got - want).max() <= TOL * max(1.0, float(np.abs(want).max()))
