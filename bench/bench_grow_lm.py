@@ -1,7 +1,7 @@
 """A small GPT grown while it trains vs the final architecture trained from scratch: validation
 loss against training compute (FLOPs) and wall time, on the same tokens.
 
-    python bench/bench_grow_lm.py [--chars 60000] [--epochs 10] [--seq-len 32] [--threads 2]
+    python bench/bench_grow_lm.py [--chars 48000] [--epochs 12] [--seq-len 32] [--threads 1]
 
 Data: the first ``--chars`` characters of the embedded ``pydoc`` corpus (CPython's
 documentation topics), bytes as tokens. Every run sees the same windows in the same order
@@ -169,6 +169,17 @@ def reach(curve: Curve, target: float) -> float | None:
     return None
 
 
+def loss_at(curve: Curve, flops: float) -> float:
+    """``curve``'s validation loss at ``flops`` of compute (interpolated; its last value
+    past its end)."""
+    prev_f, prev_l = 0.0, curve.val_loss[0]
+    for f, loss in zip(curve.flops, curve.val_loss):
+        if f >= flops:
+            return prev_l + (loss - prev_l) * (flops - prev_f) / (f - prev_f)
+        prev_f, prev_l = f, loss
+    return curve.val_loss[-1]
+
+
 def plot(curves: list[Curve], path: Path) -> None:
     import matplotlib
 
@@ -192,10 +203,10 @@ def plot(curves: list[Curve], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--chars", type=int, default=60_000)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--chars", type=int, default=48_000)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seq-len", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "grow_lm.png")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -212,14 +223,15 @@ def main() -> None:
     target = scratch.val_loss[-1]
     print(
         f"\n{'run':28} {'final val loss':>14} {'FLOPs':>8} {'wall':>8} "
-        f"{'FLOPs to reach scratch final loss':>34}"
+        f"{'FLOPs to reach scratch final loss':>34} {'scratch loss at same FLOPs':>27}"
     )
     for c in curves:
         at = reach(c, target)
         reached = f"{at / scratch.flops[-1]:.0%} of scratch" if at is not None else "not reached"
         print(
             f"{c.name:28} {c.val_loss[-1]:14.4f} {c.flops[-1] / scratch.flops[-1]:7.0%} "
-            f"{c.seconds[-1] / scratch.seconds[-1]:7.0%}  {reached:>33}"
+            f"{c.seconds[-1] / scratch.seconds[-1]:7.0%}  {reached:>33} "
+            f"{loss_at(scratch, c.flops[-1]):27.4f}"
         )
     plot(curves, args.plot)
     print(f"\nplot: {args.plot}")
