@@ -116,7 +116,7 @@ class ScheduleStep(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
-    epoch: PositiveInt
+    epoch: Count
     pass_name: str = Field(alias="pass")
 
     def arguments(self) -> dict[str, Any]:
@@ -168,7 +168,7 @@ class GrowthConfig(_Model):
     data: str | None = None
     policy: Literal["autogrow", "schedule", "none"] = "autogrow"
     schedule: list[ScheduleStep] | None = None
-    seq_len: PositiveInt = 64
+    seq_len: Count = 64
     mode: Literal["periodic", "convergent"] = "periodic"
     interval: Count = 2
     patience: Count = 3

@@ -20,6 +20,7 @@ from grow_ir.errors import PassError
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.ops import OPS
 from grow_ir.ir.ops.attention import head_dim as current_head_dim
+from grow_ir.passes.args import Count, NodeName, Seed
 from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.initializers import init_layer
 from grow_ir.passes.rewrite import node_of_kind, replace_nodes, seeded
@@ -102,7 +103,7 @@ def _larger(value: object, old: int, field: str, node: str) -> int:
 
 
 @register_pass("add_heads")
-def add_heads(graph: Graph, node: str, heads: int, seed: int = 0) -> PassResult:
+def add_heads(graph: Graph, node: NodeName, heads: Count, seed: Seed = 0) -> PassResult:
     """Give attention ``node`` ``heads`` heads (more than now) of the same size.
 
     The new heads' q, k, v rows get the op's initialisation (from a generator seeded with
@@ -122,7 +123,7 @@ def add_heads(graph: Graph, node: str, heads: int, seed: int = 0) -> PassResult:
 
 
 @register_pass("grow_head_dim")
-def grow_head_dim(graph: Graph, node: str, head_dim: int, seed: int = 0) -> PassResult:
+def grow_head_dim(graph: Graph, node: NodeName, head_dim: Count, seed: Seed = 0) -> PassResult:
     """Make every head of attention ``node`` ``head_dim`` wide (more than now).
 
     Exact: the new query dims are zero (so ``q·k`` is unchanged), the old query rows are

@@ -18,6 +18,7 @@ import torch
 
 from grow_ir.errors import PassError
 from grow_ir.ir.graph import Graph, Node
+from grow_ir.passes.args import Choice, Seed, StageName
 from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.insert import branch_ends, stage_of
 from grow_ir.passes.rewrite import check_choice
@@ -45,11 +46,11 @@ def _check_range(start: object, stop: object, depth: int) -> tuple[int, int]:
 @register_pass("stack_blocks")
 def stack_blocks(
     graph: Graph,
-    stage: str,
+    stage: StageName,
     start: int = 0,
     stop: int | None = None,
-    mode: str = "stack",
-    seed: int = 0,
+    mode: Choice = "stack",
+    seed: Seed = 0,
 ) -> PassResult:
     """Copy blocks ``start`` to ``stop - 1`` (default: all) of ``stage``.
 

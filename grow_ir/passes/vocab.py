@@ -14,6 +14,7 @@ import torch
 from grow_ir.errors import PassError
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.ops import OPS
+from grow_ir.passes.args import Count, NodeName, Seed
 from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.initializers import init_layer
 from grow_ir.passes.rewrite import node_of_kind, replace_nodes, seeded
@@ -59,7 +60,7 @@ def _grow_rows(
 
 
 @register_pass("grow_vocab")
-def grow_vocab(graph: Graph, node: str, size: int, seed: int = 0) -> PassResult:
+def grow_vocab(graph: Graph, node: NodeName, size: Count, seed: Seed = 0) -> PassResult:
     """Grow the vocabulary of embedding ``node`` to ``size`` tokens, and with it every output
     head whose width is the old vocabulary (a linear making a graph output).
 
