@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from grow_ir.ir.graph import Graph
 from grow_ir.passes.channels import channel_group, widenable
+from grow_ir.passes.heads import head_ops
 from grow_ir.passes.prune import prunable
 from grow_ir.probes import randomize_norms
 from grow_ir.spec import load_spec
@@ -406,12 +407,13 @@ TEMPLATES: dict[str, tuple[str, dict[str, Any], bool]] = {
                 _t("res2", "add", ["res1", "fc2"]),
             ]
         },
-        False,
+        True,
     ),
 }
 """Block templates by name: the kind of value they take, the template, and whether
-``insert_block`` with zero init keeps the function (a plain skip into the output add, and
-after it nothing or a relu on a non-negative input)."""
+``insert_block`` with zero init keeps the function (a chain of residual adds back to the
+input whose branches end in zeroable layers, and after it nothing or a relu on a
+non-negative input)."""
 
 
 def _params(template: Mapping[str, Any]) -> set[str]:
@@ -534,7 +536,7 @@ def _widen(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
                 }
             )
 
-        return st.sampled_from(["net2net", "net2net", "zero"]).flatmap(with_init)
+        return st.sampled_from(["net2net", "net2net", "zero", "lemon"]).flatmap(with_init)
 
     return st.sampled_from(candidates).flatmap(args)
 
@@ -678,6 +680,72 @@ def _fork_task(graph: Graph) -> st.SearchStrategy[dict[str, Any]]:
     return st.sampled_from(sorted(graph.outputs)).flatmap(args)
 
 
+def _attention_nodes(graph: Graph) -> list[str]:
+    return [n.name for n in graph.nodes if n.op in head_ops()]
+
+
+def _add_heads(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
+    nodes = _attention_nodes(graph)
+    if not nodes:
+        return None
+    return st.sampled_from(nodes).flatmap(
+        lambda n: st.fixed_dictionaries(
+            {
+                "node": st.just(n),
+                "heads": st.integers(1, 3).map(lambda k: graph.node(n).attrs.num_heads + k),
+                "seed": st.integers(0, 9),
+            }
+        )
+    )
+
+
+def _grow_head_dim(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
+    nodes = _attention_nodes(graph)
+    if not nodes:
+        return None
+
+    def args(n: str) -> st.SearchStrategy[dict[str, Any]]:
+        node = graph.node(n)
+        hd = node.attrs.head_dim or graph.types[n].shape[-1] // node.attrs.num_heads
+        return st.fixed_dictionaries(
+            {"node": st.just(n), "head_dim": st.integers(hd + 1, 2 * hd + 1)}
+        )
+
+    return st.sampled_from(nodes).flatmap(args)
+
+
+def _grow_vocab(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
+    tables = [n.name for n in graph.nodes if n.opdef.facts.index_bound is not None]
+    if not tables:
+        return None
+
+    def args(n: str) -> st.SearchStrategy[dict[str, Any]]:
+        old = graph.node(n).attrs.num_embeddings
+        return st.fixed_dictionaries({"node": st.just(n), "size": st.integers(old + 1, 2 * old)})
+
+    return st.sampled_from(tables).flatmap(args)
+
+
+def _stack_blocks(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
+    if not graph.stages:
+        return None
+
+    def args(stage: str) -> st.SearchStrategy[dict[str, Any]]:
+        depth = graph.stages[stage]["depth"]
+        return st.integers(0, depth - 1).flatmap(
+            lambda start: st.fixed_dictionaries(
+                {
+                    "stage": st.just(stage),
+                    "start": st.just(start),
+                    "stop": st.integers(start + 1, depth),
+                    "mode": st.sampled_from(["stack", "interpolate"]),
+                }
+            )
+        )
+
+    return st.sampled_from(sorted(graph.stages)).flatmap(args)
+
+
 PASS_ARGUMENTS: dict[str, Callable[[Graph], st.SearchStrategy[dict[str, Any]] | None]] = {
     "widen": _widen,
     "insert_layer": _insert_layer,
@@ -687,6 +755,10 @@ PASS_ARGUMENTS: dict[str, Callable[[Graph], st.SearchStrategy[dict[str, Any]] | 
     "prune": _prune,
     "prune_connections": _prune_connections,
     "grow_connections": _needs_a_probe,
+    "add_heads": _add_heads,
+    "grow_head_dim": _grow_head_dim,
+    "grow_vocab": _grow_vocab,
+    "stack_blocks": _stack_blocks,
 }
 
 

@@ -277,9 +277,18 @@ def _mlp_probe() -> Probe:
     )
 
 
+def small_gpt() -> Graph:
+    """The GPT-2-like spec of the transformer growth tests, with random norms."""
+    from tests.transformer_specs import gpt2_like
+
+    return verify(randomize_norms(load_spec(gpt2_like()), seed=5))
+
+
 PASS_CASES: dict[str, list[tuple[Callable[[], Graph], dict[str, Any]]]] = {
     "widen": [
         (small_mlp, {"node": "fc1", "width": 12, "init": "net2net"}),
+        (small_gpt, {"node": "wte", "width": 32, "init": "net2net"}),
+        (small_gpt, {"node": "wte", "width": 21, "init": "lemon"}),
         (small_mlp, {"node": "fc2", "width": 11, "init": "zero"}),
         (small_cnn, {"node": "stem", "width": 12, "init": "net2net"}),
     ],
@@ -288,7 +297,10 @@ PASS_CASES: dict[str, list[tuple[Callable[[], Graph], dict[str, Any]]]] = {
         (small_mlp, {"after": "act1", "op": "linear", "activation": "relu"}),
         (small_cnn, {"after": "stem_act", "op": "conv2d"}),
     ],
-    "insert_block": [(small_cnn, {"stage": "stage1", "init": "zero"})],
+    "insert_block": [
+        (small_cnn, {"stage": "stage1", "init": "zero"}),
+        (small_gpt, {"stage": "h", "init": "zero"}),
+    ],
     "prune_connections": [
         (small_mlp, {"node": "fc2", "density": 0.4}),
         (small_cnn, {"node": "stem", "density": 0.5}),
@@ -311,6 +323,13 @@ PASS_CASES: dict[str, list[tuple[Callable[[], Graph], dict[str, Any]]]] = {
     "fork_task": [
         (small_mlp, {"task": "t2", "base": "y", "new": ["head"], "adapt": ["fc2"]}),
         (small_cnn, {"task": "t2", "base": "logits", "adapt": ["down"], "head": 4}),
+    ],
+    "add_heads": [(small_gpt, {"node": "h.block0.attn", "heads": 3})],
+    "grow_head_dim": [(small_gpt, {"node": "h.block1.attn", "head_dim": 11})],
+    "grow_vocab": [(small_gpt, {"node": "wte", "size": 30})],
+    "stack_blocks": [
+        (small_gpt, {"stage": "h", "mode": "stack"}),
+        (small_gpt, {"stage": "h", "start": 1, "mode": "interpolate"}),
     ],
 }
 """Sensible arguments for every registered pass (extend when a pass is registered)."""

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from grow_ir.backends.torch_modules import SelfAttention
 from grow_ir.errors import GrowError
 from grow_ir.ir import OPS, Graph, Node, TensorType, initialize
 from grow_ir.ir.init import param_bytes
@@ -87,6 +88,12 @@ CASES: list[Case] = [
         TensorType((2, 5, 12)),
         {"num_heads": 3, "bias": False, "causal": True},
         lambda: nn.MultiheadAttention(12, 3, bias=False, batch_first=True),
+    ),
+    (
+        "attention",
+        TensorType((2, 5, 8)),
+        {"num_heads": 3, "head_dim": 5},
+        lambda: SelfAttention(8, 3, head_dim=5),
     ),
 ]
 IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]

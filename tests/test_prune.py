@@ -320,12 +320,23 @@ def _attention_graph() -> Graph:
     )
 
 
+def test_pruning_the_stream_through_attention_keeps_its_heads() -> None:
+    # attention reads and writes the stream through its weights (Channels.THROUGH): the
+    # group shrinks through it and its heads keep their size (head_dim pinned)
+    g = _attention_graph()
+    result = prune.run(g, node="fc", keep=2)
+    attn = result.graph.node("attn")
+    assert attn.attrs.head_dim == 2 and attn.attrs.num_heads == 2
+    assert result.graph.params["attn.in_proj_weight"].shape == (12, 2)
+    assert result.graph.params["attn.out_proj.weight"].shape == (2, 4)
+    assert not result.preserved and "not provably zero" in result.reason
+
+
 REFUSALS = [
     (mlp, {"node": "act", "keep": 1}, "cannot apply to a relu node"),
     (mlp, {"node": "nope", "keep": 1}, "no such node"),
     (_output_graph, {"node": "fc1", "keep": 2}, "graph output 'h'"),
     (_softmax_graph, {"node": "fc1", "keep": 2}, "softmax 'sm' normalises over the channel axis"),
-    (_attention_graph, {"node": "fc", "keep": 2}, "attention"),
     (mlp, {"node": "fc1"}, "exactly one of keep and drop"),
     (mlp, {"node": "fc1", "keep": 2, "drop": [1]}, "exactly one of keep and drop"),
     (mlp, {"node": "fc1", "keep": 6}, "removes at least one"),

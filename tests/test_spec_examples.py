@@ -16,7 +16,7 @@ from grow_ir.spec import example_names, example_path, load_spec
 from grow_ir.spec.examples import examples_dir
 
 SPECS_EXAMPLES = Path(__file__).resolve().parent.parent / "specs" / "examples"
-EXPECTED = ["concat", "mlp", "multitask", "resnet", "transformer"]
+EXPECTED = ["concat", "gpt_bytes", "mlp", "multitask", "resnet", "transformer"]
 
 
 def test_the_examples_are_packaged():

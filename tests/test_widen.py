@@ -349,7 +349,9 @@ def g_attention() -> Graph:
         {"tok": (("batch", "seq"), "int64")},
         [
             ("emb", "embedding", {"num_embeddings": 7, "embedding_dim": 4}, ["tok"]),
-            ("attn", "attention", {"num_heads": 2}, ["emb"]),
+            ("emb2", "embedding", {"num_embeddings": 7, "embedding_dim": 4}, ["tok"]),
+            ("cat", "concat", {"dim": 2}, ["emb", "emb2"]),
+            ("attn", "attention", {"num_heads": 2}, ["cat"]),
             _lin("head", 3, "attn"),
         ],
         {"y": "head"},
@@ -461,10 +463,10 @@ REFUSALS = [
         "softmax 'sm' normalises over the channel axis",
     ),
     (
-        "attention embedding",
+        "attention over part of the channels",
         g_attention,
         {"node": "emb", "width": 8},
-        "widening an attention block's embedding is not supported",
+        "reads and writes all 8 entries of axis 2 through its weights",
     ),
     ("grouped consumer", g_grouped, {"node": "c1", "width": 8}, "conv2d 'c2' has groups=2"),
     ("grouped producer", g_grouped, {"node": "c2", "width": 8}, "conv2d 'c2' has groups=2"),

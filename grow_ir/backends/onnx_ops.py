@@ -24,6 +24,7 @@ from onnx import numpy_helper
 
 from grow_ir.backends.onnx_emit import Emitter
 from grow_ir.ir.graph import Node
+from grow_ir.ir.ops.attention import head_dim as attention_head_dim
 from grow_ir.ir.ops.dense import conv_geometry
 from grow_ir.ir.ops.elementwise import pool_geometry
 
@@ -201,9 +202,10 @@ def _attention(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     x = e.graph.types[n.inputs[0]]
     embed, heads, dt = x.shape[2], n.attrs.num_heads, x.dtype
     assert isinstance(embed, int)
-    head_dim = embed // heads
-    w_qkv, b_qkv = _in_projection(e, n, embed, head_dim, dt)
-    qkv = _dense(e, n, xs[0], 3, (embed, 3 * embed), w_qkv, b_qkv, _sub(n, "qkv"), what="qkv")
+    head_dim = attention_head_dim(n.attrs, [x])
+    inner = heads * head_dim
+    w_qkv, b_qkv = _in_projection(e, n, inner, head_dim, dt)
+    qkv = _dense(e, n, xs[0], 3, (embed, 3 * inner), w_qkv, b_qkv, _sub(n, "qkv"), what="qkv")
     transposed = head_dim <= TRANSPOSED_HEADS_MAX_DIM
     length = ""  # [L], when the mask or the layout needs it
     if transposed or n.attrs.causal:
@@ -213,11 +215,11 @@ def _attention(e: Emitter, n: Node, xs: list[str], out: str) -> None:
         context = _heads_transposed(e, n, xs[0], qkv, length, mask, heads, head_dim)
     else:
         context = _heads(e, n, qkv, mask, heads, head_dim)
-    merged_shape = e.const(_sub(n, "merged_shape"), [0, 0, embed])
+    merged_shape = e.const(_sub(n, "merged_shape"), [0, 0, inner])
     merged = e.add("Reshape", [context, merged_shape], _sub(n, "merged"))
     w_out = e.param(n, "out_proj.weight")
     b_out = e.param(n, "out_proj.bias") if n.attrs.bias else None
-    features = (embed, embed)
+    features = (inner, embed)
     _dense(e, n, merged, 3, features, w_out, b_out, out, name=n.name, what="out_proj")
 
 
@@ -290,11 +292,11 @@ def _attend(e: Emitter, n: Node, q: str, k_t: str, mask: str | None) -> str:
 
 
 def _in_projection(
-    e: Emitter, n: Node, embed: int, head_dim: int, dtype: str
+    e: Emitter, n: Node, inner: int, head_dim: int, dtype: str
 ) -> tuple[str, str | None]:
     """The in-projection's weight (and bias) with the query's 1/sqrt(head_dim) folded into
     its third: constants after onnxruntime's folding, so no Mul runs per call."""
-    scale = np.repeat([1 / math.sqrt(head_dim), 1.0, 1.0], embed)
+    scale = np.repeat([1 / math.sqrt(head_dim), 1.0, 1.0], inner)
     w_in = e.param(n, "in_proj_weight")
     w_qkv = e.once(
         ("scaled", w_in),

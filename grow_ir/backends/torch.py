@@ -118,6 +118,7 @@ MODULES: dict[str, ModuleFactory] = {
         bias=a.bias,
         dropout=a.dropout,
         causal=a.causal,
+        head_dim=a.head_dim,
         device="meta",
         dtype=ins[0].torch_dtype,
     ),

@@ -32,7 +32,8 @@ class SelfAttention(nn.Module):
     batch_first=True)(x, x, x, need_weights=False)`` computes (with a causal mask when
     ``causal``), has exactly its parameters and ``state_dict`` keys (``in_proj_weight``,
     ``in_proj_bias``, ``out_proj.weight``, ``out_proj.bias``) and initialises them the same
-    way. Unlike it, the forward is a few tensor calls around
+    way; ``head_dim`` (default ``embed_dim / num_heads``) lets the heads be wider or
+    narrower than the embedding. Unlike it, the forward is a few tensor calls around
     ``F.scaled_dot_product_attention``: no per-call argument checks, no fast-path dispatch,
     no mask tensor (the causal mask is SDPA's ``is_causal``, made on the input's device),
     so it costs no overhead and compiles without graph breaks.
@@ -46,21 +47,24 @@ class SelfAttention(nn.Module):
         bias: bool = True,
         dropout: float = 0.0,
         causal: bool = False,
+        head_dim: int | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if embed_dim % num_heads:
+        if head_dim is None and embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         factory = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
         self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads if head_dim is None else head_dim
+        inner = num_heads * self.head_dim
         self.dropout = dropout
         self.causal = causal
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
+        self.out_proj = nn.Linear(inner, embed_dim, bias=bias, **factory)
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * inner, embed_dim, **factory))
         if bias:
-            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory))
+            self.in_proj_bias = nn.Parameter(torch.empty(3 * inner, **factory))
         else:
             self.register_parameter("in_proj_bias", None)
         self._reset_in_proj()
@@ -74,7 +78,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend over ``x`` of shape ``[N, L, E]``; returns ``[N, L, E]``."""
-        n, length, e = x.shape
+        n, length = x.shape[:2]
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         # [N, L, 3E] -> three [N, heads, L, head_dim] views
         q, k, v = qkv.view(n, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
@@ -85,12 +89,12 @@ class SelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=self.causal,
         )
-        y = y.transpose(1, 2).reshape(n, length, e)
+        y = y.transpose(1, 2).reshape(n, length, self.num_heads * self.head_dim)
         return F.linear(y, self.out_proj.weight, self.out_proj.bias)
 
     def extra_repr(self) -> str:
         return (
-            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
             f"dropout={self.dropout}, causal={self.causal}"
         )
 

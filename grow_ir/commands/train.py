@@ -40,6 +40,7 @@ FLAGS: dict[str, tuple[str, type, str, str]] = {
     "batch_size": ("--batch-size", int, "B", "training batch size"),
     "tail_epochs": ("--tail-epochs", int, "N", "minimum epochs of the staircase tail"),
     "seed": ("--seed", int, "S", "the training seed (shuffling, growth initialisation)"),
+    "seq_len": ("--seq-len", int, "L", "language models: tokens per training window"),
 }
 """Flags that override a field of the spec's ``growth:`` section:
 field -> (flag, type, metavar, help)."""
@@ -63,9 +64,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--data",
-        metavar="NAME|FILE.npz",
+        metavar="NAME|FILE",
         help="spirals, digits, mnist (installed by requirements-data.txt), or a .npz with "
-        "x_train, y_train, x_test, y_test (default: the growth section's 'data')",
+        "x_train, y_train, x_test, y_test; for a language model pydoc (the Python "
+        "documentation that ships with Python), a UTF-8 .txt file (bytes as tokens) or a .npz "
+        "with tokens (default: the growth section's 'data')",
     )
     parser.add_argument(
         "--device", metavar="D", help="cpu or cuda (default: cuda when there is one)"
@@ -276,10 +279,18 @@ def _train(args: argparse.Namespace, dist: Distributed | None) -> int:
         return 0
     files = write_outputs(result, out_dir)
     print(f"architecture: {describe_architecture(result.graph)}")
-    print(
-        f"test accuracy: {result.test_accuracy:.2%} ({result.data.name}, "
-        f"{len(result.data.y_test)} samples)"
-    )
+    final = result.history.final
+    if result.data.is_sequence:
+        print(
+            f"test loss: {final['test_loss']:.4f} nats/token, perplexity "
+            f"{final['test_perplexity']:.3f}, next-token accuracy {result.test_accuracy:.2%} "
+            f"({result.data.name}, {result.data.y_test.numel():,} tokens)"
+        )
+    else:
+        print(
+            f"test accuracy: {result.test_accuracy:.2%} ({result.data.name}, "
+            f"{len(result.data.y_test)} samples)"
+        )
     print(
         f"onnx: {files.onnx} (verified with onnxruntime, max relative error {files.onnx_error:.1e})"
     )

@@ -391,4 +391,8 @@ def make_policy(config: GrowthConfig, graph: Graph) -> Policy:
         from grow_ir.growth.nest import NeST  # it builds on this module's Policy
 
         return NeST(config, graph)
+    if config.policy == "schedule":
+        from grow_ir.growth.scheduled import Scheduled  # it imports this module
+
+        return Scheduled(config, graph)
     return AutoGrow(config, graph)

@@ -157,6 +157,21 @@ class NestConfig(_Model):
         return self
 
 
+class ScheduleStep(BaseModel):
+    """One step of a growth schedule: after epoch ``epoch``, run pass ``pass`` with the
+    other keys as its arguments (a plan entry with an epoch), e.g.
+    ``{epoch: 2, pass: widen, node: wte, width: 128, init: lemon}``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    epoch: Count
+    pass_name: str = Field(alias="pass")
+
+    def arguments(self) -> dict[str, Any]:
+        """The pass's arguments: every key besides ``epoch`` and ``pass``."""
+        return dict(self.model_extra or {})
+
+
 class GrowthConfig(_Model):
     """Everything a training run needs besides the network: data, policy, optimizer, budget.
 
@@ -166,9 +181,13 @@ class GrowthConfig(_Model):
     of the tail listed in ``lr_milestones``.
 
     Attributes:
-        data: ``spirals``, ``digits`` or ``FILE.npz`` (relative to the spec).
-        policy: ``autogrow``, ``nest`` (grow then prune, see :class:`NestConfig`), or
-            ``none`` to train the network as it is.
+        data: ``spirals``, ``digits``, ``mnist``, ``pydoc``, ``FILE.npz`` or ``FILE.txt``
+            (relative to the spec).
+        policy: ``autogrow``; ``nest`` (grow then prune, see :class:`NestConfig`);
+            ``schedule`` (the steps of ``schedule`` at their epochs, as staged training grows
+            width, depth and heads to given sizes); or ``none`` to train the network as it is.
+        schedule: the growth schedule of ``policy: schedule``, in epoch order.
+        seq_len: the context length of language-model training windows (tokens).
         mode: ``periodic`` (grow every ``interval`` epochs) or ``convergent`` (grow when
             the best validation accuracy of the last ``interval`` epochs beats the best
             before them by less than ``tau``).
@@ -199,7 +218,9 @@ class GrowthConfig(_Model):
     """
 
     data: str | None = None
-    policy: Literal["autogrow", "nest", "none"] = "autogrow"
+    policy: Literal["autogrow", "nest", "schedule", "none"] = "autogrow"
+    schedule: list[ScheduleStep] | None = None
+    seq_len: Count = 64
     mode: Literal["periodic", "convergent"] = "periodic"
     interval: Count = 2
     patience: Count = 3
@@ -229,11 +250,19 @@ class GrowthConfig(_Model):
         return v
 
     @model_validator(mode="after")
-    def _nest(self) -> GrowthConfig:
+    def _policy_sections(self) -> GrowthConfig:
         if self.policy == "nest" and self.nest is None:
             raise ValueError(
                 "expected a nest section (nest: {nodes: [...]}) for policy nest, found none"
             )
+        if (self.policy == "schedule") != bool(self.schedule):
+            raise ValueError(
+                "expected a non-empty schedule exactly when policy is schedule, found "
+                f"policy {self.policy!r} with {len(self.schedule or [])} schedule steps"
+            )
+        epochs = [s.epoch for s in self.schedule or []]
+        if epochs != sorted(epochs):
+            raise ValueError(f"expected schedule steps in epoch order, found epochs {epochs}")
         return self
 
     @model_validator(mode="after")

@@ -1,8 +1,10 @@
 """Data sets for training: embedded ones (no download) and user files (``FILE.npz``).
 
 Every data set comes as fixed train / validation / test splits of float32 inputs and int64
-labels. The splits depend only on the data set and :data:`DATA_SEED`, never on the
-training seed, so every run of a data set is scored on the same test set.
+labels, or, for language models (:mod:`grow_ir.growth.lm_data`: the ``pydoc`` corpus, a
+``.txt`` file, a ``.npz`` of ``tokens``), of int64 token windows and their next tokens.
+The splits depend only on the data set and :data:`DATA_SEED`, never on the training seed,
+so every run of a data set is scored on the same test set.
 """
 
 from __future__ import annotations
@@ -49,8 +51,20 @@ class Dataset:
         """The shape of one input, without the batch axis."""
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def is_sequence(self) -> bool:
+        """Language-model data: one label (the next token) per input position."""
+        return self.y_train.dim() == 2
+
     def describe(self) -> str:
         """One line: name, split sizes and input shape."""
+        if self.is_sequence:
+            seq = self.x_train.shape[1]
+            return (
+                f"{self.name}: {self.x_train.numel():,} train / {self.x_val.numel():,} val / "
+                f"{self.x_test.numel():,} test tokens in windows of {seq}, "
+                f"vocabulary {self.num_classes}"
+            )
         return (
             f"{self.name}: {len(self.y_train)} train / {len(self.y_val)} val / "
             f"{len(self.y_test)} test, inputs {list(self.sample_shape)}, "
@@ -58,18 +72,23 @@ class Dataset:
         )
 
 
-def load_data(source: str | Path, *, val_fraction: float = 0.1) -> Dataset:
+def load_data(source: str | Path, *, val_fraction: float = 0.1, seq_len: int = 64) -> Dataset:
     """The data set named ``source`` (``spirals``, ``digits``, ``mnist``) or stored in
-    ``FILE.npz``.
+    ``FILE.npz``, or language-model data (``pydoc``, ``FILE.txt``, a ``FILE.npz`` of
+    ``tokens``: windows of ``seq_len`` tokens, see :mod:`grow_ir.growth.lm_data`).
 
     Guarantees: float32 inputs, int64 labels in ``[0, num_classes)``, fixed splits (the
     validation split of a user file is carved from its training arrays with a seeded
-    stratified shuffle).
+    stratified shuffle); for language models int64 inputs and next-token labels.
 
     Raises:
         GrowError: an unknown name, or a malformed file (naming the file and the key).
     """
+    from grow_ir.growth import lm_data
+
     text = str(source)
+    if lm_data.is_lm_source(text):
+        return lm_data.load_lm(text, seq_len=seq_len, val_fraction=val_fraction)
     if text == "spirals":
         return _split("spirals", *spirals(), val_fraction=val_fraction)
     if text == "digits":
@@ -83,7 +102,7 @@ def load_data(source: str | Path, *, val_fraction: float = 0.1) -> Dataset:
     raise GrowError(
         "unknown data set",
         field="data",
-        expected=f"one of {', '.join(NAMED)} or a FILE.npz",
+        expected=f"one of {', '.join(NAMED)}, the text corpus pydoc, a FILE.npz or a FILE.txt",
         found=repr(text),
     )
 
@@ -411,7 +430,7 @@ def fingerprint(source: str, data: Dataset) -> str:
     """The sha256 identifying the data a run trains on: of the file's bytes for a
     ``FILE.npz``, of the arrays for an embedded data set."""
     digest = hashlib.sha256()
-    if source.endswith(".npz"):
+    if source.endswith((".npz", ".txt")):
         with open(source, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
@@ -422,7 +441,9 @@ def fingerprint(source: str, data: Dataset) -> str:
     return digest.hexdigest()
 
 
-def load_recorded_data(source: str, sha256: str | None, *, val_fraction: float) -> Dataset:
+def load_recorded_data(
+    source: str, sha256: str | None, *, val_fraction: float, seq_len: int = 64
+) -> Dataset:
     """The data set a run recorded (its source and :func:`fingerprint`), checked to be the
     very data it trained on (``sha256`` None: not checked, a run from before it was
     recorded).
@@ -430,7 +451,7 @@ def load_recorded_data(source: str, sha256: str | None, *, val_fraction: float) 
     Raises:
         GrowError: the file moved or was deleted, or its content changed.
     """
-    if source.endswith(".npz") and not Path(source).is_file():
+    if source.endswith((".npz", ".txt")) and not Path(source).is_file():
         raise GrowError(
             "the run's data file is gone (moved or deleted)",
             file=source,
@@ -439,7 +460,7 @@ def load_recorded_data(source: str, sha256: str | None, *, val_fraction: float) 
             "(put it back there to resume)",
             found="nothing at that path",
         )
-    data = load_data(source, val_fraction=val_fraction)
+    data = load_data(source, val_fraction=val_fraction, seq_len=seq_len)
     if sha256 is not None:
         now = fingerprint(source, data)
         if now != sha256:
@@ -458,8 +479,10 @@ def check_fits(data: Dataset, graph: Graph, task: str | None = None, *, source: 
     """Check that ``graph`` can learn ``data`` and return the name of its input.
 
     Guarantees, when it returns: the graph has one input whose non-batch dims equal the
-    data's sample shape, and the trained output has at least ``num_classes`` logits on its
-    last axis (so every label is in range).
+    data's sample shape (a symbolic dim, a sequence's length, takes any size) and whose
+    dtype is float for float inputs and int64 for token ids, and the trained output has
+    at least ``num_classes`` logits on its last axis (so every label is in range), with
+    one axis per label axis (``[batch, classes]``, or ``[batch, seq, vocabulary]``).
 
     Raises:
         GrowError: naming the data (``source``) and the mismatch.
@@ -474,7 +497,20 @@ def check_fits(data: Dataset, graph: Graph, task: str | None = None, *, source: 
         )
     name, itype = next(iter(graph.inputs.items()))
     want = tuple(itype.shape[1:])
-    if want != data.sample_shape:
+    # a symbolic dim (a sequence's length) takes any size
+    fits = len(want) == len(data.sample_shape) and all(
+        isinstance(w, str) or w == d for w, d in zip(want, data.sample_shape)
+    )
+    if data.x_train.is_floating_point() != itype.is_float:
+        raise GrowError(
+            f"the data does not fit the graph's input '{name}'",
+            file=where,
+            field="x_train",
+            expected=f"{itype.dtype} inputs",
+            found=f"{str(data.x_train.dtype).removeprefix('torch.')} inputs"
+            + (" (token ids: the input needs dtype int64)" if data.is_sequence else ""),
+        )
+    if not fits:
         raise GrowError(
             f"the data does not fit the graph's input '{name}'",
             file=where,
@@ -500,7 +536,8 @@ def check_fits(data: Dataset, graph: Graph, task: str | None = None, *, source: 
         )
     otype = graph.types[node]
     logits = otype.shape[-1]
-    if otype.rank != 2 or not isinstance(logits, int) or logits < data.num_classes:
+    rank = 1 + data.y_train.dim()  # [batch, classes] or [batch, seq, vocabulary]
+    if otype.rank != rank or not isinstance(logits, int) or logits < data.num_classes:
         raise GrowError(
             f"label out of range for output '{out}'",
             file=where,

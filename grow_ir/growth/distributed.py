@@ -213,10 +213,12 @@ def batch_loss(
     """Cross-entropy to back-propagate for this process's shard of a global batch: the
     mean in a single process; under DDP, which averages over ranks, the shard's sum times
     ranks ÷ global size, so the gradient is the global batch's mean whatever the shards."""
+    out, per_sample = out.reshape(-1, out.shape[-1]), max(1, y[0].numel()) if len(y) else 1
+    y = y.reshape(-1)  # a language model: one next-token label per position
     if where is None:
         return nn.functional.cross_entropy(out, y)
     summed = nn.functional.cross_entropy(out, y, reduction="sum")
-    return summed * (where.world / global_size)
+    return summed * (where.world / (global_size * per_sample))
 
 
 def lost_rank(where: Distributed, exc: BaseException, out_dir: str | None = None) -> RankFailed:

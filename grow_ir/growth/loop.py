@@ -37,6 +37,7 @@ from grow_ir.growth.data import Dataset, check_fits, fingerprint, load_data, loa
 from grow_ir.growth.device import deterministic, pick_device
 from grow_ir.growth.distributed import Distributed, batch_loss, shard_of
 from grow_ir.growth.history import History
+from grow_ir.growth.objective import evaluate, perplexity
 from grow_ir.growth.optim_state import make_optimizer, set_lr, trainable
 from grow_ir.growth.report import architecture, growth_line
 from grow_ir.growth.schedule import growth_deadline, learning_rate, tail_boundaries
@@ -115,7 +116,7 @@ class Trainer:
             GrowError: bad data, a graph that does not fit it, a bad policy setting.
         """
         dev = pick_device(device)
-        data = load_data(data_source, val_fraction=config.val_fraction)
+        data = load_data(data_source, val_fraction=config.val_fraction, seq_len=config.seq_len)
         check_fits(data, graph, config.task, source=data_source)
         torch.manual_seed(config.seed)
         gen = torch.Generator().manual_seed(config.seed)
@@ -157,7 +158,12 @@ class Trainer:
         s = ckpt.state
         config = GrowthConfig.model_validate(s["config"])
         dev = pick_device(device if device is not None else s["device"])
-        data = load_recorded_data(s["data"], s.get("data_sha256"), val_fraction=config.val_fraction)
+        data = load_recorded_data(
+            s["data"],
+            s.get("data_sha256"),
+            val_fraction=config.val_fraction,
+            seq_len=config.seq_len,
+        )
         graph = ckpt.graph
         module = to_torch(graph, task=config.task).to(dev).train()
         optimizer = make_optimizer(config.optimizer, module)
@@ -261,12 +267,12 @@ class Trainer:
                 found=f"a mean loss of {loss}",
             )
         with self.timings.phase("validation"):
-            val_acc = accuracy(st.module, self.data.x_val, self.data.y_val, self.device)
+            val_loss, val_acc = evaluate(st.module, self.data.x_val, self.data.y_val, self.device)
             if self.dist is not None:  # the policy decides on rank 0's figure
                 val_acc = self.dist.rank0_float(val_acc)
         params = st.graph.num_params()
         seconds = time.perf_counter() - start
-        self.history.add_epoch(
+        row = self.history.add_epoch(
             epoch + 1,
             train_loss=loss,
             train_accuracy=train_acc,
@@ -275,6 +281,8 @@ class Trainer:
             lr=lr,
             seconds=seconds,
         )
+        if self.data.is_sequence:  # a language model: validation loss and perplexity too
+            row.update(val_loss=val_loss, val_perplexity=perplexity(val_loss))
         bar.set_postfix(
             {"loss": f"{loss:.3f}", "val acc": f"{val_acc:.2%}", "params": f"{params:,}"}
         )
@@ -301,7 +309,7 @@ class Trainer:
         x, y = d.x_train.to(self.device), d.y_train.to(self.device)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        seen = 0
+        seen = labels = 0
         step_s = 0.0  # on CUDA, kernels run asynchronously: time lands where the host waits
         for i in range(0, n, bs):
             batch = order[i : i + bs]
@@ -320,13 +328,15 @@ class Trainer:
             st.optimizer.step()
             correct += (out.detach().argmax(-1) == yb).sum()
             seen += len(idx)
+            labels += yb.numel()  # a language model has one label per position
             step_s += clock() - t0
         if self.dist is not None:
-            total_f, correct_f, seen_f = self.dist.sum([float(total), float(correct), seen])
+            sums = self.dist.sum([float(total), float(correct), seen, labels])
+            total_f, correct_f, seen_f, labels_f = sums
             total.fill_(total_f)
             correct.fill_(int(correct_f))
-            seen = int(seen_f)
-        result = float(total) / max(1, seen), int(correct) / max(1, seen)
+            seen, labels = int(seen_f), int(labels_f)
+        result = float(total) / max(1, seen), int(correct) / max(1, labels)
         self.timings.add("step", step_s)
         self.timings.add("data", clock() - start - step_s)
         return result
@@ -405,10 +415,16 @@ class Trainer:
         st = self.state
         graph = update_params(st.graph, st.module)
         with self.timings.phase("validation"):
-            test_acc = accuracy(st.module, self.data.x_test, self.data.y_test, self.device)
+            test_loss, test_acc = evaluate(
+                st.module, self.data.x_test, self.data.y_test, self.device
+            )
         last = self.history.epochs[-1] if self.history.epochs else {}
+        lm = {}
+        if self.data.is_sequence:
+            lm = {"test_loss": test_loss, "test_perplexity": perplexity(test_loss)}
         self.history.final = {
             "test_accuracy": test_acc,
+            **lm,
             "val_accuracy": last.get("val_accuracy"),
             "params": graph.num_params(),
             "epochs": self.config.epochs,
@@ -434,13 +450,6 @@ class Trainer:
 
 
 def accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
-    """Top-1 accuracy of ``module`` in eval mode (its mode is restored afterwards)."""
-    was = module.training
-    module.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(y), 1024):
-            out = module(x[i : i + 1024].to(device))
-            correct += int((out.argmax(-1) == y[i : i + 1024].to(device)).sum())
-    module.train(was)
-    return correct / max(1, len(y))
+    """Top-1 accuracy of ``module`` in eval mode over every label (its mode is restored
+    afterwards)."""
+    return evaluate(module, x, y, device)[1]

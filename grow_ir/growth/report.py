@@ -52,17 +52,19 @@ def growth_line(epoch: int, outcome: StepOutcome) -> str:
     init = outcome.args.get("init")
     exact = "preserved" if res.preserved else "not preserved"
     g = res.graph
+    # a scheduled step's unit is its place in the schedule; the pass names what it grows
+    unit = str(req.args.get("stage") or req.args.get("node") or req.unit)
     if req.pass_name == "insert_block":
-        depth = int(g.stages[req.unit]["depth"])
-        what = f"grew {req.unit}"
+        depth = int(g.stages[unit]["depth"])
+        what = f"grew {unit}"
         size = f"{depth} blocks"
         if "adam_steps" in outcome.notes:
             init = f"adam ({adam_outcome(outcome.notes)})"
     elif req.pass_name == "widen":
-        what = f"widened {req.unit}"
+        what = f"widened {unit}"
         size = f"width {outcome.args.get('width')}"
     else:
-        what, size = f"grew {req.unit}", res.summary
+        what, size = f"grew {unit}", res.summary
     return (
         f"epoch {epoch}: {what} ({req.pass_name}, init={init}, {exact}) -> {size}, "
         f"{g.num_params():,} params; reason: {req.reason}"

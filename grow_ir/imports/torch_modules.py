@@ -71,6 +71,8 @@ def _self_attention(ctx: Context, call: Call) -> None:
         "dropout": float(m.dropout),
         "causal": bool(causal),
     }
+    if isinstance(m, SelfAttention) and m.head_dim * m.num_heads != m.embed_dim:
+        attrs["head_dim"] = int(m.head_dim)  # heads grown apart from the embedding
     keys = {
         "in_proj_weight": f"{call.path}.in_proj_weight",
         "in_proj_bias": f"{call.path}.in_proj_bias" if attrs["bias"] else None,

@@ -6,6 +6,7 @@ from grow_ir.passes.channels import ChannelGroup, channel_group, widenable
 from grow_ir.passes.connections import grow_connections, prune_connections
 from grow_ir.passes.fork import fork_task
 from grow_ir.passes.gradmax import Probe
+from grow_ir.passes.heads import add_heads, grow_head_dim
 from grow_ir.passes.insert import insert_block, insert_layer
 from grow_ir.passes.manager import (
     CheckPreservation,
@@ -18,6 +19,8 @@ from grow_ir.passes.manager import (
     run_plan,
 )
 from grow_ir.passes.prune import prunable, prune
+from grow_ir.passes.stack import stack_blocks
+from grow_ir.passes.vocab import grow_vocab
 from grow_ir.passes.widen import widen
 
 __all__ = [
@@ -32,11 +35,14 @@ __all__ = [
     "Probe",
     "Step",
     "add_adapter",
+    "add_heads",
     "apply_plan",
     "channel_group",
     "fork_task",
     "get_pass",
     "grow_connections",
+    "grow_head_dim",
+    "grow_vocab",
     "insert_block",
     "insert_layer",
     "output_error",
@@ -45,6 +51,7 @@ __all__ = [
     "prune_connections",
     "register_pass",
     "run_plan",
+    "stack_blocks",
     "widen",
     "widenable",
 ]

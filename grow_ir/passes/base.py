@@ -67,6 +67,9 @@ class PassResult:
         origins: for every new or changed parameter, where its values came from.
         same_as: new outputs that must equal an old output (``{task: base}`` after a fork);
             every old output is also expected to equal itself.
+        grown: outputs that grew along one axis, ``{output: (axis, old size)}``: the first
+            ``old size`` entries along that axis must equal the old output (a vocabulary
+            grown: the old tokens' logits are unchanged).
     """
 
     graph: Graph
@@ -75,10 +78,12 @@ class PassResult:
     reason: str = ""
     origins: Mapping[str, Origin] = field(default_factory=dict)
     same_as: Mapping[str, str] = field(default_factory=dict)
+    grown: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "origins", MappingProxyType(dict(self.origins)))
         object.__setattr__(self, "same_as", MappingProxyType(dict(self.same_as)))
+        object.__setattr__(self, "grown", MappingProxyType(dict(self.grown)))
 
 
 class PassImpl(Protocol):

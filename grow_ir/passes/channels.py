@@ -87,13 +87,16 @@ class Member:
     """A node of the group: its roles, its parameter axes and its width attributes.
 
     ``width_attrs`` maps an attribute that counts the group's channels to the number of its
-    units per channel (it grows by ``block`` times the number of new channels).
+    units per channel (it grows by ``block`` times the number of new channels); ``pins``
+    are attribute values to set so that the node's inside stays as it is (attention's
+    ``head_dim``).
     """
 
     node: str
     roles: tuple[Role, ...]
     axes: tuple[ParamAxis, ...] = ()
     width_attrs: tuple[tuple[str, int], ...] = ()
+    pins: tuple[tuple[str, object], ...] = ()
 
     def describe(self) -> str:
         """``name (role, role)``, for summaries."""
@@ -216,6 +219,7 @@ class _Walk:
         self.roles: dict[str, set[Role]] = {}
         self.axes: dict[str, set[ParamAxis]] = {}
         self.width: dict[str, dict[str, int]] = {}
+        self.pins: dict[str, dict[str, object]] = {}
         self.norms: set[str] = set()
         self.outputs = {v: k for k, v in graph.outputs.items()}
 
@@ -241,6 +245,7 @@ class _Walk:
                 roles=tuple(r for r in Role if r in self.roles[n]),
                 axes=tuple(sorted(self.axes.get(n, ()))),
                 width_attrs=tuple(sorted(self.width.get(n, {}).items())),
+                pins=tuple(sorted(self.pins.get(n, {}).items())),
             )
             for n in names
         )
@@ -380,7 +385,31 @@ class _Walk:
             self.role(node, Role.PASS)
             self.add(self.flatten(node, ins[0], slot))
             return
+        if rule is Channels.THROUGH:
+            self.through_weights(node, slot, ins)
+            return
         self.per_channel(node, slot, ins)
+
+    def through_weights(self, node: Node, slot: Slot, ins: list[TensorType]) -> None:
+        """A THROUGH node (attention): its weights read the channels (fan-out columns) and
+        write them back (rows), so it is a consumer and a producer of the group at once."""
+        rule = node.opdef.through
+        assert rule is not None, f"{node.op} is THROUGH but declares no ThroughRule"
+        axis = node.opdef.channel_axis(node.attrs, ins)
+        size = ins[0].shape[slot.axis]
+        if slot.axis != axis or slot.offset != 0 or self.channels * slot.block != size:
+            raise self.refuse(
+                f"{node.op} '{node.name}' reads and writes all {size} entries of axis {axis} "
+                "through its weights, and the group's channels are not exactly those"
+            )
+        pins = rule.pin(node.attrs, ins)
+        self.pins.setdefault(node.name, {}).update(pins)
+        self.role(node, Role.CONSUMER)
+        self.role(node, Role.PRODUCER)
+        grown = _grown_by_input(self.graph, node, axis, pins)
+        for names, kind in ((rule.reads, "fan_out"), (rule.writes, "units")):
+            self.param_axes(node, {k: v for k, v in grown.items() if k in names}, slot, kind)
+        self.add(Slot(node.name, slot.axis, slot.offset, slot.block))
 
     def consumer(self, node: Node, slot: Slot, ins: list[TensorType]) -> None:
         if getattr(node.attrs, "groups", 1) > 1:
@@ -505,8 +534,8 @@ def _grouped_reason(node: Node) -> str:
 
 def _opaque_reason(node: Node) -> str:
     return (
-        f"{node.op} '{node.name}' mixes its embedding channels across heads, and widening "
-        "an attention block's embedding is not supported yet"
+        f"{node.op} '{node.name}' mixes its channels in a way no widening can follow "
+        "(its op declares Channels.OPAQUE)"
     )
 
 
@@ -540,8 +569,11 @@ def _grown_by_width(graph: Graph, node: Node) -> dict[str, int]:
     return _diff_params(node.opdef, node.attrs, ins, bumped.attrs, ins)
 
 
-def _grown_by_input(graph: Graph, node: Node, axis: int) -> dict[str, int]:
-    """Parameter axes (by local name) that grow with ``axis`` of the node's first input.
+def _grown_by_input(
+    graph: Graph, node: Node, axis: int, pins: dict[str, object] | None = None
+) -> dict[str, int]:
+    """Parameter axes (by local name) that grow with ``axis`` of the node's first input,
+    with the attributes ``pins`` set on both sides.
 
     A depthwise conv grows its channel-counting attributes with its input.
     """
@@ -549,10 +581,11 @@ def _grown_by_input(graph: Graph, node: Node, axis: int) -> dict[str, int]:
     size = ins[0].shape[axis]
     assert isinstance(size, int)
     bigger = [ins[0].with_dim(axis, size + 1), *ins[1:]]
-    attrs = node.attrs
+    base = node.attrs.model_copy(update=pins) if pins else node.attrs
+    attrs = base
     if _is_depthwise(graph, node):
         attrs = attrs.model_copy(update={"out_channels": size + 1, "groups": size + 1})
-    return _diff_params(node.opdef, node.attrs, ins, attrs, bigger)
+    return _diff_params(node.opdef, base, ins, attrs, bigger)
 
 
 def _diff_params(

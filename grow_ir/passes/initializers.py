@@ -50,11 +50,13 @@ def init_layer(
       outputs as inputs, stride 1, groups 1 and padding ``dilation * (k - 1) / 2``, and for
       batchnorm gamma = sqrt(running_var + eps), beta = running_mean. Other layers
       (layernorm among them) have no identity.
-    - ``zero``: weight and bias zero, so the layer outputs zeros (buffers keep defaults).
-    - ``gauss`` / ``uniform``: weight and bias random with variance ``1 / fan_in`` of the
-      weight (Gaussian; uniform on ``±sqrt(3 / fan_in)``), except for a norm layer's
-      per-channel scale and shift (a weight without fan-in: batchnorm, layernorm), where
-      they are AutoGrow's GauInit and UniInit (Wen et al. 2020): gamma and beta from
+    - ``zero``: the parameters that make the output (``OpFacts.zeroable``: weight and
+      bias, attention's ``out_proj``) zero, so the layer outputs zeros; the others (and
+      buffers) keep their defaults.
+    - ``gauss`` / ``uniform``: those parameters random with variance ``1 / fan_in`` of the
+      first, the weight (Gaussian; uniform on ``±sqrt(3 / fan_in)``), except for a norm
+      layer's per-channel scale and shift (a weight without fan-in: batchnorm, layernorm),
+      where they are AutoGrow's GauInit and UniInit (Wen et al. 2020): gamma and beta from
       N(0, 1), resp. U(0, 1).
 
     Raises:
@@ -73,8 +75,10 @@ def init_layer(
             expected=f"one of {', '.join(LAYER_INITS)}",
             found=repr(how),
         )
-    affine = [k for k in ("weight", "bias") if k in params]
-    if "weight" not in affine:
+    # The parameters that make the output (OpFacts.zeroable: weight and bias, attention's
+    # out_proj); the first is the weight whose fan-in sets the random scale.
+    affine = [k for k in node.opdef.facts.zeroable if k in params]
+    if not affine or params[affine[0]].dim() < 1:
         raise PassError(
             f"a {node.op} without weights cannot take init '{how}'",
             node=node.name,
@@ -82,8 +86,8 @@ def init_layer(
             expected="a layer with a weight",
             found=f"{node.op} {node.attr_dict()}",
         )
-    per_channel = params["weight"].dim() == 1
-    std = 1.0 / math.sqrt(fan_in(params["weight"].shape))
+    per_channel = params[affine[0]].dim() == 1
+    std = 1.0 / math.sqrt(fan_in(params[affine[0]].shape))
     for key in affine:
         t = params[key]
         if how == "zero":

@@ -198,8 +198,9 @@ def insert_layer(
 # ---- insert_block ----------------------------------------------------------------------
 
 
-def _stage(graph: Graph, stage: str) -> tuple[Mapping[str, Any], Mapping[str, Any], int]:
-    """The stage's entry, its block template and its depth, validated."""
+def stage_of(graph: Graph, stage: str) -> tuple[Mapping[str, Any], Mapping[str, Any], int]:
+    """The stage's entry, its block template (with its ``output``) and its depth,
+    validated; PassError naming the field otherwise."""
     if stage not in graph.stages:
         near = difflib.get_close_matches(str(stage), list(graph.stages), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
@@ -326,42 +327,83 @@ def _last_layer(nodes: Mapping[str, Node], start: str) -> Node | None:
     return node if node is not None and node.opdef.facts.zeroable else None
 
 
-def _skips_to(nodes: Mapping[str, Node], value: str, target: str) -> bool:
-    """True when ``value`` is ``target`` seen through nodes of the block that are the
-    identity in eval mode (``OpFacts.eval_identity``)."""
+def _through_identities(nodes: Mapping[str, Node], value: str) -> str:
+    """``value`` seen through nodes of the block that are the identity in eval mode
+    (``OpFacts.eval_identity``: dropout, identity)."""
     while value in nodes and nodes[value].opdef.facts.eval_identity:
         value = nodes[value].inputs[0]
-    return value == target
+    return value
 
 
-def _branch_ends(
-    graph: Graph, nodes: Mapping[str, Node], block_in: str, block_out: str
+def _residual_chain(nodes: Mapping[str, Node], value: str, block_in: str) -> tuple[list[Node], str]:
+    """The layers whose zeroing makes ``value`` equal ``block_in``, and why there are none
+    (empty when there are).
+
+    ``value`` must be ``block_in`` (through eval-mode identities) or a sum with exactly one
+    input that is such a value in turn (the trunk) and every other input a residual branch
+    ending in a zeroable layer followed only by zero-keeping ops: a chain of residual
+    joins ``x + f1(x) + f2(x + f1(x)) ...`` as in a transformer block (attention and MLP
+    halves) or a ResNet block.
+    """
+    value = _through_identities(nodes, value)
+    if value == block_in:
+        return [], ""
+    node = nodes.get(value)
+    if node is None or not node.opdef.facts.sums:
+        return [], f"'{value}' is neither the block's input nor a residual add"
+    trunks = []
+    for i in node.inputs:
+        layers, why = _residual_chain(nodes, i, block_in)
+        if not why:
+            trunks.append((i, layers))
+    if len(trunks) != 1:
+        return [], (
+            f"the residual add '{value}' has no single plain skip (a path of residual adds "
+            "back to the block's input)"
+        )
+    trunk, layers = trunks[0]
+    ends = [_last_layer(nodes, i) for i in node.inputs if i != trunk]
+    if any(e is None for e in ends):
+        return [], (f"a residual branch into '{value}' does not end in a layer that can be zeroed")
+    return layers + [e for e in ends if e is not None], ""
+
+
+def branch_ends(
+    graph: Graph,
+    nodes: Mapping[str, Node],
+    block_in: str,
+    block_out: str,
+    *,
+    proven: str | None = None,
 ) -> tuple[list[Node], str]:
     """The layers whose zeroing makes the block compute its input, and why that would not be
     exact (empty when it would be).
 
-    The block must end ``[act](add(x, f1(x), ...))`` with one plain skip ``x``; each branch
-    ``f`` ends in a linear/conv/norm layer followed only by zero-keeping ops; ``act`` must
-    be absent, identity, dropout, or relu on a value proven non-negative.
+    The block must end ``[act](r)`` where ``r`` is a chain of residual adds back to the
+    block's input (see :func:`_residual_chain`), each branch ending in a layer that can be
+    zeroed (``OpFacts.zeroable``: linear, conv, norms, attention's output projection)
+    followed only by zero-keeping ops; ``act`` must be absent, identity, dropout, or relu on
+    a value proven non-negative (``proven``: the name of the block's input in ``graph``,
+    when the block reads it under another name).
     """
     out = nodes[block_out]
     act = None
-    sums = out.opdef.facts.sums
-    if not sums and len(out.inputs) == 1 and nodes.get(out.inputs[0], out).opdef.facts.sums:
-        act, out = out, nodes[out.inputs[0]]
+    inner = _through_identities(nodes, block_out)
+    if inner in nodes and not nodes[inner].opdef.facts.sums:
+        node = nodes[inner]
+        if len(node.inputs) == 1 and nodes.get(node.inputs[0], node).opdef.facts.sums:
+            act, inner = node, node.inputs[0]
     fallback = [n for n in reversed(nodes.values()) if n.opdef.facts.zeroable][:1]
-    if not out.opdef.facts.sums:
-        return fallback, "the block has no residual add at its output"
-    skips = [i for i in out.inputs if _skips_to(nodes, i, block_in)]
-    if len(skips) != 1:
-        return fallback, "the block's residual add has no single plain skip from its input"
-    ends = [_last_layer(nodes, i) for i in out.inputs if i != skips[0]]
-    if any(e is None for e in ends):
-        return fallback, "a residual branch does not end in a layer that can be zeroed"
-    layers = [e for e in ends if e is not None]
+    layers, why = _residual_chain(nodes, inner, block_in)
+    if why:
+        if not nodes.get(inner, out).opdef.facts.sums:
+            why = "the block has no residual add at its output"
+        return fallback, why
+    if not layers:
+        return fallback, "the block has no residual branch to zero"
     if act is None or act.opdef.facts.eval_identity:
         return layers, ""
-    if act.opdef.facts.identity_on_nonnegative and is_nonnegative(graph, block_in):
+    if act.opdef.facts.identity_on_nonnegative and is_nonnegative(graph, proven or block_in):
         return layers, ""
     return layers, (
         f"the block ends in {act.op}, which is not the identity on its input '{block_in}'"
@@ -382,19 +424,21 @@ def insert_block(
     ZeroInit; gauss/uniform: random); every other parameter gets PyTorch's default init.
 
     Guarantees: with ``init="zero"`` the function is preserved whenever the block is
-    ``act(x + f(x))`` with a plain skip and ``act`` the identity on ``x`` (none, or relu
-    after a value proven non-negative); otherwise the result says it is not preserved and
-    why. gauss and uniform never preserve it.
+    ``act(r)`` with ``r`` a chain of residual adds back to the block's input whose every
+    branch ends in a zeroable layer (linear, conv, norm, attention: a ResNet block, a
+    transformer block's attention and MLP halves) and ``act`` the identity on the input
+    (none, or relu after a value proven non-negative); otherwise the result says it is not
+    preserved and why. gauss and uniform never preserve it.
 
     Raises:
         PassError: an unknown stage or init, a missing template, depth 0, a missing last
             block, an unset template parameter, or a block that would change the type.
     """
     check_choice(init, BLOCK_INITS, "init")
-    entry, template, depth = _stage(graph, stage)
+    entry, template, depth = stage_of(graph, stage)
     adds, prev_out, new_out = _instantiate(graph, stage, entry, template, depth)
     nodes = {n.name: n for n in adds.nodes}
-    ends, why = _branch_ends(graph, nodes, prev_out, new_out)
+    ends, why = branch_ends(graph, nodes, prev_out, new_out)
     gen = seeded(seed)
     last_layers = {e.name for e in ends}
     for node in adds.nodes:

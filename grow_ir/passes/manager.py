@@ -76,12 +76,15 @@ def output_error(
     batch: int = 3,
     seed: int = 0,
     float64: bool = False,
+    grown: Mapping[str, tuple[int, int]] | None = None,
 ) -> float:
     """The largest relative error between matching outputs of two graphs on random probes.
 
-    Both graphs run in eval mode on the same inputs; each old output is compared with the
-    new output of the same name, and each ``same_as`` pair likewise. The error of a pair
-    is ``max|y_new - y_old| / max(1, max|y_old|)``; a non-finite difference is ``inf``.
+    Both graphs run in eval mode on the same inputs (indices valid for both); each old
+    output is compared with the new output of the same name, and each ``same_as`` pair
+    likewise; an output in ``grown`` (``{output: (axis, old size)}``) is compared on its
+    first ``old size`` entries along ``axis``. The error of a pair is
+    ``max|y_new - y_old| / max(1, max|y_old|)``; a non-finite difference is ``inf``.
     ``float64=True`` runs both graphs in float64 (their parameters' stored values, exact
     arithmetic to 1e-16), so that only a change of function is measured, not round-off.
     """
@@ -90,6 +93,8 @@ def output_error(
     pairs = {o: o for o in old.outputs if o in new.outputs}
     pairs.update(same_as)
     inputs = random_inputs(new, batch=batch, seed=seed)
+    # the old graph's inputs drawn again within its own index bounds (a grown vocabulary)
+    inputs.update(random_inputs(old, batch=batch, seed=seed))
     old_m, new_m = to_torch(old).eval(), to_torch(new).eval()
     if float64:
         old_m, new_m, inputs = old_m.double(), new_m.double(), as_float64(inputs)
@@ -99,6 +104,9 @@ def output_error(
     worst = 0.0
     for new_out, old_out in pairs.items():
         a, b = y_new[new_out].double(), y_old[old_out].double()
+        if grown and new_out in grown:
+            axis, size = grown[new_out]
+            a = a.narrow(axis, 0, size) if a.dim() > axis and a.shape[axis] >= size else a
         if a.shape != b.shape:
             return float("inf")
         scale = max(1.0, b.abs().max().item()) if b.numel() else 1.0
@@ -120,9 +128,11 @@ class CheckPreservation(Instrument):
 
     def after(self, step: int, record: Step, before: Graph) -> None:
         def error(float64: bool) -> float:
-            graph, same_as = record.result.graph, record.result.same_as
+            graph, same_as, grown = record.result.graph, record.result.same_as, record.result.grown
             return max(
-                output_error(before, graph, same_as, batch=b, seed=step, float64=float64)
+                output_error(
+                    before, graph, same_as, batch=b, seed=step, float64=float64, grown=grown
+                )
                 for b in (1, 4)
             )
 

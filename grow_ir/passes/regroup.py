@@ -20,12 +20,14 @@ from grow_ir.passes.rewrite import replace_nodes
 
 def resize_nodes(graph: Graph, group: ChannelGroup, delta: int) -> Graph:
     """The graph with every width attribute of the group changed by ``delta`` channels
-    (negative to shrink); parameters are still the old ones (not verified)."""
+    (negative to shrink) and every member's ``pins`` set (attention's ``head_dim``, so its
+    heads keep their size); parameters are still the old ones (not verified)."""
     changed: dict[str, Node] = {}
     for m in group.members:
-        if m.width_attrs:
+        if m.width_attrs or m.pins:
             n = graph.node(m.node)
             update = {a: getattr(n.attrs, a) + delta * block for a, block in m.width_attrs}
+            update.update(dict(m.pins))
             changed[m.node] = n.replace(attrs=n.attrs.model_copy(update=update))
     return replace_nodes(graph, changed)
 

@@ -29,7 +29,13 @@ from grow_ir.passes.channels import (
     width_ops,
 )
 from grow_ir.passes.initializers import gauss, init_layer
-from grow_ir.passes.regroup import axes_by_param, axis_plan, resize_nodes, spans_by_axis
+from grow_ir.passes.regroup import (
+    AxisPlan,
+    axes_by_param,
+    axis_plan,
+    resize_nodes,
+    spans_by_axis,
+)
 from grow_ir.passes.rewrite import node_of_kind, replace_nodes
 
 # ---- how new units are filled: one function per init ------------------------------------
@@ -42,7 +48,9 @@ class NewUnits:
     Attributes:
         copies: for each new unit, the old unit it replicates, or -1 for none.
         fan_in: ``"copy"``: a new unit takes the weight rows, bias and per-channel
-            parameters of the unit it copies; ``"default"``: the op's default (PyTorch's)
+            parameters of the unit it copies; ``"mean"``: the mean of the old units' (so a
+            new channel carries the mean of the old channels, LEMON's expansion);
+            ``"default"``: the op's default (PyTorch's)
             initialisation, with identity batchnorm statistics; ``"zero"``: producers'
             weight rows and bias zero, and per-channel layers that pass a new channel
             through unchanged (see ``_zero_fan_in``), so a new unit is exactly 0 up to its
@@ -55,6 +63,8 @@ class NewUnits:
             fan-out axis only), the entries at the new positions of that axis, in order:
             the old tensor's shape with that axis as long as the new positions.
         attrs: attribute changes the init needs on nodes of the group, by node name.
+        rescale: factors for whole parameters (old entries included), applied before new
+            entries are filled (LEMON's norm scales).
     """
 
     copies: tuple[int, ...]
@@ -63,12 +73,13 @@ class NewUnits:
     note: str = ""
     columns: Mapping[str, torch.Tensor] = field(default_factory=dict)
     attrs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    rescale: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         copying = self.fan_in == "copy"
         if (
             copying != all(c >= 0 for c in self.copies)
-            or self.fan_in not in ("copy", "default", "zero")
+            or self.fan_in not in ("copy", "mean", "default", "zero")
             or self.fan_out not in ("split", "zero", "given")
             or (self.fan_out == "given") != bool(self.columns)
         ):
@@ -121,7 +132,7 @@ def _net2net(ctx: InitContext) -> NewUnits:
             "the same number of times, so that its mean and variance stay the same",
             node=ctx.node,
             field="width",
-            expected=f"a multiple of the current width {old}",
+            expected=f"a multiple of the current width {old}, or init 'lemon' (any width)",
             found=str(new),
         )
     rounds = -(-(new - old) // old)
@@ -141,10 +152,18 @@ def _zero(ctx: InitContext) -> NewUnits:
             ctx,
             f"init 'zero' adds units whose nonzero activations enter the mean and variance "
             f"of layernorm '{norm}', which would change the old units' outputs",
-            "init 'net2net' with a multiple of the width",
+            "init 'lemon' (any width), or 'net2net' with a multiple of the width",
             "'zero'",
         )
     return NewUnits((-1,) * (ctx.width - ctx.old), fan_in="default", fan_out="zero")
+
+
+def _lemon(ctx: InitContext) -> NewUnits:
+    """LEMON: new units carry the mean of the old ones; norms rescaled (any width; see
+    :mod:`grow_ir.passes.lemon`, imported lazily: it imports this module)."""
+    from grow_ir.passes.lemon import lemon_units
+
+    return lemon_units(ctx)
 
 
 def _gradmax(ctx: InitContext) -> NewUnits:
@@ -155,7 +174,12 @@ def _gradmax(ctx: InitContext) -> NewUnits:
     return gradmax_units(ctx)
 
 
-INITS: dict[str, InitFn] = {"net2net": _net2net, "zero": _zero, "gradmax": _gradmax}
+INITS: dict[str, InitFn] = {
+    "net2net": _net2net,
+    "lemon": _lemon,
+    "zero": _zero,
+    "gradmax": _gradmax,
+}
 """The inits ``widen`` knows, by name."""
 
 PROBE_INITS = frozenset({"gradmax"})
@@ -180,7 +204,11 @@ def widen(
     The whole channel group grows with it. ``init="net2net"`` replicates old units chosen
     by a generator seeded with ``seed`` and divides each consumer column among the copies;
     ``init="zero"`` gives new units PyTorch's default fan-in and zero fan-out, and new
-    batchnorm channels the identity. ``noise > 0`` (net2net only) adds N(0, (noise·std)²),
+    batchnorm channels the identity. ``init="lemon"`` (LEMON) makes each new unit the mean
+    of the old ones with zero fan-out and rescales the layernorms across the group (weight
+    by ``sqrt(old/new)``, eps by ``old/new``): exact at any width through a pre-norm
+    transformer's residual stream (see :mod:`grow_ir.passes.lemon`), where net2net needs
+    a multiple of the width. ``noise > 0`` (net2net only) adds N(0, (noise·std)²),
     std that of the producer's weight, to the copies' fan-in to break their symmetry.
     ``init="gradmax"`` (GradMax) gives new units zero fan-in and the fan-out that maximises
     the gradient their fan-in gets on ``probe`` (a :class:`grow_ir.passes.gradmax.Probe`
@@ -362,7 +390,7 @@ def _grow_member(
     by_param = axes_by_param(member)
     node = graph.node(member.node)
     fresh: dict[str, torch.Tensor] = {}
-    if units.fan_in != "copy" and any(a.kind == "units" for a in member.axes):
+    if units.fan_in in ("default", "zero") and any(a.kind == "units" for a in member.axes):
         # The op's own initialisation at the new shape supplies the new units' entries.
         fresh = init_layer(node, graph.input_types(node), "default", gen)
         if units.fan_in == "zero":
@@ -376,6 +404,8 @@ def _grow_member(
             params[param], origins[param] = _grow_mask(mask, param, axes, old, layout)
             continue
         t = source = old_graph.params[param]
+        if param in units.rescale:
+            t = (t.double() * units.rescale[param]).to(t.dtype)
         local = param[len(node.param_prefix) + 1 :]
         index: dict[int, tuple[int, ...]] = {}
         scale: dict[int, tuple[float, ...]] = {}
@@ -385,6 +415,7 @@ def _grow_member(
             kind = on_axis[0].kind
             spans = [(a.offset, a.block) for a in on_axis]
             plan = axis_plan(t.shape[axis], spans, old, layout)
+            before = t
             t = t.index_select(axis, torch.tensor(plan.index).clamp(min=0))
             # Entries with no source start at zero; so do new fan-out columns not split.
             zero_new = kind == "fan_out" and units.fan_out != "split"
@@ -399,7 +430,12 @@ def _grow_member(
                 if any(f != 1.0 for f in factors):
                     scale[axis] = factors
                     t = (t.double() * _along(factors, axis, t, torch.float64)).to(t.dtype)
-            if kind == "units":
+            if param in units.rescale and axis == min(a.axis for a in axes):
+                f = units.rescale[param]  # recorded once, on the first grown axis
+                scale[axis] = tuple(f if i >= 0 else 1.0 for i in index[axis])
+            if kind == "units" and units.fan_in == "mean":
+                t = _fill_means(t, before, axis, spans, old, plan)
+            elif kind == "units":
                 fill = fill | _along([i < 0 for i in plan.index], axis, t, torch.bool)
                 copied = copied | _along(
                     [n and i >= 0 for n, i in zip(plan.new, plan.index)], axis, t, torch.bool
@@ -412,3 +448,24 @@ def _grow_member(
         params[param] = t.contiguous()
         origins[param] = Origin(source=param, index=index, scale=scale)
     return params, origins
+
+
+def _fill_means(
+    t: torch.Tensor,
+    before: torch.Tensor,
+    axis: int,
+    spans: Sequence[tuple[int, int]],
+    old: int,
+    plan: AxisPlan,
+) -> torch.Tensor:
+    """``t`` with the new positions of every span set to the mean of that span's old units
+    in ``before`` (block by block; computed in float64)."""
+    new_at = [p for p, n in enumerate(plan.new) if n]
+    per_span = len(new_at) // len(spans)
+    for k, (off, blk) in enumerate(sorted(spans)):
+        units = before.narrow(axis, off, old * blk).double()
+        mean = units.unflatten(axis, (old, blk)).mean(axis)  # the span's mean unit
+        values = mean.tile([per_span // blk if d == axis else 1 for d in range(mean.dim())])
+        at = torch.tensor(new_at[k * per_span : (k + 1) * per_span], dtype=torch.long)
+        t = t.index_copy(axis, at, values.to(t.dtype))
+    return t

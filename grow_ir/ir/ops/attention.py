@@ -12,6 +12,7 @@ from grow_ir.ir.ops.base import (
     Channels,
     OpDef,
     ParamSpec,
+    ThroughRule,
     empty,
     fail,
     known,
@@ -26,12 +27,22 @@ from grow_ir.ir.types import TensorType
 
 
 class AttentionAttrs(Attrs):
-    """Self-attention on ``[N, L, E]``; ``causal`` masks future positions."""
+    """Self-attention on ``[N, L, E]``; ``causal`` masks future positions; ``head_dim``
+    sets each head's size (default ``E / num_heads``), so the heads (``num_heads *
+    head_dim`` wide) and the model width ``E`` can grow apart."""
 
     num_heads: PositiveInt
+    head_dim: PositiveInt | None = None
     bias: bool = True
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     causal: bool = False
+
+
+def head_dim(a: AttentionAttrs, ins: Sequence[TensorType]) -> int:
+    """The size of each head: ``head_dim`` when set, else ``E / num_heads``."""
+    if a.head_dim is not None:
+        return a.head_dim
+    return known(ins[0].shape[2], "attention's embedding size") // a.num_heads
 
 
 def _attention_infer(a: AttentionAttrs, ins: Sequence[TensorType]) -> TensorType:
@@ -39,11 +50,11 @@ def _attention_infer(a: AttentionAttrs, ins: Sequence[TensorType]) -> TensorType
     require_float(x, "attention")
     require_rank(x, [3], "attention")
     e = known(x.shape[2], "attention's embedding size")
-    if e % a.num_heads:
+    if a.head_dim is None and e % a.num_heads:
         raise fail(
             "the embedding size must be divisible by num_heads",
             field="num_heads",
-            expected=f"a divisor of {e}",
+            expected=f"a divisor of {e}, or head_dim set",
             found=a.num_heads,
         )
     return x
@@ -51,11 +62,12 @@ def _attention_infer(a: AttentionAttrs, ins: Sequence[TensorType]) -> TensorType
 
 def _attention_params(a: AttentionAttrs, ins: Sequence[TensorType]) -> dict[str, ParamSpec]:
     e = known(ins[0].shape[2], "attention's embedding size")
+    inner = a.num_heads * head_dim(a, ins)
     dt = param_dtype(ins)
-    specs = {"in_proj_weight": ParamSpec((3 * e, e), dt)}
+    specs = {"in_proj_weight": ParamSpec((3 * inner, e), dt)}
     if a.bias:
-        specs["in_proj_bias"] = ParamSpec((3 * e,), dt)
-    specs["out_proj.weight"] = ParamSpec((e, e), dt)
+        specs["in_proj_bias"] = ParamSpec((3 * inner,), dt)
+    specs["out_proj.weight"] = ParamSpec((e, inner), dt)
     if a.bias:
         specs["out_proj.bias"] = ParamSpec((e,), dt)
     return specs
@@ -66,10 +78,10 @@ def _attention_init(a: AttentionAttrs, ins: Sequence[TensorType], gen: torch.Gen
     # first (kaiming weight, then a bias that is drawn and later zeroed), then
     # _reset_parameters gives the in-projection xavier_uniform and zeroes both biases.
     specs = _attention_params(a, ins)
-    e = specs["out_proj.weight"].shape[0]
+    inner = specs["out_proj.weight"].shape[1]
     out_proj = kaiming_init(
         {k.removeprefix("out_proj."): v for k, v in specs.items() if k.startswith("out_proj.")},
-        e,
+        inner,
         gen,
     )
     out = {
@@ -92,8 +104,13 @@ ATTENTION = register(
         infer=_attention_infer,
         params=_attention_params,
         init=_attention_init,
-        channels=Channels.OPAQUE,
+        channels=Channels.THROUGH,
         channel_axis=lambda a, ins: 2,
+        through=ThroughRule(
+            reads=("in_proj_weight",),
+            writes=("out_proj.weight", "out_proj.bias"),
+            pin=lambda a, ins: {"head_dim": head_dim(a, ins)},
+        ),
         doc="torch.nn.MultiheadAttention self-attention, batch first, optional causal mask",
         facts=OpFacts(
             width_attr=None,
@@ -110,7 +127,7 @@ ATTENTION = register(
             activation=False,
             square=None,
             identity=No("no projection weights make self-attention the identity"),
-            zeroable=False,
+            zeroable=("out_proj.weight", "out_proj.bias"),
             head=False,
             adapters=(),
             randomised=False,

@@ -44,6 +44,7 @@ class Channels(str, Enum):
     JOIN = "join"  # all inputs and the output share one channel set (add, mul)
     CONCAT = "concat"  # output channels are the inputs' channels side by side
     FLATTEN = "flatten"  # channel axis folded with trailing axes into blocks
+    THROUGH = "through"  # reads and writes the same channels through weights (attention)
     OPAQUE = "opaque"  # channels cannot be widened through this op
 
 
@@ -65,6 +66,22 @@ class ParamSpec:
     def numel(self) -> int:
         """Number of elements."""
         return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class ThroughRule:
+    """How a ``Channels.THROUGH`` op reads and writes its input's channels.
+
+    Attributes:
+        reads: parameters (local names) whose columns read the channels (fan-out).
+        writes: parameters whose rows or entries write them (units).
+        pin: attribute values that keep the op's inside fixed while the channels change
+            (attention's ``head_dim``, which otherwise follows the embedding).
+    """
+
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    pin: Callable[[Any, Sequence[TensorType]], dict[str, Any]]
 
 
 InferFn = Callable[[Any, Sequence[TensorType]], TensorType]
@@ -155,6 +172,7 @@ class OpDef:
         init: default initialisation, matching the PyTorch module's.
         min_inputs / max_inputs: arity (max None = any number).
         channels: channel rule for widening.
+        through: for ``Channels.THROUGH``, which parameters read and write the channels.
         channel_axis: the input axis this op's channels live on (per-channel params,
             weight columns, concat axis); ``None`` when channels pass through unchanged.
         doc: one line for ``grow-ir show`` and the schema.
@@ -171,6 +189,7 @@ class OpDef:
     min_inputs: int = 1
     max_inputs: int | None = 1
     channels: Channels = Channels.MAP
+    through: ThroughRule | None = None
     channel_axis: Callable[[Any, Sequence[TensorType]], int | None] = field(
         default=lambda attrs, inputs: None
     )

@@ -79,8 +79,10 @@ class OpFacts:
             ``insert_layer`` can insert); None when there is none.
         identity: how to make such an instance the identity (eye, Dirac, batchnorm with
             gamma = sqrt(var + eps)); ``No(reason)`` when the op has no identity.
-        zeroable: zeroing its ``weight`` and ``bias`` makes the output 0 everywhere (the
-            last layer of a zero-initialised residual branch), when it has them.
+        zeroable: the parameters (local names) whose zeroing makes the output 0 everywhere
+            whatever the input (the last layer of a zero-initialised residual branch:
+            ``weight`` and ``bias`` of a linear, ``out_proj.*`` of attention); those the
+            node does not have (no bias) are skipped; ``()`` when there are none.
         head: a fresh instance with another ``width_attr`` can replace it as a task's
             output layer (``fork_task(head=K)``).
         adapters: the adapter kinds (``add_adapter``) that fit it, in order of preference.
@@ -104,7 +106,7 @@ class OpFacts:
     activation: bool
     square: SquareFn | None
     identity: IdentityFn | No
-    zeroable: bool
+    zeroable: tuple[str, ...]
     head: bool
     adapters: tuple[str, ...]
     randomised: bool
@@ -143,7 +145,7 @@ def parameter_free(
         activation=activation,
         square=None,
         identity=No(f"{name} has no parameters"),
-        zeroable=False,
+        zeroable=(),
         head=False,
         adapters=(),
         randomised=False,

@@ -97,7 +97,7 @@ def _norm_facts(
         activation=False,
         square=lambda t, kernel_size: {},
         identity=identity,
-        zeroable=True,
+        zeroable=("weight", "bias"),
         head=False,
         adapters=(),
         randomised=True,
