@@ -23,6 +23,7 @@ from grow_ir.ir.ops.base import (
 )
 from grow_ir.ir.ops.dense import kaiming_init
 from grow_ir.ir.ops.facts import No, OpFacts
+from grow_ir.ir.ops.macs import attention_macs
 from grow_ir.ir.types import TensorType
 
 
@@ -132,6 +133,7 @@ ATTENTION = register(
             adapters=(),
             randomised=False,
             index_bound=None,
+            macs=attention_macs,
         ),
     )
 )

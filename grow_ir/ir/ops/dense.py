@@ -24,6 +24,7 @@ from grow_ir.ir.ops.base import (
     uniform_,
 )
 from grow_ir.ir.ops.facts import No, OpFacts
+from grow_ir.ir.ops.macs import conv_macs, linear_macs, no_macs
 from grow_ir.ir.types import Dim, TensorType
 
 # ---- linear ---------------------------------------------------------------------------
@@ -143,6 +144,7 @@ LINEAR = register(
             square=_linear_square,
             identity=_linear_identity,
             adapters=("lora", "serial"),
+            macs=linear_macs,
         ),
     )
 )
@@ -290,6 +292,7 @@ def _make_conv(n: int) -> OpDef:
                 square=_conv_square,
                 identity=identity,
                 adapters=("parallel", "serial"),
+                macs=conv_macs,
             ),
         )
     )
@@ -400,6 +403,7 @@ EMBEDDING = register(
             adapters=(),
             randomised=False,
             index_bound="num_embeddings",
+            macs=no_macs,
         ),
     )
 )

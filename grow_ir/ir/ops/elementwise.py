@@ -22,6 +22,7 @@ from grow_ir.ir.ops.base import (
 )
 from grow_ir.ir.ops.dense import IntOrPair, PadOrPair, spatial
 from grow_ir.ir.ops.facts import No, OpFacts, parameter_free
+from grow_ir.ir.ops.macs import no_macs
 from grow_ir.ir.types import TensorType
 
 
@@ -56,6 +57,7 @@ def _activation(name: str, *, zero_to_zero: bool | No, nonnegative: bool) -> OpF
         gradient_fix=None,
         identity_on_nonnegative=False,
         sums=False,
+        macs=no_macs,
     )
 
 
@@ -226,6 +228,7 @@ def _pass_through(name: str) -> OpFacts:
         gradient_fix=None,
         identity_on_nonnegative=True,
         sums=False,
+        macs=no_macs,
     )
 
 
@@ -290,6 +293,7 @@ def _normaliser(name: str, *, nonnegative: bool, zero: str) -> OpFacts:
         gradient_fix=None,
         identity_on_nonnegative=False,
         sums=False,
+        macs=no_macs,
     )
 
 
@@ -416,6 +420,7 @@ def _pooling(name: str) -> OpFacts:
         gradient_fix=None,
         identity_on_nonnegative=False,
         sums=False,
+        macs=no_macs,
     )
 
 

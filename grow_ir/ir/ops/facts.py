@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from grow_ir.ir.ops.macs import MacsFn
 from grow_ir.ir.types import TensorType
 
 
@@ -90,6 +91,7 @@ class OpFacts:
             affine terms), so numerical checks randomise them (``probes.randomize_norms``).
         index_bound: the attribute bounding the int64 values it reads (embedding's
             ``num_embeddings``); None for an op that reads no indices.
+        macs: its multiply-accumulates per call (:mod:`grow_ir.ir.ops.macs`).
     """
 
     width_attr: str | None
@@ -111,6 +113,7 @@ class OpFacts:
     adapters: tuple[str, ...]
     randomised: bool
     index_bound: str | None
+    macs: MacsFn
 
 
 def parameter_free(
@@ -126,6 +129,7 @@ def parameter_free(
     gradient_fix: Mapping[str, Any] | None,
     identity_on_nonnegative: bool,
     sums: bool,
+    macs: MacsFn,
 ) -> OpFacts:
     """The facts of an op without parameters: it makes no channels, is no layer a pass can
     insert, zero or adapt, and ``fresh_zero_to_zero`` is ``zero_to_zero``. Every fact about
@@ -150,4 +154,5 @@ def parameter_free(
         adapters=(),
         randomised=False,
         index_bound=None,
+        macs=macs,
     )

@@ -26,6 +26,7 @@ from grow_ir.ir.ops.base import (
     require_float,
 )
 from grow_ir.ir.ops.facts import No, OpFacts
+from grow_ir.ir.ops.macs import no_macs
 from grow_ir.ir.types import DTYPES, TensorType
 
 
@@ -83,6 +84,7 @@ MIX = register(
             adapters=(),
             randomised=False,
             index_bound=None,
+            macs=no_macs,
         ),
     )
 )

@@ -20,6 +20,7 @@ from grow_ir.ir.ops.base import (
     require_rank,
 )
 from grow_ir.ir.ops.facts import Fact, IdentityFn, No, OpFacts
+from grow_ir.ir.ops.macs import no_macs
 from grow_ir.ir.types import TensorType
 
 
@@ -102,6 +103,7 @@ def _norm_facts(
         adapters=(),
         randomised=True,
         index_bound=None,
+        macs=no_macs,
     )
 
 

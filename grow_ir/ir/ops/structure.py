@@ -15,6 +15,7 @@ from grow_ir.ir.ops.base import (
     register,
 )
 from grow_ir.ir.ops.facts import Fact, No, OpFacts, parameter_free
+from grow_ir.ir.ops.macs import no_macs
 from grow_ir.ir.types import TensorType
 
 
@@ -32,6 +33,7 @@ def _join(name: str, *, gradient_at_zero: Fact, sums: bool) -> OpFacts:
         gradient_fix=None,
         identity_on_nonnegative=False,
         sums=sums,
+        macs=no_macs,
     )
 
 
