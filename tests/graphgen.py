@@ -494,10 +494,6 @@ def graphs(draw: st.DrawFn, families: tuple[str, ...] = FAMILIES) -> Graph:
 
 # ---- pass arguments ---------------------------------------------------------------------
 
-PASS_NAMES = ("widen", "insert_layer", "insert_block", "add_adapter", "fork_task")
-"""The growth passes of the shared property test (:func:`pass_arguments` also knows
-``prune`` and ``prune_connections``, whose properties tests/test_prune_properties.py
-checks)."""
 
 DENSE_OPS = ("linear", "conv1d", "conv2d")
 
@@ -746,20 +742,102 @@ def _stack_blocks(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
     return st.sampled_from(sorted(graph.stages)).flatmap(args)
 
 
-PASS_ARGUMENTS: dict[str, Callable[[Graph], st.SearchStrategy[dict[str, Any]] | None]] = {
-    "widen": _widen,
-    "insert_layer": _insert_layer,
-    "insert_block": _insert_block,
-    "add_adapter": _add_adapter,
-    "fork_task": _fork_task,
-    "prune": _prune,
-    "prune_connections": _prune_connections,
-    "grow_connections": _needs_a_probe,
-    "add_heads": _add_heads,
-    "grow_head_dim": _grow_head_dim,
-    "grow_vocab": _grow_vocab,
-    "stack_blocks": _stack_blocks,
+Args = Mapping[str, Any]
+
+
+def _widen_preserved(graph: Graph, args: Args) -> bool:
+    return not args.get("noise")
+
+
+def _insert_layer_preserved(graph: Graph, args: Args) -> bool:
+    ok = ("identity", "zero") if args.get("residual") else ("identity",)
+    return args.get("init", "identity") in ok
+
+
+def _insert_block_preserved(graph: Graph, args: Args) -> bool:
+    block = graph.stages[args["stage"]]["block"]
+    return args.get("init", "zero") == "zero" and BLOCK_EXACT[block]
+
+
+def _init_reason(default: str) -> Callable[[Graph, Args], str]:
+    def reason(graph: Graph, args: Args) -> str:
+        init = args.get("init", default)
+        if default == "zero" and init == "zero":
+            return "block"  # the block's shape: no plain skip, or an activation after the add
+        return f"init '{init}'"
+
+    return reason
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """What the property tests know about one registered pass.
+
+    Attributes:
+        arguments: a strategy for plausible arguments on a graph (None: nothing to apply to).
+        preserved: whether the pass documents its result as preserving for these arguments;
+            None where the pass proves it case by case (the claim is then checked
+            numerically, like every other).
+        reason: a phrase the reason of a non-preserving result must contain.
+        both_claims: random sequences must see it both preserve and not.
+        sequences: drawn by the shared random sequences of tests/test_pass_properties.py
+            (False: a pass whose own property test draws it, with these arguments).
+    """
+
+    arguments: Callable[[Graph], st.SearchStrategy[dict[str, Any]] | None]
+    preserved: Callable[[Graph, Args], bool | None]
+    reason: Callable[[Graph, Args], str]
+    both_claims: bool = True
+    sequences: bool = True
+
+
+PASS_RECORDS: dict[str, PassRecord] = {
+    "widen": PassRecord(_widen, _widen_preserved, lambda g, a: "noise"),
+    "insert_layer": PassRecord(_insert_layer, _insert_layer_preserved, _init_reason("identity")),
+    "insert_block": PassRecord(_insert_block, _insert_block_preserved, _init_reason("zero")),
+    "add_adapter": PassRecord(_add_adapter, lambda g, a: True, lambda g, a: "", both_claims=False),
+    "fork_task": PassRecord(
+        _fork_task, lambda g, a: a.get("head") is None, lambda g, a: "new head"
+    ),
+    # prune proves preservation per case (dead channels); tests/test_prune_properties.py
+    # draws it in its own sequences (with widen) and checks the same invariants there
+    "prune": PassRecord(
+        _prune, lambda g, a: None, lambda g, a: "chang", both_claims=False, sequences=False
+    ),
+    "prune_connections": PassRecord(
+        _prune_connections,
+        lambda g, a: None,
+        lambda g, a: "chang",
+        both_claims=False,
+        sequences=False,
+    ),
+    # the remaining passes apply to few random graphs (attention, an embedding table, a
+    # probe batch): tests/test_onnx_random.py and their own tests draw them
+    "grow_connections": PassRecord(
+        _needs_a_probe, lambda g, a: True, lambda g, a: "", both_claims=False, sequences=False
+    ),
+    "add_heads": PassRecord(
+        _add_heads, lambda g, a: True, lambda g, a: "", both_claims=False, sequences=False
+    ),
+    "grow_head_dim": PassRecord(
+        _grow_head_dim, lambda g, a: True, lambda g, a: "", both_claims=False, sequences=False
+    ),
+    "grow_vocab": PassRecord(
+        _grow_vocab, lambda g, a: True, lambda g, a: "", both_claims=False, sequences=False
+    ),
+    "stack_blocks": PassRecord(
+        _stack_blocks,
+        lambda g, a: False if a.get("mode", "stack") == "stack" else None,
+        lambda g, a: "",
+        both_claims=False,
+        sequences=False,
+    ),
 }
+"""One record per registered pass: a test fails when a pass has none (tests cover every
+pass in ``PASSES``)."""
+
+PASS_NAMES = tuple(name for name, record in PASS_RECORDS.items() if record.sequences)
+"""The passes the shared random sequences draw."""
 
 
 def pass_arguments(graph: Graph, name: str) -> st.SearchStrategy[dict[str, Any]] | None:
@@ -772,4 +850,4 @@ def pass_arguments(graph: Graph, name: str) -> st.SearchStrategy[dict[str, Any]]
     ``task`` when it feeds a single output); fork_task a base output and subsets of the
     layers on its path to copy (``new``) or adapt.
     """
-    return PASS_ARGUMENTS[name](graph)
+    return PASS_RECORDS[name].arguments(graph)

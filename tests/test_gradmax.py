@@ -13,7 +13,7 @@ from grow_ir.errors import PassError
 from grow_ir.ir import Graph, Node, TensorType, initialize, verify
 from grow_ir.passes import PassResult, apply_plan, channel_group, fork_task, output_error, widen
 from grow_ir.passes.gradmax import Probe, bypass_gradient, fan_out_layout, top_directions
-from grow_ir.passes.widen import InitContext
+from grow_ir.passes.inits import InitContext
 from grow_ir.probes import randomize_norms
 
 

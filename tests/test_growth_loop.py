@@ -12,7 +12,6 @@ from grow_ir.backends.torch import update_params
 from grow_ir.errors import GrowError
 from grow_ir.growth import Trainer, apply_growth, growth_config
 from grow_ir.growth.actions import GrowthContext
-from grow_ir.growth.autogrow import GrowthRequest
 from grow_ir.growth.checkpoint import (
     find_checkpoint,
     load_checkpoint,
@@ -20,7 +19,9 @@ from grow_ir.growth.checkpoint import (
     optimizer_to_files,
 )
 from grow_ir.growth.device import pick_device
+from grow_ir.growth.hooks import AdamInit
 from grow_ir.growth.optim_state import make_optimizer, trainable
+from grow_ir.growth.policy import GrowthRequest
 from grow_ir.spec import load_spec
 from tests.tiny_specs import TINY_SPIRALS
 
@@ -107,7 +108,8 @@ def test_adam_init_trains_the_new_block_alone_until_it_recovers() -> None:
     trainer.run()  # a trained network, so that a random block hurts it
     state = trainer.state
     before = update_params(state.graph, state.module)
-    request = GrowthRequest("stage1", "insert_block", {"stage": "stage1", "init": "gauss"}, "t")
+    args = {"stage": "stage1", "init": "gauss"}
+    request = GrowthRequest("stage1", "insert_block", args, "t", (AdamInit(),))
     ctx = GrowthContext(cfg, trainer.data, torch.device("cpu"), 3)
     grown, outcome = apply_growth(state, request, ctx)
     assert 0 < outcome.notes["adam_steps"] <= 40

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from grow_ir.errors import GrowError
-from grow_ir.growth.autogrow import AutoGrow, NoGrowth, make_policy
+from grow_ir.growth.autogrow import AutoGrow, NoGrowth
 from grow_ir.growth.config import growth_config
+from grow_ir.growth.policy import Observation, make_policy
 from grow_ir.ir.graph import Graph
 from grow_ir.passes import get_pass
 from grow_ir.spec import load_spec
@@ -41,7 +42,7 @@ def drive(policy: AutoGrow, graph: Graph, accs: list[float], start: int = 0):
     """Feed ``accs`` from epoch ``start``; run each request; return (graph, [(epoch, unit)])."""
     steps = []
     for e, acc in enumerate(accs, start=start):
-        for req in policy.observe(e, acc, graph):
+        for req in policy.observe(Observation(e, 0.0, acc, graph)):
             graph = get_pass(req.pass_name).run(graph, **req.args).graph
             policy.grown(req, e, graph)
             steps.append((e, req.unit))

@@ -4,7 +4,8 @@ of passes, with every invariant a pass promises checked after every step.
 The networks come from :mod:`tests.graphgen` (MLPs, conv nets with pooling and flatten
 boundaries, transformer-style nets, stages of block templates; residual adds, concats,
 gates, several outputs) with random norm statistics. Each drawn sequence applies one to four
-passes among widen, insert_layer, insert_block, add_adapter and fork_task. A pass may refuse
+passes among every registered pass (``PASSES``: each has a record in
+``tests.graphgen.PASS_RECORDS``, and a test fails for a pass without one). A pass may refuse
 (a PassError with its reason): the step is skipped and the input must be unchanged. After a
 pass that applies:
 
@@ -46,9 +47,9 @@ from grow_ir.passes import PASSES, Origin, PassResult, output_error
 from grow_ir.probes import randomize_norms
 from grow_ir.spec import dump_spec, load, load_spec, save
 from tests.graphgen import (
-    BLOCK_EXACT,
     FAMILIES,
     PASS_NAMES,
+    PASS_RECORDS,
     TEMPLATES,
     graphs,
     pass_arguments,
@@ -71,38 +72,10 @@ SameGraph = Callable[..., None]
 # ---- what each pass documents -----------------------------------------------------------
 
 
-def expected_preserved(graph: Graph, name: str, args: Mapping[str, Any]) -> bool:
-    """Whether pass ``name`` documents its result as function-preserving for ``args``.
-
-    widen: unless ``noise > 0``. insert_layer: identity init without residual, identity or
-    zero init with it. insert_block: zero init on a block of the form ``act(x + f(x))``
-    with ``act`` the identity on ``x``. add_adapter: always. fork_task: without a new head.
-    """
-    if name == "widen":
-        return not args.get("noise")
-    if name == "insert_layer":
-        ok = ("identity", "zero") if args.get("residual") else ("identity",)
-        return args.get("init", "identity") in ok
-    if name == "insert_block":
-        block = graph.stages[args["stage"]]["block"]
-        return args.get("init", "zero") == "zero" and BLOCK_EXACT[block]
-    if name == "add_adapter":
-        return True
-    if name == "fork_task":
-        return args.get("head") is None
-    raise AssertionError(f"no documented preservation rule for pass {name!r}")
-
-
-def expected_reason(graph: Graph, name: str, args: Mapping[str, Any]) -> str:
-    """A phrase the reason of a non-preserving result must contain."""
-    if name == "widen":
-        return "noise"
-    if name == "fork_task":
-        return "new head"
-    init = args.get("init", "zero" if name == "insert_block" else "identity")
-    if name == "insert_block" and init == "zero":
-        return "block"  # the block's shape: no plain skip, or an activation after the add
-    return f"init '{init}'"
+def test_every_pass_has_a_record() -> None:
+    """A pass registered without a record (arguments, documented preservation, reason)
+    cannot be left out of the property tests."""
+    assert set(PASS_RECORDS) == set(PASSES), f"no record: {sorted(set(PASSES) - set(PASS_RECORDS))}"
 
 
 # ---- checks -----------------------------------------------------------------------------
@@ -178,14 +151,15 @@ def check_step(
     verify(new)
     snap.check(before, what)
     assert set(before.outputs) <= set(new.outputs), f"{what} dropped an output"
-    want = expected_preserved(before, name, args)
-    assert result.preserved == want, (
+    record = PASS_RECORDS[name]
+    want = record.preserved(before, args)
+    assert want is None or result.preserved == want, (
         f"{what}: preserved={result.preserved}, documented {want} ({result.reason!r})"
     )
     if result.preserved:
         assert not result.reason, f"{what}: preserved, yet gives a reason"
     else:
-        phrase = expected_reason(before, name, args)
+        phrase = record.reason(before, args)
         assert phrase in result.reason, f"{what}: reason {result.reason!r} lacks {phrase!r}"
     if name == "fork_task":
         same = {} if args.get("head") is not None else {args["task"]: args["base"]}
@@ -280,7 +254,7 @@ def test_random_pass_sequences_keep_their_promises(
     expected = [n for n in PASS_NAMES if n != "insert_block" or "staged" in families]
     for name in expected:
         assert tally.applied[name] >= 10, f"{name} rarely applies: {tally.table()}"
-        if name != "add_adapter":  # both claims of the pass were checked
+        if PASS_RECORDS[name].both_claims:  # both claims of the pass were checked
             assert tally.applied[name] > tally.changing[name] > 0, f"{name}: {tally.table()}"
     print(f"\n{'-'.join(families)}: {tally.table()}; worst error {tally.worst:.2g}")
     for reason, count in tally.reasons.most_common(4):

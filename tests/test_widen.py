@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -9,9 +11,18 @@ from hypothesis import strategies as st
 
 from grow_ir.errors import GrowError, PassError
 from grow_ir.ir import Graph, Node
-from grow_ir.passes import PassResult, channel_group, output_error, run_plan, widen, widenable
+from grow_ir.passes import (
+    PassResult,
+    channel_group,
+    insert_block,
+    output_error,
+    run_plan,
+    widen,
+    widenable,
+)
 from grow_ir.passes.regroup import axis_plan
 from grow_ir.probes import randomize_norms
+from grow_ir.spec import dump_spec, load_spec
 from tests.channel_graphs import (
     build,
     concat,
@@ -642,3 +653,18 @@ def test_widening_beside_a_log_softmax_over_another_axis_is_exact() -> None:
     result = widen.run(graph, node="fc1", width=7)
     assert result.preserved
     assert output_error(graph, result.graph, {}) <= 1e-5
+
+
+def test_a_widened_stage_dumps_its_new_width() -> None:
+    graph = load_spec(
+        Path(__file__).resolve().parent.parent / "specs/examples/autogrow_digits.yaml"
+    )
+    wide = widen(graph, node="stem", width=24)
+    assert graph.stages["stage1"]["with"] == {"channels": 16}  # the input is unchanged
+    assert wide.stages["stage1"]["with"] == {"channels": 24}
+    assert wide.stages["stage2"] == graph.stages["stage2"]
+    spec = dump_spec(wide)
+    assert spec["stages"]["stage1"]["with"] == {"channels": 24}
+    assert load_spec(spec).stages == wide.stages
+    grown = insert_block(wide, stage="stage1")  # grows from the widened block
+    assert grown.node("stage1.block1.conv2").attrs.out_channels == 24

@@ -12,33 +12,46 @@ Typical use::
     write_outputs(result, "runs/d")
 """
 
-from grow_ir.growth import gradmax_probe  # noqa: F401  (registers init: gradmax)
-from grow_ir.growth.actions import WIDEN_ARGS, GrowthContext, TrainState, apply_growth
-from grow_ir.growth.autogrow import AutoGrow, GrowthRequest, NoGrowth, Policy, make_policy
-from grow_ir.growth.config import WIDEN_INITS, GrowthConfig, OptimizerConfig, growth_config
+from grow_ir.growth.actions import GrowthContext, TrainState, apply_growth
+from grow_ir.growth.autogrow import AutoGrow, NoGrowth
+from grow_ir.growth.config import GrowthConfig, OptimizerConfig, growth_config
 from grow_ir.growth.data import Dataset, check_fits, load_data
 from grow_ir.growth.device import pick_device
 from grow_ir.growth.history import History
 from grow_ir.growth.loop import RunResult, Trainer, accuracy
+from grow_ir.growth.nest import NeST
 from grow_ir.growth.optim_state import make_optimizer, transfer_optimizer
 from grow_ir.growth.outputs import RunFiles, write_outputs
+from grow_ir.growth.policy import (
+    POLICIES,
+    GrowthRequest,
+    Observation,
+    Policy,
+    StepHook,
+    make_policy,
+    register_policy,
+)
 from grow_ir.growth.report import describe_architecture
 from grow_ir.growth.schedule import learning_rate
+from grow_ir.growth.scheduled import Scheduled
 
 __all__ = [
-    "WIDEN_ARGS",
-    "WIDEN_INITS",
+    "POLICIES",
     "AutoGrow",
     "Dataset",
     "GrowthConfig",
     "GrowthContext",
     "GrowthRequest",
     "History",
+    "NeST",
     "NoGrowth",
+    "Observation",
     "OptimizerConfig",
     "Policy",
     "RunFiles",
     "RunResult",
+    "Scheduled",
+    "StepHook",
     "TrainState",
     "Trainer",
     "accuracy",
@@ -51,6 +64,7 @@ __all__ = [
     "make_optimizer",
     "make_policy",
     "pick_device",
+    "register_policy",
     "transfer_optimizer",
     "write_outputs",
 ]

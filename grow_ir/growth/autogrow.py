@@ -29,19 +29,11 @@ from typing import Any
 
 from grow_ir.errors import GrowError
 from grow_ir.growth.config import GrowthConfig
+from grow_ir.growth.hooks import AdamInit, probe_hooks
+from grow_ir.growth.policy import GrowthRequest, Observation, PolicyBase, Stop, register_policy
 from grow_ir.growth.schedule import growth_deadline
 from grow_ir.ir.graph import Graph
 from grow_ir.passes.channels import width_of
-
-
-@dataclass(frozen=True)
-class GrowthRequest:
-    """One growth step a policy asks for: a pass on a unit, and why."""
-
-    unit: str
-    pass_name: str
-    args: dict[str, Any]
-    reason: str
 
 
 @dataclass
@@ -57,49 +49,6 @@ class Unit:
     pending_before: float | None = None
     steps: int = 0
     stop_reason: str = ""
-
-
-@dataclass
-class Stop:
-    """A unit that stopped growing after an epoch (-1: before training), and why."""
-
-    epoch: int
-    unit: str
-    reason: str
-
-
-class Policy:
-    """The interface of growth policies (this base never grows)."""
-
-    def observe(self, epoch: int, val_accuracy: float, graph: Graph) -> list[GrowthRequest]:
-        """Record the validation accuracy after ``epoch`` and return the steps to take."""
-        return []
-
-    def grown(self, request: GrowthRequest, epoch: int, graph: Graph) -> None:
-        """Record that ``request`` ran after ``epoch`` and produced ``graph``."""
-
-    def refused(self, request: GrowthRequest, epoch: int, reason: str) -> None:
-        """Record that the pass refused ``request`` after ``epoch`` (the graph is unchanged)."""
-
-    @property
-    def growing(self) -> bool:
-        """Whether the policy may still grow the network."""
-        return False
-
-    def drain_stops(self) -> list[Stop]:
-        """Units that stopped since the last call (for the log)."""
-        return []
-
-    def summary(self) -> dict[str, Any]:
-        """Per unit: kind, size, steps and why it stopped (for the history)."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-able state."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output."""
 
 
 def _epochs(n: int) -> str:
@@ -125,7 +74,8 @@ def stage_depth(graph: Graph, stage: str) -> int:
     return int(graph.stages[stage]["depth"])
 
 
-class AutoGrow(Policy):
+@register_policy("autogrow", doc="AutoGrow: stages grow by blocks, layers by width")
+class AutoGrow:
     """AutoGrow's depth policy with an optional width policy (see the module docstring)."""
 
     def __init__(self, config: GrowthConfig, graph: Graph) -> None:
@@ -170,14 +120,15 @@ class AutoGrow(Policy):
 
     # ---- decisions ------------------------------------------------------------------
 
-    def observe(self, epoch: int, val_accuracy: float, graph: Graph) -> list[GrowthRequest]:
+    def observe(self, obs: Observation) -> list[GrowthRequest]:
         """Judge pending growth, then ask for at most one depth step or the width steps.
 
         Guarantees: nothing is asked once the next epoch reaches the growth deadline
         (``epochs - tail_epochs``) or every unit has stopped; requests name units that are
         active, below their limit and with no growth awaiting judgement.
         """
-        self.accs.append(float(val_accuracy))
+        epoch = obs.epoch
+        self.accs.append(float(obs.val_accuracy))
         if self.closed:
             return []
         self._judge(epoch)
@@ -188,7 +139,7 @@ class AutoGrow(Policy):
         depth = self._depth_requests(epoch)
         if depth:
             return depth
-        return self._width_requests(epoch, graph)
+        return self._width_requests(epoch, obs.graph)
 
     def _judge(self, epoch: int) -> None:
         j, tau = self.config.patience, self.config.tau
@@ -238,8 +189,10 @@ class AutoGrow(Policy):
         return []
 
     def _block_request(self, u: Unit, reason: str) -> GrowthRequest:
-        args = {"stage": u.name, "init": self._block_init()}
-        return GrowthRequest(u.name, "insert_block", args, reason)
+        # AdamInit inserts a Gaussian block, then trains it alone (a step hook).
+        adam = self.config.init == "adam"
+        args = {"stage": u.name, "init": "gauss" if adam else self.config.init}
+        return GrowthRequest(u.name, "insert_block", args, reason, (AdamInit(),) if adam else ())
 
     def _width_requests(self, epoch: int, graph: Graph) -> list[GrowthRequest]:
         widen = self.config.widen
@@ -271,28 +224,25 @@ class AutoGrow(Policy):
         """GradMax fills at most as many units per step as a fan-out has entries; the
         rest of the requested width comes in a second step with ``zero`` init (random
         fan-in, zero fan-out: exact too), so the policy grows the factor it asked for."""
+        hooks = probe_hooks("widen", args)
         if args["init"] != "gradmax":
-            return [GrowthRequest(u.name, "widen", args, reason)]
+            return [GrowthRequest(u.name, "widen", args, reason, hooks)]
         from grow_ir.passes.gradmax import capacity
 
         try:
             room = capacity(graph, u.name)
         except GrowError:  # a group GradMax refuses: the pass will say why
-            return [GrowthRequest(u.name, "widen", args, reason)]
+            return [GrowthRequest(u.name, "widen", args, reason, hooks)]
         if args["width"] - u.size <= room:
-            return [GrowthRequest(u.name, "widen", args, reason)]
+            return [GrowthRequest(u.name, "widen", args, reason, hooks)]
         first = {**args, "width": u.size + room}
         rest = {**args, "width": args["width"], "init": "zero"}
         note = f"; GradMax fills {room} units at once, zero init the other "
         note += f"{args['width'] - u.size - room}"
         return [
-            GrowthRequest(u.name, "widen", first, reason + note),
+            GrowthRequest(u.name, "widen", first, reason + note, hooks),
             GrowthRequest(u.name, "widen", rest, reason + note),
         ]
-
-    def _block_init(self) -> str:
-        # AdamInit inserts a Gaussian block, then trains it alone (see growth.actions).
-        return "gauss" if self.config.init == "adam" else self.config.init
 
     # ---- bookkeeping ----------------------------------------------------------------
 
@@ -379,20 +329,9 @@ class AutoGrow(Policy):
         self._stops = []
 
 
-class NoGrowth(Policy):
+@register_policy("none", doc="train the network as it is", grows=False)
+class NoGrowth(PolicyBase):
     """Trains the network as it is: never grows."""
 
-
-def make_policy(config: GrowthConfig, graph: Graph) -> Policy:
-    """The policy named by ``config.policy`` for ``graph``."""
-    if config.policy == "none":
-        return NoGrowth()
-    if config.policy == "nest":
-        from grow_ir.growth.nest import NeST  # it builds on this module's Policy
-
-        return NeST(config, graph)
-    if config.policy == "schedule":
-        from grow_ir.growth.scheduled import Scheduled  # it imports this module
-
-        return Scheduled(config, graph)
-    return AutoGrow(config, graph)
+    def __init__(self, config: GrowthConfig | None = None, graph: Graph | None = None) -> None:
+        pass

@@ -24,6 +24,8 @@ from pydantic import (
 
 from grow_ir.errors import GrowError
 from grow_ir.passes.args import Seed
+from grow_ir.passes.inits import WIDTH_INITS
+from grow_ir.passes.insert import BLOCK_INITS as PASS_BLOCK_INITS
 
 MAX_COUNT = 2**31 - 1
 """The largest count a setting takes (epochs, batch size, depth, width...): anything above
@@ -32,15 +34,10 @@ is a mistake, refused with the field's name rather than met deep inside training
 Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
 """A positive count of at most :data:`MAX_COUNT`."""
 
-WIDEN_INITS: dict[str, str] = {
-    "net2net": "replicate units, divide their outgoing weights by the copy count (exact)",
-    "zero": "random fan-in, zero fan-out (exact)",
-}
-"""Initialisations the width policy may ask ``widen`` for. An init that needs training data
-(GradMax) registers here and in :data:`grow_ir.growth.actions.WIDEN_ARGS`."""
-
-BLOCK_INITS = ("zero", "adam", "uniform", "gauss")
-"""AutoGrow's initialisers of a new block: ZeroInit, AdamInit, UniInit, GauInit."""
+BLOCK_INITS = (*PASS_BLOCK_INITS, "adam")
+"""AutoGrow's initialisers of a new block: those of ``insert_block`` (ZeroInit ``zero``,
+GauInit ``gauss``, UniInit ``uniform``) and AdamInit (``adam``: a Gaussian block trained
+alone afterwards, the :class:`grow_ir.growth.hooks.AdamInit` step hook)."""
 
 
 class _Model(BaseModel):
@@ -96,7 +93,7 @@ class WidenConfig(_Model):
         nodes: linear/conv/embedding nodes to widen (each a unit of its own).
         factor: the width is multiplied by this (rounded up) at each step.
         max_width: no unit grows past this width.
-        init: a key of :data:`WIDEN_INITS`.
+        init: a width init of ``widen`` (``passes.inits.WIDTH_INITS``).
         noise: net2net's symmetry-breaking noise (0: exact).
     """
 
@@ -109,8 +106,8 @@ class WidenConfig(_Model):
     @field_validator("init")
     @classmethod
     def _known_init(cls, v: str) -> str:
-        if v not in WIDEN_INITS:
-            raise ValueError(f"expected one of {', '.join(WIDEN_INITS)}, found {v!r}")
+        if v not in WIDTH_INITS:
+            raise ValueError(f"expected one of {', '.join(WIDTH_INITS)}, found {v!r}")
         return v
 
 
@@ -183,9 +180,10 @@ class GrowthConfig(_Model):
     Attributes:
         data: ``spirals``, ``digits``, ``mnist``, ``pydoc``, ``FILE.npz`` or ``FILE.txt``
             (relative to the spec).
-        policy: ``autogrow``; ``nest`` (grow then prune, see :class:`NestConfig`);
-            ``schedule`` (the steps of ``schedule`` at their epochs, as staged training grows
-            width, depth and heads to given sizes); or ``none`` to train the network as it is.
+        policy: a registered policy (``growth.policy.POLICIES``): ``autogrow``; ``nest``
+            (grow then prune, see :class:`NestConfig`); ``schedule`` (the steps of
+            ``schedule`` at their epochs, as staged training grows width, depth and heads to
+            given sizes); or ``none`` to train the network as it is.
         schedule: the growth schedule of ``policy: schedule``, in epoch order.
         seq_len: the context length of language-model training windows (tokens).
         mode: ``periodic`` (grow every ``interval`` epochs) or ``convergent`` (grow when
@@ -218,7 +216,7 @@ class GrowthConfig(_Model):
     """
 
     data: str | None = None
-    policy: Literal["autogrow", "nest", "schedule", "none"] = "autogrow"
+    policy: str = "autogrow"
     schedule: list[ScheduleStep] | None = None
     seq_len: Count = 64
     mode: Literal["periodic", "convergent"] = "periodic"
@@ -228,7 +226,7 @@ class GrowthConfig(_Model):
     growing: Literal["round_robin", "all"] = "round_robin"
     stages: list[str] | None = None
     max_depth: Count | dict[str, Count] = 4
-    init: Literal["zero", "adam", "uniform", "gauss"] = "zero"
+    init: str = "zero"
     adam_init: AdamInitConfig = AdamInitConfig()
     widen: WidenConfig | None = None
     nest: NestConfig | None = None
@@ -241,6 +239,23 @@ class GrowthConfig(_Model):
     val_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
     seed: Seed = 0
     task: str | None = None
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        import grow_ir.growth  # noqa: F401  (the policies register on import)
+        from grow_ir.growth.policy import POLICIES
+
+        if v not in POLICIES:
+            raise ValueError(f"expected one of {', '.join(POLICIES)}, found {v!r}")
+        return v
+
+    @field_validator("init")
+    @classmethod
+    def _known_block_init(cls, v: str) -> str:
+        if v not in BLOCK_INITS:
+            raise ValueError(f"expected one of {', '.join(BLOCK_INITS)}, found {v!r}")
+        return v
 
     @field_validator("lr_milestones")
     @classmethod

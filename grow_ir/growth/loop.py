@@ -22,7 +22,6 @@ from torch import nn
 from grow_ir.backends.torch import to_torch, update_params
 from grow_ir.errors import GrowError, PassError
 from grow_ir.growth.actions import GrowthContext, TrainState, apply_growth
-from grow_ir.growth.autogrow import NoGrowth, Policy, make_policy
 from grow_ir.growth.checkpoint import (
     broken_file,
     load_checkpoint,
@@ -35,12 +34,14 @@ from grow_ir.growth.compiled import Compiler
 from grow_ir.growth.config import GrowthConfig
 from grow_ir.growth.data import Dataset, check_fits, fingerprint, load_data, load_recorded_data
 from grow_ir.growth.device import deterministic, pick_device
-from grow_ir.growth.distributed import Distributed, batch_loss, shard_of
+from grow_ir.growth.distributed import Distributed, shard_of
 from grow_ir.growth.history import History
 from grow_ir.growth.objective import evaluate, perplexity
 from grow_ir.growth.optim_state import make_optimizer, set_lr, trainable
+from grow_ir.growth.policy import Observation, Policy, make_policy, policy_entry
 from grow_ir.growth.report import architecture, growth_line
 from grow_ir.growth.schedule import growth_deadline, learning_rate, tail_boundaries
+from grow_ir.growth.step import train_step
 from grow_ir.growth.timing import Timings
 from grow_ir.ir.graph import Graph
 
@@ -123,7 +124,7 @@ class Trainer:
         module = to_torch(graph, task=config.task).to(dev).train()
         optimizer = make_optimizer(config.optimizer, module)
         policy = make_policy(config, graph)
-        stop = growth_deadline(config) if isinstance(policy, NoGrowth) else None
+        stop = None if policy_entry(config.policy).grows else growth_deadline(config)
         return cls(
             config=config,
             data=data,
@@ -287,8 +288,11 @@ class Trainer:
             {"loss": f"{loss:.3f}", "val acc": f"{val_acc:.2%}", "params": f"{params:,}"}
         )
         if self.policy.growing:
+            metrics = {"train_loss": loss, "train_accuracy": train_acc, "val_accuracy": val_acc}
+            if self.data.is_sequence:
+                metrics["val_loss"] = val_loss
             with self.timings.phase("growth"):
-                self._grow(epoch, val_acc)
+                self._grow(Observation(epoch, loss, val_acc, st.graph, metrics, self.data))
         self.elapsed += time.perf_counter() - start
         self.next_epoch = epoch + 1
         bar.update(1)
@@ -320,13 +324,11 @@ class Trainer:
             if self.compiler is not None:
                 xb = self.compiler.batch(xb)
             t0 = clock()
-            out = model(xb)
-            loss = batch_loss(self.dist, out, yb, len(batch))
-            total += loss.detach().double() * (len(batch) / ranks)  # summed over ranks: the sum
-            st.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            st.optimizer.step()
-            correct += (out.detach().argmax(-1) == yb).sum()
+            out, loss = train_step(
+                model, st.optimizer, xb, yb, dist=self.dist, global_size=len(batch)
+            )
+            total += loss.double() * (len(batch) / ranks)  # summed over ranks: the sum
+            correct += (out.argmax(-1) == yb).sum()
             seen += len(idx)
             labels += yb.numel()  # a language model has one label per position
             step_s += clock() - t0
@@ -345,8 +347,9 @@ class Trainer:
         """The fewest samples a process trains on in a global batch of ``batch``."""
         return batch if self.dist is None else self.dist.smallest_shard(batch)
 
-    def _grow(self, epoch: int, val_acc: float) -> None:
-        requests = self.policy.observe(epoch, val_acc, self.state.graph)
+    def _grow(self, obs: Observation) -> None:
+        epoch = obs.epoch
+        requests = self.policy.observe(obs)
         if self.dist is not None:  # one decision, rank 0's, taken by every rank
             requests = self.dist.same_decision(requests)
         self._log_stops()

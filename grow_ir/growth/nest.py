@@ -24,14 +24,17 @@ import math
 from typing import Any
 
 from grow_ir.errors import GrowError
-from grow_ir.growth.autogrow import GrowthRequest, Policy, unit_width
+from grow_ir.growth.autogrow import unit_width
 from grow_ir.growth.config import GrowthConfig, NestConfig
+from grow_ir.growth.hooks import probe_hooks
+from grow_ir.growth.policy import GrowthRequest, Observation, PolicyBase, register_policy
 from grow_ir.growth.schedule import growth_deadline
 from grow_ir.ir.graph import Graph
 from grow_ir.passes.connections import live_params, maskable_ops
 
 
-class NeST(Policy):
+@register_policy("nest", doc="NeST: grow (GradMax units, gradient-grown connections), then prune")
+class NeST(PolicyBase):
     """Grow (GradMax units, gradient-grown connections) then prune (magnitude) on a fixed
     schedule; see the module docstring."""
 
@@ -62,12 +65,13 @@ class NeST(Policy):
         """Growth steps plus pruning steps."""
         return self.nest.grow_steps + self.nest.prune_steps
 
-    def observe(self, epoch: int, val_accuracy: float, graph: Graph) -> list[GrowthRequest]:
+    def observe(self, obs: Observation) -> list[GrowthRequest]:
         """Every ``interval`` epochs, the requests of the next step (growth, then pruning).
 
         Guarantees: nothing is asked once the next epoch reaches the growth deadline; the
         steps run in order, each once, and the policy closes after the last.
         """
+        epoch, graph = obs.epoch, obs.graph
         if self.closed:
             return []
         if epoch + 1 >= self.deadline:
@@ -92,12 +96,14 @@ class NeST(Policy):
             elif k > 0 and cfg.connection_growth > 0:
                 args = {"node": n, "fraction": cfg.connection_growth}
                 reason = f"{why}: connections of largest |dL/dw|"
-                out.append(GrowthRequest(n, "grow_connections", args, reason))
+                hooks = probe_hooks("grow_connections", args)
+                out.append(GrowthRequest(n, "grow_connections", args, reason, hooks))
         for n in cfg.nodes:
             width = min(cfg.max_width, math.ceil(self.widths[n] * cfg.factor))
             if width > self.widths[n]:
                 args = {"node": n, "width": width, "init": "gradmax"}
-                out.append(GrowthRequest(n, "widen", args, f"{why}: gradient-based units"))
+                hooks = probe_hooks("widen", args)
+                out.append(GrowthRequest(n, "widen", args, f"{why}: gradient-based units", hooks))
         return out
 
     def _prune(self, j: int) -> list[GrowthRequest]:

@@ -17,14 +17,16 @@ from __future__ import annotations
 from typing import Any
 
 from grow_ir.errors import GrowError
-from grow_ir.growth.autogrow import GrowthRequest, Policy, Stop
 from grow_ir.growth.config import GrowthConfig
+from grow_ir.growth.hooks import probe_hooks
+from grow_ir.growth.policy import GrowthRequest, Observation, PolicyBase, Stop, register_policy
 from grow_ir.growth.schedule import growth_deadline
 from grow_ir.ir.graph import Graph
 from grow_ir.passes import get_pass
 
 
-class Scheduled(Policy):
+@register_policy("schedule", doc="growth steps at given epochs (staged training)")
+class Scheduled(PolicyBase):
     """Runs ``config.schedule``'s steps after their epochs, in order."""
 
     def __init__(self, config: GrowthConfig, graph: Graph) -> None:
@@ -54,8 +56,9 @@ class Scheduled(Policy):
         self.status: list[str] = ["pending"] * len(self.steps)
         self._stops: list[Stop] = []
 
-    def observe(self, epoch: int, val_accuracy: float, graph: Graph) -> list[GrowthRequest]:
-        """The steps scheduled after epoch ``epoch + 1`` (1-based), each once."""
+    def observe(self, obs: Observation) -> list[GrowthRequest]:
+        """The steps scheduled after epoch ``obs.epoch + 1`` (1-based), each once."""
+        epoch = obs.epoch
         self.seen = epoch + 1
         out = []
         while self.next < len(self.steps) and self.steps[self.next].epoch <= epoch + 1:
@@ -67,6 +70,7 @@ class Scheduled(Policy):
                     pass_name=step.pass_name,
                     args=step.arguments(),
                     reason=f"scheduled after epoch {step.epoch}",
+                    hooks=probe_hooks(step.pass_name, step.arguments()),
                 )
             )
             self.next += 1

@@ -8,6 +8,7 @@ from grow_ir.passes.fork import fork_task
 from grow_ir.passes.gradmax import Probe
 from grow_ir.passes.heads import add_heads, grow_head_dim
 from grow_ir.passes.insert import insert_block, insert_layer
+from grow_ir.passes.lemon import lemon_units  # noqa: F401  (registers the lemon init)
 from grow_ir.passes.manager import (
     CheckPreservation,
     DumpIR,

@@ -36,7 +36,8 @@ from grow_ir.ir.graph import Graph
 from grow_ir.ir.init import check_size
 from grow_ir.ir.ops.facts import why_not
 from grow_ir.passes.channels import ChannelGroup, Role, channel_group
-from grow_ir.passes.widen import InitContext, NewUnits, grow_group
+from grow_ir.passes.inits import InitContext, NewUnits, register_width_init
+from grow_ir.passes.widen import grow_group
 
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "mse": F.mse_loss,
@@ -110,6 +111,11 @@ def as_probe(value: Any, node: str) -> Probe:
     return value
 
 
+@register_width_init(
+    "gradmax",
+    needs_probe=True,
+    doc="zero fan-in, fan-out from the loss gradient's top singular vectors",
+)
 def gradmax_units(ctx: InitContext) -> NewUnits:
     """The GradMax init of ``widen``: zero fan-in, fan-out from the probe's gradient.
 

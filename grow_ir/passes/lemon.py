@@ -24,7 +24,7 @@ from grow_ir.errors import PassError
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.ops import Channels
 from grow_ir.passes.channels import ChannelGroup, Role
-from grow_ir.passes.widen import InitContext, NewUnits
+from grow_ir.passes.inits import InitContext, NewUnits, register_width_init
 
 
 def _carries_mean(graph: Graph, group: ChannelGroup, value: str, memo: dict[str, str]) -> str:
@@ -53,6 +53,11 @@ def _carries_mean(graph: Graph, group: ChannelGroup, value: str, memo: dict[str,
     return why
 
 
+@register_width_init(
+    "lemon",
+    needs_probe=False,
+    doc="new units carry the mean, norms rescaled (LEMON; any width, exact)",
+)
 def lemon_units(ctx: InitContext) -> NewUnits:
     """The new units of LEMON's expansion of ``ctx.group`` to ``ctx.width`` channels.
 

@@ -29,6 +29,7 @@ from grow_ir.passes.channels import ChannelGroup, Role, channel_group, width_ops
 from grow_ir.passes.connections import effective
 from grow_ir.passes.regroup import axes_by_param, axis_plan, resize_nodes, spans_by_axis
 from grow_ir.passes.rewrite import node_of_kind
+from grow_ir.passes.stages import refresh_stage_params
 
 # ---- importance: one score per channel, the lowest go first -------------------------------
 
@@ -381,6 +382,7 @@ def prune(
     kept, how = choose_kept(Scoring(graph, node, group, probe), keep, drop, importance)
     dropped = [c for c in range(group.channels) if c not in set(kept)]
     new_graph, origins = select_channels(graph, group, kept)
+    new_graph = refresh_stage_params(new_graph)
     dead = set(dead_channels(graph, group, dropped))
     live = [c for c in dropped if c not in dead]
     touched = [m.describe() for m in group.members if m.roles != (Role.PASS,)]

@@ -2,14 +2,15 @@
 
 The whole channel group grows (see :mod:`grow_ir.passes.channels`): every producer joined
 through ``add``, the per-channel parameters on the way, concat offsets, flatten blocks, and
-every consumer's input columns. How new units are filled is one small function per init
-(:data:`INITS`); the tensor surgery that follows is shared by all of them.
+every consumer's input columns. How new units are filled is one small function per init,
+registered in :data:`grow_ir.passes.inits.WIDTH_INITS` (``net2net`` and ``zero`` here,
+``lemon`` and ``gradmax`` in their own modules); the tensor surgery that follows is shared
+by all of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +30,13 @@ from grow_ir.passes.channels import (
     width_ops,
 )
 from grow_ir.passes.initializers import gauss, init_layer
+from grow_ir.passes.inits import (
+    WIDTH_INITS,
+    InitContext,
+    NewUnits,
+    register_width_init,
+    width_init,
+)
 from grow_ir.passes.regroup import (
     AxisPlan,
     axes_by_param,
@@ -37,84 +45,20 @@ from grow_ir.passes.regroup import (
     spans_by_axis,
 )
 from grow_ir.passes.rewrite import node_of_kind, replace_nodes
+from grow_ir.passes.stages import refresh_stage_params
 
-# ---- how new units are filled: one function per init ------------------------------------
-
-
-@dataclass(frozen=True)
-class NewUnits:
-    """How an init fills the new units of a group.
-
-    Attributes:
-        copies: for each new unit, the old unit it replicates, or -1 for none.
-        fan_in: ``"copy"``: a new unit takes the weight rows, bias and per-channel
-            parameters of the unit it copies; ``"mean"``: the mean of the old units' (so a
-            new channel carries the mean of the old channels, LEMON's expansion);
-            ``"default"``: the op's default (PyTorch's)
-            initialisation, with identity batchnorm statistics; ``"zero"``: producers'
-            weight rows and bias zero, and per-channel layers that pass a new channel
-            through unchanged (see ``_zero_fan_in``), so a new unit is exactly 0 up to its
-            consumers.
-        fan_out: ``"split"``: each consumer column of an old unit is divided equally among
-            the unit and its copies; ``"zero"``: the new units' columns are zero;
-            ``"given"``: the values in ``columns``.
-        note: how the units were chosen, for the summary.
-        columns: for ``fan_out="given"``, per consumer parameter (which must grow along its
-            fan-out axis only), the entries at the new positions of that axis, in order:
-            the old tensor's shape with that axis as long as the new positions.
-        attrs: attribute changes the init needs on nodes of the group, by node name.
-        rescale: factors for whole parameters (old entries included), applied before new
-            entries are filled (LEMON's norm scales).
-    """
-
-    copies: tuple[int, ...]
-    fan_in: str
-    fan_out: str
-    note: str = ""
-    columns: Mapping[str, torch.Tensor] = field(default_factory=dict)
-    attrs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    rescale: Mapping[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        copying = self.fan_in == "copy"
-        if (
-            copying != all(c >= 0 for c in self.copies)
-            or self.fan_in not in ("copy", "mean", "default", "zero")
-            or self.fan_out not in ("split", "zero", "given")
-            or (self.fan_out == "given") != bool(self.columns)
-        ):
-            raise ValueError(f"inconsistent new units: {self}")
-
-    def counts(self, old: int) -> list[int]:
-        """How many times each old unit appears in the widened group (itself included)."""
-        counts = [1] * old
-        for c in self.copies:
-            if c >= 0:
-                counts[c] += 1
-        return counts
-
-
-@dataclass(frozen=True)
-class InitContext:
-    """What an init may look at to choose the new units (``probe``: data for inits that
-    need some, such as GradMax's probe batch; None when not given)."""
-
-    graph: Graph
-    node: str
-    group: ChannelGroup
-    old: int
-    width: int
-    gen: torch.Generator
-    probe: Any = None
-
-
-InitFn = Callable[[InitContext], NewUnits]
+# ---- how new units are filled: one registered function per init ------------------------
 
 
 def _refuse(ctx: InitContext, reason: str, expected: str, found: str) -> PassError:
     return PassError(reason, node=ctx.node, field="init", expected=expected, found=found)
 
 
+@register_width_init(
+    "net2net",
+    needs_probe=False,
+    doc="replicate units, divide their outgoing weights by the copy count (exact)",
+)
 def _net2net(ctx: InitContext) -> NewUnits:
     """Replicate old units chosen by a seeded, balanced mapping (Net2WiderNet).
 
@@ -144,6 +88,7 @@ def _net2net(ctx: InitContext) -> NewUnits:
     return NewUnits(copies, fan_in="copy", fan_out="split", note=note)
 
 
+@register_width_init("zero", needs_probe=False, doc="random fan-in, zero fan-out (exact)")
 def _zero(ctx: InitContext) -> NewUnits:
     """New units with PyTorch's default fan-in and zero fan-out (batchnorm as identity)."""
     if ctx.group.norms:
@@ -156,34 +101,6 @@ def _zero(ctx: InitContext) -> NewUnits:
             "'zero'",
         )
     return NewUnits((-1,) * (ctx.width - ctx.old), fan_in="default", fan_out="zero")
-
-
-def _lemon(ctx: InitContext) -> NewUnits:
-    """LEMON: new units carry the mean of the old ones; norms rescaled (any width; see
-    :mod:`grow_ir.passes.lemon`, imported lazily: it imports this module)."""
-    from grow_ir.passes.lemon import lemon_units
-
-    return lemon_units(ctx)
-
-
-def _gradmax(ctx: InitContext) -> NewUnits:
-    """GradMax: zero fan-in, fan-out along the top singular vectors of the gradient (see
-    :mod:`grow_ir.passes.gradmax`, imported here lazily: it imports this module)."""
-    from grow_ir.passes.gradmax import gradmax_units
-
-    return gradmax_units(ctx)
-
-
-INITS: dict[str, InitFn] = {
-    "net2net": _net2net,
-    "lemon": _lemon,
-    "zero": _zero,
-    "gradmax": _gradmax,
-}
-"""The inits ``widen`` knows, by name."""
-
-PROBE_INITS = frozenset({"gradmax"})
-"""Inits that read a probe batch (``widen(..., probe=...)``)."""
 
 
 # ---- the pass ---------------------------------------------------------------------------
@@ -226,20 +143,14 @@ def widen(
             ``probe`` is missing for gradmax or given to another init.
     """
     node_of_kind(graph, node, width_ops(), "widen")
-    if init not in INITS:
-        raise PassError(
-            "unknown init",
-            node=node,
-            field="init",
-            expected=f"one of {', '.join(INITS)}",
-            found=repr(init),
-        )
-    if (probe is not None) != (init in PROBE_INITS):
+    spec = width_init(init, node)
+    if (probe is not None) != spec.needs_probe:
+        probing = [name for name, i in WIDTH_INITS.items() if i.needs_probe]
         raise PassError(
             f"init '{init}' needs a probe batch (inputs, targets, loss), which only Python "
             "code or the trainer can give, not a plan file"
             if probe is None
-            else f"a probe batch is read only by init {' / '.join(sorted(PROBE_INITS))}",
+            else f"a probe batch is read only by init {' / '.join(sorted(probing))}",
             node=node,
             field="probe",
             expected="probe=Probe(inputs=..., targets=..., loss=...)" if probe is None else "none",
@@ -267,7 +178,7 @@ def widen(
             exc.reason, node=node, field="width", expected=exc.expected, found=exc.found
         ) from None
     gen = torch.Generator().manual_seed(seed)
-    units = INITS[init](InitContext(graph, node, group, old, width, gen, probe))
+    units = spec.fill(InitContext(graph, node, group, old, width, gen, probe))
     if noise and units.fan_in != "copy":
         raise PassError(
             f"noise breaks the symmetry of copied units, and init '{init}' copies none",
@@ -277,6 +188,7 @@ def widen(
             found=repr(noise),
         )
     new_graph, origins = grow_group(graph, group, width, units, gen, noise, shaped=shaped)
+    new_graph = refresh_stage_params(new_graph)
     touched = [m.describe() for m in group.members if m.roles != (Role.PASS,)]
     summary = (
         f"widened {node} from {old} to {width} units ({init}{units.note}), "

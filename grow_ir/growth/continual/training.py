@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from grow_ir.backends.torch import to_torch, update_params
-from grow_ir.growth.distributed import batch_loss, current, shard_of
+from grow_ir.growth.distributed import current, shard_of
 from grow_ir.growth.loop import accuracy
 from grow_ir.growth.optim_state import trainable
+from grow_ir.growth.step import train_step
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.verify import verify
 
@@ -125,10 +126,7 @@ def train_task(
         module.train()
         for batch in batches(len(y), settings.batch_size, gen, 1 if dp is None else dp.world):
             idx = shard_of(dp, batch).to(device)
-            loss = batch_loss(dp, model(x[idx]), y[idx], len(batch))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step(model, opt, x[idx], y[idx], dist=dp, global_size=len(batch))
         sched.step()
     return take_back(graph, module, None if everything else task)
 
