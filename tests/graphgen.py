@@ -649,7 +649,7 @@ def _fork_task(graph: Graph) -> st.SearchStrategy[dict[str, Any]]:
             )
             last = graph.outputs[base]
             # a new head replaces a linear or conv output layer that is not itself copied
-            heads = [None, None, None, 2] if graph.node(last).op in DENSE_OPS else [None]
+            heads = [None, 2] if graph.node(last).op in DENSE_OPS else [None]
             return adapt.flatmap(lambda adapted: fork(chosen, adapted, heads))
 
         def fork(

@@ -7,7 +7,8 @@ import torch
 
 from grow_ir.growth import Trainer, apply_growth, growth_config
 from grow_ir.growth.actions import GrowthContext
-from grow_ir.growth.autogrow import GrowthRequest
+from grow_ir.growth.hooks import AdamInit
+from grow_ir.growth.policy import GrowthRequest
 from grow_ir.growth.report import growth_line
 from grow_ir.spec import load_spec
 from tests.tiny_specs import TINY_SPIRALS
@@ -29,7 +30,8 @@ def trained():
 
 def grow(trainer, **adam):
     cfg = growth_config({**BASE, "init": "adam", "adam_init": adam})
-    request = GrowthRequest("stage1", "insert_block", {"stage": "stage1", "init": "gauss"}, "t")
+    args = {"stage": "stage1", "init": "gauss"}
+    request = GrowthRequest("stage1", "insert_block", args, "t", (AdamInit(),))
     ctx = GrowthContext(cfg, trainer.data, torch.device("cpu"), 3)
     return apply_growth(trainer.state, request, ctx)[1]
 

@@ -243,7 +243,7 @@ def test_bad_schedules_exit_2(
 
 
 def test_the_gpt_bytes_example_schedule_is_exact_step_by_step() -> None:
-    from grow_ir.growth.autogrow import make_policy
+    from grow_ir.growth.policy import make_policy
     from grow_ir.passes import apply_plan
     from grow_ir.spec import example_path
 

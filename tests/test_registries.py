@@ -30,6 +30,7 @@ def test_the_inits_of_widen_are_registered_with_their_needs() -> None:
         "net2net": False,
         "zero": False,
         "gradmax": True,
+        "lemon": False,
     }
     assert all(i.doc for i in WIDTH_INITS.values())
 
@@ -44,6 +45,19 @@ def test_widen_does_not_import_gradmax() -> None:
         for a in n.names
     }
     assert "grow_ir.passes.gradmax" not in imported
+
+
+def test_the_policies_are_registered() -> None:
+    """Every policy a spec may name is a registry entry (no name branches in the trainer)."""
+    from grow_ir.growth import POLICIES
+
+    assert {name: e.grows for name, e in POLICIES.items()} == {
+        "autogrow": True,
+        "none": False,
+        "nest": True,
+        "schedule": True,
+    }
+    assert all(e.doc for e in POLICIES.values())
 
 
 @pytest.fixture
@@ -65,7 +79,7 @@ def test_a_registered_init_reaches_widen_and_the_settings(half_init: str) -> Non
     assert result.preserved and f"({half_init}" in result.summary
     cfg = growth_config({"widen": {"nodes": [node], "init": half_init}})
     assert cfg.widen is not None and cfg.widen.init == half_init
-    with pytest.raises(GrowError, match="expected one of net2net, zero, gradmax, test_first"):
+    with pytest.raises(GrowError, match="one of net2net, zero, gradmax, lemon, test_first"):
         growth_config({"widen": {"nodes": [node], "init": "nope"}})
     with pytest.raises(PassError, match="unknown init"):
         widen(graph, node=node, width=12, init="nope")
@@ -129,5 +143,5 @@ def test_a_registered_policy_runs_in_the_trainer(widen_once: str) -> None:
     assert result.history.final["units"] == {"seen": [0]}
     obs = trainer.policy.seen[0]
     assert obs.data is trainer.data and obs.metrics["val_accuracy"] == obs.val_accuracy
-    with pytest.raises(GrowError, match="expected one of autogrow, none, test_widen_once"):
+    with pytest.raises(GrowError, match="one of autogrow, none, nest, schedule, test_widen_once"):
         growth_config({"policy": "nope"})

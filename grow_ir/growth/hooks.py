@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -47,16 +46,17 @@ class ProbeBatch(StepHook):
 
 def probe_hooks(pass_name: str, args: dict[str, Any]) -> tuple[StepHook, ...]:
     """``(ProbeBatch(),)`` when a step of ``pass_name`` with ``args`` reads a probe batch of
-    training data: a width init that needs one (``WidthInit.needs_probe``: GradMax) or a
-    pass whose ``probe`` argument is required (``grow_connections``); else ``()``."""
+    training data, else ``()``: a pass with a ``probe`` argument reads one through its
+    ``init`` when it has one (a width init with ``WidthInit.needs_probe``: GradMax), and
+    always otherwise (``grow_connections``)."""
     params = get_pass(pass_name).signature.parameters
     if "probe" not in params:
         return ()
-    needed = params["probe"].default is inspect.Parameter.empty
-    init = args.get("init")
-    if isinstance(init, str) and init in WIDTH_INITS:
-        needed = needed or WIDTH_INITS[init].needs_probe
-    return (ProbeBatch(),) if needed else ()
+    if "init" in params:
+        init = args.get("init", params["init"].default)
+        if not (isinstance(init, str) and init in WIDTH_INITS and WIDTH_INITS[init].needs_probe):
+            return ()
+    return (ProbeBatch(),)
 
 
 class AdamInit(StepHook):
