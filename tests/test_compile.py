@@ -31,7 +31,7 @@ def one_thread():
 
 
 def run(compiler: Compiler | None, tmp: Path | None = None, **settings) -> RunResult:
-    cfg = growth_config({**BASE, "batch_size": 64, **settings})
+    cfg = growth_config({**BASE, "batch_size": 64}, settings)
     trainer = Trainer.fresh(
         load_spec(TINY_SPIRALS), cfg, data_source="spirals", out_dir=tmp, progress=False,
         log=lambda line: None,

@@ -41,7 +41,7 @@ BASE = {"epochs": 3, "tail_epochs": 1, "interval": 1, "patience": 1, "batch_size
 
 def run(tmp: Path | None = None, **settings):
     graph = load_spec(SPEC)
-    cfg = growth_config({**BASE, **settings})
+    cfg = growth_config(BASE, settings)  # an override of policy keeps the shared settings
     trainer = Trainer.fresh(
         graph, cfg, data_source="spirals", out_dir=tmp, device="cpu", progress=False, log=LOG.append
     )

@@ -197,7 +197,7 @@ def test_bad_policy_targets_are_refused() -> None:
         AutoGrow(config(widen={"nodes": ["mid_act"]}), GRAPH)
     with pytest.raises(GrowError, match="nothing to grow"):
         AutoGrow(config(stages=[]), GRAPH)
-    assert isinstance(make_policy(config(policy="none"), GRAPH), NoGrowth)
+    assert isinstance(make_policy(growth_config({"policy": "none"}), GRAPH), NoGrowth)
 
 
 def test_gradmax_grows_the_requested_factor_past_its_per_step_capacity(

@@ -19,7 +19,7 @@ BASE = {"epochs": 3, "tail_epochs": 1, "interval": 1, "patience": 1, "batch_size
 @pytest.fixture(scope="module")
 def trained():
     torch.set_num_threads(1)
-    cfg = growth_config({**BASE, "policy": "none"})
+    cfg = growth_config(BASE, {"policy": "none"})
     graph = load_spec(TINY_SPIRALS)
     trainer = Trainer.fresh(
         graph, cfg, data_source="spirals", out_dir=None, device="cpu", progress=False
@@ -31,7 +31,7 @@ def trained():
 def grow(trainer, **adam):
     cfg = growth_config({**BASE, "init": "adam", "adam_init": adam})
     args = {"stage": "stage1", "init": "gauss"}
-    request = GrowthRequest("stage1", "insert_block", args, "t", (AdamInit(),))
+    request = GrowthRequest("stage1", "insert_block", args, "t", (AdamInit(cfg.adam_init),))
     ctx = GrowthContext(cfg, trainer.data, torch.device("cpu"), 3)
     return apply_growth(trainer.state, request, ctx)[1]
 

@@ -226,7 +226,7 @@ def test_a_language_model_run_resumes_bitwise(tmp_path: Path, text_file: Path) -
 @pytest.mark.parametrize(
     ("growth", "match"),
     [
-        ({"policy": "schedule", "schedule": []}, "a non-empty schedule exactly when"),
+        ({"policy": "schedule", "schedule": []}, "expected at least one schedule step"),
         (
             {"schedule": [{"epoch": 3, "pass": "widen", "node": "wte", "width": 12}]},
             "falls in the learning-rate tail",

@@ -121,9 +121,9 @@ def test_a_resumed_run_ends_with_the_uninterrupted_weights(tmp_path: Path) -> No
 
 
 def test_bad_settings_name_the_field() -> None:
-    with pytest.raises(GrowError, match="expected a nest section") as info:
+    with pytest.raises(GrowError, match="missing growth setting of policy nest") as info:
         growth_config({"policy": "nest"})
-    assert info.value.field == "growth"
+    assert info.value.field == "growth.nest"
     with pytest.raises(GrowError, match="NeST grows and prunes linear and conv layers") as info:
         trainer(nodes=["act1"])
     assert info.value.field == "growth.nest.nodes"

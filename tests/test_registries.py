@@ -7,13 +7,13 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import torch
 
 from grow_ir.errors import GrowError, PassError
-from grow_ir.growth import Trainer, growth_config
+from grow_ir.growth import GrowthConfig, Trainer, growth_config
 from grow_ir.growth.hooks import ProbeBatch
 from grow_ir.growth.policy import POLICIES, GrowthRequest, Observation, Stop, register_policy
 from grow_ir.ir.graph import Graph
@@ -90,10 +90,17 @@ def widen_once() -> Iterator[str]:
     """A growth policy registered by a test: widens one layer once, after epoch 0, with an
     init that reads a probe batch (so the trainer's ProbeBatch hook runs)."""
 
-    @register_policy("test_widen_once", doc="widen the first linear layer once")
+    class WidenOnceConfig(GrowthConfig):
+        policy: Literal["test_widen_once"] = "test_widen_once"
+        width: int = 12
+
+    @register_policy(
+        "test_widen_once", doc="widen the first linear layer once", settings=WidenOnceConfig
+    )
     class WidenOnce:
-        def __init__(self, config: Any, graph: Graph) -> None:
+        def __init__(self, config: WidenOnceConfig, graph: Graph) -> None:
             self.node = next(n.name for n in graph.nodes if n.op == "linear")
+            self.width = config.width
             self.done = False
             self.seen: list[Observation] = []
 
@@ -101,7 +108,7 @@ def widen_once() -> Iterator[str]:
             self.seen.append(obs)
             if self.done:
                 return []
-            args = {"node": self.node, "width": 12, "init": "gradmax"}
+            args = {"node": self.node, "width": self.width, "init": "gradmax"}
             return [GrowthRequest(self.node, "widen", args, "test", (ProbeBatch(),))]
 
         def grown(self, request: GrowthRequest, epoch: int, graph: Graph) -> None:
@@ -133,15 +140,20 @@ def widen_once() -> Iterator[str]:
 def test_a_registered_policy_runs_in_the_trainer(widen_once: str) -> None:
     torch.set_num_threads(1)
     graph = load_spec(TINY_SPIRALS)
-    cfg = growth_config({"policy": widen_once, "epochs": 3, "tail_epochs": 1, "batch_size": 64})
+    cfg = growth_config(
+        {"policy": widen_once, "epochs": 3, "tail_epochs": 1, "batch_size": 64, "width": 11}
+    )
     trainer = Trainer.fresh(
         graph, cfg, data_source="spirals", out_dir=None, device="cpu", progress=False
     )
     result = trainer.run()
     (event,) = result.history.events
     assert event["pass"] == "widen" and event["preserved"] is True
+    assert result.graph.node(trainer.policy.node).attrs.out_features == 11  # its own setting
     assert result.history.final["units"] == {"seen": [0]}
     obs = trainer.policy.seen[0]
     assert obs.data is trainer.data and obs.metrics["val_accuracy"] == obs.val_accuracy
     with pytest.raises(GrowError, match="one of autogrow, none, nest, schedule, test_widen_once"):
         growth_config({"policy": "nope"})
+    with pytest.raises(GrowError, match="a setting of policy test_widen_once, not of policy none"):
+        growth_config({"policy": "none", "width": 11})

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from grow_ir.errors import GrowError
-from grow_ir.growth.config import GrowthConfig
+from grow_ir.growth.config import AutoGrowConfig, NoGrowthConfig
 from grow_ir.growth.hooks import AdamInit, probe_hooks
 from grow_ir.growth.policy import GrowthRequest, Observation, PolicyBase, Stop, register_policy
 from grow_ir.growth.schedule import growth_deadline
@@ -74,11 +74,13 @@ def stage_depth(graph: Graph, stage: str) -> int:
     return int(graph.stages[stage]["depth"])
 
 
-@register_policy("autogrow", doc="AutoGrow: stages grow by blocks, layers by width")
+@register_policy(
+    "autogrow", doc="AutoGrow: stages grow by blocks, layers by width", settings=AutoGrowConfig
+)
 class AutoGrow:
     """AutoGrow's depth policy with an optional width policy (see the module docstring)."""
 
-    def __init__(self, config: GrowthConfig, graph: Graph) -> None:
+    def __init__(self, config: AutoGrowConfig, graph: Graph) -> None:
         self.config = config
         self.deadline = growth_deadline(config)
         self.units: list[Unit] = []
@@ -192,7 +194,9 @@ class AutoGrow:
         # AdamInit inserts a Gaussian block, then trains it alone (a step hook).
         adam = self.config.init == "adam"
         args = {"stage": u.name, "init": "gauss" if adam else self.config.init}
-        return GrowthRequest(u.name, "insert_block", args, reason, (AdamInit(),) if adam else ())
+        return GrowthRequest(
+            u.name, "insert_block", args, reason, (AdamInit(self.config.adam_init),) if adam else ()
+        )
 
     def _width_requests(self, epoch: int, graph: Graph) -> list[GrowthRequest]:
         widen = self.config.widen
@@ -329,9 +333,9 @@ class AutoGrow:
         self._stops = []
 
 
-@register_policy("none", doc="train the network as it is", grows=False)
+@register_policy("none", doc="train the network as it is", settings=NoGrowthConfig, grows=False)
 class NoGrowth(PolicyBase):
     """Trains the network as it is: never grows."""
 
-    def __init__(self, config: GrowthConfig | None = None, graph: Graph | None = None) -> None:
+    def __init__(self, config: NoGrowthConfig | None = None, graph: Graph | None = None) -> None:
         pass

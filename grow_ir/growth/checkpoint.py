@@ -27,7 +27,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from grow_ir.errors import GrowError
-from grow_ir.growth.config import GrowthConfig
 from grow_ir.ir.graph import Graph
 from grow_ir.spec.weights import write_weights
 
@@ -238,7 +237,7 @@ class RunStateFile(_File):
     """What ``state.json`` must hold (see ``Trainer.state_json``)."""
 
     next_epoch: NonNegativeInt
-    config: GrowthConfig
+    config: dict[str, Any]  # validated by its policy's settings model when resumed
     data: str
     data_sha256: str | None = None
     device: str

@@ -170,7 +170,12 @@ class ScheduleStep(BaseModel):
 
 
 class GrowthConfig(_Model):
-    """Everything a training run needs besides the network: data, policy, optimizer, budget.
+    """The settings every run shares, whatever its policy: data, optimizer, budget.
+
+    ``growth:`` is a union discriminated by ``policy``: each registered policy has its own
+    settings model, a subclass of this one (:class:`AutoGrowConfig`,
+    :class:`NestGrowthConfig`, :class:`ScheduleConfig`, :class:`NoGrowthConfig`), and a
+    setting of another policy is refused with the policy it belongs to.
 
     ``epochs`` is the whole budget. Growth may happen while ``epoch < epochs - tail_epochs``;
     once it stops (every unit stopped, or the budget reached), the learning rate follows a
@@ -181,11 +186,56 @@ class GrowthConfig(_Model):
         data: ``spirals``, ``digits``, ``mnist``, ``pydoc``, ``FILE.npz`` or ``FILE.txt``
             (relative to the spec).
         policy: a registered policy (``growth.policy.POLICIES``): ``autogrow``; ``nest``
-            (grow then prune, see :class:`NestConfig`); ``schedule`` (the steps of
-            ``schedule`` at their epochs, as staged training grows width, depth and heads to
-            given sizes); or ``none`` to train the network as it is.
-        schedule: the growth schedule of ``policy: schedule``, in epoch order.
+            (grow then prune); ``schedule`` (plan entries at given epochs, as staged
+            training grows width, depth and heads to given sizes); or ``none`` to train the
+            network as it is.
         seq_len: the context length of language-model training windows (tokens).
+        optimizer: the optimizer and base learning rate.
+        epochs: the whole training budget.
+        tail_epochs: growth never happens in the last ``tail_epochs`` epochs.
+        lr_milestones: fractions of the tail at which the learning rate drops.
+        lr_gamma: the factor of each drop.
+        batch_size: training batch size.
+        val_fraction: the validation split of a user ``.npz`` file's training arrays
+            (of the whole set for the embedded data sets).
+        seed: the training seed: shuffling, growth steps' random initialisation.
+        task: the output to train, for a graph with several.
+    """
+
+    data: str | None = None
+    policy: str = "autogrow"
+    seq_len: Count = 64
+    optimizer: OptimizerConfig = OptimizerConfig()
+    epochs: Count = 20
+    tail_epochs: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 4
+    lr_milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
+    lr_gamma: PositiveFloat = 0.1
+    batch_size: Count = 64
+    val_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
+    seed: Seed = 0
+    task: str | None = None
+
+    @field_validator("lr_milestones")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 < f < 1.0 for f in v) or v != sorted(v):
+            raise ValueError(f"expected increasing fractions in (0, 1), found {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _budget(self) -> GrowthConfig:
+        if self.tail_epochs >= self.epochs:
+            raise ValueError(
+                f"tail_epochs ({self.tail_epochs}) must be smaller than epochs ({self.epochs}); "
+                "set a shorter tail with --tail-epochs N"
+            )
+        return self
+
+
+class AutoGrowConfig(GrowthConfig):
+    """``policy: autogrow``: stages grow by blocks, layers by width (Wen et al. 2020).
+
+    Attributes:
         mode: ``periodic`` (grow every ``interval`` epochs) or ``convergent`` (grow when
             the best validation accuracy of the last ``interval`` epochs beats the best
             before them by less than ``tau``).
@@ -202,23 +252,9 @@ class GrowthConfig(_Model):
             (AdamInit), ``uniform`` (UniInit) or ``gauss`` (GauInit).
         adam_init: AdamInit's settings.
         widen: the width policy (none by default).
-        nest: NeST's settings (required by ``policy: nest``).
-        optimizer: the optimizer and base learning rate.
-        epochs: the whole training budget.
-        tail_epochs: growth never happens in the last ``tail_epochs`` epochs.
-        lr_milestones: fractions of the tail at which the learning rate drops.
-        lr_gamma: the factor of each drop.
-        batch_size: training batch size.
-        val_fraction: the validation split of a user ``.npz`` file's training arrays
-            (of the whole set for the embedded data sets).
-        seed: the training seed: shuffling, growth steps' random initialisation.
-        task: the output to train, for a graph with several.
     """
 
-    data: str | None = None
-    policy: str = "autogrow"
-    schedule: list[ScheduleStep] | None = None
-    seq_len: Count = 64
+    policy: Literal["autogrow"] = "autogrow"
     mode: Literal["periodic", "convergent"] = "periodic"
     interval: Count = 2
     patience: Count = 3
@@ -229,26 +265,6 @@ class GrowthConfig(_Model):
     init: str = "zero"
     adam_init: AdamInitConfig = AdamInitConfig()
     widen: WidenConfig | None = None
-    nest: NestConfig | None = None
-    optimizer: OptimizerConfig = OptimizerConfig()
-    epochs: Count = 20
-    tail_epochs: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 4
-    lr_milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
-    lr_gamma: PositiveFloat = 0.1
-    batch_size: Count = 64
-    val_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
-    seed: Seed = 0
-    task: str | None = None
-
-    @field_validator("policy")
-    @classmethod
-    def _known_policy(cls, v: str) -> str:
-        import grow_ir.growth  # noqa: F401  (the policies register on import)
-        from grow_ir.growth.policy import POLICIES
-
-        if v not in POLICIES:
-            raise ValueError(f"expected one of {', '.join(POLICIES)}, found {v!r}")
-        return v
 
     @field_validator("init")
     @classmethod
@@ -257,43 +273,95 @@ class GrowthConfig(_Model):
             raise ValueError(f"expected one of {', '.join(BLOCK_INITS)}, found {v!r}")
         return v
 
-    @field_validator("lr_milestones")
-    @classmethod
-    def _fractions(cls, v: list[float]) -> list[float]:
-        if any(not 0.0 < f < 1.0 for f in v) or v != sorted(v):
-            raise ValueError(f"expected increasing fractions in (0, 1), found {v}")
-        return v
-
-    @model_validator(mode="after")
-    def _policy_sections(self) -> GrowthConfig:
-        if self.policy == "nest" and self.nest is None:
-            raise ValueError(
-                "expected a nest section (nest: {nodes: [...]}) for policy nest, found none"
-            )
-        if (self.policy == "schedule") != bool(self.schedule):
-            raise ValueError(
-                "expected a non-empty schedule exactly when policy is schedule, found "
-                f"policy {self.policy!r} with {len(self.schedule or [])} schedule steps"
-            )
-        epochs = [s.epoch for s in self.schedule or []]
-        if epochs != sorted(epochs):
-            raise ValueError(f"expected schedule steps in epoch order, found epochs {epochs}")
-        return self
-
-    @model_validator(mode="after")
-    def _budget(self) -> GrowthConfig:
-        if self.tail_epochs >= self.epochs:
-            raise ValueError(
-                f"tail_epochs ({self.tail_epochs}) must be smaller than epochs ({self.epochs}); "
-                "set a shorter tail with --tail-epochs N"
-            )
-        return self
-
     def depth_limit(self, stage: str) -> int:
         """The maximum depth (blocks) of ``stage``."""
         if isinstance(self.max_depth, int):
             return self.max_depth
         return self.max_depth.get(stage, max(self.max_depth.values()))
+
+
+class NestGrowthConfig(GrowthConfig):
+    """``policy: nest``: grow, then prune, every ``interval`` epochs (see :class:`NestConfig`).
+
+    Attributes:
+        interval: epochs between two NeST steps.
+        nest: NeST's settings.
+    """
+
+    policy: Literal["nest"] = "nest"
+    interval: Count = 2
+    nest: NestConfig
+
+
+class ScheduleConfig(GrowthConfig):
+    """``policy: schedule``: the steps of ``schedule`` after their epochs.
+
+    Attributes:
+        schedule: the growth schedule, in epoch order (at least one step).
+    """
+
+    policy: Literal["schedule"] = "schedule"
+    schedule: list[ScheduleStep]
+
+    @field_validator("schedule")
+    @classmethod
+    def _in_order(cls, v: list[ScheduleStep]) -> list[ScheduleStep]:
+        if not v:
+            raise ValueError("expected at least one schedule step, found none")
+        epochs = [s.epoch for s in v]
+        if epochs != sorted(epochs):
+            raise ValueError(f"expected schedule steps in epoch order, found epochs {epochs}")
+        return v
+
+
+class NoGrowthConfig(GrowthConfig):
+    """``policy: none``: train the network as it is (the shared settings only)."""
+
+    policy: Literal["none"] = "none"
+
+
+def settings_model(policy: Any, file: str | None = None) -> type[GrowthConfig]:
+    """The settings model of the registered policy ``policy``.
+
+    Raises:
+        GrowError: no policy of that name (``growth.policy``, with the nearest name).
+    """
+    import grow_ir.growth  # noqa: F401  (the policies register on import)
+    from grow_ir.growth.policy import POLICIES
+
+    if not isinstance(policy, str) or policy not in POLICIES:
+        near = difflib.get_close_matches(str(policy), POLICIES, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise GrowError(
+            f"unknown growth policy{hint}",
+            file=file,
+            field="growth.policy",
+            expected=f"one of {', '.join(POLICIES)}",
+            found=repr(policy),
+        )
+    return POLICIES[policy].settings
+
+
+def shared_settings(section: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The entries of a ``growth:`` section that every policy accepts (the data, optimizer
+    and budget; ``policy`` dropped), for running the same data and budget under another
+    policy (a benchmark's from-scratch baseline)."""
+    keep = set(GrowthConfig.model_fields) - {"policy"}
+    return {k: v for k, v in (section or {}).items() if k in keep}
+
+
+def validate_settings(raw: Mapping[str, Any], file: str | None = None) -> GrowthConfig:
+    """``raw`` validated by its policy's settings model (the union's discriminator is
+    ``policy``, default ``autogrow``).
+
+    Raises:
+        GrowError: the first bad field, naming ``file`` and the field path.
+    """
+    model = settings_model(raw.get("policy", "autogrow"), file)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise _to_grow_error(exc, file, model) from None
 
 
 def growth_config(
@@ -304,8 +372,11 @@ def growth_config(
 ) -> GrowthConfig:
     """Validate a ``growth:`` section with ``overrides`` (dotted keys) applied on top.
 
-    Guarantees: the result is a frozen, fully validated GrowthConfig; overrides win over
-    the section; ``None`` override values are ignored (an unset flag).
+    Guarantees: the result is a frozen, fully validated GrowthConfig of the policy's own
+    settings model; overrides win over the section; ``None`` override values are ignored
+    (an unset flag); an override of ``policy`` that names another policy than the
+    section's keeps only the section's shared settings (data, optimizer, budget), since the
+    others configure the section's policy.
 
     Raises:
         GrowError: naming ``file`` and the field path (``growth.optimizer.lr``), what was
@@ -320,13 +391,13 @@ def growth_config(
             found=type(section).__name__,
         )
     raw: dict[str, Any] = _deep_copy(section or {})
+    policy = (overrides or {}).get("policy")
+    if policy is not None and policy != raw.get("policy", "autogrow"):
+        raw = shared_settings(raw)  # another policy: the section's own settings do not apply
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, key, value, file)
-    try:
-        return GrowthConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise _to_grow_error(exc, file) from None
+    return validate_settings(raw, file)
 
 
 def _deep_copy(value: Any) -> Any:
@@ -356,19 +427,33 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, file: str | None) -> 
     target[parts[-1]] = value
 
 
-def _to_grow_error(exc: ValidationError, file: str | None) -> GrowError:
+def _to_grow_error(
+    exc: ValidationError, file: str | None, top: type[GrowthConfig] = GrowthConfig
+) -> GrowError:
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     err = errors[0]
     loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "constrained-"))]
     path = ".".join(["growth", *loc])
+    if err["type"] == "extra_forbidden" and len(loc) == 1:
+        owners = [p for p, m in _policy_models().items() if loc[0] in m.model_fields]
+        if owners:
+            policy = top.model_fields["policy"].default
+            return GrowError(
+                f"a setting of policy {' / '.join(owners)}, not of policy {policy}",
+                file=file,
+                field=path,
+                expected=f"a setting of policy {policy} ({', '.join(top.model_fields)}), or "
+                f"policy: {owners[0]}",
+                found=repr(loc[0]),
+            )
     if err["type"] == "extra_forbidden":
-        model: type[BaseModel] = GrowthConfig
+        model: type[BaseModel] = top
         for part in loc[:-1]:
             ann = model.model_fields.get(part)
             sub = getattr(ann, "annotation", None) if ann else None
             model = next(
                 (t for t in getattr(sub, "__args__", (sub,)) if isinstance(t, type)),
-                GrowthConfig,
+                top,
             )
         fields = list(model.model_fields)
         near = difflib.get_close_matches(loc[-1], fields, n=1)
@@ -381,7 +466,13 @@ def _to_grow_error(exc: ValidationError, file: str | None) -> GrowError:
             found=repr(loc[-1]),
         )
     if err["type"] == "missing":
-        return GrowError("missing growth setting", file=file, field=path, expected="a value")
+        policy = top.model_fields["policy"].default
+        return GrowError(
+            f"missing growth setting of policy {policy}",
+            file=file,
+            field=path,
+            expected="a value",
+        )
     msg = err["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
     if msg.startswith("expected "):
         return GrowError("bad growth setting", file=file, field=path, found=None, expected=msg[9:])
@@ -390,3 +481,10 @@ def _to_grow_error(exc: ValidationError, file: str | None) -> GrowError:
     return GrowError(
         "bad growth setting", file=file, field=path, expected=msg.rstrip("."), found=found_text
     )
+
+
+def _policy_models() -> dict[str, type[GrowthConfig]]:
+    import grow_ir.growth  # noqa: F401  (the policies register on import)
+    from grow_ir.growth.policy import POLICIES
+
+    return {name: entry.settings for name, entry in POLICIES.items()}

@@ -10,6 +10,7 @@ from torch import nn
 
 from grow_ir.backends.torch import update_params
 from grow_ir.growth.actions import GrowthContext, TrainState, step_seed
+from grow_ir.growth.config import AdamInitConfig
 from grow_ir.growth.policy import GrowthRequest, StepHook
 from grow_ir.growth.step import train_step
 from grow_ir.ir.graph import Graph
@@ -65,16 +66,22 @@ class AdamInit(StepHook):
     The target is the old module's training loss (eval mode) on a fixed probe batch; the
     new parameters take Adam steps on seeded training batches, in train mode with every
     old batchnorm frozen in eval mode, until the new module's eval loss on the probe is at
-    most the target, or ``adam_init.max_steps`` steps ran. The result is reported as not
+    most the target, or ``settings.max_steps`` steps ran. The result is reported as not
     preserving; the notes give the steps taken, the target and the loss reached.
     """
 
     name = "AdamInit"
 
+    def __init__(self, settings: AdamInitConfig | None = None) -> None:
+        self.settings = settings or AdamInitConfig()
+
+    def __repr__(self) -> str:
+        return f"AdamInit({self.settings!r})"
+
     def after(
         self, ctx: GrowthContext, old: TrainState, new: TrainState, result: PassResult, seed: int
     ) -> tuple[PassResult, dict[str, Any]]:
-        notes = _adam_init(old, new.module, result.graph, old.graph, ctx, seed)
+        notes = _adam_init(self.settings, old, new.module, result.graph, old.graph, ctx, seed)
         amended = PassResult(
             graph=update_params(result.graph, new.module),
             preserved=False,
@@ -87,6 +94,7 @@ class AdamInit(StepHook):
 
 
 def _adam_init(
+    cfg: AdamInitConfig,
     old: TrainState,
     module: nn.Module,
     new_graph: Graph,
@@ -94,7 +102,6 @@ def _adam_init(
     ctx: GrowthContext,
     seed: int,
 ) -> dict[str, Any]:
-    cfg = ctx.config.adam_init
     fresh = set(new_graph.params) - set(old_graph.params)
     params = {k: p for k, p in module.named_parameters() if k in fresh}
     if not params:

@@ -31,7 +31,7 @@ from grow_ir.growth.checkpoint import (
     set_rng_state,
 )
 from grow_ir.growth.compiled import Compiler
-from grow_ir.growth.config import GrowthConfig
+from grow_ir.growth.config import GrowthConfig, validate_settings
 from grow_ir.growth.data import Dataset, check_fits, fingerprint, load_data, load_recorded_data
 from grow_ir.growth.device import deterministic, pick_device
 from grow_ir.growth.distributed import Distributed, shard_of
@@ -157,7 +157,7 @@ class Trainer:
         """
         ckpt = load_checkpoint(out_dir)
         s = ckpt.state
-        config = GrowthConfig.model_validate(s["config"])
+        config = validate_settings(s["config"], file=f"{out_dir}/state.json")
         dev = pick_device(device if device is not None else s["device"])
         data = load_recorded_data(
             s["data"],

@@ -25,7 +25,7 @@ from typing import Any
 
 from grow_ir.errors import GrowError
 from grow_ir.growth.autogrow import unit_width
-from grow_ir.growth.config import GrowthConfig, NestConfig
+from grow_ir.growth.config import NestConfig, NestGrowthConfig
 from grow_ir.growth.hooks import probe_hooks
 from grow_ir.growth.policy import GrowthRequest, Observation, PolicyBase, register_policy
 from grow_ir.growth.schedule import growth_deadline
@@ -33,14 +33,16 @@ from grow_ir.ir.graph import Graph
 from grow_ir.passes.connections import live_params, maskable_ops
 
 
-@register_policy("nest", doc="NeST: grow (GradMax units, gradient-grown connections), then prune")
+@register_policy(
+    "nest",
+    doc="NeST: grow (GradMax units, gradient-grown connections), then prune",
+    settings=NestGrowthConfig,
+)
 class NeST(PolicyBase):
     """Grow (GradMax units, gradient-grown connections) then prune (magnitude) on a fixed
     schedule; see the module docstring."""
 
-    def __init__(self, config: GrowthConfig, graph: Graph) -> None:
-        if config.nest is None:  # the config's validator requires it for policy nest
-            raise GrowError("policy nest needs a nest section", field="growth.nest")
+    def __init__(self, config: NestGrowthConfig, graph: Graph) -> None:
         self.config = config
         self.nest: NestConfig = config.nest
         self.deadline = growth_deadline(config)

@@ -173,27 +173,34 @@ PolicyFactory = Callable[["GrowthConfig", Graph], Policy]
 
 @dataclass(frozen=True)
 class PolicyEntry:
-    """A registered policy: how to build it from the settings and the graph, and its doc."""
+    """A registered policy: how to build it from the settings and the graph, the model of
+    its settings (its branch of the ``growth:`` union), and its doc."""
 
     name: str
     make: PolicyFactory
     doc: str
     grows: bool
+    settings: type[GrowthConfig]
 
 
 POLICIES: dict[str, PolicyEntry] = {}
 """Every growth policy, by the name ``growth: {policy: NAME}`` gives."""
 
 
-def register_policy(name: str, *, doc: str, grows: bool = True) -> Callable[[Any], Any]:
-    """Register the decorated class (or factory ``(config, graph) -> Policy``) as ``name``;
-    ``grows=False`` for a policy that never grows (the trainer then starts the learning-rate
-    tail at once)."""
+def register_policy(
+    name: str, *, doc: str, settings: type[GrowthConfig], grows: bool = True
+) -> Callable[[Any], Any]:
+    """Register the decorated class (or factory ``(config, graph) -> Policy``) as ``name``,
+    configured by ``settings`` (a :class:`~grow_ir.growth.config.GrowthConfig` subclass
+    whose ``policy`` is ``Literal[name]``); ``grows=False`` for a policy that never grows
+    (the trainer then starts the learning-rate tail at once)."""
 
     def wrap(make: Any) -> Any:
         if name in POLICIES:
             raise ValueError(f"growth policy {name!r} is registered twice")
-        POLICIES[name] = PolicyEntry(name, make, doc, grows)
+        if settings.model_fields["policy"].default != name:
+            raise ValueError(f"the settings of policy {name!r} must default policy to it")
+        POLICIES[name] = PolicyEntry(name, make, doc, grows, settings)
         return make
 
     return wrap

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from grow_ir.errors import GrowError
-from grow_ir.growth.config import GrowthConfig
+from grow_ir.growth.config import ScheduleConfig
 from grow_ir.growth.hooks import probe_hooks
 from grow_ir.growth.policy import GrowthRequest, Observation, PolicyBase, Stop, register_policy
 from grow_ir.growth.schedule import growth_deadline
@@ -25,12 +25,14 @@ from grow_ir.ir.graph import Graph
 from grow_ir.passes import get_pass
 
 
-@register_policy("schedule", doc="growth steps at given epochs (staged training)")
+@register_policy(
+    "schedule", doc="growth steps at given epochs (staged training)", settings=ScheduleConfig
+)
 class Scheduled(PolicyBase):
     """Runs ``config.schedule``'s steps after their epochs, in order."""
 
-    def __init__(self, config: GrowthConfig, graph: Graph) -> None:
-        self.steps = list(config.schedule or [])
+    def __init__(self, config: ScheduleConfig, graph: Graph) -> None:
+        self.steps = list(config.schedule)
         last = growth_deadline(config)
         for i, step in enumerate(self.steps):
             try:
