@@ -147,8 +147,8 @@ def draw(
         )
         ax.add_patch(frame)
         if level == 0:
-            depth = graph.stages[label].get("depth")
-            text = f"{label} ({graph.stages[label].get('block', '')} × {depth})"
+            info = graph.stages[label]
+            text = f"{label} ({info.block} × {info.depth})"
             ax.text(
                 right + 0.08,
                 top - 0.05,

@@ -727,7 +727,7 @@ def _stack_blocks(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
         return None
 
     def args(stage: str) -> st.SearchStrategy[dict[str, Any]]:
-        depth = graph.stages[stage]["depth"]
+        depth = graph.stages[stage].depth
         return st.integers(0, depth - 1).flatmap(
             lambda start: st.fixed_dictionaries(
                 {
@@ -755,7 +755,7 @@ def _insert_layer_preserved(graph: Graph, args: Args) -> bool:
 
 
 def _insert_block_preserved(graph: Graph, args: Args) -> bool:
-    block = graph.stages[args["stage"]]["block"]
+    block = graph.stages[args["stage"]].block
     return args.get("init", "zero") == "zero" and BLOCK_EXACT[block]
 
 

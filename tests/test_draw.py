@@ -36,7 +36,7 @@ def test_every_example_draws_as_svg_with_every_node(
     for n in graph.nodes:
         assert n.name.split(".")[-1] in texts and n.op in texts, n.name
     for stage, info in graph.stages.items():
-        assert f"{stage} ({info['block']} × {info['depth']})" in texts
+        assert f"{stage} ({info.block} × {info.depth})" in texts
     assert "grow-ir draw" in out.read_text()  # the metadata that marks it as ours
 
 

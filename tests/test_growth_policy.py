@@ -59,7 +59,7 @@ def test_periodic_growth_is_round_robin_up_to_the_max_depth() -> None:
     rising = [0.5 + 0.02 * e for e in range(14)]
     graph, steps = drive(policy, GRAPH, rising)
     assert steps == [(1, "stage1"), (3, "stage2"), (5, "stage1"), (7, "stage2")]
-    assert {s: r["depth"] for s, r in graph.stages.items()} == {"stage1": 3, "stage2": 3}
+    assert {s: r.depth for s, r in graph.stages.items()} == {"stage1": 3, "stage2": 3}
     assert not policy.growing
     assert [s.reason for s in policy.drain_stops()] == [
         "its depth 3 reached max_depth 3 (growth.max_depth)"
@@ -109,7 +109,7 @@ def test_growing_all_grows_every_stage_at_each_step_and_they_stop_together() -> 
     rising = [0.5 + 0.02 * e for e in range(8)]
     graph, steps = drive(policy, GRAPH, rising)
     assert steps == [(1, "stage1"), (1, "stage2"), (3, "stage1"), (3, "stage2")]
-    assert {s: r["depth"] for s, r in graph.stages.items()} == {"stage1": 3, "stage2": 3}
+    assert {s: r.depth for s, r in graph.stages.items()} == {"stage1": 3, "stage2": 3}
     flat = AutoGrow(config(max_depth=9, growing="all"), GRAPH)
     _, steps = drive(flat, GRAPH, [0.5, 0.6, 0.605, 0.604, 0.603])
     assert steps == [(1, "stage1"), (1, "stage2")]

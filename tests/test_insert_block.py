@@ -11,6 +11,7 @@ import torch
 from grow_ir import passes
 from grow_ir.errors import PassError
 from grow_ir.ir.graph import Graph
+from grow_ir.ir.stages import Stage
 from grow_ir.passes.manager import output_error
 from grow_ir.probes import randomize_norms
 from grow_ir.spec import load_spec
@@ -97,9 +98,9 @@ def test_structure_matches_a_deeper_spec(net: Graph) -> None:
     result = passes.insert_block.run(net, stage="s1")
     expected = load_spec(resnet(depth=3))
     assert result.graph.nodes == expected.nodes
-    assert dict(result.graph.stages) == {"s1": {"block": "b", "depth": 3, "with": {"c": 4}}}
+    assert dict(result.graph.stages) == {"s1": Stage("b", 3, {"c": 4})}
     assert dict(result.graph.blocks) == dict(net.blocks)
-    assert dict(net.stages)["s1"]["depth"] == 2  # the input graph is unchanged
+    assert net.stages["s1"].depth == 2  # the input graph is unchanged
     assert result.graph.node("pool").inputs == ("s1.block2.act",)
     new = {k for k in result.graph.params if k.startswith("s1.block2.")}
     assert set(result.origins) == new
@@ -120,7 +121,7 @@ def test_zero_init_is_exact(net: Graph) -> None:
 def test_twice_and_seeded(net: Graph) -> None:
     once = passes.insert_block(net, stage="s1", seed=5)
     twice = passes.insert_block.run(once, stage="s1", seed=5)
-    assert twice.preserved and twice.graph.stages["s1"]["depth"] == 4
+    assert twice.preserved and twice.graph.stages["s1"].depth == 4
     assert output_error(net, twice.graph, {}, batch=2) <= TOL
     again = passes.insert_block(net, stage="s1", seed=5)
     key = "s1.block2.conv1.weight"
@@ -239,7 +240,7 @@ def test_refuses_taken_names(net: Graph) -> None:
 def test_refuses_an_unset_template_parameter(net: Graph) -> None:
     g = net.replace(stages={"s1": {"block": "b", "depth": 2, "with": {}}})
     err = refuse(g, r"uses \$c", stage="s1")
-    assert err.field == "stages.s1"
+    assert err.field == "stages.s1.with.c"
 
 
 def test_refuses_a_block_that_changes_the_type() -> None:

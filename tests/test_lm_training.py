@@ -184,7 +184,7 @@ def test_train_a_language_model_while_a_schedule_grows_it(
     assert {"test_loss", "test_perplexity"} <= set(final)
     assert final["onnx"]["checker"] == "passed" and final["onnx"]["max_relative_error"] <= 1e-5
     grown = load(out)
-    assert grown.stages["h"]["depth"] == 2 and grown.node("wte").attrs.embedding_dim == 12
+    assert grown.stages["h"].depth == 2 and grown.node("wte").attrs.embedding_dim == 12
     status = [u["status"] for u in final["units"].values()]
     assert status == ["done after epoch 1", "done after epoch 2"]
 
@@ -216,7 +216,7 @@ def test_a_language_model_run_resumes_bitwise(tmp_path: Path, text_file: Path) -
         part.run()
     # the last checkpoint is epoch 1's (after the widening); stack_blocks runs after resuming
     resumed = Trainer.resume(tmp_path / "part", progress=False).run()
-    assert resumed.graph.stages["h"]["depth"] == 2
+    assert resumed.graph.stages["h"].depth == 2
     assert resumed.graph.params.keys() == whole.graph.params.keys()
     for k, v in whole.graph.params.items():
         assert torch.equal(resumed.graph.params[k], v), k
@@ -252,5 +252,5 @@ def test_the_gpt_bytes_example_schedule_is_exact_step_by_step() -> None:
     assert type(make_policy(config, graph)).__name__ == "Scheduled"
     plan = [{"pass": s.pass_name, **s.arguments()} for s in config.schedule or []]
     grown = apply_plan(graph, plan, check=True)  # every step measured within 1e-5
-    assert grown.stages["h"]["depth"] == 4 and grown.node("wte").attrs.embedding_dim == 64
+    assert grown.stages["h"].depth == 4 and grown.node("wte").attrs.embedding_dim == 64
     assert {n.attrs.num_heads for n in grown.nodes if n.op == "attention"} == {8}

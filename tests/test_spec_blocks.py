@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from grow_ir.errors import SpecError
+from grow_ir.ir.stages import BlockTemplate, Stage
 from grow_ir.spec import dump_spec, load_spec
 
 BLOCK = {
@@ -56,16 +57,18 @@ def test_stage_expands_into_chained_scoped_blocks():
     assert g.node("head").inputs == ("s.block1.sum",)  # previous node = last block output
 
 
-def test_graph_keeps_templates_and_stages_as_plain_data():
+def test_graph_keeps_templates_and_stages_as_typed_values():
     g = load_spec(staged())
-    assert dict(g.stages) == {"s": {"block": "res", "depth": 2, "with": {"width": 6}}}
-    assert g.blocks["res"] == BLOCK
+    assert dict(g.stages) == {"s": Stage("res", 2, {"width": 6})}
+    assert g.blocks["res"] == BlockTemplate.of(BLOCK)
+    assert g.blocks["res"].params() == {"width"} and g.blocks["res"].node("fc").op == "linear"
+    assert g.blocks["res"].entry() == BLOCK and g.stages["s"].entry()["with"] == {"width": 6}
 
 
 def test_template_output_defaults_to_its_last_node():
     spec = staged()
     del spec["blocks"]["res"]["output"]
-    assert load_spec(spec).blocks["res"]["output"] == "sum"
+    assert load_spec(spec).blocks["res"].output == "sum"
 
 
 def test_stage_name_stands_for_its_output_in_inputs_and_outputs():
@@ -102,7 +105,7 @@ def test_recorded_stage_needs_each_block_output():
 def test_stage_defined_twice():
     g = load_spec(staged())
     spec = staged()
-    spec["stages"] = copy.deepcopy(dict(g.stages))
+    spec["stages"] = {k: s.entry() for k, s in g.stages.items()}
     with pytest.raises(SpecError, match="defined twice"):
         load_spec(spec)
 

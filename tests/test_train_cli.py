@@ -57,7 +57,7 @@ def test_train_writes_every_output(spec_file: Path, tmp_path: Path, capsys) -> N
     assert final["onnx"]["checker"] == "passed" and final["onnx"]["max_relative_error"] <= 1e-5
     assert final["threads"] == 1 and final["device"] == "cpu"
     grown = load(out)
-    assert grown.stages["stage1"]["depth"] == 2 and grown.num_params() == final["params"]
+    assert grown.stages["stage1"].depth == 2 and grown.num_params() == final["params"]
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "model.onnx").stat().st_size > 0
 

@@ -321,7 +321,7 @@ def test_stacking_copies_blocks_on_top_and_says_it_changes_the_function(model: s
     result = run("stack_blocks", g, stage=stage, mode="stack")
     assert not result.preserved and "warm start" in result.reason
     new = result.graph
-    assert new.stages[stage]["depth"] == 4
+    assert new.stages[stage].depth == 4
     for local in ("attn.in_proj_weight", "ln1.weight" if model == "gpt2" else "norm1.weight"):
         for i in (0, 1):
             assert torch.equal(

@@ -660,8 +660,8 @@ def test_a_widened_stage_dumps_its_new_width() -> None:
         Path(__file__).resolve().parent.parent / "specs/examples/autogrow_digits.yaml"
     )
     wide = widen(graph, node="stem", width=24)
-    assert graph.stages["stage1"]["with"] == {"channels": 16}  # the input is unchanged
-    assert wide.stages["stage1"]["with"] == {"channels": 24}
+    assert graph.stages["stage1"].with_ == {"channels": 16}  # the input is unchanged
+    assert wide.stages["stage1"].with_ == {"channels": 24}
     assert wide.stages["stage2"] == graph.stages["stage2"]
     spec = dump_spec(wide)
     assert spec["stages"]["stage1"]["with"] == {"channels": 24}

@@ -61,8 +61,8 @@ def table_rows(graph: Graph, dims: Mapping[str, int]) -> list[tuple[str, ...]]:
             rows.append(
                 (
                     here,
-                    f"stage ×{info['depth']}",
-                    f"{info.get('block', '')} blocks",
+                    f"stage ×{info.depth}",
+                    f"{info.block} blocks",
                     f"{sum(graph.num_params(n) for n in members):,}",
                     compact(sum(macs[n.name] for n in members)),
                     "",

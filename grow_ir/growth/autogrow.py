@@ -71,7 +71,7 @@ def unit_width(graph: Graph, node: str) -> int:
 
 def stage_depth(graph: Graph, stage: str) -> int:
     """The number of blocks of ``stage`` (from the spec's stage record)."""
-    return int(graph.stages[stage]["depth"])
+    return graph.stages[stage].depth
 
 
 @register_policy(

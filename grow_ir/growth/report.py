@@ -13,7 +13,7 @@ def architecture(graph: Graph) -> dict[str, Any]:
     """The shape of a network in brief: depth per stage, width per weight layer."""
     widths = {n.name: width_of(n) for n in graph.nodes if n.opdef.facts.width_attr is not None}
     return {
-        "stages": {s: int(r["depth"]) for s, r in graph.stages.items()},
+        "stages": {s: r.depth for s, r in graph.stages.items()},
         "widths": widths,
         "nodes": len(graph.nodes),
         "params": graph.num_params(),
@@ -55,7 +55,7 @@ def growth_line(epoch: int, outcome: StepOutcome) -> str:
     # a scheduled step's unit is its place in the schedule; the pass names what it grows
     unit = str(req.args.get("stage") or req.args.get("node") or req.unit)
     if req.pass_name == "insert_block":
-        depth = int(g.stages[unit]["depth"])
+        depth = g.stages[unit].depth
         what = f"grew {unit}"
         size = f"{depth} blocks"
         if "adam_steps" in outcome.notes:

@@ -19,6 +19,7 @@ import torch
 from grow_ir.errors import GrowError, ShapeError, VerifyError
 from grow_ir.ir.ops import OPS, Attrs, OpDef, ParamSpec
 from grow_ir.ir.ops.base import validate_attrs
+from grow_ir.ir.stages import BlockTemplate, Stage
 from grow_ir.ir.types import TensorType
 
 
@@ -126,9 +127,10 @@ class Graph:
     """A network: named inputs, nodes in topological order, named outputs and parameters.
 
     ``params`` are keyed exactly like the lowered module's ``state_dict()``
-    (``stem.weight``, ``stem_bn.running_mean``, ``attn.out_proj.bias``). ``blocks`` and
-    ``stages`` keep the spec's block templates (AutoGrow's unit of growth), ``grow`` the
-    spec's growth plan and ``growth`` its growth-policy section, all as plain data.
+    (``stem.weight``, ``stem_bn.running_mean``, ``attn.out_proj.bias``). ``blocks`` holds
+    the block templates and ``stages`` the stages (AutoGrow's unit of growth) as typed
+    values (:mod:`grow_ir.ir.stages`; mappings given in their spec form are converted);
+    ``grow`` is the spec's growth plan and ``growth`` its growth-policy section, as data.
     A Graph is never mutated: use :meth:`replace` and friends, which return new Graphs.
     """
 
@@ -137,8 +139,8 @@ class Graph:
     outputs: Mapping[str, str]
     params: Mapping[str, torch.Tensor] = field(default_factory=dict)
     name: str = "graph"
-    blocks: Mapping[str, Any] = field(default_factory=dict)
-    stages: Mapping[str, Any] = field(default_factory=dict)
+    blocks: Mapping[str, BlockTemplate] = field(default_factory=dict)
+    stages: Mapping[str, Stage] = field(default_factory=dict)
     grow: tuple[Mapping[str, Any], ...] = ()
     growth: Mapping[str, Any] | None = None
 
@@ -147,8 +149,10 @@ class Graph:
         object.__setattr__(self, "nodes", tuple(self.nodes))
         object.__setattr__(self, "outputs", _frozen(self.outputs))
         object.__setattr__(self, "params", _frozen(self.params))
-        object.__setattr__(self, "blocks", _frozen(self.blocks))
-        object.__setattr__(self, "stages", _frozen(self.stages))
+        blocks = {k: BlockTemplate.of(v) for k, v in (self.blocks or {}).items()}
+        object.__setattr__(self, "blocks", _frozen(blocks))
+        stages = {k: Stage.of(v) for k, v in (self.stages or {}).items()}
+        object.__setattr__(self, "stages", _frozen(stages))
         object.__setattr__(self, "grow", tuple(self.grow))
 
     def replace(self, **changes: Any) -> Graph:

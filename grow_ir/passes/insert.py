@@ -7,12 +7,11 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
-from grow_ir.errors import GrowError, PassError
+from grow_ir.errors import PassError
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.ops import OPS
 from grow_ir.ir.ops.facts import No
+from grow_ir.ir.stages import BlockTemplate, Stage, block_nodes
 from grow_ir.ir.types import TensorType
 from grow_ir.passes.args import Choice, Count, Seed, StageName, ValueName
 from grow_ir.passes.base import PassResult, register_pass
@@ -24,9 +23,6 @@ from grow_ir.passes.rewrite import (
     is_nonnegative,
     seeded,
 )
-from grow_ir.spec.blocks import expand_stage
-from grow_ir.spec.models import StageEntry
-from grow_ir.spec.nodes import Draft
 
 LAYER_INITS = ("identity", "zero", "gauss", "uniform")
 BLOCK_INITS = ("zero", "gauss", "uniform")
@@ -198,9 +194,9 @@ def insert_layer(
 # ---- insert_block ----------------------------------------------------------------------
 
 
-def stage_of(graph: Graph, stage: str) -> tuple[Mapping[str, Any], Mapping[str, Any], int]:
-    """The stage's entry, its block template (with its ``output``) and its depth,
-    validated; PassError naming the field otherwise."""
+def stage_of(graph: Graph, stage: str) -> tuple[Stage, BlockTemplate, int]:
+    """The stage, its block template and its depth, checked; PassError naming the field
+    otherwise."""
     if stage not in graph.stages:
         near = difflib.get_close_matches(str(stage), list(graph.stages), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
@@ -211,65 +207,42 @@ def stage_of(graph: Graph, stage: str) -> tuple[Mapping[str, Any], Mapping[str, 
             found=repr(stage),
         )
     entry = graph.stages[stage]
-    template = graph.blocks.get(entry.get("block"))
-    if not isinstance(template, Mapping) or not template.get("nodes"):
+    template = graph.blocks.get(entry.block)
+    if template is None:
         raise PassError(
             "the stage's block template is missing",
             field=f"stages.{stage}.block",
             expected=f"one of the graph's blocks ({', '.join(graph.blocks) or 'none'})",
-            found=repr(entry.get("block")),
+            found=repr(entry.block),
         )
-    depth = entry.get("depth")
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+    if isinstance(entry.depth, bool) or not isinstance(entry.depth, int) or entry.depth < 1:
         raise PassError(
             "a stage grows from its last block, so it needs one",
             field=f"stages.{stage}.depth",
             expected="a depth of at least 1",
-            found=repr(depth),
+            found=repr(entry.depth),
         )
-    names = [str(n.get("name")) for n in template["nodes"]]
-    return entry, {**template, "output": template.get("output") or names[-1]}, depth
-
-
-def _block_drafts(
-    stage: str, entry: Mapping[str, Any], blocks: Mapping[str, Any], index: int
-) -> list[Draft]:
-    """The spec drafts of block ``index`` of ``stage``, expanded exactly as the spec loader
-    expands stages (``$param`` substitution, implicit inputs, local names resolved)."""
-    try:
-        record = StageEntry.model_validate(
-            {
-                "name": stage,
-                "stage": entry["block"],
-                "depth": index + 1,
-                "with": entry.get("with") or {},
-            }
+    wanted = sorted(template.params())
+    missing = [p for p in wanted if p not in entry.with_]
+    if missing:
+        raise PassError(
+            f"block '{entry.block}' uses ${missing[0]}, which stage '{stage}' does not set",
+            field=f"stages.{stage}.with.{missing[0]}",
+            expected=f"a value for every parameter of the block ({', '.join(wanted)})",
+            found="none",
         )
-        drafts, _ = expand_stage(record, blocks, "input", f"stages.{stage}", None)
-    except ValidationError as exc:
-        raise PassError(
-            "malformed stage record",
-            field=f"stages.{stage}",
-            expected="{block: NAME, depth: N, with: {...}}",
-            found=str(exc.errors()[0]["msg"]),
-        ) from None
-    except GrowError as exc:
-        raise PassError(
-            exc.reason, field=f"stages.{stage}", expected=exc.expected, found=exc.found
-        ) from None
-    scope = f"{stage}.block{index}."
-    return [d for d in drafts if d.name.startswith(scope)]
+    return entry, template, entry.depth
 
 
 def _instantiate(
-    graph: Graph, stage: str, entry: Mapping[str, Any], template: Mapping[str, Any], depth: int
+    graph: Graph, stage: str, entry: Stage, template: BlockTemplate, depth: int
 ) -> tuple[Additions, str, str]:
     """Build block ``depth`` of the stage after block ``depth - 1``'s output.
 
     Returns the additions, the previous block's output and the new block's output.
     """
     prev, scope = f"{stage}.block{depth - 1}", f"{stage}.block{depth}"
-    prev_out = f"{prev}.{template['output']}"
+    prev_out = f"{prev}.{template.output}"
     if prev_out not in graph.node_map:
         raise PassError(
             "the stage's last block is not in the graph",
@@ -288,18 +261,18 @@ def _instantiate(
             found=repr(taken[0]),
         )
     adds = Additions(graph)
-    for draft in _block_drafts(stage, entry, {entry["block"]: template}, depth):
+    for draft in block_nodes(template, stage, depth, entry.with_, prev_out):
         old = graph.node_map.get(prev + draft.name.removeprefix(scope))
         # the previous block's attributes carry any growth (widening) since the spec
         attrs = old.attrs if old is not None and old.op == draft.op else draft.attrs
         adds.add(draft.name, draft.op, draft.inputs, attrs, share=draft.share)
-    new_out = f"{scope}.{template['output']}"
+    new_out = f"{scope}.{template.output}"
     if adds.nodes[-1].name != new_out:
         raise PassError(
             "a block's output must be its last node",
-            field=f"blocks.{entry['block']}.output",
+            field=f"blocks.{entry.block}.output",
             expected=repr(adds.nodes[-1].name.removeprefix(scope + ".")),
-            found=repr(template["output"]),
+            found=repr(template.output),
         )
     if adds.type(new_out) != graph.types[prev_out]:
         raise PassError(
@@ -444,7 +417,7 @@ def insert_block(
     for node in adds.nodes:
         adds.init(node, init if node.name in last_layers else "default", gen)
     new = insert_after(graph, prev_out, adds.nodes, params=adds.params)
-    stages = {**graph.stages, stage: {**entry, "depth": depth + 1}}
+    stages = {**graph.stages, stage: entry.replace(depth=depth + 1)}
     preserved = init == "zero" and not why and bool(ends)
     reason = (
         ""

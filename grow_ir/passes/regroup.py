@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from grow_ir.errors import ShapeError
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.ops.base import bump_attr
 from grow_ir.passes.channels import ChannelGroup, Member, ParamAxis
@@ -31,7 +32,29 @@ def resize_nodes(graph: Graph, group: ChannelGroup, delta: int) -> Graph:
             for key, block in m.width_attrs:  # ``out_features`` or a shape entry ``shape[1]``
                 attrs = bump_attr(attrs, key, delta * block)
             changed[m.node] = n.replace(attrs=attrs.model_copy(update=dict(m.pins)))
-    return replace_nodes(graph, changed)
+    return _unpin_defaults(replace_nodes(graph, changed), group)
+
+
+def _unpin_defaults(graph: Graph, group: ChannelGroup) -> Graph:
+    """``graph`` with every pin that its attribute's default now gives removed (attention
+    back at a width where ``head_dim`` is again ``E / num_heads``), so that widening and
+    then pruning back gives the graph that was there, attribute for attribute."""
+    plain: dict[str, Node] = {}
+    for m in group.members:
+        n = graph.node(m.node)
+        rule = n.opdef.through
+        if not m.pins or rule is None:
+            continue
+        fields, pins = type(n.attrs).model_fields, dict(m.pins)
+        unpinned = n.attrs.model_copy(update={k: fields[k].default for k in pins})
+        ins = graph.input_types(n)
+        try:
+            n.opdef.infer(unpinned, ins)
+        except ShapeError:
+            continue  # the default is not valid here: the pin stays
+        if rule.pin(unpinned, ins) == pins:
+            plain[m.node] = n.replace(attrs=unpinned)
+    return replace_nodes(graph, plain) if plain else graph
 
 
 @dataclass(frozen=True)

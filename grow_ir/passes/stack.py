@@ -73,7 +73,7 @@ def stack_blocks(
     check_choice(mode, MODES, "mode")
     entry, template, depth = stage_of(graph, stage)
     start, stop = _check_range(start, depth if stop is None else stop, depth)
-    out_local = template["output"]
+    out_local = template.output
     blocks = [_block_nodes(graph, stage, i) for i in range(depth)]
     shared = [n.name for b in blocks for n in b if n.share is not None]
     if shared:
@@ -138,7 +138,7 @@ def stack_blocks(
         nodes += made
         prev = new_scope + out_local
     new_graph = _splice(graph, stage, nodes, old_out, prev, params)
-    new_graph = new_graph.replace(stages={**graph.stages, stage: {**entry, "depth": len(order)}})
+    new_graph = new_graph.replace(stages={**graph.stages, stage: entry.replace(depth=len(order))})
     copies = stop - start
     if mode == "stack":
         preserved, reason = (

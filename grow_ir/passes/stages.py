@@ -1,7 +1,7 @@
 """Keeping a graph's stage records true to its nodes after a pass changes widths.
 
-A stage record (``Graph.stages[S] = {block, depth, with}``) says which values its block
-template's ``$param`` s take. When a pass changes an attribute that a ``$param`` sets
+A stage (``Graph.stages[S]``, a :class:`~grow_ir.ir.stages.Stage`) says which values its
+block template's ``$param`` s take. When a pass changes an attribute that a ``$param`` sets
 (``widen`` grows ``stage1.block0.conv1.out_channels``, which the template wrote as
 ``$channels``), the record is brought up to date from the stage's last block, so that a
 dumped spec's ``with:`` shows the width the stage has now.
@@ -9,10 +9,8 @@ dumped spec's ``with:`` shows the width the stage has now.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from grow_ir.ir.graph import Graph
+from grow_ir.ir.stages import block_name, param_name
 
 
 def refresh_stage_params(graph: Graph) -> Graph:
@@ -26,24 +24,19 @@ def refresh_stage_params(graph: Graph) -> Graph:
     """
     stages = {}
     changed = False
-    for name, record in graph.stages.items():
-        template = graph.blocks.get(record.get("block"))
-        depth = record.get("depth")
-        new_with = dict(record.get("with") or {})
-        if isinstance(template, Mapping) and isinstance(depth, int) and depth >= 1:
-            for entry in template.get("nodes") or ():
-                node = graph.node_map.get(f"{name}.block{depth - 1}.{entry.get('name')}")
+    for name, stage in graph.stages.items():
+        template = graph.blocks.get(stage.block)
+        new_with = dict(stage.with_)
+        if template is not None and stage.depth >= 1:
+            for entry in template.nodes:
+                node = graph.node_map.get(f"{block_name(name, stage.depth - 1)}.{entry.name}")
                 if node is None:
                     continue
-                for key, value in entry.items():
-                    if _param(value) and key in type(node.attrs).model_fields:
+                for key, value in entry.attrs.items():
+                    if param_name(value) and key in type(node.attrs).model_fields:
                         current = getattr(node.attrs, key)
-                        if new_with.get(_param(value)) != current:
-                            new_with[_param(value)] = current
-        changed |= new_with != dict(record.get("with") or {})
-        stages[name] = {**record, "with": new_with} if new_with or "with" in record else record
+                        if new_with.get(param_name(value)) != current:
+                            new_with[param_name(value)] = current
+        changed |= new_with != dict(stage.with_)
+        stages[name] = stage.replace(with_=new_with)
     return graph.replace(stages=stages) if changed else graph
-
-
-def _param(value: Any) -> str:
-    return value[1:] if isinstance(value, str) and value.startswith("$") else ""

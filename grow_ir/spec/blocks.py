@@ -3,39 +3,32 @@
 A template (``blocks: {NAME: {nodes: [...], output: LOCAL}}``) is a list of node entries
 whose input is called ``input``; string values ``$param`` are filled in from a stage's
 ``with``. A stage entry ``{name: S, stage: NAME, depth: D, with: {...}}`` expands into D
-chained copies whose nodes are named ``S.block{i}.{local}``. The Graph keeps the templates
-(``Graph.blocks``) and the stages (``Graph.stages``: ``{block, depth, with}``) as plain data.
+chained copies whose nodes are named ``S.block{i}.{local}``. This module checks templates
+and stages against the file (errors name it) and builds the IR's typed values
+(:mod:`grow_ir.ir.stages`), which the Graph keeps in ``Graph.blocks`` and ``Graph.stages``.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from grow_ir.errors import SpecError
+from grow_ir.ir.stages import BLOCK_INPUT, BlockTemplate, Stage, block_name, block_nodes
 from grow_ir.spec.errors import suggest
 from grow_ir.spec.models import IDENT, BlockSpec, StageEntry, StageRecord
-from grow_ir.spec.nodes import Draft, head_attrs, parse_head
-
-BLOCK_INPUT = "input"
-"""The name of a block's input inside its template."""
+from grow_ir.spec.nodes import Draft, parse_head
 
 
-def block_name(stage: str, index: int) -> str:
-    """The scope of block ``index`` of ``stage``: ``stage1.block0``."""
-    return f"{stage}.block{index}"
-
-
-def parse_blocks(blocks: Mapping[str, BlockSpec], file: str | None) -> dict[str, dict[str, Any]]:
-    """Check every template and return them as plain data, ``output`` always filled in.
+def parse_blocks(blocks: Mapping[str, BlockSpec], file: str | None) -> dict[str, BlockTemplate]:
+    """Check every template and return them as IR values (``output`` filled in).
 
     Raises:
         SpecError: a template holds a stage, a local name is malformed, reserved
             (``input``) or repeated, an input or share names no local node, or ``output``
             names no template node.
     """
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, BlockTemplate] = {}
     for name, block in blocks.items():
         where = f"blocks.{name}"
         if not IDENT.fullmatch(name):
@@ -97,38 +90,17 @@ def parse_blocks(blocks: Mapping[str, BlockSpec], file: str | None) -> dict[str,
                 expected=f"a node of the template ({', '.join(locals_)})",
                 found=repr(output),
             )
-        out[name] = {"nodes": copy.deepcopy(block.nodes), "output": output}
+        out[name] = BlockTemplate.of({"nodes": block.nodes, "output": output})
     return out
-
-
-def template_params(template: Mapping[str, Any]) -> set[str]:
-    """The ``$param`` names a template uses."""
-    found: set[str] = set()
-
-    def walk(value: Any) -> None:
-        if isinstance(value, str) and value.startswith("$"):
-            found.add(value[1:])
-        elif isinstance(value, list):
-            for v in value:
-                walk(v)
-        elif isinstance(value, Mapping):
-            for v in value.values():
-                walk(v)
-
-    for raw in template["nodes"]:
-        for key, value in raw.items():
-            if key not in ("name", "op", "inputs", "share"):
-                walk(value)
-    return found
 
 
 def expand_stage(
     entry: StageEntry,
-    blocks: Mapping[str, dict[str, Any]],
+    blocks: Mapping[str, BlockTemplate],
     first_input: str,
     where: str,
     file: str | None,
-) -> tuple[list[Draft], dict[str, Any]]:
+) -> tuple[list[Draft], Stage]:
     """The drafts of a stage's ``depth`` chained blocks, and its record for Graph.stages.
 
     Raises:
@@ -136,63 +108,43 @@ def expand_stage(
             set, or a ``with`` key the template does not use.
     """
     template = _template(entry.stage, blocks, file=file, node=entry.name, field="stage")
-    wanted = template_params(template)
     _check_params(
-        entry.name, entry.stage, wanted, entry.with_, file=file, node=entry.name, field="with"
+        entry.name,
+        entry.stage,
+        template.params(),
+        entry.with_,
+        file=file,
+        node=entry.name,
+        field="with",
     )
     drafts: list[Draft] = []
     previous = first_input
     origin = f"block '{entry.stage}' of stage '{entry.name}'"
     for i in range(entry.depth):
-        drafts.extend(_instantiate(entry, template, i, previous, where, origin))
-        previous = f"{block_name(entry.name, i)}.{template['output']}"
-    record = {"block": entry.stage, "depth": entry.depth, "with": copy.deepcopy(entry.with_)}
-    return drafts, record
-
-
-def _instantiate(
-    entry: StageEntry, template: dict[str, Any], i: int, block_input: str, where: str, origin: str
-) -> Iterator[Draft]:
-    scope = block_name(entry.name, i)
-
-    def full(local: str) -> str:
-        return block_input if local == BLOCK_INPUT else f"{scope}.{local}"
-
-    previous = BLOCK_INPUT
-    for raw in template["nodes"]:
-        head = parse_head(raw, where, None)
-        inputs = head.inputs if head.inputs is not None else [previous]
-        attrs = {k: _substitute(v, entry.with_) for k, v in head_attrs(head).items()}
-        yield Draft(
-            name=full(head.name),
-            op=head.op,
-            attrs=attrs,
-            inputs=tuple(full(x) for x in inputs),
-            share=full(head.share) if head.share else None,
-            where=where,
-            origin=origin,
+        drafts.extend(
+            Draft(
+                name=n.name,
+                op=n.op,
+                attrs=n.attrs,
+                inputs=n.inputs,
+                share=n.share,
+                where=where,
+                origin=origin,
+            )
+            for n in block_nodes(template, entry.name, i, entry.with_, previous)
         )
-        previous = head.name
-
-
-def _substitute(value: Any, params: Mapping[str, Any]) -> Any:
-    if isinstance(value, str) and value.startswith("$"):
-        return copy.deepcopy(params[value[1:]])
-    if isinstance(value, list):
-        return [_substitute(v, params) for v in value]
-    if isinstance(value, dict):
-        return {k: _substitute(v, params) for k, v in value.items()}
-    return value
+        previous = f"{block_name(entry.name, i)}.{template.output}"
+    return drafts, Stage(entry.stage, entry.depth, entry.with_)
 
 
 def check_stage_record(
     name: str,
     record: StageRecord,
-    blocks: Mapping[str, dict[str, Any]],
+    blocks: Mapping[str, BlockTemplate],
     node_names: set[str],
     file: str | None,
-) -> dict[str, Any]:
-    """Check a top-level ``stages`` entry against the flat nodes; return it as plain data.
+) -> Stage:
+    """Check a top-level ``stages`` entry against the flat nodes; return it as an IR value.
 
     Raises:
         SpecError: unknown template, ``with`` not matching the template's ``$params``, or a
@@ -200,12 +152,17 @@ def check_stage_record(
     """
     where = f"stages.{name}"
     template = _template(record.block, blocks, file=file, node=None, field=f"{where}.block")
-    wanted = template_params(template)
     _check_params(
-        name, record.block, wanted, record.with_, file=file, node=None, field=f"{where}.with"
+        name,
+        record.block,
+        template.params(),
+        record.with_,
+        file=file,
+        node=None,
+        field=f"{where}.with",
     )
     for i in range(record.depth):
-        out = f"{block_name(name, i)}.{template['output']}"
+        out = f"{block_name(name, i)}.{template.output}"
         if out not in node_names:
             raise SpecError(
                 f"stage '{name}' has no output node for block {i}",
@@ -214,17 +171,17 @@ def check_stage_record(
                 expected=f"a node '{out}' (depth {record.depth})",
                 found="none",
             )
-    return {"block": record.block, "depth": record.depth, "with": copy.deepcopy(record.with_)}
+    return Stage(record.block, record.depth, record.with_)
 
 
 def _template(
     block: str,
-    blocks: Mapping[str, dict[str, Any]],
+    blocks: Mapping[str, BlockTemplate],
     *,
     file: str | None,
     node: str | None,
     field: str,
-) -> dict[str, Any]:
+) -> BlockTemplate:
     if block not in blocks:
         raise SpecError(
             f"unknown block template{suggest(block, blocks)}",

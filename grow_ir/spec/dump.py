@@ -25,9 +25,9 @@ def dump_spec(graph: Graph) -> dict[str, Any]:
     spec["nodes"] = _nodes(graph)
     spec["outputs"] = dict(graph.outputs)
     if graph.blocks:
-        spec["blocks"] = plain(graph.blocks)
+        spec["blocks"] = {k: plain(b.entry()) for k, b in graph.blocks.items()}
     if graph.stages:
-        spec["stages"] = plain(graph.stages)
+        spec["stages"] = {k: plain(s.entry()) for k, s in graph.stages.items()}
     if graph.grow:
         spec["grow"] = plain(list(graph.grow))
     if graph.growth is not None:

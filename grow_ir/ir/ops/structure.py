@@ -55,11 +55,13 @@ def broadcast_shape(what: str, ins: Sequence[TensorType]) -> tuple:
             if d == 1 or d == shape[k]:
                 continue
             if shape[k] != 1:
+                so_far = TensorType(tuple(shape), ins[0].dtype)
                 raise fail(
                     f"{what} needs inputs that broadcast together",
                     field=f"inputs[{i}]",
-                    expected=f"size {shape[k]!r} or 1 on axis {k - (rank - t.rank)} of {t}",
-                    found=repr(d),
+                    expected=f"a shape that broadcasts with {so_far} (size {shape[k]!r} or 1 on "
+                    f"axis {k - (rank - t.rank)})",
+                    found=str(t),
                 )
             shape[k] = d
     return tuple(shape)
