@@ -155,6 +155,18 @@ CASES: list[Case] = [
         lambda x, w: F.layer_norm(x[0], (6,), None, None, 1e-5),
     ),
     (
+        "rmsnorm",
+        (f32((2, 3, 6)),),
+        {"eps": 1e-6},
+        lambda x, w: F.rms_norm(x[0], (6,), w["weight"], 1e-6),
+    ),
+    (
+        "rmsnorm",
+        (f32((4, 6)),),
+        {"elementwise_affine": False},
+        lambda x, w: F.rms_norm(x[0], (6,), None, None),
+    ),
+    (
         "embedding",
         (TensorType((3, 4), "int64"),),
         {"num_embeddings": 7, "embedding_dim": 5},

@@ -105,6 +105,13 @@ MODULES: dict[str, ModuleFactory] = {
         device="meta",
         dtype=ins[0].torch_dtype,
     ),
+    "rmsnorm": lambda a, ins: nn.RMSNorm(
+        ins[0].shape[-1],
+        eps=a.eps,
+        elementwise_affine=a.elementwise_affine,
+        device="meta",
+        dtype=ins[0].torch_dtype,
+    ),
     # from_pretrained skips nn.Embedding's normal_ init, which on the meta device goes
     # through a decomposition that imports torch._dynamo (seconds, on first use).
     "embedding": lambda a, ins: nn.Embedding.from_pretrained(
@@ -119,6 +126,8 @@ MODULES: dict[str, ModuleFactory] = {
         dropout=a.dropout,
         causal=a.causal,
         head_dim=a.head_dim,
+        num_kv_heads=a.num_kv_heads,
+        rope_theta=a.rope_theta,
         device="meta",
         dtype=ins[0].torch_dtype,
     ),
