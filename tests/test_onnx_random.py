@@ -70,10 +70,19 @@ def op_choices(t: TensorType) -> list[str]:
             "flatten",
         ]
     if t.rank == 3 and isinstance(t.shape[1], int):  # [batch, C, L]
-        return [*joins, "conv1d", "batchnorm", "global_avgpool", "flatten", "linear", "layernorm"]
+        return [
+            *joins,
+            "conv1d",
+            "batchnorm",
+            "global_avgpool",
+            "flatten",
+            "linear",
+            "layernorm",
+            "rmsnorm",
+        ]
     if t.rank == 3:  # [batch, seq, E]
-        return [*joins, "linear", "layernorm", "attention"]
-    return [*joins, "linear", "batchnorm", "layernorm"]
+        return [*joins, "linear", "layernorm", "rmsnorm", "attention"]
+    return [*joins, "linear", "batchnorm", "layernorm", "rmsnorm"]
 
 
 def attr_strategy(op: str, t: TensorType) -> st.SearchStrategy[dict[str, Any]]:
@@ -103,7 +112,7 @@ def attr_strategy(op: str, t: TensorType) -> st.SearchStrategy[dict[str, Any]]:
     if op == "attention":
         e = t.shape[-1]
         heads = [h for h in (1, 2, 4) if isinstance(e, int) and e % h == 0]
-        return st.fixed_dictionaries({"num_heads": st.sampled_from(heads), "causal": b, "bias": b})
+        return st.sampled_from(heads).flatmap(lambda h: _attention_attrs(int(e), h))
     if op in ("softmax", "log_softmax"):
         return st.fixed_dictionaries({"dim": st.integers(1, t.rank - 1) | st.just(-1)})
     if op == "concat":
@@ -116,11 +125,26 @@ def attr_strategy(op: str, t: TensorType) -> st.SearchStrategy[dict[str, Any]]:
         return st.fixed_dictionaries({"affine": b})
     if op == "layernorm":
         return st.fixed_dictionaries({"elementwise_affine": b, "bias": b})
+    if op == "rmsnorm":
+        return st.fixed_dictionaries({"elementwise_affine": b}, optional={"eps": st.just(1e-6)})
     if op == "gelu":
         return st.fixed_dictionaries({"approximate": st.sampled_from(["none", "tanh"])})
     if op == "dropout":
         return st.fixed_dictionaries({"p": st.sampled_from([0.0, 0.5])})
     return st.just({})
+
+
+def _attention_attrs(embed: int, heads: int) -> st.SearchStrategy[dict[str, Any]]:
+    """Attention attributes with ``heads`` heads: grouped-query and rotary sometimes."""
+    b = st.booleans()
+    optional: dict[str, st.SearchStrategy[Any]] = {
+        "num_kv_heads": st.sampled_from([k for k in (1, 2, 4) if heads % k == 0])
+    }
+    if (embed // heads) % 2 == 0:
+        optional["rope_theta"] = st.sampled_from([100.0, 10000.0])
+    return st.fixed_dictionaries(
+        {"num_heads": st.just(heads), "causal": b, "bias": b}, optional=optional
+    )
 
 
 def first_input(draw: st.DrawFn) -> tuple[dict[str, TensorType], list[Node]]:
@@ -269,6 +293,13 @@ def small_cnn() -> Graph:
     return verify(randomize_norms(load_spec(spec), seed=5))
 
 
+def small_llama() -> Graph:
+    """The Llama-like spec (RMSNorm, grouped-query rotary attention, tied head)."""
+    from tests.transformer_specs import llama_like
+
+    return verify(randomize_norms(load_spec(llama_like()), seed=5))
+
+
 def _mlp_probe() -> Probe:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(8, 6, generator=gen)
@@ -325,7 +356,11 @@ PASS_CASES: dict[str, list[tuple[Callable[[], Graph], dict[str, Any]]]] = {
         (small_cnn, {"task": "t2", "base": "logits", "adapt": ["down"], "head": 4}),
     ],
     "add_heads": [(small_gpt, {"node": "h.block0.attn", "heads": 3})],
-    "grow_head_dim": [(small_gpt, {"node": "h.block1.attn", "head_dim": 11})],
+    "grow_head_dim": [
+        (small_gpt, {"node": "h.block1.attn", "head_dim": 11}),
+        (small_llama, {"node": "layers.block0.attn", "head_dim": 8}),
+    ],
+    "grow_kv_heads": [(small_llama, {"node": "layers.block1.attn", "kv_heads": 4})],
     "grow_vocab": [(small_gpt, {"node": "wte", "size": 30})],
     "stack_blocks": [
         (small_gpt, {"stage": "h", "mode": "stack"}),

@@ -207,6 +207,17 @@ FUNCTIONS: dict[str, Emitter] = {
 """Stateless ops lowered to tensor functions (no module, no call overhead)."""
 
 
+TiedEmitter = Callable[[Any, list[fx.Node], dict[str, fx.Node], Call], fx.Node]
+"""Lowers a node tied to another op's parameters: attributes, input values, its parameters
+(read from the owner's module, by local name) and ``call``."""
+
+TIED: dict[str, TiedEmitter] = {
+    "linear": lambda a, args, w, call: call(F.linear, (args[0], w["weight"], w.get("bias"))),
+}
+"""Ops that may read the parameters of a node of another op (``Node.share``, a tie), as one
+functional call on the owner's tensors (a linear head tied to its embedding)."""
+
+
 # ---- lowering ----------------------------------------------------------------------------
 
 
@@ -324,7 +335,7 @@ def to_torch(
     verify(graph)
     outputs = selected_outputs(graph, task)
     nodes = needed_nodes(graph, outputs)
-    _check_lowerable(nodes)
+    _check_lowerable(graph, nodes)
     old = _reusable(reuse)
     fxg, modules, built = _build_fx(graph, nodes, outputs, every_input=task is None, old=old)
     gm = LoweredModule(_nest(modules), fxg, class_name=_class_name(graph.name))
@@ -373,8 +384,18 @@ def _reusable(module: nn.Module | None) -> dict[str, torch_reuse.Built] | None:
     return out
 
 
-def _check_lowerable(nodes: Sequence[Node]) -> None:
+def _check_lowerable(graph: Graph, nodes: Sequence[Node]) -> None:
     for n in nodes:
+        if n.tied(graph) and n.op not in TIED:
+            raise GrowError(
+                f"op {n.op} cannot read the parameters of {graph.node(n.share or '').op} "
+                f"'{n.share}' in PyTorch",
+                node=n.name,
+                field="share",
+                expected=f"a node of op {' / '.join(TIED)} tied to another op, or of op "
+                f"{graph.node(n.share or '').op}",
+                found=repr(n.op),
+            )
         if n.op not in FUNCTIONS and n.op not in MODULES:
             raise GrowError(
                 f"op {n.op} has no PyTorch lowering",
@@ -418,6 +439,10 @@ def _build_fx(
             else:
                 built[target] = torch_reuse.record(graph, owner, build_module(graph, owner))
             modules[target] = built[target].module
+        if n.tied(graph):
+            weights = {k[len(target) + 1 :]: fxg.get_attr(k) for k in graph.node_params(n)}
+            env[n.name] = TIED[n.op](n.attrs, args, weights, _caller(fxg, n))
+            continue
         scope, _, leaf = target.rpartition(".")
         if not scope:
             env[n.name] = fxg.create_node("call_module", target, tuple(args), name=n.name)
