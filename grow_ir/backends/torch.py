@@ -34,12 +34,14 @@ from grow_ir.backends.torch_modules import (
     MaskedLinear,
     Mix,
     SelfAttention,
+    StochasticDepth,
     relu_unit_slope,
 )
 from grow_ir.errors import GrowError
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.ops.dense import spatial
 from grow_ir.ir.ops.elementwise import pool_geometry
+from grow_ir.ir.ops.spatial import conv_transpose_geometry
 from grow_ir.ir.types import TensorType
 from grow_ir.ir.verify import verify
 
@@ -78,6 +80,23 @@ def _conv(n: int) -> ModuleFactory:
     return make
 
 
+def _conv_transpose(a: Any, ins: Sequence[TensorType]) -> nn.Module:
+    k, s, p, op, d = conv_transpose_geometry(a)
+    return nn.ConvTranspose2d(
+        ins[0].shape[1],
+        a.out_channels,
+        k,
+        stride=s,
+        padding=p,
+        output_padding=op,
+        groups=a.groups,
+        bias=a.bias,
+        dilation=d,
+        device="meta",
+        dtype=ins[0].torch_dtype,
+    )
+
+
 def _batchnorm(a: Any, ins: Sequence[TensorType]) -> nn.Module:
     cls = nn.BatchNorm2d if ins[0].rank == 4 else nn.BatchNorm1d
     return cls(
@@ -96,6 +115,7 @@ MODULES: dict[str, ModuleFactory] = {
     ),
     "conv1d": _conv(1),
     "conv2d": _conv(2),
+    "conv_transpose2d": _conv_transpose,
     "batchnorm": _batchnorm,
     "layernorm": lambda a, ins: nn.LayerNorm(
         ins[0].shape[-1],
@@ -123,6 +143,7 @@ MODULES: dict[str, ModuleFactory] = {
         dtype=ins[0].torch_dtype,
     ),
     "dropout": lambda a, ins: nn.Dropout(p=a.p),
+    "stochastic_depth": lambda a, ins: StochasticDepth(a.p, a.mode),
     "mix": lambda a, ins: Mix(len(ins), device="meta", dtype=ins[0].torch_dtype),
 }
 """Ops lowered to a call of an nn.Module at the node's name (parameters or a mode)."""
@@ -166,6 +187,19 @@ def _global_avgpool(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call
     return call(torch.mean, (args[0], tuple(range(2, ins[0].rank))))
 
 
+def _upsample(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call: Call) -> fx.Node:
+    return call(
+        F.interpolate,
+        (args[0],),
+        {
+            "size": a.size,
+            "scale_factor": a.scale_factor,
+            "mode": a.mode,
+            "align_corners": a.align_corners,
+        },
+    )
+
+
 def _relu(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call: Call) -> fx.Node:
     # grad_at_zero=1: the same output, with derivative 1 at exactly 0 (GradMax's grown units)
     return call(relu_unit_slope if a.grad_at_zero else torch.relu, (args[0],))
@@ -190,6 +224,7 @@ FUNCTIONS: dict[str, Emitter] = {
     "avgpool2d": _avg_pool,
     "global_avgpool": _global_avgpool,
     "adaptive_avgpool2d": _unary(F.adaptive_avg_pool2d, output_size=lambda a: a.output_size),
+    "upsample": _upsample,
     "flatten": _unary(torch.flatten, start_dim=lambda a: a.start_dim, end_dim=lambda a: a.end_dim),
     "add": _fold(operator.add),
     "mul": _fold(operator.mul),
