@@ -24,8 +24,19 @@ Case = tuple[str, dict[str, TensorType], str, dict[str, Any], int]
 
 
 def case(name: str, inputs: dict[str, TensorType], op: str, arity: int = 1, **attrs: Any) -> Case:
-    """A test case: ``op`` with ``attrs`` reading ``arity`` values derived from ``x``."""
+    """A test case: ``op`` with ``attrs`` reading ``arity`` values derived from ``x``
+    (or, when ``inputs`` holds more than ``x``, reading ``x`` and those inputs: operands
+    of other shapes, for broadcasting)."""
     return (name, inputs, op, attrs, arity)
+
+
+def operands(*shapes: tuple) -> dict[str, TensorType]:
+    """Inputs ``x, x1, x2...`` of the given shapes (float32)."""
+    return {("x" if i == 0 else f"x{i}"): TensorType(s) for i, s in enumerate(shapes)}
+
+
+SE = operands(("batch", 4, 7, 6), ("batch", 4, 1, 1))  # a squeeze-excitation gate
+SCALE = operands(("batch", "seq", 8), (8,))  # layer scale
 
 
 CASES: list[Case] = [
@@ -218,6 +229,44 @@ CASES: list[Case] = [
     case("mix", VEC, "mix", arity=2),
     case("mix-3", IMG, "mix", arity=3),
     case("concat-last-3", SEQ, "concat", arity=3, dim=-1),
+    case("add-broadcast", SCALE, "add", arity=2),
+    case("add-broadcast-3", operands(("batch", 4, 7, 6), (4, 1, 1), (6,)), "add", arity=3),
+    case("mul-gate", SE, "mul", arity=2),
+    case("mul-scale", SCALE, "mul", arity=2),
+    case("mul-gate-first", operands(("batch", 4, 1, 1), ("batch", 4, 7, 6)), "mul", arity=2),
+    case("sub", SEQ, "sub", arity=2),
+    case("sub-broadcast", SE, "sub", arity=2),
+    case("div", VEC, "div", arity=2),
+    case("div-broadcast", SCALE, "div", arity=2),
+    case("mean-spatial", IMG, "mean", dim=[2, 3]),
+    case("mean-keep", IMG, "mean", dim=[-1, -2], keepdim=True),
+    case("mean-seq", SEQ, "mean", dim=1),
+    case("sum-last", SEQ, "sum", dim=-1),
+    case("sum-keep", IMG, "sum", dim=[1], keepdim=True),
+    case("reshape", {"x": TensorType(("batch", 4, 6))}, "reshape", shape=[-1, 2, 12]),
+    case("reshape-known", {"x": TensorType((3, 4, 6))}, "reshape", shape=[6, 12]),
+    case("unflatten", SEQ, "unflatten", dim=-1, sizes=[2, 4]),
+    case("unflatten-minus1", IMG, "unflatten", dim=1, sizes=[2, -1]),
+    case("transpose", SEQ, "transpose", dim0=1, dim1=2),
+    case("permute", IMG, "permute", dims=[0, 2, 3, 1]),
+    case("squeeze", {"x": TensorType(("batch", 4, 1, 1))}, "squeeze", dim=[2, 3]),
+    case("squeeze-one", {"x": TensorType(("batch", 1, 6))}, "squeeze", dim=1),
+    case("unsqueeze", SEQ, "unsqueeze", dim=1),
+    case("unsqueeze-last", VEC, "unsqueeze", dim=-1),
+    case("select", {"x": TensorType(("batch", 5, 8))}, "select", dim=1, index=0),
+    case("select-last", IMG, "select", dim=-1, index=-1),
+    case("slice", {"x": TensorType(("batch", 5, 8))}, "slice", dim=1, start=1),
+    case("slice-step", IMG, "slice", dim=3, start=1, end=5, step=2),
+    case("slice-negative", IMG, "slice", dim=2, start=-3, end=-1),
+    case("pad", IMG, "pad", pad=[1, 0, 0, 1]),
+    case("pad-value", SIG, "pad", pad=[2, 3], value=-1.5),
+    case("matmul", {"x": TensorType(("batch", 3, 5, 5))}, "matmul", arity=2),
+    case("matmul-heads", operands(("batch", 2, 5, 4), ("batch", 2, 4, 3)), "matmul", arity=2),
+    case("matmul-broadcast", operands(("batch", 2, 5, 4), (4, 6)), "matmul", arity=2),
+    case("positions", TOK, "positions"),
+    case("positions-row", SEQ, "positions", batch_axis=True),
+    case("parameter", VEC, "parameter", arity=0, shape=[2, 3]),
+    case("parameter-batch", SEQ, "parameter", shape=[1, 1, 8]),
 ]
 
 
@@ -225,8 +274,8 @@ def single_op_graph(inputs: dict[str, TensorType], op: str, attrs: dict, arity: 
     """``x -> op -> y``; a join reads ``x`` and ``arity - 1`` transformed copies of it
     (tanh, sigmoid, ...) so that its inputs differ."""
     nodes = []
-    args = ["x"]
-    for i, act in enumerate(["tanh", "sigmoid", "relu"][: arity - 1]):
+    args = list(inputs) if len(inputs) > 1 else ["x"][:arity]
+    for i, act in enumerate(["tanh", "sigmoid", "relu"][: arity - len(args)]):
         nodes.append(Node(f"pre{i}", act, {}, ("x",)))
         args.append(f"pre{i}")
     nodes.append(Node("op", op, attrs, tuple(args)))
@@ -355,7 +404,31 @@ def all_ops_graph() -> Graph:
         Node("same", "identity", {}, ("mixed",)),
         Node("head", "linear", {"out_features": 3}, ("same",)),
         Node("gated", "mul", {}, ("head", "gate")),
-        Node("seq_head", "linear", {"out_features": 2}, ("gelu",)),
+        # shape ops: a chain from the image branch, positions and learned tensors
+        Node("padded", "pad", {"pad": [1, 0, 0, 1]}, ("ap",)),
+        Node("perm", "permute", {"dims": [0, 2, 3, 1]}, ("padded",)),
+        Node("tr", "transpose", {"dim0": 1, "dim1": 3}, ("perm",)),
+        Node("cut", "slice", {"dim": 2, "start": 1}, ("tr",)),
+        Node("first", "select", {"dim": 2, "index": 0}, ("cut",)),
+        Node("avg", "mean", {"dim": [2]}, ("first",)),
+        Node("square", "reshape", {"shape": [-1, 2, 2]}, ("avg",)),
+        Node("mm", "matmul", {}, ("square", "square")),
+        Node("unsq", "unsqueeze", {"dim": 1}, ("mm",)),
+        Node("sq", "squeeze", {"dim": 1}, ("unsq",)),
+        Node("total", "sum", {"dim": [2]}, ("sq",)),
+        Node("split", "unflatten", {"dim": 1, "sizes": [2, 1]}, ("total",)),
+        Node("split_sig", "sigmoid", {}, ("split",)),
+        Node("ratio", "div", {}, ("split", "split_sig")),
+        Node("diff", "sub", {}, ("ratio", "split")),
+        Node("pos", "positions", {"batch_axis": True}, ("tokens",)),
+        Node("pos_emb", "embedding", {"num_embeddings": 16, "embedding_dim": 8}, ("pos",)),
+        Node("with_pos", "add", {}, ("gelu", "pos_emb")),
+        Node("gamma", "parameter", {"shape": [8]}, ()),
+        Node("scaled", "mul", {}, ("with_pos", "gamma")),
+        Node("sig_tok", "parameter", {"shape": [1, 2, 1]}, ("signal",)),
+        Node("sig_cat", "concat", {"dim": 2}, ("signal", "sig_tok")),
+        Node("sig2", "conv1d", {"out_channels": 2, "kernel_size": 3}, ("sig_cat",)),
+        Node("seq_head", "linear", {"out_features": 2}, ("scaled",)),
         Node("seq_logp", "log_softmax", {}, ("seq_head",)),
     ]
     graph = Graph(
@@ -365,7 +438,12 @@ def all_ops_graph() -> Graph:
             "signal": t(("batch", 2, 5)),
         },
         nodes=nodes,
-        outputs={"logits": "gated", "lm": "seq_logp"},
+        outputs={
+            "logits": "gated",
+            "lm": "seq_logp",
+            "moved": "diff",
+            "sig2": "sig2",
+        },
         name="all_ops",
     )
     return verify(randomize_mix(randomize_norms(initialize(graph, seed=1), seed=2)))

@@ -20,12 +20,17 @@ from grow_ir.passes.initializers import init_layer
 from grow_ir.probes import randomize_norms
 from tests.test_onnx_ops import CASES
 
-VARIANTS = [(name, inputs["x"], op, attrs, arity) for name, inputs, op, attrs, arity in CASES]
+VARIANTS = [
+    (name, tuple(inputs.values()) if len(inputs) > 1 else (inputs["x"],) * arity, op, attrs)
+    for name, inputs, op, attrs, arity in CASES
+]
+"""``(name, input types, op, attrs)``: independent inputs (broadcast operands keep their
+own types)."""
 
 
-def one_op(t: TensorType, op: str, attrs: dict[str, Any], arity: int, seed: int = 0) -> Graph:
-    """``op`` reading ``arity`` independent inputs of type ``t``, random parameters."""
-    inputs = {f"x{i}": t for i in range(arity)}
+def one_op(ts: tuple[TensorType, ...], op: str, attrs: dict[str, Any], seed: int = 0) -> Graph:
+    """``op`` reading independent inputs of types ``ts``, random parameters."""
+    inputs = {f"x{i}": t for i, t in enumerate(ts)}
     graph = Graph(inputs, [Node("n", op, attrs, tuple(inputs))], {"y": "n"}, name=op)
     graph = randomize_norms(initialize(graph, seed=seed), seed=seed + 1)
     gen = torch.Generator().manual_seed(seed + 2)
@@ -42,11 +47,11 @@ def run(graph: Graph, xs: list[torch.Tensor], train: bool = False) -> torch.Tens
     return module(*xs)
 
 
-def draws(t: TensorType, arity: int, seed: int, how: str = "randn") -> list[torch.Tensor]:
-    shape = tuple(d if isinstance(d, int) else {"batch": 3}.get(d, 4) for d in t.shape)
+def draws(ts: tuple[TensorType, ...], seed: int, how: str = "randn") -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     out = []
-    for _ in range(arity):
+    for t in ts:
+        shape = tuple(d if isinstance(d, int) else {"batch": 3}.get(d, 4) for d in t.shape)
         if not t.is_float:
             out.append(torch.randint(0, 5, shape, generator=gen))
             continue
@@ -75,22 +80,25 @@ def test_an_op_without_facts_cannot_be_defined() -> None:
 
 
 @pytest.mark.parametrize(
-    ("t", "op", "attrs", "arity"), [v[1:] for v in VARIANTS], ids=[v[0] for v in VARIANTS]
+    ("ts", "op", "attrs"), [v[1:] for v in VARIANTS], ids=[v[0] for v in VARIANTS]
 )
-def test_claimed_facts_hold(t: TensorType, op: str, attrs: dict, arity: int) -> None:
+def test_claimed_facts_hold(ts: tuple[TensorType, ...], op: str, attrs: dict) -> None:
     facts = OPS[op].facts
-    graph = one_op(t, op, attrs, arity)
+    graph = one_op(ts, op, attrs)
     out_type = graph.types["n"]
-    if not t.is_float:
+    if any(not t.is_float for t in ts) and OPS[op].channels.value == "source":
         assert facts.index_bound is not None and facts.index_bound in OPS[op].attrs.model_fields
         return
     assert facts.index_bound is None
+    if not out_type.is_float:  # an integer value made from the input's shape (positions)
+        _check_integer_output(graph, ts, facts)
+        return
     with torch.no_grad():
-        zero = run(graph, draws(t, arity, 0, "zero"))
+        zero = run(graph, draws(ts, 0, "zero"))
         if facts.zero_to_zero:
             assert torch.equal(zero, torch.zeros_like(zero)), "f(0) != 0"
         for seed in range(3):
-            x = draws(t, arity, seed)
+            x = draws(ts, seed)
             y = run(graph, x)
             if facts.nonnegative:
                 assert (y >= 0).all(), "negative output"
@@ -98,7 +106,7 @@ def test_claimed_facts_hold(t: TensorType, op: str, attrs: dict, arity: int) -> 
                 assert torch.equal(y, x[0])
             if facts.sums:
                 assert torch.allclose(y, sum(x))
-            pos = draws(t, arity, seed, "abs")
+            pos = draws(ts, seed, "abs")
             y_pos = run(graph, pos)
             if facts.sign_keeping:
                 assert (y_pos >= 0).all(), "a non-negative input gave a negative output"
@@ -110,12 +118,12 @@ def test_claimed_facts_hold(t: TensorType, op: str, attrs: dict, arity: int) -> 
             k: torch.zeros_like(v) if k.endswith("bias") else v for k, v in fresh.params.items()
         }
         with torch.no_grad():
-            y = run(fresh.replace(params=no_bias), draws(t, arity, 0, "zero"))
+            y = run(fresh.replace(params=no_bias), draws(ts, 0, "zero"))
         assert torch.equal(y, torch.zeros_like(y)), "a fresh zero channel became nonzero"
-    _check_gradient(graph, t, arity, facts)
+    _check_gradient(graph, ts, facts)
     if facts.normalises:
-        axis = OPS[op].channel_axis(graph.node("n").attrs, [t] * arity)
-        x = draws(t, arity, 1)
+        axis = OPS[op].channel_axis(graph.node("n").attrs, list(ts))
+        x = draws(ts, 1)
         bumped = [x[0].clone()]
         bumped[0].select(axis, 0).add_(1.0)
         with torch.no_grad():
@@ -129,10 +137,10 @@ def test_claimed_facts_hold(t: TensorType, op: str, attrs: dict, arity: int) -> 
     if zero_keys:  # a norm may have no affine terms
         zeroed = {k: torch.zeros_like(v) if k in zero_keys else v for k, v in graph.params.items()}
         with torch.no_grad():
-            y = run(graph.replace(params=zeroed), draws(t, arity, 2))
+            y = run(graph.replace(params=zeroed), draws(ts, 2))
         assert torch.equal(y, torch.zeros_like(y))
     if facts.square is not None:
-        _check_square(t, op, facts)
+        _check_square(ts[0], op, facts)
     else:
         assert isinstance(facts.identity, No)
     if facts.adapters:
@@ -142,18 +150,34 @@ def test_claimed_facts_hold(t: TensorType, op: str, attrs: dict, arity: int) -> 
         assert add_adapter.run(graph, node="n", kind=kind, rank=2).preserved
 
 
-def _check_gradient(graph: Graph, t: TensorType, arity: int, facts: OpFacts) -> None:
+def _check_integer_output(graph: Graph, ts: tuple[TensorType, ...], facts: OpFacts) -> None:
+    """An integer output claims no gradient and none of the facts about float values it
+    cannot keep; its sign facts are checked."""
+    assert not facts.gradient_at_zero and not facts.zero_to_zero
+    for how in ("randn", "zero"):
+        y = run(graph, draws(ts, 0, how))
+        if facts.nonnegative:
+            assert (y >= 0).all(), "negative output"
+
+
+def _check_gradient(graph: Graph, ts: tuple[TensorType, ...], facts: OpFacts) -> None:
     """Gradient reaching inputs that are 0 everywhere: nonzero as claimed, zero when the
-    op says it is (and nonzero again with its fix, which keeps the output)."""
+    op says it is (and nonzero again with its fix, which keeps the output). An op whose
+    value at 0 is undefined (0 / 0) claims nothing there; an op without inputs has none."""
 
     def grad(g: Graph) -> tuple[torch.Tensor, torch.Tensor]:
-        xs = [x.requires_grad_(True) for x in draws(t, arity, 0, "zero")]
+        xs = [x.requires_grad_(True) for x in draws(ts, 0, "zero")]
         y = run(g, xs, train=False)
         r = torch.randn(y.shape, generator=torch.Generator().manual_seed(9))
         (y * r).sum().backward()
-        return y.detach(), sum(x.grad.abs().sum() for x in xs)
+        return y.detach(), sum(
+            (x.grad.abs().sum() for x in xs if x.grad is not None), torch.zeros(())
+        )
 
     y, g = grad(graph)
+    if not torch.isfinite(y).all():
+        assert not facts.zero_to_zero and not facts.gradient_at_zero
+        return
     if facts.gradient_at_zero:
         assert g > 0, "no gradient reaches a zero input"
         return
@@ -177,7 +201,7 @@ def _check_square(t: TensorType, op: str, facts: OpFacts) -> None:
         return
     params = init_layer(graph.node("n"), [t], "identity", torch.Generator().manual_seed(0))
     graph = graph.replace(params={f"n.{k}": v for k, v in params.items()})
-    x = draws(t, 1, 3)
+    x = draws((t,), 3)
     with torch.no_grad():
         y = run(graph, x)
     assert torch.allclose(y, x[0], atol=1e-5)

@@ -21,16 +21,16 @@ from tests.test_op_facts import VARIANTS, draws, one_op
 
 
 @pytest.mark.parametrize(
-    ("t", "op", "attrs", "arity"), [v[1:] for v in VARIANTS], ids=[v[0] for v in VARIANTS]
+    ("ts", "op", "attrs"), [v[1:] for v in VARIANTS], ids=[v[0] for v in VARIANTS]
 )
 def test_every_ops_mac_rule_matches_torchs_flop_counter(
-    t: TensorType, op: str, attrs: dict, arity: int
+    ts: tuple[TensorType, ...], op: str, attrs: dict
 ) -> None:
     """Each op's declared ``OpFacts.macs``, on every attribute variant, against torch's
     count of the lowered op (attention's two batched products, which the counter misses
     inside nn.MultiheadAttention, are added from the test's own count)."""
-    graph = one_op(t, op, attrs, arity)
-    xs = draws(t, arity, seed=0)
+    graph = one_op(ts, op, attrs)
+    xs = draws(ts, seed=0)
     dims = {"batch": 3, "seq": 4}
     ours = sum(graph_macs(graph, dims).values())
     counter = FlopCounterMode(display=False)

@@ -123,7 +123,7 @@ def check_parity(
         refs64: dict[str, torch.Tensor] | None = None
         for out, node in outputs.items():
             limit = TOLERANCE[graph.types[node].dtype] if tol is None else tol
-            expected = refs[out].numpy()
+            expected = refs[out].detach().numpy()
             if not np.isfinite(expected).all():
                 raise CheckFailed(
                     "the torch backend's output is not finite on random probes, so parity "
@@ -140,7 +140,7 @@ def check_parity(
                     with torch.no_grad():
                         ref64 = module64(*(as_float64(inputs)[name] for name in order))
                     refs64 = _by_output(ref64, outputs)
-                exact = refs64[out].numpy()
+                exact = refs64[out].detach().numpy()
                 roundoff = _relative_error(exact, expected.astype(np.float64), out, batch, seq)
                 err64 = _relative_error(exact, got[out].astype(np.float64), out, batch, seq)
                 limit = limit + ROUNDOFF_FACTOR * roundoff

@@ -27,6 +27,7 @@ from grow_ir.ir.graph import Node
 from grow_ir.ir.ops.attention import head_dim as attention_head_dim
 from grow_ir.ir.ops.dense import conv_geometry, spatial
 from grow_ir.ir.ops.elementwise import pool_geometry
+from grow_ir.ir.ops.shape import pad_pairs, permutation
 from grow_ir.ir.ops.spatial import conv_transpose_geometry, upsample_sizes
 
 Rule = Callable[[Emitter, Node, list[str], str], None]
@@ -521,14 +522,34 @@ def _adaptive_avgpool(e: Emitter, n: Node, xs: list[str], out: str) -> None:
 
 def _global_avgpool(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     rank = e.graph.types[n.inputs[0]].rank
-    axes = list(range(2, rank))
-    if e.opset >= REDUCE_AXES_INPUT_OPSET:
-        axes_const = e.once(
-            ("axes", str(rank)), lambda: e.const(f"const/int64/spatial_axes_{rank}d", axes)
-        )
-        e.add("ReduceMean", [xs[0], axes_const], out, name=n.name, keepdims=0)
+    _reduce(e, n, "ReduceMean", xs[0], list(range(2, rank)), False, out)
+
+
+def _axes_const(e: Emitter, axes: list[int]) -> str:
+    """A shared int64 constant listing ``axes`` (``const/int64/axes_2_3``)."""
+    key = "_".join(str(a) for a in axes)
+    return e.once(("axes", key), lambda: e.const(f"const/int64/axes_{key}", axes))
+
+
+def _reduce(
+    e: Emitter, n: Node, op_type: str, x: str, axes: list[int], keep: bool, out: str
+) -> None:
+    """``ReduceMean`` or ``ReduceSum`` over ``axes`` (an input from the opset that takes
+    it as one: 18 for ReduceMean, 13 for ReduceSum)."""
+    as_input = op_type == "ReduceSum" or e.opset >= REDUCE_AXES_INPUT_OPSET
+    if as_input:
+        e.add(op_type, [x, _axes_const(e, axes)], out, name=n.name, keepdims=int(keep))
     else:
-        e.add("ReduceMean", [xs[0]], out, name=n.name, axes=axes, keepdims=0)
+        e.add(op_type, [x], out, name=n.name, axes=axes, keepdims=int(keep))
+
+
+def _reduction(op_type: str) -> Rule:
+    def rule(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+        rank = e.graph.types[n.inputs[0]].rank
+        axes = sorted(d % rank for d in n.attrs.dim)
+        _reduce(e, n, op_type, xs[0], axes, n.attrs.keepdim, out)
+
+    return rule
 
 
 # ---- structure ------------------------------------------------------------------------
@@ -589,6 +610,87 @@ def _flatten(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     e.add("Reshape", [xs[0], target], out, name=n.name)
 
 
+def _reshape(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    e.add("Reshape", [xs[0], e.const(_sub(n, "shape"), list(n.attrs.shape))], out, name=n.name)
+
+
+def _unflatten(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    """Reshape to the input's own sizes around ``sizes`` (read at run time, so any of
+    them may be symbolic)."""
+    rank = e.graph.types[n.inputs[0]].rank
+    axis = n.attrs.dim % rank
+    parts = [e.const(_sub(n, "sizes"), list(n.attrs.sizes))]
+    if axis > 0:
+        parts.insert(0, e.add("Shape", [xs[0]], _sub(n, "head"), end=axis))
+    if axis < rank - 1:
+        parts.append(e.add("Shape", [xs[0]], _sub(n, "tail"), start=axis + 1))
+    target = e.add("Concat", parts, _sub(n, "shape"), axis=0) if len(parts) > 1 else parts[0]
+    e.add("Reshape", [xs[0], target], out, name=n.name)
+
+
+def _transpose(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    perm = permutation(n.op, n.attrs, e.graph.types[n.inputs[0]].rank)
+    e.add("Transpose", [xs[0]], out, name=n.name, perm=perm)
+
+
+def _squeeze(op_type: str) -> Rule:
+    def rule(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+        # unsqueeze's axes index its output, squeeze's its input
+        rank = e.graph.types[n.name if op_type == "Unsqueeze" else n.inputs[0]].rank
+        dims = n.attrs.dim if isinstance(n.attrs.dim, tuple) else (n.attrs.dim,)
+        e.add(op_type, [xs[0], _axes_const(e, sorted(d % rank for d in dims))], out, name=n.name)
+
+    return rule
+
+
+def _select(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    index = e.const(_sub(n, "index"), np.array(n.attrs.index))
+    e.add("Gather", [xs[0], index], out, name=n.name, axis=n.attrs.dim)
+
+
+def _slice(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    a = n.attrs
+    end = np.iinfo(np.int64).max if a.end is None else a.end
+    bounds = [e.const(_sub(n, k), [v]) for k, v in (("starts", a.start), ("ends", end))]
+    axes = e.const(_sub(n, "axes"), [a.dim])
+    steps = e.const(_sub(n, "steps"), [a.step])
+    e.add("Slice", [xs[0], *bounds, axes, steps], out, name=n.name)
+
+
+def _pad_op(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    rank = e.graph.types[n.inputs[0]].rank
+    pairs = pad_pairs(n.attrs, rank)
+    begin = [pairs.get(i, (0, 0))[0] for i in range(rank)]
+    end = [pairs.get(i, (0, 0))[1] for i in range(rank)]
+    fill = _scalar(e, n.attrs.value, e.dtype(n.inputs[0]))
+    pads = e.const(_sub(n, "pads"), begin + end)
+    e.add("Pad", [xs[0], pads, fill], out, name=n.name, mode="constant")
+
+
+def _positions(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    rank = e.graph.types[n.inputs[0]].rank
+    axis = n.attrs.dim % rank
+    length = e.add("Shape", [xs[0]], _sub(n, "length"), start=axis, end=axis + 1)
+    limit = e.add("Squeeze", [length], _sub(n, "limit"))
+    zero, one = _scalar(e, 0, "int64"), _scalar(e, 1, "int64")
+    if not n.attrs.batch_axis:
+        e.add("Range", [zero, limit, one], out, name=n.name)
+        return
+    row = e.add("Range", [zero, limit, one], _sub(n, "range"))
+    e.add("Unsqueeze", [row, _axes_const(e, [0])], out, name=n.name)
+
+
+def _parameter(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    weight = e.param(n, "weight")
+    if not xs:
+        e.add("Identity", [weight], out, name=n.name)
+        return
+    batch = e.add("Shape", [xs[0]], _sub(n, "batch"), end=1)
+    rest = e.const(_sub(n, "rest"), list(n.attrs.shape[1:]))
+    shape = e.add("Concat", [batch, rest], _sub(n, "shape"), axis=0)
+    e.add("Expand", [weight, shape], out, name=n.name)
+
+
 EMIT: dict[str, Rule] = {
     "linear": _linear,
     "conv1d": _conv(1),
@@ -622,6 +724,22 @@ EMIT: dict[str, Rule] = {
     "flatten": _flatten,
     "add": _chain("Add"),
     "mul": _chain("Mul"),
+    "sub": _chain("Sub"),
+    "div": _chain("Div"),
+    "mean": _reduction("ReduceMean"),
+    "sum": _reduction("ReduceSum"),
+    "reshape": _reshape,
+    "unflatten": _unflatten,
+    "transpose": _transpose,
+    "permute": _transpose,
+    "squeeze": _squeeze("Squeeze"),
+    "unsqueeze": _squeeze("Unsqueeze"),
+    "select": _select,
+    "slice": _slice,
+    "pad": _pad_op,
+    "matmul": _chain("MatMul"),
+    "positions": _positions,
+    "parameter": _parameter,
     "concat": _concat,
     "mix": _mix,
 }

@@ -29,18 +29,21 @@ from torch.fx.graph import PythonCode
 
 from grow_ir.backends import torch_reuse
 from grow_ir.backends.torch_modules import (
+    LearnedTensor,
     MaskedConv1d,
     MaskedConv2d,
     MaskedLinear,
     Mix,
     SelfAttention,
     StochasticDepth,
+    positions,
     relu_unit_slope,
 )
 from grow_ir.errors import GrowError
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.ops.dense import spatial
 from grow_ir.ir.ops.elementwise import pool_geometry
+from grow_ir.ir.ops.shape import permutation
 from grow_ir.ir.ops.spatial import conv_transpose_geometry
 from grow_ir.ir.types import TensorType
 from grow_ir.ir.verify import verify
@@ -145,6 +148,9 @@ MODULES: dict[str, ModuleFactory] = {
     "dropout": lambda a, ins: nn.Dropout(p=a.p),
     "stochastic_depth": lambda a, ins: StochasticDepth(a.p, a.mode),
     "mix": lambda a, ins: Mix(len(ins), device="meta", dtype=ins[0].torch_dtype),
+    "parameter": lambda a, ins: LearnedTensor(
+        a.shape, device="meta", dtype=ins[0].torch_dtype if ins else torch.float32
+    ),
 }
 """Ops lowered to a call of an nn.Module at the node's name (parameters or a mode)."""
 
@@ -200,6 +206,16 @@ def _upsample(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call: Call
     )
 
 
+def _slice(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call: Call) -> fx.Node:
+    axis = a.dim % ins[0].rank
+    index = (*[slice(None)] * axis, slice(a.start, a.end, a.step))
+    return call(operator.getitem, (args[0], index))
+
+
+def _permute(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call: Call) -> fx.Node:
+    return call(torch.permute, (args[0], permutation("permute", a, ins[0].rank)))
+
+
 def _relu(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call: Call) -> fx.Node:
     # grad_at_zero=1: the same output, with derivative 1 at exactly 0 (GradMax's grown units)
     return call(relu_unit_slope if a.grad_at_zero else torch.relu, (args[0],))
@@ -228,6 +244,21 @@ FUNCTIONS: dict[str, Emitter] = {
     "flatten": _unary(torch.flatten, start_dim=lambda a: a.start_dim, end_dim=lambda a: a.end_dim),
     "add": _fold(operator.add),
     "mul": _fold(operator.mul),
+    "sub": _fold(operator.sub),
+    "div": _fold(operator.truediv),
+    "mean": _unary(torch.mean, dim=lambda a: a.dim, keepdim=lambda a: a.keepdim),
+    "sum": _unary(torch.sum, dim=lambda a: a.dim, keepdim=lambda a: a.keepdim),
+    "reshape": lambda a, ins, args, call: call(torch.reshape, (args[0], a.shape)),
+    "unflatten": lambda a, ins, args, call: call(torch.unflatten, (args[0], a.dim, a.sizes)),
+    "transpose": lambda a, ins, args, call: call(torch.transpose, (args[0], a.dim0, a.dim1)),
+    "permute": _permute,
+    "squeeze": lambda a, ins, args, call: call(torch.squeeze, (args[0], a.dim)),
+    "unsqueeze": lambda a, ins, args, call: call(torch.unsqueeze, (args[0], a.dim)),
+    "select": lambda a, ins, args, call: call(torch.select, (args[0], a.dim, a.index)),
+    "slice": _slice,
+    "pad": lambda a, ins, args, call: call(F.pad, (args[0], a.pad), {"value": a.value}),
+    "matmul": _fold(torch.matmul),
+    "positions": lambda a, ins, args, call: call(positions, (args[0], a.dim, a.batch_axis)),
     "concat": lambda a, ins, args, call: call(torch.cat, (list(args),), {"dim": a.dim}),
 }
 """Stateless ops lowered to tensor functions (no module, no call overhead)."""

@@ -128,6 +128,40 @@ class Mix(nn.Module):
         return f"num_choices={self.alpha.shape[0]}"
 
 
+def positions(x: torch.Tensor, dim: int, batch_axis: bool) -> torch.Tensor:
+    """``torch.arange(x.shape[dim])`` (int64, on ``x``'s device), as ``[1, L]`` with
+    ``batch_axis``."""
+    out = torch.arange(x.shape[dim], device=x.device)
+    return out.unsqueeze(0) if batch_axis else out
+
+
+class LearnedTensor(nn.Module):
+    """A learned tensor as a value (``weight``, of ``shape``): returned as it is, or with
+    its first axis (of size 1) expanded to the batch of its one input."""
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(shape, device=device, dtype=dtype))
+
+    def forward(self, *batch: torch.Tensor) -> torch.Tensor:
+        """``weight``, or ``weight.expand(N, ...)`` for ``N = batch[0].shape[0]``."""
+        if batch:
+            # A copy, not the expanded view: a view of a parameter made under no_grad has
+            # requires_grad without a grad_fn, which breaks hooks on module outputs
+            # (FlopCounterMode's). What reads it (a concat) copies it anyway.
+            return self.weight.expand(batch[0].shape[0], *self.weight.shape[1:]).contiguous()
+        return self.weight
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.weight.shape)}"
+
+
 class _WeightMask:
     """Adds the ``weight_mask`` buffer (all ones at first) to an ``nn.Linear``/``nn.ConvNd``
     it is mixed into. The buffer is in ``state_dict`` and not trained: masked connections

@@ -21,7 +21,8 @@ from enum import Enum
 from grow_ir.errors import GrowError, PassError
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.ops import OPS
-from grow_ir.ir.ops.base import Channels, OpDef
+from grow_ir.ir.ops.base import Channels, OpDef, bump_attr
+from grow_ir.ir.ops.facts import why_not
 from grow_ir.ir.types import TensorType
 
 
@@ -337,8 +338,11 @@ class _Walk:
             raise AssertionError("a slot outside its concat")  # slots lie inside their axis
         if rule is Channels.FLATTEN:
             return [(0, self.unflatten(node, ins[0], out))]
-        if rule is Channels.JOIN:
-            return [(k, Slot(v, out.axis, out.offset, out.block)) for k, v in _inputs(node)]
+        if rule in (Channels.JOIN, Channels.MOVE):
+            return self.moved_inputs(node, ins, out)
+        if rule is Channels.TENSOR:
+            self.tensor(node, ins, out)
+            return []
         # MAP and NORM (and a depthwise conv): one input, channels on the same axis.
         return [(0, Slot(node.inputs[0], out.axis, out.offset, out.block))]
 
@@ -363,12 +367,10 @@ class _Walk:
         if rule is Channels.PRODUCE and not _is_depthwise(graph, node):
             self.consumer(node, slot, ins)
             return
-        if rule is Channels.JOIN:
-            out = Slot(node.name, slot.axis, slot.offset, slot.block)
-            self.role(node, Role.PASS)
-            for v in node.inputs:
-                self.add(Slot(v, slot.axis, slot.offset, slot.block))
-            self.add(out)
+        if rule in (Channels.JOIN, Channels.MOVE):
+            self.move(node, k, slot, ins)
+            return
+        if rule is Channels.TENSOR:  # reads its input's batch size only
             return
         if rule is Channels.CONCAT:
             self.role(node, Role.PASS)
@@ -389,6 +391,48 @@ class _Walk:
             self.through_weights(node, slot, ins)
             return
         self.per_channel(node, slot, ins)
+
+    def move(self, node: Node, k: int, slot: Slot, ins: list[TensorType]) -> None:
+        """A JOIN or MOVE node reading the group at input ``k``: the axis lands whole on
+        one output axis (its size attribute, if any, follows), or the walk refuses."""
+        opdef = node.opdef
+        assert opdef.axis_map is not None, f"{node.op} moves axes but declares no axis_map"
+        target = opdef.axis_map(node.attrs, ins)[k][slot.axis]
+        if target is None:  # the op does not read these values (only their count)
+            return
+        if not isinstance(target, int):
+            raise self.refuse(
+                f"{node.op} '{node.name}' "
+                + why_not(target, f"does not keep axis {slot.axis} of its input whole")
+            )
+        self.role(node, Role.PASS)
+        key = opdef.size_attr(node.attrs, ins, target)
+        if key is not None:
+            self.width.setdefault(node.name, {})[key] = slot.block
+        self.add(Slot(node.name, target, slot.offset, slot.block))
+
+    def moved_inputs(self, node: Node, ins: list[TensorType], out: Slot) -> list[tuple[int, Slot]]:
+        """The input slots of a JOIN or MOVE node whose axes land on ``out``'s axis."""
+        assert node.opdef.axis_map is not None
+        tied = []
+        for k, axes in enumerate(node.opdef.axis_map(node.attrs, ins)):
+            for i, target in enumerate(axes):
+                if isinstance(target, int) and target == out.axis:
+                    tied.append((k, Slot(node.inputs[k], i, out.offset, out.block)))
+        return tied
+
+    def tensor(self, node: Node, ins: list[TensorType], out: Slot) -> None:
+        """A TENSOR node (a learned tensor as a value): its parameter's entries along the
+        output axis are the channels' own, and its shape attribute follows them."""
+        key = node.opdef.size_attr(node.attrs, ins, out.axis)
+        if key is None:
+            raise self.refuse(
+                f"{node.op} '{node.name}' repeats one tensor along axis {out.axis}, where "
+                "the group's channels are"
+            )
+        self.role(node, Role.PER_CHANNEL)
+        self.param_axes(node, _grown_by_attr(node, ins, key), out, "units")
+        self.width.setdefault(node.name, {})[key] = out.block
 
     def through_weights(self, node: Node, slot: Slot, ins: list[TensorType]) -> None:
         """A THROUGH node (attention): its weights read the channels (fan-out columns) and
@@ -567,6 +611,12 @@ def _grown_by_width(graph: Graph, node: Node) -> dict[str, int]:
     ins = graph.input_types(node)
     bumped = _bump_width(node, 1)
     return _diff_params(node.opdef, node.attrs, ins, bumped.attrs, ins)
+
+
+def _grown_by_attr(node: Node, ins: list[TensorType], key: str) -> dict[str, int]:
+    """Parameter axes (by local name) that grow with the attribute entry ``key``."""
+    bigger = bump_attr(node.attrs, key, 1)
+    return _diff_params(node.opdef, node.attrs, ins, bigger, ins)
 
 
 def _grown_by_input(

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from grow_ir.ir.graph import Graph, Node
+from grow_ir.ir.ops.base import bump_attr
 from grow_ir.passes.channels import ChannelGroup, Member, ParamAxis
 from grow_ir.passes.rewrite import replace_nodes
 
@@ -26,9 +27,10 @@ def resize_nodes(graph: Graph, group: ChannelGroup, delta: int) -> Graph:
     for m in group.members:
         if m.width_attrs or m.pins:
             n = graph.node(m.node)
-            update = {a: getattr(n.attrs, a) + delta * block for a, block in m.width_attrs}
-            update.update(dict(m.pins))
-            changed[m.node] = n.replace(attrs=n.attrs.model_copy(update=update))
+            attrs = n.attrs
+            for key, block in m.width_attrs:  # ``out_features`` or a shape entry ``shape[1]``
+                attrs = bump_attr(attrs, key, delta * block)
+            changed[m.node] = n.replace(attrs=attrs.model_copy(update=dict(m.pins)))
     return replace_nodes(graph, changed)
 
 

@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from grow_ir.errors import ShapeError
-from grow_ir.ir.ops.facts import OpFacts
+from grow_ir.ir.ops.facts import No, OpFacts
 from grow_ir.ir.types import Dim, TensorType
 
 
@@ -45,6 +45,8 @@ class Channels(str, Enum):
     CONCAT = "concat"  # output channels are the inputs' channels side by side
     FLATTEN = "flatten"  # channel axis folded with trailing axes into blocks
     THROUGH = "through"  # reads and writes the same channels through weights (attention)
+    MOVE = "move"  # each input axis lands whole on one output axis, or not at all (axis_map)
+    TENSOR = "tensor"  # the output is the node's parameter: channels index its axes
     OPAQUE = "opaque"  # channels cannot be widened through this op
 
 
@@ -85,6 +87,14 @@ class ThroughRule:
 
 
 InferFn = Callable[[Any, Sequence[TensorType]], TensorType]
+AxisMapFn = Callable[[Any, Sequence[TensorType]], tuple[tuple["int | No", ...], ...]]
+"""``(attrs, input types) -> maps``: for each input, for each of its axes, the output axis
+that holds that axis whole (same size, same positions), or ``No(reason)`` when the axis is
+reduced, sliced, split or merged; the reason completes ``<op> '<node>' ...``. An output
+axis that no input axis maps to holds no input's channels (a broadcast)."""
+SizeAttrFn = Callable[[Any, Sequence[TensorType], int], "str | None"]
+"""``(attrs, input types, output axis) -> key``: the attribute that writes the size of that
+output axis (``shape[2]``: entry 2 of a tuple attribute), None when the size is inferred."""
 ParamsFn = Callable[[Any, Sequence[TensorType]], dict[str, ParamSpec]]
 InitFn = Callable[[Any, Sequence[TensorType], torch.Generator], dict[str, torch.Tensor]]
 
@@ -150,6 +160,11 @@ def _describe(op: OpDef, name: str) -> str:
     return f"a value of type {getattr(ann, '__name__', str(ann))}".replace("typing.", "")
 
 
+def same_axes(attrs: Any, inputs: Sequence[TensorType]) -> tuple[tuple[int, ...], ...]:
+    """The axis map of inputs and an output of one shape: every axis stays where it is."""
+    return tuple(tuple(range(t.rank)) for t in inputs)
+
+
 def no_params(attrs: Any, inputs: Sequence[TensorType]) -> dict[str, ParamSpec]:
     """Parameter specs of an op without parameters."""
     return {}
@@ -175,6 +190,10 @@ class OpDef:
         through: for ``Channels.THROUGH``, which parameters read and write the channels.
         channel_axis: the input axis this op's channels live on (per-channel params,
             weight columns, concat axis); ``None`` when channels pass through unchanged.
+        axis_map: for ``Channels.MOVE`` and ``Channels.JOIN``, where each input axis lands
+            in the output (see :data:`AxisMapFn`); None for the other rules.
+        size_attr: the attribute entry sizing an output axis (reshape's ``shape[i]``), which
+            changes with the channels there.
         doc: one line for ``grow-ir show`` and the schema.
         facts: everything passes and policies rely on (see OpFacts; no default).
     """
@@ -193,6 +212,8 @@ class OpDef:
     channel_axis: Callable[[Any, Sequence[TensorType]], int | None] = field(
         default=lambda attrs, inputs: None
     )
+    axis_map: AxisMapFn | None = None
+    size_attr: SizeAttrFn = field(default=lambda attrs, inputs, axis: None)
 
 
 OPS: dict[str, OpDef] = {}
@@ -204,6 +225,8 @@ def register(op: OpDef) -> OpDef:
         raise ValueError(f"op {op.name!r} is defined twice")
     if not isinstance(op.facts, OpFacts):
         raise TypeError(f"op {op.name!r} must declare its OpFacts")
+    if (op.channels in (Channels.MOVE, Channels.JOIN)) != (op.axis_map is not None):
+        raise TypeError(f"op {op.name!r}: an axis_map goes with Channels.MOVE and JOIN only")
     OPS[op.name] = op
     return op
 
@@ -276,3 +299,22 @@ def empty(spec: ParamSpec) -> torch.Tensor:
     from grow_ir.ir.types import DTYPES
 
     return torch.empty(spec.shape, dtype=DTYPES[spec.dtype])
+
+
+def attr_entry(attrs: Any, key: str) -> Any:
+    """The value of an attribute key: ``name`` or ``name[i]`` (entry i of a tuple)."""
+    name, _, index = key.partition("[")
+    value = getattr(attrs, name)
+    return value[int(index.rstrip("]"))] if index else value
+
+
+def bump_attr(attrs: Any, key: str, by: int) -> Any:
+    """``attrs`` with the integer at ``key`` (``name`` or ``name[i]``) increased by ``by``."""
+    name, _, index = key.partition("[")
+    value = getattr(attrs, name)
+    if index:
+        i = int(index.rstrip("]"))
+        value = (*value[:i], value[i] + by, *value[i + 1 :])
+    else:
+        value = value + by
+    return attrs.model_copy(update={name: value})

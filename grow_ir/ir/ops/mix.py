@@ -24,6 +24,7 @@ from grow_ir.ir.ops.base import (
     param_dtype,
     register,
     require_float,
+    same_axes,
 )
 from grow_ir.ir.ops.facts import No, OpFacts
 from grow_ir.ir.ops.macs import no_macs
@@ -64,6 +65,7 @@ MIX = register(
         min_inputs=2,
         max_inputs=None,
         channels=Channels.JOIN,
+        axis_map=same_axes,
         facts=OpFacts(
             width_attr=None,
             zero_to_zero=True,

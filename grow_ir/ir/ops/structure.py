@@ -1,9 +1,10 @@
-"""Ops that join or reshape values: add, mul, concat, flatten."""
+"""Ops that join or reshape values: add, sub, mul, div (broadcasting), concat, flatten."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 from grow_ir.ir.ops.base import (
     Attrs,
@@ -37,52 +38,106 @@ def _join(name: str, *, gradient_at_zero: Fact, sums: bool) -> OpFacts:
     )
 
 
-def _same_shapes(what: str):
-    def infer(a: object, ins: Sequence[TensorType]) -> TensorType:
-        first = ins[0]
-        for i, t in enumerate(ins[1:], start=1):
-            if t != first:
+def broadcast_shape(what: str, ins: Sequence[TensorType]) -> tuple:
+    """The shape of ``ins`` broadcast together (PyTorch's rule: axes aligned from the
+    right, a size-1 axis stretches). Symbolic dims broadcast only with themselves or 1."""
+    rank = max(t.rank for t in ins)
+    shape: list = [1] * rank
+    for i, t in enumerate(ins):
+        if t.dtype != ins[0].dtype:
+            raise fail(
+                f"{what} needs inputs of one dtype",
+                field=f"inputs[{i}]",
+                expected=ins[0].dtype,
+                found=t,
+            )
+        for k, d in enumerate(t.shape, start=rank - t.rank):
+            if d == 1 or d == shape[k]:
+                continue
+            if shape[k] != 1:
                 raise fail(
-                    f"{what} needs inputs of one type",
+                    f"{what} needs inputs that broadcast together",
                     field=f"inputs[{i}]",
-                    expected=str(first),
-                    found=t,
+                    expected=f"size {shape[k]!r} or 1 on axis {k - (rank - t.rank)} of {t}",
+                    found=repr(d),
                 )
-        return first
+            shape[k] = d
+    return tuple(shape)
 
-    return infer
+
+def broadcast_map(ins: Sequence[TensorType], out: tuple) -> tuple[tuple[int | No, ...], ...]:
+    """Each input axis lands on the output axis it is aligned with; a size-1 axis that is
+    stretched holds one value for all the output's entries, so it cannot carry channels."""
+    maps = []
+    for t in ins:
+        lead = len(out) - t.rank
+        maps.append(
+            tuple(
+                No(f"broadcasts axis {k} of size 1 to {out[lead + k]!r}")
+                if d == 1 and out[lead + k] != 1
+                else lead + k
+                for k, d in enumerate(t.shape)
+            )
+        )
+    return tuple(maps)
 
 
-register(
-    OpDef(
-        name="add",
-        attrs=NoAttrs,
-        infer=_same_shapes("add"),
-        min_inputs=2,
-        max_inputs=None,
-        channels=Channels.JOIN,
-        doc="elementwise sum of its inputs",
-        facts=_join("add", gradient_at_zero=True, sums=True),
+def _elementwise(name: str, doc: str, facts: OpFacts, max_inputs: int | None) -> OpDef:
+    def infer(a: object, ins: Sequence[TensorType]) -> TensorType:
+        return TensorType(broadcast_shape(name, ins), ins[0].dtype)
+
+    return register(
+        OpDef(
+            name=name,
+            attrs=NoAttrs,
+            infer=infer,
+            min_inputs=2,
+            max_inputs=max_inputs,
+            channels=Channels.JOIN,
+            axis_map=lambda a, ins: broadcast_map(ins, broadcast_shape(name, ins)),
+            doc=doc,
+            facts=facts,
+        )
     )
+
+
+_elementwise(
+    "add",
+    "elementwise sum of its inputs (broadcasting)",
+    _join("add", gradient_at_zero=True, sums=True),
+    None,
 )
-register(
-    OpDef(
-        name="mul",
-        attrs=NoAttrs,
-        infer=_same_shapes("mul"),
-        min_inputs=2,
-        max_inputs=None,
-        channels=Channels.JOIN,
-        doc="elementwise product of its inputs",
-        facts=_join(
-            "mul",
-            gradient_at_zero=No(
-                "a product of channels that are 0 has zero gradient, so the new units could "
-                "never learn"
-            ),
+_elementwise(
+    "mul",
+    "elementwise product of its inputs (broadcasting: a gate [N, C, 1, 1], a scale [C])",
+    _join(
+        "mul",
+        gradient_at_zero=No(
+            "a product of channels that are 0 has zero gradient, so the new units could never learn"
+        ),
+        sums=False,
+    ),
+    None,
+)
+_elementwise(
+    "sub",
+    "torch.sub: the first input minus the second (broadcasting)",
+    replace(_join("sub", gradient_at_zero=True, sums=False), sign_keeping=False),
+    2,
+)
+_elementwise(
+    "div",
+    "torch.div: the first input divided by the second (broadcasting)",
+    replace(
+        _join(
+            "div",
+            gradient_at_zero=No("0 / 0 is undefined, and so is its gradient"),
             sums=False,
         ),
-    )
+        zero_to_zero=No("0 / 0 is undefined"),
+        fresh_zero_to_zero=No("0 / 0 is undefined"),
+    ),
+    2,
 )
 
 
