@@ -7,6 +7,7 @@ import warnings
 
 import onnx
 import torch
+import torch.nn.functional as F
 import transformers
 from torch import nn
 
@@ -91,3 +92,74 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """``max|a - b| / max(1, max|b|)`` in float64."""
     a, b = a.double(), b.double()
     return (a - b).abs().max().item() / max(1.0, b.abs().max().item())
+
+
+class SqueezeExcite(nn.Module):
+    """TF-style padding, a squeeze-excitation gate ``y * g[N, C, 1, 1]``, log_softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc1 = nn.Conv2d(8, 2, 1)
+        self.fc2 = nn.Conv2d(2, 8, 1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(F.pad(x, (0, 1, 0, 1)))
+        g = torch.sigmoid(self.fc2(F.relu(self.fc1(y.mean((2, 3), keepdim=True)))))
+        return F.log_softmax(self.head((y * g).mean((2, 3))), -1)
+
+
+class ChannelsLast(nn.Module):
+    """ConvNeXt's pattern: permute to channels-last, layernorm, linear, layer scale
+    ``gamma * y`` (a parameter read as a value), permute back, residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.ln = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 8)
+        self.gamma = nn.Parameter(torch.randn(8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        z = self.gamma * self.fc(self.ln(y.permute(0, 2, 3, 1)))
+        return self.head((y + z.permute(0, 3, 1, 2)).mean((-2, -1)))
+
+
+class TinyViT(nn.Module):
+    """ViT's pattern: patches flattened and transposed, a class token expanded to the
+    batch and concatenated, a positional table added, attention as matmuls, ``x[:, 0]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, 8, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.pos = nn.Parameter(torch.randn(1, 5, 8))
+        self.fc = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.proj(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], 1) + self.pos
+        a = torch.softmax(t @ t.transpose(-1, -2), -1)
+        return self.head(self.fc(a @ t)[:, 0])
+
+
+class TinyGPT(nn.Module):
+    """GPT-2's pattern: position ids ``arange(L)``, token plus position embeddings, a
+    head split with ``view`` and ``transpose``, a slice and a sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(20, 8)
+        self.wpe = nn.Embedding(16, 8)
+        self.fc = nn.Linear(8, 8)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(ids.shape[1]).unsqueeze(0)
+        h = self.fc(self.wte(ids) + self.wpe(pos))
+        h = h.view(ids.shape[0], ids.shape[1], 2, 4).transpose(1, 2)
+        return self.head(h[:, :, 1:].sum(2))

@@ -9,6 +9,7 @@ their input and add nothing.
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable, Mapping
@@ -98,15 +99,41 @@ class Context:
         if not isinstance(arg, fx.Node):
             raise Unsupported(f"takes a constant operand ({arg!r}) where grow-ir needs a value")
         if arg.name in self.fqns:
-            raise Unsupported(
-                f"reads parameter '{self.fqns[arg.name]}' as a value (not as a layer's weight)"
-            )
+            return self.tensor_value(self.fqns[arg.name])
         bound = self.env.get(arg.name)
         if isinstance(bound, KeptMean):
             return bound.kept(self.builder)
         if bound is None:
             raise Unsupported(f"reads '{arg.name}', which has no grow-ir value")
         return bound
+
+    def tensor_value(self, key: str, batch_of: str | None = None) -> str:
+        """A ``parameter`` node whose value is the module's parameter ``key`` (a class
+        token, a positional table, a layer scale), built once; with ``batch_of`` its first
+        axis is expanded to that value's batch. Buffers are refused: a ``parameter`` learns.
+        """
+        if key not in dict(self.root.named_parameters()):
+            raise Unsupported(f"reads buffer '{key}' as a value (grow-ir: parameters only)")
+        cache = ("tensor", key, batch_of or "")
+        if cache not in self.builder.built:
+            t = self.builder.tensors[key]
+            name = self.builder.add(
+                "parameter",
+                [batch_of] if batch_of else [],
+                key,
+                {"shape": list(t.shape)},
+                params={"weight": t},
+                name=key if batch_of is None else None,
+            )
+            self.builder.built[cache] = name
+        return self.builder.built[cache]
+
+    def first_input(self) -> str:
+        """The first graph input (what positions and expanded tensors take the batch or
+        the length from)."""
+        if not self.builder.inputs:
+            raise Unsupported("needs a graph input to take its size from")
+        return next(iter(self.builder.inputs))
 
     def resolve(self, node: fx.Node, label: str) -> str:
         """The IR value an output names; a kept mean is refused there."""
@@ -412,6 +439,12 @@ def _softmax(ctx: Context, node: fx.Node) -> None:
     ctx.add(node, "softmax", [ctx.value(node.args[0])], {"dim": int(node.args[1])})
 
 
+def _log_softmax(ctx: Context, node: fx.Node) -> None:
+    if node.target is aten.log_softmax.int and arg(node, 2, "dtype") is not None:
+        raise Unsupported("casts while it normalises (grow-ir has no cast op)")
+    ctx.add(node, "log_softmax", [ctx.value(node.args[0])], {"dim": int(node.args[1])})
+
+
 def _dropout(ctx: Context, node: fx.Node) -> None:
     x = ctx.value(node.args[0])
     ctx.add(node, "dropout", [x], {"p": float(arg(node, 1, "p", 0.5))})
@@ -478,18 +511,26 @@ def _upsample(mode: str) -> Rule:
     return rule
 
 
-def _mean(ctx: Context, node: fx.Node) -> None:
-    x = node.args[0]
-    rank = len(ctx.shape(x))
-    dims = sorted(int(d) % rank for d in arg(node, 1, "dim", []) or range(rank))
-    if dims != list(range(2, rank)) or rank < 3:
-        raise Unsupported(f"averages over axes {dims} (grow-ir: the spatial axes)")
-    if arg(node, 2, "keepdim", False) and rank == 4:
-        ctx.bind(node, KeptMean(ctx.value(x), ctx.hint(node, "mean")))
-    elif arg(node, 2, "keepdim", False):
-        raise Unsupported("keeps the axis of a 1-d mean")
-    else:
-        ctx.add(node, "global_avgpool", [ctx.value(x)], short="mean")
+def _reduce(op: str) -> Rule:
+    """``mean`` or ``sum`` over axes; a spatial mean of an image stays a ``KeptMean`` (a
+    global_avgpool when flatten reads it, an adaptive_avgpool2d otherwise)."""
+
+    def rule(ctx: Context, node: fx.Node) -> None:
+        x = node.args[0]
+        rank = len(ctx.shape(x))
+        dims = sorted(int(d) % rank for d in arg(node, 1, "dim", []) or range(rank))
+        keep = bool(arg(node, 2, "keepdim", False))
+        if arg(node, 3, "dtype") is not None:
+            raise Unsupported("casts while it reduces (grow-ir has no cast op)")
+        spatial = rank >= 3 and dims == list(range(2, rank))
+        if op == "mean" and spatial and keep and rank == 4:
+            ctx.bind(node, KeptMean(ctx.value(x), ctx.hint(node, "mean")))
+        elif op == "mean" and spatial and not keep:
+            ctx.add(node, "global_avgpool", [ctx.value(x)], short="mean")
+        else:
+            ctx.add(node, op, [ctx.value(x)], {"dim": dims, "keepdim": keep}, short=op)
+
+    return rule
 
 
 def _fold_to(ctx: Context, node: fx.Node, source: fx.Node, out_shape: tuple[int, ...]) -> None:
@@ -504,12 +545,38 @@ def _fold_to(ctx: Context, node: fx.Node, source: fx.Node, out_shape: tuple[int,
         _alias(ctx, node)
         return
     axes = folded_axes(in_shape, out_shape)
-    if axes is None:
-        raise Unsupported(
-            f"reshapes {list(in_shape)} to {list(out_shape)} (grow-ir: flatten after axis 0)"
-        )
-    start, end = axes
-    ctx.add(node, "flatten", [ctx.value(source)], {"start_dim": start, "end_dim": end}, "flatten")
+    if axes is not None:
+        start, end = axes
+        attrs = {"start_dim": start, "end_dim": end}
+        ctx.add(node, "flatten", [ctx.value(source)], attrs, "flatten")
+        return
+    split = split_axis(in_shape, out_shape)
+    if split is not None:
+        dim, sizes = split
+        ctx.add(node, "unflatten", [ctx.value(source)], {"dim": dim, "sizes": sizes}, "unflatten")
+        return
+    x = ctx.value(source)
+    shape = list(out_shape)
+    if ctx.builder.types[x].shape[:1] == ("batch",) and shape[:1] == [ctx.batch]:
+        shape[0] = -1  # the symbolic batch: what is left
+    ctx.add(node, "reshape", [x], {"shape": shape}, "reshape")
+
+
+def split_axis(before: tuple[int, ...], after: tuple[int, ...]) -> tuple[int, list[int]] | None:
+    """``(dim, sizes)`` when reshaping ``before`` to ``after`` is ``unflatten(dim, sizes)``
+    of one axis after the batch axis, else None."""
+    extra = len(after) - len(before)
+    if extra < 1:
+        return None
+    for dim in range(1, len(before)):
+        sizes = list(after[dim : dim + extra + 1])
+        if (
+            before[:dim] == after[:dim]
+            and before[dim + 1 :] == after[dim + extra + 1 :]
+            and math.prod(sizes) == before[dim]
+        ):
+            return dim, sizes
+    return None
 
 
 def _view(ctx: Context, node: fx.Node) -> None:
@@ -530,7 +597,119 @@ def _flatten(ctx: Context, node: fx.Node) -> None:
 
 
 def _squeeze(ctx: Context, node: fx.Node) -> None:
-    _fold_to(ctx, node, node.args[0], ctx.shape(node))
+    source = node.args[0]
+    if isinstance(ctx.env.get(source.name), KeptMean) or ctx.shape(node) == ctx.shape(source):
+        _fold_to(ctx, node, source, ctx.shape(node))
+        return
+    shape = ctx.shape(source)
+    dims = arg(node, 1, "dim", None)
+    dims = [dims] if isinstance(dims, int) else list(dims or range(len(shape)))
+    axes = [d % len(shape) for d in dims if shape[d % len(shape)] == 1]
+    ctx.add(node, "squeeze", [ctx.value(source)], {"dim": axes})
+
+
+def _unsqueeze(ctx: Context, node: fx.Node) -> None:
+    ctx.add(node, "unsqueeze", [ctx.value(node.args[0])], {"dim": int(node.args[1])})
+
+
+def _permute(ctx: Context, node: fx.Node) -> None:
+    dims = [int(d) for d in node.args[1]]
+    if dims == sorted(d % len(dims) for d in dims):
+        _alias(ctx, node)
+        return
+    ctx.add(node, "permute", [ctx.value(node.args[0])], {"dims": dims})
+
+
+def _transpose(ctx: Context, node: fx.Node) -> None:
+    rank = len(ctx.shape(node.args[0]))
+    dim0, dim1 = int(node.args[1]) % rank, int(node.args[2]) % rank
+    if dim0 == dim1:
+        _alias(ctx, node)
+        return
+    ctx.add(node, "transpose", [ctx.value(node.args[0])], {"dim0": dim0, "dim1": dim1})
+
+
+def _select(ctx: Context, node: fx.Node) -> None:
+    attrs = {"dim": int(node.args[1]), "index": int(node.args[2])}
+    ctx.add(node, "select", [ctx.value(node.args[0])], attrs)
+
+
+def _slice(ctx: Context, node: fx.Node) -> None:
+    source = node.args[0]
+    shape = ctx.shape(source)
+    dim = int(arg(node, 1, "dim", 0)) % len(shape)
+    start, end = arg(node, 2, "start", None), arg(node, 3, "end", None)
+    step = int(arg(node, 4, "step", 1))
+    start = 0 if start is None else int(start)
+    end = None if end is None or int(end) >= shape[dim] else int(end)
+    if (start, end, step) == (0, None, 1):
+        _alias(ctx, node)
+        return
+    if dim == 0:
+        raise Unsupported("slices the batch axis")
+    attrs = {"dim": dim, "start": start, "end": end, "step": step}
+    ctx.add(node, "slice", [ctx.value(source)], attrs)
+
+
+def _expand(ctx: Context, node: fx.Node) -> None:
+    """A learned tensor expanded to the batch (``cls_token.expand(N, -1, -1)``), or an
+    expand that changes nothing."""
+    source = node.args[0]
+    if ctx.shape(node) == ctx.shape(source):
+        _alias(ctx, node)
+        return
+    in_shape, out_shape = ctx.shape(source), ctx.shape(node)
+    is_param = isinstance(source, fx.Node) and source.name in ctx.fqns
+    if is_param and in_shape[0] == 1 and out_shape[1:] == in_shape[1:]:
+        x = ctx.first_input()
+        if out_shape[0] != ctx.batch:
+            raise Unsupported(f"expands to {out_shape[0]} rows, not the batch")
+        ctx.bind(node, ctx.tensor_value(ctx.fqns[source.name], batch_of=x))
+        return
+    raise Unsupported(
+        f"expands {list(in_shape)} to {list(out_shape)} (grow-ir: a parameter "
+        "expanded to the batch)"
+    )
+
+
+def _matmul(ctx: Context, node: fx.Node) -> None:
+    a, b = node.args[0], node.args[1]
+    if len(ctx.shape(a)) < 2 or len(ctx.shape(b)) < 2:
+        raise Unsupported("multiplies a vector (grow-ir: operands of rank 2 or more)")
+    ctx.add(node, "matmul", [ctx.value(a), ctx.value(b)])
+
+
+def _arange(ctx: Context, node: fx.Node) -> None:
+    """``arange(L)`` (or ``arange(0, L)``) where ``L`` is an axis of the first input: its
+    positions."""
+    if node.target is aten.arange.start:
+        start, end = node.args[0], node.args[1]
+        if start != 0:
+            raise Unsupported(f"starts at {start} (grow-ir: positions from 0)")
+    else:
+        end = node.args[0]
+    if arg(node, 2 if node.target is aten.arange.start else 1, "dtype") not in (None, torch.int64):
+        raise Unsupported("makes a float range")
+    if node.meta["val"].dtype != torch.int64:
+        raise Unsupported("makes a float range")
+    x = ctx.first_input()
+    shape = ctx.builder.types[x].shape
+    axis = next((i for i, d in enumerate(shape) if i > 0 and d == end), None)
+    if axis is None:
+        raise Unsupported(f"counts to {end}, which is no axis of input '{x}'")
+    ctx.add(node, "positions", [x], {"dim": axis}, short="positions")
+
+
+def _pad(ctx: Context, node: fx.Node) -> None:
+    if node.target is aten.pad.default and arg(node, 2, "mode", "constant") != "constant":
+        raise Unsupported(f"pads in mode {arg(node, 2, 'mode')!r} (grow-ir: constant)")
+    index = 3 if node.target is aten.pad.default else 2
+    value = arg(node, index, "value", 0.0)
+    pad = [int(p) for p in node.args[1]]
+    if any(p < 0 for p in pad):
+        raise Unsupported("crops (a negative pad)")
+    attrs = {"pad": pad, "value": float(value or 0.0)}
+    ctx.add(node, "pad", [ctx.value(node.args[0])], attrs)
 
 
 def _binary(op: str) -> Rule:
@@ -540,11 +719,8 @@ def _binary(op: str) -> Rule:
             raise Unsupported("has alpha != 1")
         if not isinstance(b, fx.Node) or not isinstance(a, fx.Node):
             raise Unsupported(f"with a scalar operand ({b if isinstance(a, fx.Node) else a!r})")
-        if ctx.shape(a) != ctx.shape(b):
-            raise Unsupported(
-                f"broadcasts {list(ctx.shape(a))} with {list(ctx.shape(b))} "
-                "(grow-ir: operands of one shape)"
-            )
+        if node.target is aten.div.Tensor and arg(node, 2, "rounding_mode") is not None:
+            raise Unsupported("rounds its quotient")
         ctx.add(node, op, [ctx.value(a), ctx.value(b)])
 
     return rule
@@ -603,7 +779,23 @@ RULES: dict[Any, Rule] = {
     aten.adaptive_avg_pool2d.default: _adaptive_avg_pool,
     aten.upsample_nearest2d.vec: _upsample("nearest"),
     aten.upsample_bilinear2d.vec: _upsample("bilinear"),
-    aten.mean.dim: _mean,
+    aten.mean.dim: _reduce("mean"),
+    aten.sum.dim_IntList: _reduce("sum"),
+    aten.log_softmax.int: _log_softmax,
+    aten._log_softmax.default: _log_softmax,
+    aten.unsqueeze.default: _unsqueeze,
+    aten.permute.default: _permute,
+    aten.transpose.int: _transpose,
+    aten.select.int: _select,
+    aten.slice.Tensor: _slice,
+    aten.expand.default: _expand,
+    aten.matmul.default: _matmul,
+    aten.bmm.default: _matmul,
+    aten.mm.default: _matmul,
+    aten.arange.default: _arange,
+    aten.arange.start: _arange,
+    aten.pad.default: _pad,
+    aten.constant_pad_nd.default: _pad,
     aten.flatten.using_ints: _flatten,
     aten.view.default: _view,
     aten.reshape.default: _view,
@@ -613,6 +805,9 @@ RULES: dict[Any, Rule] = {
     aten.add.Tensor: _binary("add"),
     aten.add_.Tensor: _binary("add"),
     aten.mul.Tensor: _binary("mul"),
+    aten.mul_.Tensor: _binary("mul"),
+    aten.sub.Tensor: _binary("sub"),
+    aten.div.Tensor: _binary("div"),
     aten.cat.default: _cat,
     aten.clone.default: _alias,
     aten.alias.default: _alias,
