@@ -99,6 +99,9 @@ MODELS = {
     "resnet18": Model(_tv("resnet18"), 32, "fc"),
     "resnet50": Model(_tv("resnet50"), 32, "fc"),
     "mobilenet_v2": Model(_tv("mobilenet_v2"), 32, "classifier.1"),
+    "mobilenet_v3_small": Model(_tv("mobilenet_v3_small"), 32, "classifier.3"),
+    "efficientnet_b0": Model(_tv("efficientnet_b0"), 32, "classifier.1"),
+    "convnext_tiny": Model(_tv("convnext_tiny"), 32, "classifier.2"),
     "densenet": Model(_small_densenet, 32, "classifier"),
     "unet": Model(UNet, 32, "head"),
 }
@@ -141,7 +144,7 @@ def test_from_torch_matches_the_module(name: str) -> None:
         want = m.module(other)
     assert relative_error(run(m.graph, m.x), m.y) <= TOL
     assert relative_error(run(m.graph, other), want) <= TOL
-    assert {n.op for n in m.graph.nodes} >= {"conv2d", "batchnorm"}
+    assert "conv2d" in {n.op for n in m.graph.nodes}
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -194,8 +197,9 @@ def test_widenable_finds_every_torch_pruning_group(name: str) -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_widening_every_group_is_exact(name: str) -> None:
-    """Every group (by its first producer) widened by 2 channels with net2net, each alone
-    on the imported graph for the first three, then all of them one after the other."""
+    """Every group (by its first producer) widened with net2net, by 2 channels (doubled
+    through a layernorm), each alone on the imported graph for the first three, then all
+    of them one after the other."""
     m = imported(name)
     starts, seen = [], set()
     for node in widenable(m.graph):
@@ -205,7 +209,9 @@ def test_widening_every_group_is_exact(name: str) -> None:
             seen |= set(group.producers)
     wider = m.graph
     for i, node in enumerate(starts):
-        width = channel_group(wider, node).channels + 2
+        group = channel_group(wider, node)
+        # net2net through a layernorm is exact when every unit is copied equally often
+        width = group.channels * 2 if group.norms else group.channels + 2
         result = gi.passes.widen.run(wider, node=node, width=width, seed=i)
         assert result.preserved
         if i < 3:

@@ -154,7 +154,8 @@ class Context:
 
     def hint(self, node: fx.Node, short: str) -> str:
         """A name for a stateless node: a stateless leaf module's own path (``layer1.relu``),
-        else ``SCOPE.OP`` inside the module that ran it (``layer1.0.add``)."""
+        else ``SCOPE.OP`` inside the module that ran it (``layer1.0.add``), or ``SCOPE_OP``
+        beside it when that module holds parameters itself (``features.0.1_permute``)."""
         path, _ = self._scope(node)
         if path:
             try:
@@ -162,7 +163,12 @@ class Context:
             except AttributeError:
                 mod = None
             leaf = mod is not None and not list(mod.children()) and not mod.state_dict()
-            return path if leaf else f"{path}.{short}"
+            if leaf:
+                return path
+            # a module with parameters of its own is itself a layer node named ``path``
+            # (torchvision's LayerNorm2d): its other steps cannot live inside that name
+            own = mod is not None and next(mod.parameters(recurse=False), None) is not None
+            return f"{path}_{short}" if own else f"{path}.{short}"
         return short
 
     # ---- building ---------------------------------------------------------------------
