@@ -23,7 +23,7 @@ from onnx import numpy_helper
 
 from grow_ir.errors import CheckFailed, GrowError, ShapeError
 from grow_ir.imports.builder import GraphBuilder, folded_axes, ident
-from grow_ir.imports.torch_rules import KeptMean, Unsupported
+from grow_ir.imports.torch_rules import KeptMean, Unsupported, split_axis
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.types import TensorType
 
@@ -350,6 +350,10 @@ def _linear(
 
 
 def _matmul(ctx: _Context, node: onnx.NodeProto) -> None:
+    if node.input[1] not in ctx.consts or ctx.consts[node.input[1]].ndim != 2:
+        a, b = _operand(ctx, node.input[0]), _operand(ctx, node.input[1])
+        _bind_add(ctx, node, "matmul", [a, b])
+        return
     x = ctx.value(node.input[0])
     w = ctx.const(node.input[1], "weight")
     if w.ndim != 2:
@@ -400,7 +404,10 @@ def _layernorm(ctx: _Context, node: onnx.NodeProto) -> None:
 
 
 def _gather(ctx: _Context, node: onnx.NodeProto) -> None:
-    if int(_attrs(node).get("axis", 0)) != 0 or node.input[0] not in ctx.consts:
+    if node.input[0] not in ctx.consts:
+        _gather_value(ctx, node)
+        return
+    if int(_attrs(node).get("axis", 0)) != 0:
         raise Unsupported("is not a table lookup (rows of an initializer by index)")
     w = ctx.consts[node.input[0]]
     ids = ctx.value(node.input[1])
@@ -452,6 +459,9 @@ def _hard_sigmoid(ctx: _Context, node: onnx.NodeProto) -> None:
 
 
 def _alias(ctx: _Context, node: onnx.NodeProto) -> None:
+    if node.input[0] in ctx.consts:  # a learned tensor as a value (to_onnx's parameter)
+        ctx.env[node.output[0]] = _operand(ctx, node.input[0])
+        return
     ctx.env[node.output[0]] = ctx.value(node.input[0])
 
 
@@ -516,9 +526,12 @@ def _reduce_mean(ctx: _Context, node: onnx.NodeProto) -> None:
         axes = [int(v) for v in ctx.const(node.input[1], "axes").reshape(-1)]
     else:
         axes = list(a.get("axes", range(rank)))
-    if sorted(int(v) % rank for v in axes) != list(range(2, rank)) or rank < 3:
-        raise Unsupported(f"averages over axes {axes} (grow-ir: the spatial axes)")
-    if a.get("keepdims", 1) and rank == 4:
+    axes = sorted(int(v) % rank for v in axes)
+    if axes != list(range(2, rank)) or rank < 3 or (a.get("keepdims", 1) and rank != 4):
+        attrs = {"dim": axes, "keepdim": bool(a.get("keepdims", 1))}
+        _bind_add(ctx, node, "mean", [ctx.value(node.input[0])], attrs)
+        return
+    if a.get("keepdims", 1):
         ctx.env[node.output[0]] = KeptMean(ctx.value(node.input[0]), node.output[0])
     elif a.get("keepdims", 1):
         raise Unsupported("keeps the axis of a 1-d mean")
@@ -537,10 +550,19 @@ def _fold(ctx: _Context, node: onnx.NodeProto, after: list) -> None:
         _alias(ctx, node)
         return
     axes = folded_axes(before, after)
-    if axes is None:
-        raise Unsupported(f"reshapes {before} to {after} (grow-ir: flatten after axis 0)")
-    attrs = {"start_dim": axes[0], "end_dim": axes[1]}
-    _bind_add(ctx, node, "flatten", [ctx.value(source)], attrs)
+    if axes is not None:
+        attrs = {"start_dim": axes[0], "end_dim": axes[1]}
+        _bind_add(ctx, node, "flatten", [ctx.value(source)], attrs)
+        return
+    if any(not isinstance(d, int) for d in after[1:]) or "?" in after:
+        raise Unsupported(f"reshapes {before} to {after} (grow-ir: sizes known after axis 0)")
+    split = split_axis(tuple(before), tuple(after))
+    if split is not None:
+        attrs = {"dim": split[0], "sizes": split[1]}
+        _bind_add(ctx, node, "unflatten", [ctx.value(source)], attrs)
+        return
+    shape = [-1 if i == 0 and not isinstance(d, int) else d for i, d in enumerate(after)]
+    _bind_add(ctx, node, "reshape", [ctx.value(source)], {"shape": shape})
 
 
 def _flatten(ctx: _Context, node: onnx.NodeProto) -> None:
@@ -574,20 +596,137 @@ def _reshape(ctx: _Context, node: onnx.NodeProto) -> None:
 
 def _squeeze(ctx: _Context, node: onnx.NodeProto) -> None:
     bound = ctx.env.get(node.input[0])
-    if not isinstance(bound, KeptMean):
-        raise Unsupported("removes axes (grow-ir: only those of a spatial mean)")
-    ctx.env[node.output[0]] = bound.mean(ctx.builder)
+    if isinstance(bound, KeptMean):
+        ctx.env[node.output[0]] = bound.mean(ctx.builder)
+        return
+    x = ctx.type(node.input[0])
+    axes = _axes_of(ctx, node, x.rank)
+    if axes is None:
+        axes = [i for i, d in enumerate(x.shape) if d == 1]
+    _bind_add(ctx, node, "squeeze", [ctx.value(node.input[0])], {"dim": axes})
+
+
+def _operand(ctx: _Context, name: str) -> str:
+    """The value of an operand: an initializer of rank >= 1 is a learned tensor (a
+    ``parameter`` node named after it, built once: a layer scale, a class token)."""
+    array = ctx.consts.get(name)
+    if array is None:
+        return ctx.value(name)
+    if array.ndim == 0 or array.dtype != np.float32:
+        raise Unsupported(f"takes the constant '{name}' where grow-ir needs a value")
+    key = ("tensor", name)
+    if key not in ctx.builder.built:
+        ctx.builder.built[key] = ctx.builder.add(
+            "parameter",
+            [],
+            _layer_name(name) if name.endswith(".weight") else name,
+            {"shape": list(array.shape)},
+            params={"weight": _tensor(array)},
+        )
+    return ctx.builder.built[key]
 
 
 def _binary(op: str) -> Rule:
     def rule(ctx: _Context, node: onnx.NodeProto) -> None:
-        a, b = ctx.value(node.input[0]), ctx.value(node.input[1])
-        ta, tb = ctx.builder.types[a], ctx.builder.types[b]
-        if ta != tb:
-            raise Unsupported(f"broadcasts {ta} with {tb} (grow-ir: operands of one type)")
+        a, b = _operand(ctx, node.input[0]), _operand(ctx, node.input[1])
         _bind_add(ctx, node, op, [a, b])
 
     return rule
+
+
+def _axes_of(ctx: _Context, node: onnx.NodeProto, rank: int) -> list[int] | None:
+    """The axes of a Reduce*/Squeeze/Unsqueeze node (an input from opset 13/18 on, an
+    attribute before), in ``[0, rank)``; None when none are given."""
+    if len(node.input) > 1 and node.input[1]:
+        axes = [int(v) for v in ctx.const(node.input[1], "axes").reshape(-1)]
+    elif "axes" in _attrs(node):
+        axes = [int(v) for v in _attrs(node)["axes"]]
+    else:
+        return None
+    return sorted(a % rank for a in axes)
+
+
+def _reduce_sum(ctx: _Context, node: onnx.NodeProto) -> None:
+    rank = ctx.type(node.input[0]).rank
+    axes = _axes_of(ctx, node, rank)
+    keep = bool(_attrs(node).get("keepdims", 1))
+    attrs = {"dim": axes if axes is not None else list(range(rank)), "keepdim": keep}
+    _bind_add(ctx, node, "sum", [ctx.value(node.input[0])], attrs)
+
+
+def _transpose(ctx: _Context, node: onnx.NodeProto) -> None:
+    rank = ctx.type(node.input[0]).rank
+    perm = [int(v) for v in _attrs(node).get("perm", reversed(range(rank)))]
+    if perm == list(range(rank)):
+        _alias(ctx, node)
+        return
+    _bind_add(ctx, node, "permute", [ctx.value(node.input[0])], {"dims": perm})
+
+
+def _unsqueeze(ctx: _Context, node: onnx.NodeProto) -> None:
+    axes = _axes_of(ctx, node, ctx.type(node.input[0]).rank + 1) or []
+    value = ctx.value(node.input[0])
+    for i, axis in enumerate(axes):
+        hint = node.output[0] if i == len(axes) - 1 else f"{node.output[0]}_{i}"
+        value = ctx.builder.add("unsqueeze", [value], hint, {"dim": axis})
+    ctx.env[node.output[0]] = value
+
+
+def _gather_value(ctx: _Context, node: onnx.NodeProto) -> None:
+    """``Gather`` of one constant index from a value: select."""
+    index = ctx.consts.get(node.input[1])
+    if index is None or index.ndim != 0:
+        raise Unsupported("gathers by computed or several indices (grow-ir: one constant)")
+    attrs = {"dim": int(_attrs(node).get("axis", 0)), "index": int(index)}
+    _bind_add(ctx, node, "select", [ctx.value(node.input[0])], attrs)
+
+
+def _slice(ctx: _Context, node: onnx.NodeProto) -> None:
+    x = ctx.type(node.input[0])
+    starts, ends = (ctx.const(node.input[i], "bounds").reshape(-1) for i in (1, 2))
+    axes = (
+        ctx.const(node.input[3], "axes").reshape(-1)
+        if len(node.input) > 3 and node.input[3]
+        else np.arange(len(starts))
+    )
+    steps = (
+        ctx.const(node.input[4], "steps").reshape(-1)
+        if len(node.input) > 4 and node.input[4]
+        else np.ones(len(starts), dtype=np.int64)
+    )
+    value = ctx.value(node.input[0])
+    cuts = list(zip(axes, starts, ends, steps))
+    for i, (axis, start, end, step) in enumerate(cuts):
+        size = x.shape[int(axis) % x.rank]
+        stop = None if isinstance(size, int) and int(end) >= size else int(end)
+        attrs = {"dim": int(axis), "start": int(start), "end": stop, "step": int(step)}
+        hint = node.output[0] if i == len(cuts) - 1 else f"{node.output[0]}_{i}"
+        value = ctx.builder.add("slice", [value], hint, attrs)
+    ctx.env[node.output[0]] = value
+
+
+def _pad(ctx: _Context, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    if _text(a.get("mode", "constant")) != "constant":
+        raise Unsupported(f"pads in mode {_text(a['mode'])!r} (grow-ir: constant)")
+    if len(node.input) > 3 and node.input[3]:
+        raise Unsupported("pads some axes only (an axes input)")
+    pads = [int(v) for v in ctx.const(node.input[1], "pads").reshape(-1)]
+    value = 0.0
+    if len(node.input) > 2 and node.input[2]:
+        value = float(ctx.const(node.input[2], "value").reshape(-1)[0])
+    rank = len(pads) // 2
+    pairs: list[int] = []
+    for axis in reversed(range(rank)):  # PyTorch's order: the last axis first
+        pairs += [pads[axis], pads[rank + axis]]
+    while pairs[-2:] == [0, 0] and len(pairs) > 2:
+        pairs = pairs[:-2]
+    _bind_add(ctx, node, "pad", [ctx.value(node.input[0])], {"pad": pairs, "value": value})
+
+
+def _log_softmax(ctx: _Context, node: onnx.NodeProto) -> None:
+    axis = int(_attrs(node).get("axis", -1))
+    _bind_add(ctx, node, "log_softmax", [ctx.value(node.input[0])], {"dim": axis})
 
 
 def _concat(ctx: _Context, node: onnx.NodeProto) -> None:
@@ -629,6 +768,14 @@ RULES: dict[str, Rule] = {
     "Squeeze": _squeeze,
     "Add": _binary("add"),
     "Mul": _binary("mul"),
+    "Sub": _binary("sub"),
+    "Div": _binary("div"),
+    "ReduceSum": _reduce_sum,
+    "Transpose": _transpose,
+    "Unsqueeze": _unsqueeze,
+    "Slice": _slice,
+    "Pad": _pad,
+    "LogSoftmax": _log_softmax,
     "Concat": _concat,
 }
 """ONNX op type -> rule."""
