@@ -30,6 +30,7 @@ ACTIVATIONS = (
     "sigmoid",
     "identity",
     "dropout",
+    "stochastic_depth",
     "hardtanh",
     "relu6",
     "hardswish",
@@ -67,6 +68,8 @@ def op_choices(t: TensorType) -> list[str]:
             "avgpool2d",
             "global_avgpool",
             "adaptive_avgpool2d",
+            "upsample",
+            "conv_transpose2d",
             "flatten",
         ]
     if t.rank == 3 and isinstance(t.shape[1], int):  # [batch, C, L]
@@ -102,6 +105,23 @@ def attr_strategy(op: str, t: TensorType) -> st.SearchStrategy[dict[str, Any]]:
         return st.fixed_dictionaries(
             {"kernel_size": st.integers(1, 3), "padding": st.integers(0, 1)},
             optional={"stride": st.integers(1, 2), **extra},
+        )
+    if op == "conv_transpose2d":
+        return st.fixed_dictionaries(
+            {"out_channels": small, "kernel_size": st.integers(1, 3), "bias": b},
+            optional={"stride": st.integers(1, 2), "padding": st.integers(0, 1)},
+        )
+    if op == "upsample":
+        size = st.tuples(st.integers(1, 9), st.integers(1, 9)).map(list)
+        mode = st.sampled_from(["nearest", "bilinear"])
+        scale = st.sampled_from([2, 3, [2, 1], [0.5, 1.5]])
+        return st.one_of(
+            st.fixed_dictionaries({"mode": mode, "scale_factor": scale}),
+            st.fixed_dictionaries({"mode": mode, "size": size}),
+        )
+    if op == "stochastic_depth":
+        return st.fixed_dictionaries(
+            {"p": st.sampled_from([0.0, 0.5]), "mode": st.sampled_from(["row", "batch"])}
         )
     if op == "adaptive_avgpool2d":  # a size that divides the input, or 1
         sizes = [[o for o in range(1, int(d) + 1) if int(d) % o == 0] for d in t.shape[2:]]
@@ -226,7 +246,7 @@ def test_random_graphs_match_torch(graph: Graph, data: st.DataObject) -> None:
 def test_random_graphs_reach_every_op() -> None:
     seen: set[str] = set()
 
-    @settings(max_examples=600, deadline=None, derandomize=True, database=None)
+    @settings(max_examples=900, deadline=None, derandomize=True, database=None)
     @given(graph=random_graphs(init=False))
     def collect(graph: Graph) -> None:
         seen.update(n.op for n in graph.nodes)

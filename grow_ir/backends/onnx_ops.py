@@ -27,9 +27,10 @@ from grow_ir.backends.onnx_emit import ONNX_DTYPES, Emitter
 from grow_ir.ir.graph import Node
 from grow_ir.ir.ops.attention import head_dim as attention_head_dim
 from grow_ir.ir.ops.attention import kv_heads as attention_kv_heads
-from grow_ir.ir.ops.dense import conv_geometry
+from grow_ir.ir.ops.dense import conv_geometry, spatial
 from grow_ir.ir.ops.elementwise import pool_geometry
 from grow_ir.ir.ops.shape import pad_pairs, permutation
+from grow_ir.ir.ops.spatial import conv_transpose_geometry, upsample_sizes
 
 Rule = Callable[[Emitter, Node, list[str], str], None]
 
@@ -147,6 +148,23 @@ def _conv(nd: int) -> Rule:
         )
 
     return rule
+
+
+def _conv_transpose(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    k, s, p, op, d = conv_transpose_geometry(n.attrs)
+    bias = [e.param(n, "bias")] if n.attrs.bias else []
+    e.add(
+        "ConvTranspose",
+        [xs[0], e.param(n, "weight"), *bias],
+        out,
+        name=n.name,
+        kernel_shape=list(k),
+        strides=list(s),
+        pads=[*p, *p],
+        output_padding=list(op),
+        dilations=list(d),
+        group=n.attrs.groups,
+    )
 
 
 def _embedding(e: Emitter, n: Node, xs: list[str], out: str) -> None:
@@ -532,6 +550,37 @@ def _log_softmax(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     e.add("LogSoftmax", [xs[0]], out, name=n.name, axis=n.attrs.dim)
 
 
+# ---- resizing -------------------------------------------------------------------------
+
+
+def _upsample(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    """Resize with PyTorch's source positions: ``asymmetric`` and ``floor`` for nearest,
+    ``pytorch_half_pixel`` (or ``align_corners``) for bilinear. A scale factor is passed
+    as Resize's scales, so positions come from the factor as in PyTorch; a size as
+    Resize's sizes (the batch and channel sizes read from the input's shape)."""
+    a = n.attrs
+    if a.mode == "nearest":
+        how = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric"}
+        how["nearest_mode"] = "floor"
+    else:
+        corners = "align_corners" if a.align_corners else "pytorch_half_pixel"
+        how = {"mode": "linear", "coordinate_transformation_mode": corners}
+    if a.scale_factor is not None:
+        scales = [1.0, 1.0, *(float(f) for f in spatial(a.scale_factor, 2))]
+        e.add(
+            "Resize",
+            [xs[0], "", e.const(_sub(n, "scales"), scales, "float32")],
+            out,
+            name=n.name,
+            **how,
+        )
+        return
+    lead = e.add("Shape", [xs[0]], _sub(n, "lead"), end=2)
+    hw = e.const(_sub(n, "hw"), list(upsample_sizes(a, e.graph.types[n.inputs[0]])))
+    sizes = e.add("Concat", [lead, hw], _sub(n, "sizes"), axis=0)
+    e.add("Resize", [xs[0], "", "", sizes], out, name=n.name, **how)
+
+
 # ---- pooling --------------------------------------------------------------------------
 
 
@@ -783,6 +832,7 @@ EMIT: dict[str, Rule] = {
     "linear": _linear,
     "conv1d": _conv(1),
     "conv2d": _conv(2),
+    "conv_transpose2d": _conv_transpose,
     "embedding": _embedding,
     "batchnorm": _batchnorm,
     "layernorm": _layernorm,
@@ -801,12 +851,14 @@ EMIT: dict[str, Rule] = {
     "gelu": _gelu,
     "identity": _unary("Identity"),
     "dropout": _unary("Identity"),  # eval semantics
+    "stochastic_depth": _unary("Identity"),  # eval semantics
     "softmax": _softmax,
     "log_softmax": _log_softmax,
     "maxpool2d": _maxpool,
     "avgpool2d": _avgpool,
     "global_avgpool": _global_avgpool,
     "adaptive_avgpool2d": _adaptive_avgpool,
+    "upsample": _upsample,
     "flatten": _flatten,
     "add": _chain("Add"),
     "mul": _chain("Mul"),

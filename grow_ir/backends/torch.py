@@ -35,6 +35,7 @@ from grow_ir.backends.torch_modules import (
     MaskedLinear,
     Mix,
     SelfAttention,
+    StochasticDepth,
     positions,
     relu_unit_slope,
 )
@@ -43,6 +44,7 @@ from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.ops.dense import spatial
 from grow_ir.ir.ops.elementwise import pool_geometry
 from grow_ir.ir.ops.shape import permutation
+from grow_ir.ir.ops.spatial import conv_transpose_geometry
 from grow_ir.ir.types import TensorType
 from grow_ir.ir.verify import verify
 
@@ -81,6 +83,23 @@ def _conv(n: int) -> ModuleFactory:
     return make
 
 
+def _conv_transpose(a: Any, ins: Sequence[TensorType]) -> nn.Module:
+    k, s, p, op, d = conv_transpose_geometry(a)
+    return nn.ConvTranspose2d(
+        ins[0].shape[1],
+        a.out_channels,
+        k,
+        stride=s,
+        padding=p,
+        output_padding=op,
+        groups=a.groups,
+        bias=a.bias,
+        dilation=d,
+        device="meta",
+        dtype=ins[0].torch_dtype,
+    )
+
+
 def _batchnorm(a: Any, ins: Sequence[TensorType]) -> nn.Module:
     cls = nn.BatchNorm2d if ins[0].rank == 4 else nn.BatchNorm1d
     return cls(
@@ -99,6 +118,7 @@ MODULES: dict[str, ModuleFactory] = {
     ),
     "conv1d": _conv(1),
     "conv2d": _conv(2),
+    "conv_transpose2d": _conv_transpose,
     "batchnorm": _batchnorm,
     "layernorm": lambda a, ins: nn.LayerNorm(
         ins[0].shape[-1],
@@ -135,6 +155,7 @@ MODULES: dict[str, ModuleFactory] = {
         dtype=ins[0].torch_dtype,
     ),
     "dropout": lambda a, ins: nn.Dropout(p=a.p),
+    "stochastic_depth": lambda a, ins: StochasticDepth(a.p, a.mode),
     "mix": lambda a, ins: Mix(len(ins), device="meta", dtype=ins[0].torch_dtype),
     "parameter": lambda a, ins: LearnedTensor(
         a.shape, device="meta", dtype=ins[0].torch_dtype if ins else torch.float32
@@ -181,6 +202,19 @@ def _global_avgpool(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call
     return call(torch.mean, (args[0], tuple(range(2, ins[0].rank))))
 
 
+def _upsample(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call: Call) -> fx.Node:
+    return call(
+        F.interpolate,
+        (args[0],),
+        {
+            "size": a.size,
+            "scale_factor": a.scale_factor,
+            "mode": a.mode,
+            "align_corners": a.align_corners,
+        },
+    )
+
+
 def _slice(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call: Call) -> fx.Node:
     axis = a.dim % ins[0].rank
     index = (*[slice(None)] * axis, slice(a.start, a.end, a.step))
@@ -215,6 +249,7 @@ FUNCTIONS: dict[str, Emitter] = {
     "avgpool2d": _avg_pool,
     "global_avgpool": _global_avgpool,
     "adaptive_avgpool2d": _unary(F.adaptive_avg_pool2d, output_size=lambda a: a.output_size),
+    "upsample": _upsample,
     "flatten": _unary(torch.flatten, start_dim=lambda a: a.start_dim, end_dim=lambda a: a.end_dim),
     "add": _fold(operator.add),
     "mul": _fold(operator.mul),

@@ -257,3 +257,27 @@ class MaskedConv1d(_MaskedConv, nn.Conv1d):
 
 class MaskedConv2d(_MaskedConv, nn.Conv2d):
     """``nn.Conv2d`` computing with ``weight * weight_mask`` (see :class:`MaskedLinear`)."""
+
+
+class StochasticDepth(nn.Module):
+    """torchvision's ``StochasticDepth(p, mode)``, computed as torchvision computes it: in
+    training, the input times a Bernoulli(1 - p) draw per sample (``row``) or per batch
+    (``batch``), divided by 1 - p; the identity in eval mode or with ``p`` 0."""
+
+    def __init__(self, p: float, mode: str) -> None:
+        super().__init__()
+        self.p, self.mode = p, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Drop the branch (or its rows) at random in training; ``x`` unchanged in eval."""
+        if not self.training or self.p == 0.0:
+            return x
+        survival = 1.0 - self.p
+        size = [x.shape[0]] + [1] * (x.ndim - 1) if self.mode == "row" else [1] * x.ndim
+        noise = torch.empty(size, dtype=x.dtype, device=x.device).bernoulli_(survival)
+        if survival > 0.0:
+            noise.div_(survival)
+        return x * noise
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode={self.mode}"
