@@ -48,12 +48,13 @@ def _carries_fill(
     why = ""
     if node is None:
         why = f"'{value}' is a graph input"
-    elif value in group.producers:
-        why = ""
+    elif value in group.producers or node.opdef.channels is Channels.TENSOR:
+        why = ""  # a producer's, or a learned tensor's, new entries are the filling
     else:
         facts = node.opdef.facts
         passes = facts.sums or facts.eval_identity or (zeros and bool(facts.fresh_zero_to_zero))
-        passes = passes or node.opdef.channels in (Channels.CONCAT, Channels.FLATTEN)
+        moves = (Channels.CONCAT, Channels.FLATTEN, Channels.MOVE)  # channels moved whole
+        passes = passes or node.opdef.channels in moves
         if not passes:
             kept = "a zero channel zero" if zeros else "the mean of its input channels"
             why = f"{node.op} '{value}' does not keep {kept}"

@@ -389,12 +389,15 @@ def _set_attrs(graph: Graph, attrs: Mapping[str, Mapping[str, Any]]) -> Graph:
 def _zero_fan_in(member: Member, node: Node, local: str, value: torch.Tensor) -> torch.Tensor:
     """Parameter ``local`` of the new channels (``value``: the op's default) under zero fan-in.
 
-    Producers' rows are zero; per-channel layers keep the channel and treat every new unit
+    Producers' rows are zero, and so are a learned tensor's new entries (``parameter``: a
+    class token, a positional table); per-channel layers keep the channel and treat every new unit
     alike (batchnorm's identity statistics, a Dirac depthwise kernel, no bias), so a new
     unit is exactly 0 and the same per-channel maps lie between any new unit's fan-in and
     fan-out (which GradMax's gradient formula needs).
     """
     if Role.PRODUCER in member.roles or local == "bias":
+        return torch.zeros_like(value)
+    if node.opdef.channels is Channels.TENSOR:  # a learned tensor's new entries make channels
         return torch.zeros_like(value)
     if node.opdef.channels is Channels.PRODUCE and local == "weight":  # a depthwise conv
         return torch.nn.init.dirac_(torch.zeros_like(value), groups=value.shape[0])
