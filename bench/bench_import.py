@@ -8,7 +8,8 @@ Models (random init, nothing downloaded): Hugging Face's ResNet-50 (``ResNetConf
 defaults) and ResNet-18 (basic blocks, 2-2-2-2), torchvision's own ResNet-50,
 MobileNetV2, MobileNetV3-Small and EfficientNet-B0 (their default constructors, loaded by
 tests/torchvision_models.py without torchvision's C extension), all on ``[1, 3, 112,
-112]`` images, and GPT-2 (2 layers, 128 wide). A model grow-ir refuses is reported with
+112]`` images, torchvision's VisionTransformer (4 layers × 128 wide, 16×16 patches of
+the same images) and GPT-2 (2 layers, 128 wide). A model grow-ir refuses is reported with
 the number of constructs it lacks. Import is timed in interleaved rounds after one
 warm-up: ``torch.export.export`` alone, ``from_torch(check=False)`` and ``from_torch()``
 (which also lowers the graph and compares it with the module). Inference: both ONNX files
@@ -63,6 +64,14 @@ def gpt2() -> torch.nn.Module:
     return transformers.GPT2LMHeadModel(config)
 
 
+def vit() -> torch.nn.Module:
+    """torchvision's VisionTransformer, small: 112×112 images, 16×16 patches, 4 layers ×
+    128 wide, 4 heads (vit_b_16's structure at a benchmark's size)."""
+    return torchvision_models().VisionTransformer(
+        image_size=112, patch_size=16, num_layers=4, num_heads=4, hidden_dim=128, mlp_dim=512
+    )
+
+
 MODELS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[], torch.Tensor]]] = {
     "resnet50": (resnet50, lambda: torch.randn(1, 3, 112, 112)),
     "resnet18": (resnet18, lambda: torch.randn(1, 3, 112, 112)),
@@ -70,6 +79,8 @@ MODELS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[], torch.Tensor
         f"torchvision {name}": (torchvision(name), lambda: torch.randn(1, 3, 112, 112))
         for name in ("resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0")
     },
+    # batch 2: with batch 1 the class token's expand to the batch is not told from a copy
+    "torchvision vit": (vit, lambda: torch.randn(2, 3, 112, 112)),
     "gpt2": (gpt2, lambda: torch.randint(0, 100, (1, 32))),
 }
 
