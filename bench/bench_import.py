@@ -1,12 +1,16 @@
 """Importing models: ``from_torch`` versus ``torch.export`` alone, and onnxruntime latency of
 ``to_onnx`` of the imported graph versus ``torch.onnx.export`` of the original module.
 
-Usage: ``.venv/bin/python bench/bench_import.py [--rounds 3] [--runs 20] [--threads 1]``
+Usage: ``.venv/bin/python bench/bench_import.py [--rounds 3] [--runs 20] [--threads 1]
+[--models NAME,...]``
 
-Models (Hugging Face classes from their configs, random init, nothing downloaded):
-ResNet-50 (``ResNetConfig()``'s defaults) and ResNet-18 (basic blocks, 2-2-2-2), on
-``[1, 3, 112, 112]`` images, and GPT-2 (2 layers, 128 wide), which is refused today: the
-script says with how many constructs. Import is timed in interleaved rounds after one
+Models (random init, nothing downloaded): Hugging Face's ResNet-50 (``ResNetConfig()``'s
+defaults) and ResNet-18 (basic blocks, 2-2-2-2), torchvision's own ResNet-50,
+MobileNetV2, MobileNetV3-Small and EfficientNet-B0 (their default constructors, loaded by
+tests/torchvision_models.py without torchvision's C extension), all on ``[1, 3, 112,
+112]`` images, torchvision's VisionTransformer (4 layers × 128 wide, 16×16 patches of
+the same images) and GPT-2 (2 layers, 128 wide). A model grow-ir refuses is reported with
+the number of constructs it lacks. Import is timed in interleaved rounds after one
 warm-up: ``torch.export.export`` alone, ``from_torch(check=False)`` and ``from_torch()``
 (which also lowers the graph and compares it with the module). Inference: both ONNX files
 run in onnxruntime (CPU, one session each, ``--threads`` intra-op threads) on the same
@@ -37,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from grow_ir.backends.onnx import to_onnx  # noqa: E402
 from grow_ir.imports import ImportRefused, from_torch  # noqa: E402
+from tests.torchvision_models import models as torchvision_models  # noqa: E402
 
 
 def resnet50() -> torch.nn.Module:
@@ -50,14 +55,32 @@ def resnet18() -> torch.nn.Module:
     return transformers.ResNetForImageClassification(config)
 
 
+def torchvision(name: str) -> Callable[[], torch.nn.Module]:
+    return lambda: getattr(torchvision_models(), name)()
+
+
 def gpt2() -> torch.nn.Module:
     config = transformers.GPT2Config(n_layer=2, n_embd=128, n_head=4, use_cache=False)
     return transformers.GPT2LMHeadModel(config)
 
 
+def vit() -> torch.nn.Module:
+    """torchvision's VisionTransformer, small: 112×112 images, 16×16 patches, 4 layers ×
+    128 wide, 4 heads (vit_b_16's structure at a benchmark's size)."""
+    return torchvision_models().VisionTransformer(
+        image_size=112, patch_size=16, num_layers=4, num_heads=4, hidden_dim=128, mlp_dim=512
+    )
+
+
 MODELS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[], torch.Tensor]]] = {
     "resnet50": (resnet50, lambda: torch.randn(1, 3, 112, 112)),
     "resnet18": (resnet18, lambda: torch.randn(1, 3, 112, 112)),
+    **{
+        f"torchvision {name}": (torchvision(name), lambda: torch.randn(1, 3, 112, 112))
+        for name in ("resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0")
+    },
+    # batch 2: with batch 1 the class token's expand to the batch is not told from a copy
+    "torchvision vit": (vit, lambda: torch.randn(2, 3, 112, 112)),
     "gpt2": (gpt2, lambda: torch.randint(0, 100, (1, 32))),
 }
 
@@ -122,18 +145,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
     transformers.logging.set_verbosity_error()
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, threads {args.threads}")
-    for name, (make, example) in MODELS.items():
+    for name in args.models.split(","):
+        make, example = MODELS[name]
         torch.manual_seed(0)
         module, x = make().eval(), example()
         try:
             graph = from_torch(module, x, check=False)
         except ImportRefused as exc:
             print(f"{name}: refused ({len(exc.constructs)} constructs without a grow-ir op)")
+            print("  " + "\n  ".join(exc.constructs[:3]))
             continue
         t = bench_import(module, x, args.rounds)
         base = t["torch.export"]

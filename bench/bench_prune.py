@@ -2,21 +2,23 @@
 
     python bench/bench_prune.py [--size 224] [--nest-seeds 0] [--skip-nest] [--threads 1]
 
-**Pruning** (ResNet-18, imported, and the digits CNN): 50% of the channels of every
-prunable channel group go, ranked by l1, with grow-ir (``prune`` per group, on the Graph)
-and with Torch-Pruning 1.6.1 (``MagnitudePruner``, ``MagnitudeImportance(p=1)``, ratio 0.5,
-the output layer ignored) on an identical ``nn.Module``. Reported: parameters of both
-pruned models (must be equal), whether both chose the same channels, the largest
-difference of their outputs on the same batch (eval mode; must be ~0 when the channels
-are the same), and the wall time of each (grow-ir: channel-group analysis and pruning of
-every group; Torch-Pruning: building its dependency graph and the pruning step; the
-fastest of 3). Both rank every group on the unpruned network (Torch-Pruning's order).
+**Pruning** (torchvision's ResNet-18 and MobileNetV2, imported, and the digits CNN): 50%
+of the channels of every prunable channel group go, ranked by l1, with grow-ir (``prune``
+per group, on the Graph) and with Torch-Pruning 1.6.1 (``MagnitudePruner``,
+``MagnitudeImportance(p=1)``, ratio 0.5, the output layer ignored) on an identical
+``nn.Module``. Reported: parameters of both pruned models (must be equal), whether both
+chose the same channels, the largest difference of their outputs on the same batch (eval
+mode; must be ~0 when the channels are the same), and the wall time of each (grow-ir:
+channel-group analysis and pruning of every group; Torch-Pruning: building its dependency
+graph and the pruning step; the fastest of 3). Both rank every group on the unpruned
+network (Torch-Pruning's order).
 
-ResNet-18 is torchvision's architecture written out here (BasicBlock, the same module
-names and init: torchvision itself is not installable on this machine) and imported with
-``gi.from_torch``; its batchnorm statistics are randomised so that the outputs say
-something. The digits CNN is ``specs/examples/autogrow_digits.yaml``; Torch-Pruning gets
-its lowered module ``gi.to_torch(graph)``.
+ResNet-18 and MobileNetV2 are torchvision's own classes (``resnet18()``,
+``mobilenet_v2()``, random init; loaded by tests/torchvision_models.py without
+torchvision's C extension) imported with ``gi.from_torch``; their batchnorm statistics are
+randomised so that the outputs say something. The digits CNN is
+``specs/examples/autogrow_digits.yaml``; Torch-Pruning gets its lowered module
+``gi.to_torch(graph)``.
 
 **NeST** (``specs/examples/nest_digits.yaml``): the NeST run (grow, then prune to 40% of
 the connections) against the same network trained as it is (``policy: none``), with the
@@ -45,61 +47,10 @@ from grow_ir.passes import channel_group, prunable, prune  # noqa: E402
 from grow_ir.passes.connections import live_params  # noqa: E402
 from grow_ir.passes.prune import Scoring, choose_kept  # noqa: E402
 from grow_ir.spec import load_spec  # noqa: E402
+from tests.torchvision_models import models as torchvision_models  # noqa: E402
 
 REPEATS = 3
 """Each tool prunes this many times; the fastest time is reported (the machine is shared)."""
-
-# ---- torchvision's ResNet-18, module for module ----------------------------------------------
-
-
-class BasicBlock(nn.Module):
-    """torchvision.models.resnet.BasicBlock."""
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
-
-
-class ResNet18(nn.Module):
-    """torchvision.models.resnet18(num_classes=1000): the same modules, names and init."""
-
-    def __init__(self, num_classes: int = 1000) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        widths, inplanes = (64, 128, 256, 512), 64
-        for i, planes in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            blocks = [BasicBlock(inplanes, planes, stride), BasicBlock(planes, planes)]
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-            inplanes = planes
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 def randomise_batchnorm(module: nn.Module, seed: int) -> None:
@@ -129,6 +80,9 @@ def grow_ir_prune(graph: Graph) -> tuple[Graph, dict[str, list[int]], float]:
         if node in done:
             continue
         group = channel_group(graph, node)
+        # a depthwise conv is prunable through the group of the layer before it
+        if done & set(group.producers):
+            continue
         done.update(group.producers)
         kept[node], _ = choose_kept(Scoring(graph, node, group), 0.5, None, "l1")
     for node, channels in kept.items():
@@ -204,15 +158,16 @@ def compare(
     print(f"  time         grow-ir {t_gi:.3f} s   Torch-Pruning {t_tp:.3f} s   ratio {ratio:.2f}x")
 
 
-def resnet18(size: int) -> None:
+def torchvision_cnn(name: str, label: str, output: str, size: int) -> None:
+    """torchvision's ``name`` (random init), imported, pruned by both tools."""
     torch.manual_seed(0)
-    module = ResNet18().eval()
+    module = getattr(torchvision_models(), name)().eval()
     randomise_batchnorm(module, seed=1)
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
     start = time.perf_counter()
     graph = gi.from_torch(module, (example,))
-    print(f"imported ResNet-18 with gi.from_torch in {time.perf_counter() - start:.2f} s")
-    compare(f"ResNet-18 (imported, {size}x{size})", graph, module, example, "fc")
+    print(f"\nimported {label} with gi.from_torch in {time.perf_counter() - start:.2f} s")
+    compare(f"{label} (torchvision, imported, {size}x{size})", graph, module, example, output)
 
 
 def digits_cnn() -> None:
@@ -249,13 +204,14 @@ def nest(seeds: list[int]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=224, help="ResNet-18 input size")
+    ap.add_argument("--size", type=int, default=224, help="input size of the torchvision CNNs")
     ap.add_argument("--nest-seeds", default="0", help="training seeds of the NeST comparison")
     ap.add_argument("--skip-nest", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    resnet18(args.size)
+    torchvision_cnn("resnet18", "ResNet-18", "fc", args.size)
+    torchvision_cnn("mobilenet_v2", "MobileNetV2", "classifier.1", args.size)
     digits_cnn()
     if not args.skip_nest:
         nest([int(s) for s in args.nest_seeds.split(",")])

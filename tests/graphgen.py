@@ -280,17 +280,27 @@ def _seq_layer(draw: st.DrawFn, b: SpecBuilder, x: str, width: int) -> tuple[str
     """One transformer-style unit after ``x`` (``[batch, seq, width]``)."""
     kind = draw(st.sampled_from(["attention", "mlp", "dense", "concat"]))
     if kind == "attention":
-        h = b.add("layernorm", x) if draw(st.booleans()) else x
+        norm = draw(st.sampled_from([None, "layernorm", "rmsnorm"]))
+        h = b.add(norm, x) if norm else x
+        heads = draw(_divisor_heads(width))
+        extra = {}
+        kv = draw(st.sampled_from([k for k in (1, 2, 4) if heads % k == 0]))
+        if kv != heads:
+            extra["num_kv_heads"] = kv  # grouped-query
+        if (width // heads) % 2 == 0 and draw(st.booleans()):
+            extra["rope_theta"] = draw(st.sampled_from([100.0, 10000.0]))
         h = b.add(
             "attention",
             h,
-            num_heads=draw(_divisor_heads(width)),
+            num_heads=heads,
             causal=draw(st.booleans()),
             bias=draw(st.booleans()),
+            **extra,
         )
         return b.add("add", [x, h]), width
     if kind == "mlp":
-        h = b.add("layernorm", x, elementwise_affine=draw(st.booleans()))
+        norm = draw(st.sampled_from(["layernorm", "rmsnorm"]))
+        h = b.add(norm, x, elementwise_affine=draw(st.booleans()))
         h = b.add("gelu", b.add("linear", h, out_features=draw(WIDTHS)))
         if draw(st.booleans()):
             h = b.add("dropout", h, p=0.1)
@@ -656,6 +666,8 @@ def _fork_task(graph: Graph) -> st.SearchStrategy[dict[str, Any]]:
             chosen: list[str], adapted: list[str], heads: list[int | None]
         ) -> st.SearchStrategy[dict[str, Any]]:
             ops = {graph.node(n).op for n in adapted}
+            if graph.outputs[base] in (*chosen, *adapted):  # the head replaces the output layer
+                heads = [None]
             kinds = ["auto", "auto", "serial"]
             kinds += ["lora"] if ops <= {"linear"} else ["parallel"] if "linear" not in ops else []
             return st.fixed_dictionaries(
@@ -688,7 +700,11 @@ def _add_heads(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
         lambda n: st.fixed_dictionaries(
             {
                 "node": st.just(n),
-                "heads": st.integers(1, 3).map(lambda k: graph.node(n).attrs.num_heads + k),
+                "heads": st.integers(1, 3).map(
+                    lambda k: (
+                        graph.node(n).attrs.num_heads + k * (graph.node(n).attrs.num_kv_heads or 1)
+                    )
+                ),
                 "seed": st.integers(0, 9),
             }
         )
@@ -703,11 +719,28 @@ def _grow_head_dim(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
     def args(n: str) -> st.SearchStrategy[dict[str, Any]]:
         node = graph.node(n)
         hd = node.attrs.head_dim or graph.types[n].shape[-1] // node.attrs.num_heads
-        return st.fixed_dictionaries(
-            {"node": st.just(n), "head_dim": st.integers(hd + 1, 2 * hd + 1)}
-        )
+        if node.attrs.rope_theta is not None:  # rotary: multiples keep every pair
+            sizes = st.integers(2, 3).map(lambda k: k * hd)
+        else:
+            sizes = st.integers(hd + 1, 2 * hd + 1)
+        return st.fixed_dictionaries({"node": st.just(n), "head_dim": sizes})
 
     return st.sampled_from(nodes).flatmap(args)
+
+
+def _grow_kv_heads(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
+    """A grouped-query attention and a larger multiple of its key/value heads that divides
+    its query heads."""
+    options = [
+        (n.name, k)
+        for n in graph.nodes
+        if n.op in head_ops() and n.attrs.num_kv_heads is not None
+        for k in range(n.attrs.num_kv_heads + 1, n.attrs.num_heads + 1)
+        if k % n.attrs.num_kv_heads == 0 and n.attrs.num_heads % k == 0
+    ]
+    if not options:
+        return None
+    return st.sampled_from(options).map(lambda o: {"node": o[0], "kv_heads": o[1]})
 
 
 def _grow_vocab(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
@@ -821,6 +854,9 @@ PASS_RECORDS: dict[str, PassRecord] = {
     ),
     "grow_head_dim": PassRecord(
         _grow_head_dim, lambda g, a: True, lambda g, a: "", both_claims=False, sequences=False
+    ),
+    "grow_kv_heads": PassRecord(
+        _grow_kv_heads, lambda g, a: True, lambda g, a: "", both_claims=False, sequences=False
     ),
     "grow_vocab": PassRecord(
         _grow_vocab, lambda g, a: True, lambda g, a: "", both_claims=False, sequences=False

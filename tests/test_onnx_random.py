@@ -30,6 +30,7 @@ ACTIVATIONS = (
     "sigmoid",
     "identity",
     "dropout",
+    "stochastic_depth",
     "hardtanh",
     "relu6",
     "hardswish",
@@ -67,13 +68,24 @@ def op_choices(t: TensorType) -> list[str]:
             "avgpool2d",
             "global_avgpool",
             "adaptive_avgpool2d",
+            "upsample",
+            "conv_transpose2d",
             "flatten",
         ]
     if t.rank == 3 and isinstance(t.shape[1], int):  # [batch, C, L]
-        return [*joins, "conv1d", "batchnorm", "global_avgpool", "flatten", "linear", "layernorm"]
+        return [
+            *joins,
+            "conv1d",
+            "batchnorm",
+            "global_avgpool",
+            "flatten",
+            "linear",
+            "layernorm",
+            "rmsnorm",
+        ]
     if t.rank == 3:  # [batch, seq, E]
-        return [*joins, "linear", "layernorm", "attention"]
-    return [*joins, "linear", "batchnorm", "layernorm"]
+        return [*joins, "linear", "layernorm", "rmsnorm", "attention"]
+    return [*joins, "linear", "batchnorm", "layernorm", "rmsnorm"]
 
 
 def attr_strategy(op: str, t: TensorType) -> st.SearchStrategy[dict[str, Any]]:
@@ -94,6 +106,23 @@ def attr_strategy(op: str, t: TensorType) -> st.SearchStrategy[dict[str, Any]]:
             {"kernel_size": st.integers(1, 3), "padding": st.integers(0, 1)},
             optional={"stride": st.integers(1, 2), **extra},
         )
+    if op == "conv_transpose2d":
+        return st.fixed_dictionaries(
+            {"out_channels": small, "kernel_size": st.integers(1, 3), "bias": b},
+            optional={"stride": st.integers(1, 2), "padding": st.integers(0, 1)},
+        )
+    if op == "upsample":
+        size = st.tuples(st.integers(1, 9), st.integers(1, 9)).map(list)
+        mode = st.sampled_from(["nearest", "bilinear"])
+        scale = st.sampled_from([2, 3, [2, 1], [0.5, 1.5]])
+        return st.one_of(
+            st.fixed_dictionaries({"mode": mode, "scale_factor": scale}),
+            st.fixed_dictionaries({"mode": mode, "size": size}),
+        )
+    if op == "stochastic_depth":
+        return st.fixed_dictionaries(
+            {"p": st.sampled_from([0.0, 0.5]), "mode": st.sampled_from(["row", "batch"])}
+        )
     if op == "adaptive_avgpool2d":  # a size that divides the input, or 1
         sizes = [[o for o in range(1, int(d) + 1) if int(d) % o == 0] for d in t.shape[2:]]
         pair = st.tuples(st.sampled_from(sizes[0]), st.sampled_from(sizes[1]))
@@ -103,7 +132,7 @@ def attr_strategy(op: str, t: TensorType) -> st.SearchStrategy[dict[str, Any]]:
     if op == "attention":
         e = t.shape[-1]
         heads = [h for h in (1, 2, 4) if isinstance(e, int) and e % h == 0]
-        return st.fixed_dictionaries({"num_heads": st.sampled_from(heads), "causal": b, "bias": b})
+        return st.sampled_from(heads).flatmap(lambda h: _attention_attrs(int(e), h))
     if op in ("softmax", "log_softmax"):
         return st.fixed_dictionaries({"dim": st.integers(1, t.rank - 1) | st.just(-1)})
     if op == "concat":
@@ -116,11 +145,26 @@ def attr_strategy(op: str, t: TensorType) -> st.SearchStrategy[dict[str, Any]]:
         return st.fixed_dictionaries({"affine": b})
     if op == "layernorm":
         return st.fixed_dictionaries({"elementwise_affine": b, "bias": b})
+    if op == "rmsnorm":
+        return st.fixed_dictionaries({"elementwise_affine": b}, optional={"eps": st.just(1e-6)})
     if op == "gelu":
         return st.fixed_dictionaries({"approximate": st.sampled_from(["none", "tanh"])})
     if op == "dropout":
         return st.fixed_dictionaries({"p": st.sampled_from([0.0, 0.5])})
     return st.just({})
+
+
+def _attention_attrs(embed: int, heads: int) -> st.SearchStrategy[dict[str, Any]]:
+    """Attention attributes with ``heads`` heads: grouped-query and rotary sometimes."""
+    b = st.booleans()
+    optional: dict[str, st.SearchStrategy[Any]] = {
+        "num_kv_heads": st.sampled_from([k for k in (1, 2, 4) if heads % k == 0])
+    }
+    if (embed // heads) % 2 == 0:
+        optional["rope_theta"] = st.sampled_from([100.0, 10000.0])
+    return st.fixed_dictionaries(
+        {"num_heads": st.just(heads), "causal": b, "bias": b}, optional=optional
+    )
 
 
 def first_input(draw: st.DrawFn) -> tuple[dict[str, TensorType], list[Node]]:
@@ -202,7 +246,7 @@ def test_random_graphs_match_torch(graph: Graph, data: st.DataObject) -> None:
 def test_random_graphs_reach_every_op() -> None:
     seen: set[str] = set()
 
-    @settings(max_examples=600, deadline=None, derandomize=True, database=None)
+    @settings(max_examples=900, deadline=None, derandomize=True, database=None)
     @given(graph=random_graphs(init=False))
     def collect(graph: Graph) -> None:
         seen.update(n.op for n in graph.nodes)
@@ -269,6 +313,13 @@ def small_cnn() -> Graph:
     return verify(randomize_norms(load_spec(spec), seed=5))
 
 
+def small_llama() -> Graph:
+    """The Llama-like spec (RMSNorm, grouped-query rotary attention, tied head)."""
+    from tests.transformer_specs import llama_like
+
+    return verify(randomize_norms(load_spec(llama_like()), seed=5))
+
+
 def _mlp_probe() -> Probe:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(8, 6, generator=gen)
@@ -325,7 +376,11 @@ PASS_CASES: dict[str, list[tuple[Callable[[], Graph], dict[str, Any]]]] = {
         (small_cnn, {"task": "t2", "base": "logits", "adapt": ["down"], "head": 4}),
     ],
     "add_heads": [(small_gpt, {"node": "h.block0.attn", "heads": 3})],
-    "grow_head_dim": [(small_gpt, {"node": "h.block1.attn", "head_dim": 11})],
+    "grow_head_dim": [
+        (small_gpt, {"node": "h.block1.attn", "head_dim": 11}),
+        (small_llama, {"node": "layers.block0.attn", "head_dim": 8}),
+    ],
+    "grow_kv_heads": [(small_llama, {"node": "layers.block1.attn", "kv_heads": 4})],
     "grow_vocab": [(small_gpt, {"node": "wte", "size": 30})],
     "stack_blocks": [
         (small_gpt, {"stage": "h", "mode": "stack"}),

@@ -155,6 +155,18 @@ CASES: list[Case] = [
         lambda x, w: F.layer_norm(x[0], (6,), None, None, 1e-5),
     ),
     (
+        "rmsnorm",
+        (f32((2, 3, 6)),),
+        {"eps": 1e-6},
+        lambda x, w: F.rms_norm(x[0], (6,), w["weight"], 1e-6),
+    ),
+    (
+        "rmsnorm",
+        (f32((4, 6)),),
+        {"elementwise_affine": False},
+        lambda x, w: F.rms_norm(x[0], (6,), None, None),
+    ),
+    (
         "embedding",
         (TensorType((3, 4), "int64"),),
         {"num_embeddings": 7, "embedding_dim": 5},
@@ -246,6 +258,51 @@ CASES: list[Case] = [
         lambda x, w: F.adaptive_avg_pool2d(x[0], (3, 1)),
     ),
     ("global_avgpool", (f32((2, 3, 5)),), {}, lambda x, w: x[0].mean(2)),
+    (
+        "conv_transpose2d",
+        (f32((2, 3, 5, 4)),),
+        {"out_channels": 4, "kernel_size": 2, "stride": 2},
+        lambda x, w: F.conv_transpose2d(x[0], w["weight"], w["bias"], 2),
+    ),
+    (
+        "conv_transpose2d",
+        (f32((2, 4, 5, 4)),),
+        {
+            "out_channels": 6,
+            "kernel_size": [3, 2],
+            "stride": [2, 3],
+            "padding": [1, 0],
+            "output_padding": [1, 2],
+            "groups": 2,
+            "bias": False,
+            "dilation": [1, 2],
+        },
+        lambda x, w: F.conv_transpose2d(x[0], w["weight"], None, (2, 3), (1, 0), (1, 2), 2, (1, 2)),
+    ),
+    (
+        "upsample",
+        (f32((2, 3, 4, 5)),),
+        {"scale_factor": 2},
+        lambda x, w: F.interpolate(x[0], scale_factor=2, mode="nearest"),
+    ),
+    (
+        "upsample",
+        (f32((2, 3, 4, 5)),),
+        {"size": [7, 3]},
+        lambda x, w: F.interpolate(x[0], size=(7, 3), mode="nearest"),
+    ),
+    (
+        "upsample",
+        (f32((2, 3, 4, 5)),),
+        {"scale_factor": [1.5, 2.0], "mode": "bilinear"},
+        lambda x, w: F.interpolate(x[0], scale_factor=(1.5, 2.0), mode="bilinear"),
+    ),
+    (
+        "upsample",
+        (f32((2, 3, 4, 5)),),
+        {"size": 9, "mode": "bilinear", "align_corners": True},
+        lambda x, w: F.interpolate(x[0], size=9, mode="bilinear", align_corners=True),
+    ),
     ("flatten", (f32((2, 3, 4, 5)),), {}, lambda x, w: torch.flatten(x[0], 1)),
     (
         "flatten",
@@ -472,12 +529,36 @@ def test_embedding_padding_row_gets_no_gradient() -> None:
     assert torch.equal(grad[0], torch.full((3,), 3.0))
 
 
+@pytest.mark.parametrize("mode", ["row", "batch"])
+def test_stochastic_depth_is_identity_in_eval_and_torchvisions_in_train(mode: str) -> None:
+    graph = single("stochastic_depth", f32((64, 3, 2)), p=0.4, mode=mode)
+    module = to_torch(graph)
+    (x,) = inputs_for(graph)
+    assert torch.equal(module.eval()(x), x)
+    module.train()
+    torch.manual_seed(3)
+    out = module(x)
+    # torchvision.ops.stochastic_depth, written out: one Bernoulli(1 - p) draw per row
+    # (per batch), scaled by 1 / (1 - p)
+    torch.manual_seed(3)
+    size = [64, 1, 1] if mode == "row" else [1, 1, 1]
+    noise = torch.empty(size).bernoulli_(0.6).div_(0.6)
+    assert torch.equal(out, x * noise)
+    dropped = (out == 0).flatten(1).all(1)
+    if mode == "row":
+        assert 0 < int(dropped.sum()) < 64  # some rows dropped, not all
+    else:
+        assert bool(dropped.all()) or not bool(dropped.any())
+    assert torch.equal(to_torch(single("stochastic_depth", f32((4, 3)), p=0.0)).train()(x[0]), x[0])
+
+
 # ---- coverage: every op has a torch reference test ---------------------------------------
 
 DEDICATED = {
     "batchnorm": test_batchnorm_eval,
     "attention": test_attention_matches_multihead_attention,
     "dropout": test_dropout_is_identity_in_eval_and_torch_dropout_in_train,
+    "stochastic_depth": test_stochastic_depth_is_identity_in_eval_and_torchvisions_in_train,
 }
 """Ops whose reference test is written out above instead of a CASES row (train/eval
 differences); ``mix`` is tested against its formula in tests/test_continual_mix.py."""

@@ -169,7 +169,7 @@ def test_width_refusals_name_the_reason(graph: str, kwargs: dict, match: str) ->
 
 
 def test_lemon_refuses_a_layernorm_without_weights() -> None:
-    spec = gpt2_like()
+    spec = gpt2_like(tied=False)
     spec["nodes"][4] = {"name": "ln_f", "op": "layernorm", "elementwise_affine": False}
     with pytest.raises(PassError, match="rescales the weight of layernorm 'ln_f'"):
         passes.widen(load_spec(spec), node="wte", width=20, init="lemon")
@@ -194,10 +194,18 @@ def test_add_heads_is_exact_and_the_new_heads_are_live(model: str) -> None:
     key = f"{attn.name}.out_proj.weight"
     w = result.graph.params[key]
     hd = node.attrs.head_dim
-    assert torch.equal(w[:, heads * hd :], torch.zeros_like(w[:, heads * hd :]))
+    # grouped-query: each key/value head's group gets its new query heads after its old ones
+    kv = attn.attrs.num_kv_heads or heads + 2
+    group, new_group = (heads // kv, (heads + 2) // kv) if attn.attrs.num_kv_heads else (1, 1)
+    new_heads = [h for h in range(heads + 2) if (h % new_group >= group or h >= heads)]
+    if attn.attrs.num_kv_heads:
+        new_heads = [h for h in range(heads + 2) if h % new_group >= group]
+    cols = torch.tensor([h * hd + j for h in new_heads for j in range(hd)])
+    assert len(cols) == 2 * hd
+    assert torch.equal(w[:, cols], torch.zeros_like(w[:, cols]))
     poked = w.clone()
     # random, not constant: a constant added to every channel vanishes in the next layernorm
-    poked[:, heads * hd :] = torch.randn(w.shape[0], w.shape[1] - heads * hd)
+    poked[:, cols] = torch.randn(w.shape[0], len(cols))
     changed = result.graph.replace(params={**result.graph.params, key: poked})
     assert output_error(g, changed, {}) > 1e-3
 
@@ -207,8 +215,9 @@ def test_grow_head_dim_is_exact(model: str) -> None:
     g = MODELS[model]
     attn = next(n for n in g.nodes if n.op == "attention")
     hd = g.types[attn.inputs[0]].shape[-1] // attn.attrs.num_heads
-    result = run("grow_head_dim", g, node=attn.name, head_dim=hd + 3)
-    assert result.graph.node(attn.name).attrs.head_dim == hd + 3
+    new = 2 * hd if attn.attrs.rope_theta else hd + 3  # rotary: a multiple keeps every pair
+    result = run("grow_head_dim", g, node=attn.name, head_dim=new)
+    assert result.graph.node(attn.name).attrs.head_dim == new
 
 
 def test_heads_refusals() -> None:

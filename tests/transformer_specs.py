@@ -1,10 +1,11 @@
 """Transformer specs for the growth tests: GPT-2-like and Llama-like language models.
 
 GPT-2-like: token and position tables summed, pre-LN blocks (attention half, GELU MLP
-half), a final layernorm and a linear head. Llama-like: no positional table, no biases,
-a gated SiLU MLP (``silu(gate(x)) * up(x)``). Both use the ops that exist today
-(layernorm stands in for RMSNorm, which the import issue adds, and there is no rotary
-embedding yet).
+half), a final layernorm and a linear head tied to the token table (GPT-2 ties them).
+Llama-like: no positional table, no biases, RMSNorm, grouped-query attention with rotary
+position embedding, a gated SiLU MLP (SwiGLU, ``silu(gate(x)) * up(x)``: a composition of
+``silu`` and ``mul``, not an op) and a head tied to the token table or not
+(``tie_word_embeddings``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,18 @@ GPT2_BLOCK: dict[str, Any] = {
 
 LLAMA_BLOCK: dict[str, Any] = {
     "nodes": [
-        {"name": "norm1", "op": "layernorm", "inputs": ["input"], "bias": False},
-        {"name": "attn", "op": "attention", "num_heads": "$heads", "causal": True, "bias": False},
+        {"name": "norm1", "op": "rmsnorm", "inputs": ["input"], "eps": 1e-6},
+        {
+            "name": "attn",
+            "op": "attention",
+            "num_heads": "$heads",
+            "num_kv_heads": "$kv_heads",
+            "rope_theta": 10000.0,
+            "causal": True,
+            "bias": False,
+        },
         {"name": "res1", "op": "add", "inputs": ["input", "attn"]},
-        {"name": "norm2", "op": "layernorm", "bias": False},
+        {"name": "norm2", "op": "rmsnorm", "eps": 1e-6},
         {"name": "gate", "op": "linear", "out_features": "$hidden", "bias": False},
         {"name": "act", "op": "silu"},
         {
@@ -46,8 +55,11 @@ LLAMA_BLOCK: dict[str, Any] = {
 }
 
 
-def gpt2_like(width: int = 16, depth: int = 2, heads: int = 2, vocab: int = 24) -> dict:
-    """A GPT-2-like spec over ``tokens`` and ``positions`` (both int64 ``[batch, seq]``)."""
+def gpt2_like(
+    width: int = 16, depth: int = 2, heads: int = 2, vocab: int = 24, tied: bool = True
+) -> dict:
+    """A GPT-2-like spec over ``tokens`` and ``positions`` (both int64 ``[batch, seq]``),
+    its head tied to the token table ``wte`` unless ``tied`` is false."""
     return {
         "version": 1,
         "name": "gpt2_like",
@@ -80,14 +92,32 @@ def gpt2_like(width: int = 16, depth: int = 2, heads: int = 2, vocab: int = 24) 
                 "with": {"width": width, "hidden": 4 * width, "heads": heads},
             },
             {"name": "ln_f", "op": "layernorm"},
-            {"name": "lm_head", "op": "linear", "out_features": vocab, "bias": False},
+            head("wte", vocab, tied),
         ],
         "outputs": {"logits": "lm_head"},
     }
 
 
-def llama_like(width: int = 16, depth: int = 2, heads: int = 4, vocab: int = 24) -> dict:
-    """A Llama-like spec over ``tokens`` (int64 ``[batch, seq]``)."""
+def head(table: str, vocab: int, tied: bool) -> dict[str, Any]:
+    """The language-model head: a linear without bias, sharing ``table``'s weight if
+    ``tied`` (the ``[vocab, width]`` weight is the same tensor)."""
+    node: dict[str, Any] = {"name": "lm_head", "op": "linear", "out_features": vocab}
+    node["bias"] = False
+    if tied:
+        node["share"] = table
+    return node
+
+
+def llama_like(
+    width: int = 16,
+    depth: int = 2,
+    heads: int = 4,
+    vocab: int = 24,
+    kv_heads: int = 2,
+    tied: bool = True,
+) -> dict:
+    """A Llama-like spec over ``tokens`` (int64 ``[batch, seq]``): ``kv_heads`` key/value
+    heads, its head tied to ``embed_tokens`` if ``tied``."""
     return {
         "version": 1,
         "name": "llama_like",
@@ -106,10 +136,15 @@ def llama_like(width: int = 16, depth: int = 2, heads: int = 4, vocab: int = 24)
                 "name": "layers",
                 "stage": "llama_block",
                 "depth": depth,
-                "with": {"width": width, "hidden": 3 * width, "heads": heads},
+                "with": {
+                    "width": width,
+                    "hidden": 3 * width,
+                    "heads": heads,
+                    "kv_heads": kv_heads,
+                },
             },
-            {"name": "norm", "op": "layernorm", "bias": False},
-            {"name": "lm_head", "op": "linear", "out_features": vocab, "bias": False},
+            {"name": "norm", "op": "rmsnorm", "eps": 1e-6},
+            head("embed_tokens", vocab, tied),
         ],
         "outputs": {"logits": "lm_head"},
     }

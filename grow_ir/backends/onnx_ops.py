@@ -20,14 +20,17 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from onnx import numpy_helper
+import torch
+from onnx import TensorProto, numpy_helper
 
-from grow_ir.backends.onnx_emit import Emitter
+from grow_ir.backends.onnx_emit import ONNX_DTYPES, Emitter
 from grow_ir.ir.graph import Node
 from grow_ir.ir.ops.attention import head_dim as attention_head_dim
-from grow_ir.ir.ops.dense import conv_geometry
+from grow_ir.ir.ops.attention import kv_heads as attention_kv_heads
+from grow_ir.ir.ops.dense import conv_geometry, spatial
 from grow_ir.ir.ops.elementwise import pool_geometry
 from grow_ir.ir.ops.shape import pad_pairs, permutation
+from grow_ir.ir.ops.spatial import conv_transpose_geometry, upsample_sizes
 
 Rule = Callable[[Emitter, Node, list[str], str], None]
 
@@ -147,6 +150,23 @@ def _conv(nd: int) -> Rule:
     return rule
 
 
+def _conv_transpose(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    k, s, p, op, d = conv_transpose_geometry(n.attrs)
+    bias = [e.param(n, "bias")] if n.attrs.bias else []
+    e.add(
+        "ConvTranspose",
+        [xs[0], e.param(n, "weight"), *bias],
+        out,
+        name=n.name,
+        kernel_shape=list(k),
+        strides=list(s),
+        pads=[*p, *p],
+        output_padding=list(op),
+        dilations=list(d),
+        group=n.attrs.groups,
+    )
+
+
 def _embedding(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     e.add("Gather", [e.param(n, "weight"), xs[0]], out, name=n.name, axis=0)
 
@@ -194,25 +214,54 @@ def _layernorm(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     e.add("LayerNormalization", inputs, out, name=n.name, axis=-1, epsilon=n.attrs.eps)
 
 
+def _rmsnorm(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    """``x * 1/sqrt(mean(x²) + eps) * weight`` over the last axis, as torch.nn.RMSNorm
+    computes it (for every opset: RMSNormalization only exists from opset 23)."""
+    from grow_ir.ir.ops.norm import rms_eps
+
+    x = e.graph.types[n.inputs[0]]
+    eps = rms_eps(n.attrs, x.torch_dtype)
+    square = e.add("Mul", [xs[0], xs[0]], _sub(n, "square"))
+    if e.opset >= REDUCE_AXES_INPUT_OPSET:
+        last = e.once(("axes", "last"), lambda: e.const("const/int64/last_axis", [-1]))
+        mean = e.add("ReduceMean", [square, last], _sub(n, "mean_square"), keepdims=1)
+    else:
+        mean = e.add("ReduceMean", [square], _sub(n, "mean_square"), axes=[-1], keepdims=1)
+    shifted = e.add("Add", [mean, _scalar(e, eps, x.dtype)], _sub(n, "shifted"))
+    root = e.add("Sqrt", [shifted], _sub(n, "rms"))
+    inverse = e.add("Reciprocal", [root], _sub(n, "inverse_rms"))
+    if not n.attrs.elementwise_affine:
+        e.add("Mul", [xs[0], inverse], out, name=n.name)
+        return
+    scaled = e.add("Mul", [xs[0], inverse], _sub(n, "normalised"))
+    e.add("Mul", [scaled, e.param(n, "weight")], out, name=n.name)
+
+
 # ---- attention ------------------------------------------------------------------------
 
 
 def _attention(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     """nn.MultiheadAttention self-attention, batch first: q, k, v from one projection,
-    heads laid out as :data:`TRANSPOSED_HEADS_MAX_DIM` says, merged heads projected out."""
+    heads laid out as :data:`TRANSPOSED_HEADS_MAX_DIM` says (grouped-query, rotary or
+    masked attention as :func:`_heads_grouped`), merged heads projected out."""
     x = e.graph.types[n.inputs[0]]
     embed, heads, dt = x.shape[2], n.attrs.num_heads, x.dtype
     assert isinstance(embed, int)
     head_dim = attention_head_dim(n.attrs, [x])
     inner = heads * head_dim
-    w_qkv, b_qkv = _in_projection(e, n, inner, head_dim, dt)
-    qkv = _dense(e, n, xs[0], 3, (embed, 3 * inner), w_qkv, b_qkv, _sub(n, "qkv"), what="qkv")
-    transposed = head_dim <= TRANSPOSED_HEADS_MAX_DIM
+    kv = attention_kv_heads(n.attrs)
+    rows = inner + 2 * kv * head_dim
+    w_qkv, b_qkv = _in_projection(e, n, inner, rows, head_dim, dt)
+    qkv = _dense(e, n, xs[0], 3, (embed, rows), w_qkv, b_qkv, _sub(n, "qkv"), what="qkv")
+    grouped = kv != heads or n.attrs.rope_theta is not None or len(xs) == 2
+    transposed = head_dim <= TRANSPOSED_HEADS_MAX_DIM and not grouped
     length = ""  # [L], when the mask or the layout needs it
-    if transposed or n.attrs.causal:
+    if transposed or n.attrs.causal or n.attrs.rope_theta is not None:
         length = e.add("Shape", [xs[0]], _sub(n, "length"), start=1, end=2)
     mask = _causal_mask(e, n, length, dt) if n.attrs.causal else None
-    if transposed:
+    if grouped:
+        context = _heads_grouped(e, n, qkv, xs[1:], length, mask, heads, kv, head_dim)
+    elif transposed:
         context = _heads_transposed(e, n, xs[0], qkv, length, mask, heads, head_dim)
     else:
         context = _heads(e, n, qkv, mask, heads, head_dim)
@@ -222,6 +271,111 @@ def _attention(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     b_out = e.param(n, "out_proj.bias") if n.attrs.bias else None
     features = (inner, embed)
     _dense(e, n, merged, 3, features, w_out, b_out, out, name=n.name, what="out_proj")
+
+
+def _heads_grouped(
+    e: Emitter,
+    n: Node,
+    qkv: str,
+    key_mask: list[str],
+    length: str,
+    mask: str | None,
+    heads: int,
+    kv: int,
+    head_dim: int,
+) -> str:
+    """The context ``[N, L, kv, group, head_dim]`` (= ``[N, L, heads, head_dim]``) from
+    ``qkv``, with q as ``[N, kv, group, L, head_dim]`` and k, v as ``[N, kv, 1, L,
+    head_dim]``: MatMul broadcasts each key/value head over its group of query heads, so
+    grouped-query attention needs no copy of k or v. Rotary embedding and the key padding
+    mask (``key_mask``: the node's second input, if any) are applied here."""
+    group = heads // kv
+    sizes = e.const(_sub(n, "split"), [heads * head_dim, kv * head_dim, kv * head_dim])
+    parts = [_sub(n, "q_flat"), _sub(n, "k_flat"), _sub(n, "v_flat")]
+    e.add_multi("Split", [qkv, sizes], parts, name=_sub(n, "split"), axis=-1)
+    q_shape = e.const(_sub(n, "q_heads_shape"), [0, 0, kv, group, head_dim])
+    kv_shape = e.const(_sub(n, "kv_heads_shape"), [0, 0, kv, 1, head_dim])
+    q, k, v = (
+        e.add(
+            "Transpose",
+            [e.add("Reshape", [flat, shape], _sub(n, f"{what}_heads"))],
+            _sub(n, what),
+            perm=[0, 2, 3, 1, 4],
+        )
+        for flat, shape, what in zip(parts, (q_shape, kv_shape, kv_shape), ("q", "k", "v"))
+    )
+    if n.attrs.rope_theta is not None:
+        cos, sin = _rotary_tables(e, n, length, head_dim, n.attrs.rope_theta)
+        q, k = (_rotate(e, n, t, cos, sin, what, head_dim) for t, what in ((q, "q"), (k, "k")))
+    k_t = e.add("Transpose", [k], _sub(n, "k_t"), perm=[0, 1, 2, 4, 3])
+    masks = [mask] if mask is not None else []
+    if key_mask:
+        masks.append(_key_padding_mask(e, n, key_mask[0]))
+    scores = e.add("MatMul", [q, k_t], _sub(n, "scores"))
+    for i, m in enumerate(masks):
+        scores = e.add("Add", [scores, m], _sub(n, f"masked{i}"))
+    probs = e.add("Softmax", [scores], _sub(n, "softmax"), axis=-1)
+    context = e.add("MatMul", [probs, v], _sub(n, "context"))
+    return e.add("Transpose", [context], _sub(n, "context_t"), perm=[0, 3, 1, 2, 4])
+
+
+def _rotary_tables(
+    e: Emitter, n: Node, length: str, head_dim: int, theta: float
+) -> tuple[str, str]:
+    """``cos`` and ``sin`` ``[L, head_dim]`` at positions ``0..L-1`` (float32, the
+    frequencies computed as torch computes them; see ``torch_modules.rotary_tables``)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    inv_freq = (1.0 / (theta**exponents)).numpy()
+    limit = e.add("Squeeze", [length], _sub(n, "length_scalar"))
+    zero, one = _scalar(e, 0, "int64"), _scalar(e, 1, "int64")
+    positions = e.add("Range", [zero, limit, one], _sub(n, "positions"))
+    as_float = e.add("Cast", [positions], _sub(n, "positions_f"), to=TensorProto.FLOAT)
+    axis = e.once(("axes", "column"), lambda: e.const("const/int64/column_axis", [1]))
+    column = e.add("Unsqueeze", [as_float, axis], _sub(n, "positions_col"))
+    freqs = e.add(
+        "Mul", [column, e.const(_sub(n, "inv_freq"), inv_freq, "float32")], _sub(n, "freqs")
+    )
+    emb = e.add("Concat", [freqs, freqs], _sub(n, "rotary_angles"), axis=-1)
+    dtype = e.graph.types[n.inputs[0]].dtype
+    tables = []
+    for op in ("Cos", "Sin"):
+        t = e.add(op, [emb], _sub(n, op.lower()))
+        if dtype != "float32":
+            t = e.add("Cast", [t], _sub(n, f"{op.lower()}_cast"), to=ONNX_DTYPES[dtype])
+        tables.append(t)
+    return tables[0], tables[1]
+
+
+def _rotate(e: Emitter, n: Node, t: str, cos: str, sin: str, what: str, head_dim: int) -> str:
+    """``t·cos + rotate_half(t)·sin`` over the last axis of ``t`` (Llama's rotary)."""
+    halves = e.once(
+        ("rotary_halves", n.name),
+        lambda: e.const(_sub(n, "rotary_halves"), [head_dim // 2, head_dim // 2]),
+    )
+    x1, x2 = e.add_multi(
+        "Split",
+        [t, halves],
+        [_sub(n, f"{what}_x1"), _sub(n, f"{what}_x2")],
+        name=_sub(n, f"{what}_halves"),
+        axis=-1,
+    )
+    neg = e.add("Neg", [x2], _sub(n, f"{what}_neg_x2"))
+    rotated = e.add("Concat", [neg, x1], _sub(n, f"{what}_rotated"), axis=-1)
+    a = e.add("Mul", [t, cos], _sub(n, f"{what}_cos"))
+    b = e.add("Mul", [rotated, sin], _sub(n, f"{what}_sin"))
+    return e.add("Add", [a, b], _sub(n, f"{what}_rope"))
+
+
+def _key_padding_mask(e: Emitter, n: Node, mask: str) -> str:
+    """``[N, 1, 1, 1, L]``: 0 where the mask is nonzero, the dtype's lowest finite value
+    where it is 0 (``torch_modules.key_padding_bias`` says why not -inf)."""
+    mask_t = e.graph.types[n.inputs[1]]
+    dtype = e.graph.types[n.inputs[0]].dtype
+    off = e.add("Equal", [mask, _scalar(e, 0, mask_t.dtype)], _sub(n, "key_off"))
+    lowest = _scalar(e, float(np.finfo(np.dtype(dtype)).min), dtype)
+    additive = e.add("Where", [off, lowest, _scalar(e, 0.0, dtype)], _sub(n, "key_bias"))
+    axes = e.once(("axes", "key_mask"), lambda: e.const("const/int64/key_mask_axes", [1, 2, 3]))
+    return e.add("Unsqueeze", [additive, axes], _sub(n, "key_mask"))
 
 
 def _heads(e: Emitter, n: Node, qkv: str, mask: str | None, heads: int, head_dim: int) -> str:
@@ -293,11 +447,12 @@ def _attend(e: Emitter, n: Node, q: str, k_t: str, mask: str | None) -> str:
 
 
 def _in_projection(
-    e: Emitter, n: Node, inner: int, head_dim: int, dtype: str
+    e: Emitter, n: Node, inner: int, rows: int, head_dim: int, dtype: str
 ) -> tuple[str, str | None]:
     """The in-projection's weight (and bias) with the query's 1/sqrt(head_dim) folded into
-    its third: constants after onnxruntime's folding, so no Mul runs per call."""
-    scale = np.repeat([1 / math.sqrt(head_dim), 1.0, 1.0], inner)
+    its ``inner`` query rows (of ``rows``): constants after onnxruntime's folding, so no Mul
+    runs per call (rotary embedding is linear in q, so the scale may come first)."""
+    scale = np.concatenate([np.full(inner, 1 / math.sqrt(head_dim)), np.ones(rows - inner)])
     w_in = e.param(n, "in_proj_weight")
     w_qkv = e.once(
         ("scaled", w_in),
@@ -393,6 +548,37 @@ def _softmax(e: Emitter, n: Node, xs: list[str], out: str) -> None:
 
 def _log_softmax(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     e.add("LogSoftmax", [xs[0]], out, name=n.name, axis=n.attrs.dim)
+
+
+# ---- resizing -------------------------------------------------------------------------
+
+
+def _upsample(e: Emitter, n: Node, xs: list[str], out: str) -> None:
+    """Resize with PyTorch's source positions: ``asymmetric`` and ``floor`` for nearest,
+    ``pytorch_half_pixel`` (or ``align_corners``) for bilinear. A scale factor is passed
+    as Resize's scales, so positions come from the factor as in PyTorch; a size as
+    Resize's sizes (the batch and channel sizes read from the input's shape)."""
+    a = n.attrs
+    if a.mode == "nearest":
+        how = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric"}
+        how["nearest_mode"] = "floor"
+    else:
+        corners = "align_corners" if a.align_corners else "pytorch_half_pixel"
+        how = {"mode": "linear", "coordinate_transformation_mode": corners}
+    if a.scale_factor is not None:
+        scales = [1.0, 1.0, *(float(f) for f in spatial(a.scale_factor, 2))]
+        e.add(
+            "Resize",
+            [xs[0], "", e.const(_sub(n, "scales"), scales, "float32")],
+            out,
+            name=n.name,
+            **how,
+        )
+        return
+    lead = e.add("Shape", [xs[0]], _sub(n, "lead"), end=2)
+    hw = e.const(_sub(n, "hw"), list(upsample_sizes(a, e.graph.types[n.inputs[0]])))
+    sizes = e.add("Concat", [lead, hw], _sub(n, "sizes"), axis=0)
+    e.add("Resize", [xs[0], "", "", sizes], out, name=n.name, **how)
 
 
 # ---- pooling --------------------------------------------------------------------------
@@ -646,9 +832,11 @@ EMIT: dict[str, Rule] = {
     "linear": _linear,
     "conv1d": _conv(1),
     "conv2d": _conv(2),
+    "conv_transpose2d": _conv_transpose,
     "embedding": _embedding,
     "batchnorm": _batchnorm,
     "layernorm": _layernorm,
+    "rmsnorm": _rmsnorm,
     "attention": _attention,
     "relu": _unary("Relu"),
     "tanh": _unary("Tanh"),
@@ -663,12 +851,14 @@ EMIT: dict[str, Rule] = {
     "gelu": _gelu,
     "identity": _unary("Identity"),
     "dropout": _unary("Identity"),  # eval semantics
+    "stochastic_depth": _unary("Identity"),  # eval semantics
     "softmax": _softmax,
     "log_softmax": _log_softmax,
     "maxpool2d": _maxpool,
     "avgpool2d": _avgpool,
     "global_avgpool": _global_avgpool,
     "adaptive_avgpool2d": _adaptive_avgpool,
+    "upsample": _upsample,
     "flatten": _flatten,
     "add": _chain("Add"),
     "mul": _chain("Mul"),

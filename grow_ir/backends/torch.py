@@ -35,6 +35,7 @@ from grow_ir.backends.torch_modules import (
     MaskedLinear,
     Mix,
     SelfAttention,
+    StochasticDepth,
     positions,
     relu_unit_slope,
 )
@@ -43,6 +44,7 @@ from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.ops.dense import spatial
 from grow_ir.ir.ops.elementwise import pool_geometry
 from grow_ir.ir.ops.shape import permutation
+from grow_ir.ir.ops.spatial import conv_transpose_geometry
 from grow_ir.ir.types import TensorType
 from grow_ir.ir.verify import verify
 
@@ -81,6 +83,23 @@ def _conv(n: int) -> ModuleFactory:
     return make
 
 
+def _conv_transpose(a: Any, ins: Sequence[TensorType]) -> nn.Module:
+    k, s, p, op, d = conv_transpose_geometry(a)
+    return nn.ConvTranspose2d(
+        ins[0].shape[1],
+        a.out_channels,
+        k,
+        stride=s,
+        padding=p,
+        output_padding=op,
+        groups=a.groups,
+        bias=a.bias,
+        dilation=d,
+        device="meta",
+        dtype=ins[0].torch_dtype,
+    )
+
+
 def _batchnorm(a: Any, ins: Sequence[TensorType]) -> nn.Module:
     cls = nn.BatchNorm2d if ins[0].rank == 4 else nn.BatchNorm1d
     return cls(
@@ -99,12 +118,20 @@ MODULES: dict[str, ModuleFactory] = {
     ),
     "conv1d": _conv(1),
     "conv2d": _conv(2),
+    "conv_transpose2d": _conv_transpose,
     "batchnorm": _batchnorm,
     "layernorm": lambda a, ins: nn.LayerNorm(
         ins[0].shape[-1],
         eps=a.eps,
         elementwise_affine=a.elementwise_affine,
         bias=a.bias,
+        device="meta",
+        dtype=ins[0].torch_dtype,
+    ),
+    "rmsnorm": lambda a, ins: nn.RMSNorm(
+        ins[0].shape[-1],
+        eps=a.eps,
+        elementwise_affine=a.elementwise_affine,
         device="meta",
         dtype=ins[0].torch_dtype,
     ),
@@ -122,10 +149,13 @@ MODULES: dict[str, ModuleFactory] = {
         dropout=a.dropout,
         causal=a.causal,
         head_dim=a.head_dim,
+        num_kv_heads=a.num_kv_heads,
+        rope_theta=a.rope_theta,
         device="meta",
         dtype=ins[0].torch_dtype,
     ),
     "dropout": lambda a, ins: nn.Dropout(p=a.p),
+    "stochastic_depth": lambda a, ins: StochasticDepth(a.p, a.mode),
     "mix": lambda a, ins: Mix(len(ins), device="meta", dtype=ins[0].torch_dtype),
     "parameter": lambda a, ins: LearnedTensor(
         a.shape, device="meta", dtype=ins[0].torch_dtype if ins else torch.float32
@@ -172,6 +202,19 @@ def _global_avgpool(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call
     return call(torch.mean, (args[0], tuple(range(2, ins[0].rank))))
 
 
+def _upsample(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call: Call) -> fx.Node:
+    return call(
+        F.interpolate,
+        (args[0],),
+        {
+            "size": a.size,
+            "scale_factor": a.scale_factor,
+            "mode": a.mode,
+            "align_corners": a.align_corners,
+        },
+    )
+
+
 def _slice(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call: Call) -> fx.Node:
     axis = a.dim % ins[0].rank
     index = (*[slice(None)] * axis, slice(a.start, a.end, a.step))
@@ -206,6 +249,7 @@ FUNCTIONS: dict[str, Emitter] = {
     "avgpool2d": _avg_pool,
     "global_avgpool": _global_avgpool,
     "adaptive_avgpool2d": _unary(F.adaptive_avg_pool2d, output_size=lambda a: a.output_size),
+    "upsample": _upsample,
     "flatten": _unary(torch.flatten, start_dim=lambda a: a.start_dim, end_dim=lambda a: a.end_dim),
     "add": _fold(operator.add),
     "mul": _fold(operator.mul),
@@ -227,6 +271,17 @@ FUNCTIONS: dict[str, Emitter] = {
     "concat": lambda a, ins, args, call: call(torch.cat, (list(args),), {"dim": a.dim}),
 }
 """Stateless ops lowered to tensor functions (no module, no call overhead)."""
+
+
+TiedEmitter = Callable[[Any, list[fx.Node], dict[str, fx.Node], Call], fx.Node]
+"""Lowers a node tied to another op's parameters: attributes, input values, its parameters
+(read from the owner's module, by local name) and ``call``."""
+
+TIED: dict[str, TiedEmitter] = {
+    "linear": lambda a, args, w, call: call(F.linear, (args[0], w["weight"], w.get("bias"))),
+}
+"""Ops that may read the parameters of a node of another op (``Node.share``, a tie), as one
+functional call on the owner's tensors (a linear head tied to its embedding)."""
 
 
 # ---- lowering ----------------------------------------------------------------------------
@@ -346,7 +401,7 @@ def to_torch(
     verify(graph)
     outputs = selected_outputs(graph, task)
     nodes = needed_nodes(graph, outputs)
-    _check_lowerable(nodes)
+    _check_lowerable(graph, nodes)
     old = _reusable(reuse)
     fxg, modules, built = _build_fx(graph, nodes, outputs, every_input=task is None, old=old)
     gm = LoweredModule(_nest(modules), fxg, class_name=_class_name(graph.name))
@@ -395,8 +450,18 @@ def _reusable(module: nn.Module | None) -> dict[str, torch_reuse.Built] | None:
     return out
 
 
-def _check_lowerable(nodes: Sequence[Node]) -> None:
+def _check_lowerable(graph: Graph, nodes: Sequence[Node]) -> None:
     for n in nodes:
+        if n.tied(graph) and n.op not in TIED:
+            raise GrowError(
+                f"op {n.op} cannot read the parameters of {graph.node(n.share or '').op} "
+                f"'{n.share}' in PyTorch",
+                node=n.name,
+                field="share",
+                expected=f"a node of op {' / '.join(TIED)} tied to another op, or of op "
+                f"{graph.node(n.share or '').op}",
+                found=repr(n.op),
+            )
         if n.op not in FUNCTIONS and n.op not in MODULES:
             raise GrowError(
                 f"op {n.op} has no PyTorch lowering",
@@ -440,6 +505,10 @@ def _build_fx(
             else:
                 built[target] = torch_reuse.record(graph, owner, build_module(graph, owner))
             modules[target] = built[target].module
+        if n.tied(graph):
+            weights = {k[len(target) + 1 :]: fxg.get_attr(k) for k in graph.node_params(n)}
+            env[n.name] = TIED[n.op](n.attrs, args, weights, _caller(fxg, n))
+            continue
         scope, _, leaf = target.rpartition(".")
         if not scope:
             env[n.name] = fxg.create_node("call_module", target, tuple(args), name=n.name)

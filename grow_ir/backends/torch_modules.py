@@ -25,6 +25,35 @@ def relu_unit_slope(x: torch.Tensor) -> torch.Tensor:
     return torch.threshold(x, _BELOW_ZERO.get(x.dtype, 0.0), 0.0)
 
 
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``[-x2, x1]`` for the halves ``x1, x2`` of the last axis (Llama's rotary layout)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rotary_tables(
+    length: int, head_dim: int, theta: float, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos`` and ``sin`` ``[L, head_dim]`` at positions ``0..L-1``, computed in float32
+    as Hugging Face's ``LlamaRotaryEmbedding`` computes them, then cast to ``dtype``."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    inv_freq = 1.0 / (theta**exponents)
+    positions = torch.arange(length, device=device, dtype=torch.float32)
+    freqs = positions[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def key_padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where ``mask`` is nonzero (attend), the lowest finite value of ``dtype`` where it
+    is 0, to add to the scores. The lowest finite value rather than -inf, as Hugging Face
+    does: a key that is kept gets weight exactly 0 either way (``exp(lowest - max)`` is 0),
+    and a query whose keys are all padded gets an average instead of NaN."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+        mask == 0, torch.finfo(dtype).min
+    )
+
+
 class SelfAttention(nn.Module):
     """Batch-first multi-head self-attention with an optional causal mask.
 
@@ -37,6 +66,12 @@ class SelfAttention(nn.Module):
     ``F.scaled_dot_product_attention``: no per-call argument checks, no fast-path dispatch,
     no mask tensor (the causal mask is SDPA's ``is_causal``, made on the input's device),
     so it costs no overhead and compiles without graph breaks.
+
+    Beyond it: ``num_kv_heads`` key/value heads (grouped-query attention, the in-projection
+    rows ``[q; k; v]`` with k and v ``num_kv_heads × head_dim`` each, SDPA's
+    ``enable_gqa``), rotary embedding of q and k when ``rope_theta`` is set
+    (:func:`rotary_tables`), and a key padding mask ``[N, L]`` as a second argument
+    (nonzero = attend).
     """
 
     def __init__(
@@ -48,6 +83,8 @@ class SelfAttention(nn.Module):
         dropout: float = 0.0,
         causal: bool = False,
         head_dim: int | None = None,
+        num_kv_heads: int | None = None,
+        rope_theta: float | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -57,14 +94,17 @@ class SelfAttention(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
         self.num_heads = num_heads
+        self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         self.head_dim = embed_dim // num_heads if head_dim is None else head_dim
+        self.rope_theta = rope_theta
         inner = num_heads * self.head_dim
+        rows = inner + 2 * self.num_kv_heads * self.head_dim
         self.dropout = dropout
         self.causal = causal
         self.out_proj = nn.Linear(inner, embed_dim, bias=bias, **factory)
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * inner, embed_dim, **factory))
+        self.in_proj_weight = nn.Parameter(torch.empty(rows, embed_dim, **factory))
         if bias:
-            self.in_proj_bias = nn.Parameter(torch.empty(3 * inner, **factory))
+            self.in_proj_bias = nn.Parameter(torch.empty(rows, **factory))
         else:
             self.register_parameter("in_proj_bias", None)
         self._reset_in_proj()
@@ -76,26 +116,48 @@ class SelfAttention(nn.Module):
             nn.init.zeros_(self.in_proj_bias)
             nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Attend over ``x`` of shape ``[N, L, E]``; returns ``[N, L, E]``."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attend over ``x`` of shape ``[N, L, E]`` (keys where ``mask`` ``[N, L]`` is 0
+        left out); returns ``[N, L, E]``."""
         n, length = x.shape[:2]
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        # [N, L, 3E] -> three [N, heads, L, head_dim] views
-        q, k, v = qkv.view(n, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.num_kv_heads == self.num_heads:
+            # [N, L, 3E] -> three [N, heads, L, head_dim] views
+            q, k, v = qkv.view(n, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            kv = self.num_kv_heads * self.head_dim
+            q, k, v = qkv.split([self.num_heads * self.head_dim, kv, kv], dim=-1)
+            q, k, v = (t.unflatten(-1, (-1, self.head_dim)).transpose(1, 2) for t in (q, k, v))
+        if self.rope_theta is not None:
+            cos, sin = rotary_tables(length, self.head_dim, self.rope_theta, x.device, q.dtype)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+        attn_mask = None
+        causal = self.causal
+        if mask is not None:
+            attn_mask = key_padding_bias(mask, q.dtype)[:, None, None, :]
+            if causal:  # SDPA takes a mask or is_causal, not both
+                above = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
+                attn_mask = attn_mask.masked_fill(above, float("-inf"))
+                causal = False
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
+            attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=self.causal,
+            is_causal=causal,
+            enable_gqa=self.num_kv_heads != self.num_heads,
         )
         y = y.transpose(1, 2).reshape(n, length, self.num_heads * self.head_dim)
         return F.linear(y, self.out_proj.weight, self.out_proj.bias)
 
     def extra_repr(self) -> str:
+        extra = f", num_kv_heads={self.num_kv_heads}" if self.num_kv_heads != self.num_heads else ""
+        extra += f", rope_theta={self.rope_theta}" if self.rope_theta is not None else ""
         return (
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
-            f"dropout={self.dropout}, causal={self.causal}"
+            f"dropout={self.dropout}, causal={self.causal}{extra}"
         )
 
 
@@ -195,3 +257,27 @@ class MaskedConv1d(_MaskedConv, nn.Conv1d):
 
 class MaskedConv2d(_MaskedConv, nn.Conv2d):
     """``nn.Conv2d`` computing with ``weight * weight_mask`` (see :class:`MaskedLinear`)."""
+
+
+class StochasticDepth(nn.Module):
+    """torchvision's ``StochasticDepth(p, mode)``, computed as torchvision computes it: in
+    training, the input times a Bernoulli(1 - p) draw per sample (``row``) or per batch
+    (``batch``), divided by 1 - p; the identity in eval mode or with ``p`` 0."""
+
+    def __init__(self, p: float, mode: str) -> None:
+        super().__init__()
+        self.p, self.mode = p, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Drop the branch (or its rows) at random in training; ``x`` unchanged in eval."""
+        if not self.training or self.p == 0.0:
+            return x
+        survival = 1.0 - self.p
+        size = [x.shape[0]] + [1] * (x.ndim - 1) if self.mode == "row" else [1] * x.ndim
+        noise = torch.empty(size, dtype=x.dtype, device=x.device).bernoulli_(survival)
+        if survival > 0.0:
+            noise.div_(survival)
+        return x * noise
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode={self.mode}"

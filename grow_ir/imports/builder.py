@@ -92,6 +92,9 @@ class GraphBuilder:
         A name is never the scope of another node's name nor inside another node's scope.
         """
         base = clean_name(hint)
+        while self._inside_node(base):  # a step of a layer's module (LayerNorm2d's permute)
+            head, _, tail = base.rpartition(".")
+            base = f"{head}_{tail}"  # leaves that scope: suffixes alone never would
         name, i = base, 0
         while name in self._taken or name in self._scopes or self._inside_node(name):
             i += 1

@@ -249,6 +249,72 @@ def _conv(ctx: _Context, node: onnx.NodeProto) -> None:
     _bind_add(ctx, node, f"conv{nd}d", [x], attrs, params=params, hint=_layer_name(node.input[1]))
 
 
+def _conv_transpose(ctx: _Context, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    if _text(a.get("auto_pad", "NOTSET")) != "NOTSET" or "output_shape" in a:
+        raise Unsupported("sizes its output with auto_pad or output_shape")
+    x = ctx.value(node.input[0])
+    w = ctx.const(node.input[1], "weight")
+    if w.ndim != 4:
+        raise Unsupported(f"is a {w.ndim - 2}-d transposed convolution (grow-ir: 2-d)")
+    b = ctx.const(node.input[2], "bias") if len(node.input) > 2 and node.input[2] else None
+    groups = int(a.get("group", 1))
+    attrs = {
+        "out_channels": int(w.shape[1]) * groups,  # weight [in, out / groups, kh, kw]
+        "kernel_size": _pair(list(w.shape[2:])),
+        "stride": _pair(list(a.get("strides", [1, 1]))),
+        "padding": _pair(_symmetric(list(a.get("pads", [0] * 4)), "")),
+        "output_padding": _pair(list(a.get("output_padding", [0, 0]))),
+        "groups": groups,
+        "bias": b is not None,
+        "dilation": _pair(list(a.get("dilations", [1, 1]))),
+    }
+    params = {"weight": _tensor(w)}
+    if b is not None:
+        params["bias"] = _tensor(b)
+    hint = _layer_name(node.input[1])
+    _bind_add(ctx, node, "conv_transpose2d", [x], attrs, params=params, hint=hint)
+
+
+_RESIZE_MODES = {
+    ("nearest", "asymmetric"): {"mode": "nearest"},
+    ("linear", "half_pixel"): {"mode": "bilinear"},
+    ("linear", "pytorch_half_pixel"): {"mode": "bilinear"},
+    ("linear", "align_corners"): {"mode": "bilinear", "align_corners": True},
+}
+"""Resize's (mode, coordinate_transformation_mode) that are PyTorch's upsampling (for 2-D
+bilinear, half_pixel and pytorch_half_pixel agree: PyTorch clamps as onnxruntime does)."""
+
+
+def _resize(ctx: _Context, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    how = (_text(a.get("mode", "nearest")), _text(a.get("coordinate_transformation_mode", "")))
+    attrs = dict(_RESIZE_MODES.get(how, {}))
+    if not attrs or (how[0] == "nearest" and _text(a.get("nearest_mode", "")) != "floor"):
+        raise Unsupported(
+            f"resizes with mode {how[0]!r}, coordinate_transformation_mode {how[1]!r} and "
+            f"nearest_mode {_text(a.get('nearest_mode', 'round_prefer_floor'))!r} (grow-ir: "
+            "PyTorch's nearest (asymmetric, floor) and bilinear)"
+        )
+    if a.get("antialias", 0) or a.get("exclude_outside", 0):
+        raise Unsupported("resizes with antialias or exclude_outside")
+    x = ctx.value(node.input[0])
+    t = ctx.builder.types[x]
+    axes = [int(v) % t.rank for v in a.get("axes", range(t.rank))]
+    scales = node.input[2] if len(node.input) > 2 else ""
+    given = ctx.const(scales or node.input[3], "scales or sizes").reshape(-1).tolist()
+    by_axis = dict(zip(axes, given))
+    unchanged = [1.0, 1.0] if scales else list(t.shape[:2])
+    if t.rank != 4 or [by_axis.get(i, unchanged[i]) for i in (0, 1)] != unchanged:
+        raise Unsupported(f"resizes {t} by {given} (grow-ir: the height and width of [N, C, H, W])")
+    h, w = by_axis[2], by_axis[3]
+    if scales:
+        attrs["scale_factor"] = float(h) if h == w else (float(h), float(w))
+    else:
+        attrs["size"] = _pair([int(h), int(w)])
+    _bind_add(ctx, node, "upsample", [x], attrs)
+
+
 def _bad(v: list[int]) -> int:
     raise Unsupported(f"has unequal sizes {v}")
 
@@ -674,6 +740,8 @@ def _concat(ctx: _Context, node: onnx.NodeProto) -> None:
 
 RULES: dict[str, Rule] = {
     "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "Resize": _resize,
     "Gemm": _gemm,
     "MatMul": _matmul,
     "BatchNormalization": _batchnorm,

@@ -154,7 +154,8 @@ class Context:
 
     def hint(self, node: fx.Node, short: str) -> str:
         """A name for a stateless node: a stateless leaf module's own path (``layer1.relu``),
-        else ``SCOPE.OP`` inside the module that ran it (``layer1.0.add``)."""
+        else ``SCOPE.OP`` inside the module that ran it (``layer1.0.add``), or ``SCOPE_OP``
+        beside it when that module holds parameters itself (``features.0.1_permute``)."""
         path, _ = self._scope(node)
         if path:
             try:
@@ -162,7 +163,12 @@ class Context:
             except AttributeError:
                 mod = None
             leaf = mod is not None and not list(mod.children()) and not mod.state_dict()
-            return path if leaf else f"{path}.{short}"
+            if leaf:
+                return path
+            # a module with parameters of its own is itself a layer node named ``path``
+            # (torchvision's LayerNorm2d): its other steps cannot live inside that name
+            own = mod is not None and next(mod.parameters(recurse=False), None) is not None
+            return f"{path}_{short}" if own else f"{path}.{short}"
         return short
 
     # ---- building ---------------------------------------------------------------------
@@ -294,6 +300,24 @@ def _conv(nd: int) -> Rule:
         ctx.add_layer(node, op, [x], attrs, {"weight": weight, "bias": bias})
 
     return rule
+
+
+def _conv_transpose(ctx: Context, node: fx.Node) -> None:
+    x = ctx.value(node.args[0])
+    weight, bias = ctx.param(node.args[1]), ctx.param(arg(node, 2, "bias"))
+    w = ctx.builder.tensors[weight]
+    groups = int(arg(node, 6, "groups", 1))
+    attrs: dict[str, Any] = {
+        "out_channels": int(w.shape[1]) * groups,  # weight [in, out / groups, kh, kw]
+        "kernel_size": _pair(w.shape[2:]),
+        "stride": _pair(arg(node, 3, "stride", 1)),
+        "padding": _pair(arg(node, 4, "padding", 0)),
+        "output_padding": _pair(arg(node, 5, "output_padding", 0)),
+        "groups": groups,
+        "bias": bias is not None,
+        "dilation": _pair(arg(node, 7, "dilation", 1)),
+    }
+    ctx.add_layer(node, "conv_transpose2d", [x], attrs, {"weight": weight, "bias": bias})
 
 
 def _linear(ctx: Context, node: fx.Node) -> None:
@@ -470,6 +494,27 @@ def _adaptive_avg_pool(ctx: Context, node: fx.Node) -> None:
         ctx.bind(node, KeptMean(ctx.value(x), ctx.hint(node, "pool")))
     else:
         ctx.add(node, "adaptive_avgpool2d", [ctx.value(x)], {"output_size": size}, "pool")
+
+
+def _upsample(mode: str) -> Rule:
+    """``upsample_{nearest,bilinear}2d.vec``: an output size or scale factors (one of them
+    None); bilinear's third argument is ``align_corners``."""
+
+    def rule(ctx: Context, node: fx.Node) -> None:
+        size = node.args[1]
+        corners = bool(node.args[2]) if mode == "bilinear" else None
+        scales = node.args[3 if mode == "bilinear" else 2]
+        attrs: dict[str, Any] = {"mode": mode}
+        if corners:
+            attrs["align_corners"] = True
+        if size is not None:
+            attrs["size"] = _pair(size)
+        else:
+            h, w = (float(f) for f in scales)
+            attrs["scale_factor"] = h if h == w else (h, w)
+        ctx.add(node, "upsample", [ctx.value(node.args[0])], attrs, "upsample")
+
+    return rule
 
 
 def _reduce(op: str) -> Rule:
@@ -709,6 +754,7 @@ RULES: dict[Any, Rule] = {
     aten.conv2d.default: _conv(2),
     aten.conv1d.padding: _conv(1),
     aten.conv2d.padding: _conv(2),
+    aten.conv_transpose2d.input: _conv_transpose,
     aten.linear.default: _linear,
     aten.batch_norm.default: _batch_norm,
     aten.layer_norm.default: _layer_norm,
@@ -737,6 +783,8 @@ RULES: dict[Any, Rule] = {
     aten.max_pool2d.default: _max_pool,
     aten.avg_pool2d.default: _avg_pool,
     aten.adaptive_avg_pool2d.default: _adaptive_avg_pool,
+    aten.upsample_nearest2d.vec: _upsample("nearest"),
+    aten.upsample_bilinear2d.vec: _upsample("bilinear"),
     aten.mean.dim: _reduce("mean"),
     aten.sum.dim_IntList: _reduce("sum"),
     aten.log_softmax.int: _log_softmax,

@@ -37,7 +37,9 @@ class Node:
         attrs: the op's attribute model (a dict is validated into it).
         inputs: names of graph inputs or earlier nodes.
         share: name of another node whose parameters this node uses (a layer reused on
-            another task's path); ``None`` for a node with parameters of its own.
+            another task's path, or a *tie*: a node of another op whose parameters are the
+            same tensors, such as a language model's linear head reading its embedding's
+            ``[vocab, width]`` weight); ``None`` for a node with parameters of its own.
     """
 
     name: str
@@ -70,6 +72,10 @@ class Node:
     def opdef(self) -> OpDef:
         """The op's definition."""
         return OPS[self.op]
+
+    def tied(self, graph: Graph) -> bool:
+        """It shares the parameters of a node of another op (a tie, see ``share``)."""
+        return self.share is not None and graph.node(self.share).op != self.op
 
     @property
     def param_prefix(self) -> str:

@@ -189,7 +189,7 @@ def _check_shares(graph: Graph) -> None:
                 expected="a node with parameters of its own",
                 found=repr(n.share),
             )
-        if owner.op != n.op or owner.attrs != n.attrs:
+        if owner.op == n.op and owner.attrs != n.attrs:
             raise VerifyError(
                 "shares parameters with a different layer",
                 node=n.name,
@@ -197,6 +197,8 @@ def _check_shares(graph: Graph) -> None:
                 expected=f"{owner.op} {owner.attr_dict()}",
                 found=f"{n.op} {n.attr_dict()}",
             )
+        # A node of another op may share them when they are the same tensors (a tie: a
+        # linear head without bias reading an embedding's [vocab, width] weight).
         mine = n.opdef.params(n.attrs, graph.input_types(n))
         theirs = owner.opdef.params(owner.attrs, graph.input_types(owner))
         if mine != theirs:

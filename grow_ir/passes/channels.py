@@ -114,6 +114,10 @@ class ChannelGroup:
         slots: every value the channels flow through, and where they sit in it.
         members: every node that touches the channels, in graph order.
         norms: layernorm nodes that normalise across the group's channels.
+        ties: ``(head, scaler)`` for every member tied to another member's parameters (a
+            linear head reading its embedding's weight, ``Node.share``): the shared tensor
+            follows the owner's units, and the head's fan-out is realised on ``scaler``,
+            the per-channel node (a final norm) that only the head reads.
     """
 
     start: str
@@ -121,6 +125,7 @@ class ChannelGroup:
     slots: tuple[Slot, ...]
     members: tuple[Member, ...]
     norms: tuple[str, ...] = ()
+    ties: tuple[tuple[str, str], ...] = ()
 
     def member(self, node: str) -> Member:
         """The member called ``node`` (KeyError if it is not in the group)."""
@@ -250,13 +255,14 @@ class _Walk:
             )
             for n in names
         )
-        self._check_shares(members)
+        ties = self._check_shares(members)
         return ChannelGroup(
             start=self.start,
             channels=self.channels,
             slots=tuple(sorted(self.slots)),
             members=members,
             norms=tuple(sorted(self.norms, key=order.__getitem__)),
+            ties=ties,
         )
 
     def add(self, slot: Slot) -> None:
@@ -540,16 +546,54 @@ class _Walk:
 
     # ---- sharing -----------------------------------------------------------------------
 
-    def _check_shares(self, members: tuple[Member, ...]) -> None:
-        shared = {n.share for n in self.graph.nodes if n.share is not None}
+    def _check_shares(self, members: tuple[Member, ...]) -> tuple[tuple[str, str], ...]:
+        """Refuse members sharing parameters across tasks; return the ties (``(head,
+        scaler)``) that can follow the channels exactly, refusing the others."""
+        graph = self.graph
+        by_name = {m.node: m for m in members}
+        ties = []
+        shared = {n.share for n in graph.nodes if n.share is not None and not n.tied(graph)}
         for m in members:
-            node = self.graph.node(m.node)
-            if m.axes and (node.share is not None or node.name in shared):
-                other = node.share or next(n.name for n in self.graph.nodes if n.share == node.name)
+            node = graph.node(m.node)
+            if node.tied(graph) and m.axes:
+                ties.append((node.name, self._tie_scaler(node, m, by_name)))
+                continue
+            if m.axes and ((node.share is not None) or node.name in shared):
+                other = node.share or next(n.name for n in graph.nodes if n.share == node.name)
                 raise self.refuse(
                     f"{node.op} '{node.name}' shares its parameters with '{other}' (another "
                     "task's path), and changing them would change that task"
                 )
+        return tuple(ties)
+
+    def _tie_scaler(self, node: Node, member: Member, by_name: dict[str, Member]) -> str:
+        """The per-channel node that carries tied ``node``'s fan-out (see ``ties``)."""
+        owner = by_name.get(node.share or "")
+        mine = {(a.param, a.axis) for a in member.axes if a.kind == "fan_out"}
+        theirs = {(a.param, a.axis) for a in owner.axes if a.kind == "units"} if owner else set()
+        if not mine or mine != {(a.param, a.axis) for a in member.axes} or not mine <= theirs:
+            raise self.refuse(
+                f"{node.op} '{node.name}' is tied to the parameters of '{node.share}', and "
+                "only a tie that reads the channels its owner makes (a head reading its "
+                "embedding's columns) can follow them"
+            )
+        source = self.graph.node_map.get(node.inputs[0])
+        scaler = by_name.get(node.inputs[0])
+        if (
+            source is None
+            or scaler is None
+            or Role.PER_CHANNEL not in scaler.roles
+            or self.graph.users[source.name] != (node.name,)
+            or source.share is not None
+            or any(a.offset or a.block != 1 for a in scaler.axes)
+        ):
+            raise self.refuse(
+                f"{node.op} '{node.name}' is tied to '{node.share}': the shared weight's new "
+                "columns follow the embedding, so the head's fan-out is carried by the "
+                f"per-channel parameters of the node it reads ('{node.inputs[0]}'), which "
+                "must be a norm or per-channel layer read by the head alone"
+            )
+        return source.name
 
 
 # ---- rules read off each op's definition ------------------------------------------------

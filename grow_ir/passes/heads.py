@@ -1,18 +1,26 @@
 """Growing an attention layer's inside: more heads (``add_heads``), wider heads
-(``grow_head_dim``). Both keep the model width; both are exact.
+(``grow_head_dim``), more key/value heads of grouped-query attention (``grow_kv_heads``).
+All keep the model width; all are exact.
 
-The in-projection's rows are ``[q; k; v]``, each ``num_heads * head_dim`` long with head
-``h``'s dims at ``h * head_dim + j``; the out-projection's columns follow the same layout.
-New heads (bert2BERT / staged training): fresh q, k, v rows (the op's initialisation),
-out-projection columns zero, so they add nothing yet. Wider heads: the new q dims are
-zero, so the scores ``q·k`` keep their value, and the old q rows are scaled by
-``sqrt(new / old)`` so that SDPA's ``1 / sqrt(head_dim)`` is unchanged; new k and v dims
-are fresh, their out-projection columns zero.
+The in-projection's rows are ``[q; k; v]``: q ``num_heads * head_dim`` long, k and v
+``num_kv_heads * head_dim`` each, with head ``h``'s dims at ``h * head_dim + j``; query
+head ``h`` reads key/value head ``h // group`` (``group = num_heads / num_kv_heads``), and
+the out-projection's columns follow the query heads. New heads (bert2BERT / staged
+training): fresh q rows (the op's initialisation) and out-projection columns zero, so they
+add nothing yet; with grouped-query attention each key/value head's group grows by the
+same number of new query heads, placed after the group's old ones, so every old query head
+keeps its key/value head. Wider heads: the new q dims are zero, so the scores ``q·k`` keep
+their value, and the old q rows are scaled by ``sqrt(new / old)`` so that SDPA's
+``1 / sqrt(head_dim)`` is unchanged; new k and v dims are fresh, their out-projection
+columns zero. More key/value heads (a multiple ``m`` of the current number, dividing the
+query heads): each old key/value head is copied ``m`` times, and query head ``h``'s new
+key/value head ``h // (group / m)`` is a copy of its old one.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -20,32 +28,64 @@ from grow_ir.errors import PassError
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.ops import OPS
 from grow_ir.ir.ops.attention import head_dim as current_head_dim
+from grow_ir.ir.ops.attention import kv_heads as count_kv_heads
 from grow_ir.passes.args import Count, NodeName, Seed
 from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.initializers import init_layer
 from grow_ir.passes.rewrite import node_of_kind, replace_nodes, seeded
 
-_PARTS = ("q", "k", "v")
+
+@dataclass(frozen=True)
+class _Layout:
+    """The new inside of an attention: for every new query head and every new key/value
+    head, the old head it keeps (-1: fresh), and for every dim of a new head, the old dim
+    it keeps (-1: new)."""
+
+    q: tuple[int, ...]
+    kv: tuple[int, ...]
+    dims: tuple[int, ...]
+
+    @property
+    def head_dim(self) -> int:
+        return len(self.dims)
 
 
-def _inner_index(heads: int, hd: int, new_heads: int, new_hd: int) -> list[int]:
-    """For every inner position of the new layout, the old position it keeps (-1: new)."""
-    return [
-        h * hd + j if h < heads and j < hd else -1 for h in range(new_heads) for j in range(new_hd)
-    ]
+def _same_dims(hd: int, new_hd: int) -> tuple[int, ...]:
+    """Old dims first, new ones after them."""
+    return tuple(j if j < hd else -1 for j in range(new_hd))
 
 
-def _grow_inside(graph: Graph, node: str, new_heads: int, new_hd: int, seed: int) -> PassResult:
-    """``node`` (an attention) with ``new_heads`` heads of ``new_hd`` dims, exactly."""
+def _rotary_dims(hd: int, new_hd: int) -> tuple[int, ...]:
+    """Rotary pairs ``(i, i + hd/2)`` at frequency ``theta^(-2i/hd)`` moved to the pair
+    of the same frequency in a head ``new_hd = k · hd`` wide: ``(k·i, k·i + new_hd/2)``."""
+    k, half, new_half = new_hd // hd, hd // 2, new_hd // 2
+    out = []
+    for j in range(new_hd):
+        pair, second = j % new_half, j >= new_half
+        out.append(pair // k + (half if second else 0) if pair % k == 0 else -1)
+    return tuple(out)
+
+
+def _rows(heads: tuple[int, ...], hd: int, dims: tuple[int, ...]) -> list[int]:
+    """For every row of one part in the new layout, the old row of that part it keeps
+    (-1: new)."""
+    return [h * hd + d if h >= 0 and d >= 0 else -1 for h in heads for d in dims]
+
+
+def _grow_inside(graph: Graph, node: str, layout: _Layout, seed: int) -> PassResult:
+    """``node`` (an attention) with the inside ``layout``, exactly."""
     n = graph.node(node)
     ins = graph.input_types(n)
-    heads, hd = n.attrs.num_heads, current_head_dim(n.attrs, ins)
-    grown = n.replace(attrs=n.attrs.model_copy(update={"num_heads": new_heads, "head_dim": new_hd}))
+    heads, kv, hd = n.attrs.num_heads, count_kv_heads(n.attrs), current_head_dim(n.attrs, ins)
+    new_heads, new_kv, new_hd = len(layout.q), len(layout.kv), layout.head_dim
+    update = {"num_heads": new_heads, "head_dim": new_hd}
+    if n.attrs.num_kv_heads is not None:
+        update["num_kv_heads"] = new_kv
+    grown = n.replace(attrs=n.attrs.model_copy(update=update))
     fresh = init_layer(grown, ins, "default", seeded(seed))
-    inner = _inner_index(heads, hd, new_heads, new_hd)
-    keep = torch.tensor([i >= 0 for i in inner])
-    src = torch.tensor(inner).clamp(min=0)
     q_scale = math.sqrt(new_hd / hd)
+    old_offsets = (0, heads * hd, (heads + kv) * hd)
+    new_offsets = (0, new_heads * new_hd, (new_heads + new_kv) * new_hd)
     prefix = n.param_prefix
     params: dict[str, torch.Tensor] = {}
     origins: dict[str, Origin] = {}
@@ -55,29 +95,36 @@ def _grow_inside(graph: Graph, node: str, new_heads: int, new_hd: int, seed: int
             continue
         old, new = graph.params[key], fresh[local]
         blocks, index, factors = [], [], []
-        for p, part in enumerate(_PARTS):
-            rows = old[p * heads * hd : (p + 1) * heads * hd].index_select(0, src)
+        for p, part in enumerate(("q", "k", "v")):
+            rows = _rows(layout.q if part == "q" else layout.kv, hd, layout.dims)
+            keep = torch.tensor([r >= 0 for r in rows]).reshape(-1, *([1] * (old.dim() - 1)))
+            src = torch.tensor(rows).clamp(min=0) + old_offsets[p]
             scale = q_scale if part == "q" else 1.0
-            # new q dims of a wider head are zero (scores unchanged); new heads are fresh
-            filler = new[p * len(inner) : (p + 1) * len(inner)]
-            if part == "q" and new_hd > hd:
-                filler = torch.zeros_like(filler)
-            mask = keep.reshape(-1, *([1] * (old.dim() - 1)))
-            blocks.append(torch.where(mask, (rows.double() * scale).to(old.dtype), filler))
-            index += [p * heads * hd + i if i >= 0 else -1 for i in inner]
-            factors += [scale if i >= 0 else 1.0 for i in inner]
+            filler = new[new_offsets[p] : new_offsets[p] + len(rows)]
+            if part == "q" and new_hd > hd:  # new q dims of a wider head: zero, scores kept
+                kept_head = [h >= 0 for h in layout.q for _ in range(new_hd)]
+                zero = torch.tensor(kept_head).reshape(keep.shape)
+                filler = torch.where(zero, torch.zeros((), dtype=filler.dtype), filler)
+            picked = (old.index_select(0, src).double() * scale).to(old.dtype)
+            blocks.append(torch.where(keep, picked, filler))
+            index += [r + old_offsets[p] if r >= 0 else -1 for r in rows]
+            factors += [scale if r >= 0 else 1.0 for r in rows]
         params[key] = torch.cat(blocks).contiguous()
         scales = {0: tuple(factors)} if q_scale != 1.0 else {}
         origins[key] = Origin(key, index={0: tuple(index)}, scale=scales)
     key = f"{prefix}.out_proj.weight"
     old = graph.params[key]
-    cols = old.index_select(1, src)
+    columns = _rows(layout.q, hd, layout.dims)
+    cols = old.index_select(1, torch.tensor(columns).clamp(min=0))
+    keep = torch.tensor([c >= 0 for c in columns])
     params[key] = torch.where(keep, cols, torch.zeros((), dtype=old.dtype)).contiguous()
-    origins[key] = Origin(key, index={1: tuple(inner)})
+    origins[key] = Origin(key, index={1: tuple(columns)})
     new_graph = replace_nodes(graph, {node: grown}, params=params)
     what = []
     if new_heads > heads:
         what.append(f"{heads} -> {new_heads} heads (new heads' output projection zero)")
+    if new_kv > kv and new_heads == heads:
+        what.append(f"{kv} -> {new_kv} key/value heads (each old one copied)")
     if new_hd > hd:
         what.append(f"head_dim {hd} -> {new_hd} (new query dims zero, queries scaled)")
     return PassResult(new_graph, True, f"grew attention '{node}': {', '.join(what)}", "", origins)
@@ -109,17 +156,37 @@ def add_heads(graph: Graph, node: NodeName, heads: Count, seed: Seed = 0) -> Pas
     The new heads' q, k, v rows get the op's initialisation (from a generator seeded with
     ``seed``), their output-projection columns are zero: the function is preserved exactly
     and the new heads learn from the first step. The model width is unchanged (the heads
-    together grow wider than the embedding: ``head_dim`` is set on the node).
+    together grow wider than the embedding: ``head_dim`` is set on the node). With
+    grouped-query attention (``num_kv_heads`` set) the key/value heads stay: ``heads``
+    must be a multiple of them, and each group gets the same number of new query heads
+    after its old ones (fresh q rows), so every old query head keeps its key/value head.
 
     Guarantees: the input graph is untouched; ``origins`` map the old rows and columns.
 
     Raises:
-        PassError: ``node`` is no attention, or ``heads`` is not larger than now.
+        PassError: ``node`` is no attention, ``heads`` is not larger than now, or (grouped
+            query) not a multiple of the key/value heads.
     """
     n = node_of_kind(graph, node, head_ops(), "add_heads")
-    heads = _larger(heads, n.attrs.num_heads, "heads", node)
+    old = n.attrs.num_heads
+    heads = _larger(heads, old, "heads", node)
     hd = current_head_dim(n.attrs, graph.input_types(n))
-    return _grow_inside(graph, node, heads, hd, seed)
+    if n.attrs.num_kv_heads is None:  # multi-head: every new head has its own k and v
+        fresh = tuple(range(old)) + (-1,) * (heads - old)
+        return _grow_inside(graph, node, _Layout(fresh, fresh, _same_dims(hd, hd)), seed)
+    kv = count_kv_heads(n.attrs)
+    if heads % kv:
+        raise PassError(
+            f"attention '{node}' has {kv} key/value heads, and every one serves a group of "
+            "query heads of the same size",
+            node=node,
+            field="heads",
+            expected=f"a multiple of {kv} above {old}",
+            found=repr(heads),
+        )
+    group, new_group = old // kv, heads // kv
+    q = tuple(g * group + j if j < group else -1 for g in range(kv) for j in range(new_group))
+    return _grow_inside(graph, node, _Layout(q, tuple(range(kv)), _same_dims(hd, hd)), seed)
 
 
 @register_pass("grow_head_dim")
@@ -129,12 +196,63 @@ def grow_head_dim(graph: Graph, node: NodeName, head_dim: Count, seed: Seed = 0)
     Exact: the new query dims are zero (so ``q·k`` is unchanged), the old query rows are
     scaled by ``sqrt(new / old)`` (so SDPA's ``1 / sqrt(head_dim)`` gives the old scores),
     the new key and value dims are fresh and the value dims' output-projection columns
-    zero. The model width is unchanged.
+    zero. The model width is unchanged. With rotary embedding the new size must be a
+    multiple ``k`` of the old: old pair ``(i, i + d/2)`` moves to ``(k·i, k·i + kd/2)``,
+    the pair that rotates at the same frequency, so every old score is kept.
 
     Raises:
-        PassError: ``node`` is no attention, or ``head_dim`` is not larger than now.
+        PassError: ``node`` is no attention, ``head_dim`` is not larger than now, or
+            (rotary) not a multiple of it.
     """
     n = node_of_kind(graph, node, head_ops(), "grow_head_dim")
     hd = current_head_dim(n.attrs, graph.input_types(n))
     head_dim = _larger(head_dim, hd, "head_dim", node)
-    return _grow_inside(graph, node, n.attrs.num_heads, head_dim, seed)
+    dims = _same_dims(hd, head_dim)
+    if getattr(n.attrs, "rope_theta", None) is not None:
+        if head_dim % hd:
+            raise PassError(
+                f"attention '{node}' rotates its queries and keys over pairs (i, i + "
+                "head_dim/2) at frequencies theta^(-2i/head_dim): only a multiple of the "
+                "head size has a pair of the same frequency for every old pair",
+                node=node,
+                field="head_dim",
+                expected=f"a multiple of {hd}",
+                found=repr(head_dim),
+            )
+        dims = _rotary_dims(hd, head_dim)
+    heads, kv = tuple(range(n.attrs.num_heads)), tuple(range(count_kv_heads(n.attrs)))
+    return _grow_inside(graph, node, _Layout(heads, kv, dims), seed)
+
+
+@register_pass("grow_kv_heads")
+def grow_kv_heads(graph: Graph, node: NodeName, kv_heads: Count, seed: Seed = 0) -> PassResult:
+    """Give grouped-query attention ``node`` ``kv_heads`` key/value heads (more than now).
+
+    Exact: ``kv_heads`` must be a multiple ``m`` of the current number and divide
+    ``num_heads``; each old key/value head is copied ``m`` times, so every query head reads
+    a copy of the key/value head it read before (up to ``kv_heads = num_heads``, plain
+    multi-head attention). Other counts are refused: a query head would have to read a
+    key/value head that is neither its own nor a copy of it.
+
+    Raises:
+        PassError: ``node`` is no attention, or ``kv_heads`` is not larger, not a multiple
+            of the current number or not a divisor of ``num_heads``.
+    """
+    n = node_of_kind(graph, node, head_ops(), "grow_kv_heads")
+    old = count_kv_heads(n.attrs)
+    new = _larger(kv_heads, old, "kv_heads", node)
+    heads = n.attrs.num_heads
+    if new % old or heads % new:
+        raise PassError(
+            f"attention '{node}' keeps every query head on a copy of its key/value head only "
+            f"when each of the {old} key/value heads is copied the same number of times and "
+            f"the {heads} query heads split evenly among the copies",
+            node=node,
+            field="kv_heads",
+            expected=f"a multiple of {old} that divides {heads}",
+            found=repr(kv_heads),
+        )
+    m = new // old
+    hd = current_head_dim(n.attrs, graph.input_types(n))
+    layout = _Layout(tuple(range(heads)), tuple(g // m for g in range(new)), _same_dims(hd, hd))
+    return _grow_inside(graph, node, layout, seed)

@@ -46,6 +46,8 @@ def _grow_rows(
     its old rows and gets fresh ones (the op's initialisation) after them."""
     old = getattr(node.attrs, attr)
     grown = node.replace(attrs=node.attrs.model_copy(update={attr: size}))
+    if node.tied(graph):  # a tied head's rows are its embedding's, grown with it
+        return grown, {}, {}
     ins = graph.input_types(node)
     fresh = init_layer(grown, ins, "default", gen)
     params, origins = {}, {}
@@ -63,6 +65,9 @@ def _grow_rows(
 def grow_vocab(graph: Graph, node: NodeName, size: Count, seed: Seed = 0) -> PassResult:
     """Grow the vocabulary of embedding ``node`` to ``size`` tokens, and with it every output
     head whose width is the old vocabulary (a linear making a graph output).
+
+    A head tied to the embedding (``share``) keeps the tie: its rows are the embedding's,
+    so the new tokens' head rows are their new embedding rows.
 
     Guarantees: old tokens' embedding rows and head rows (and biases) are unchanged, so for
     inputs of old tokens the first ``old size`` logits of each grown output are unchanged
@@ -99,6 +104,15 @@ def grow_vocab(graph: Graph, node: NodeName, size: Count, seed: Seed = 0) -> Pas
                 field="node",
                 expected="a head whose output is only a graph output",
                 found=f"users {', '.join(graph.users[head.name])}",
+            )
+        if head.tied(graph) and head.share != node:
+            raise PassError(
+                f"head '{head.name}' is tied to '{head.share}', not to the embedding '{node}' "
+                "being grown, so its rows could not follow",
+                node=head.name,
+                field="share",
+                expected=f"a head tied to '{node}' or to nothing",
+                found=repr(head.share),
             )
         width_attr = head.opdef.facts.width_attr
         assert width_attr is not None

@@ -229,11 +229,58 @@ def grow_group(
     if units.attrs:
         shaped = _set_attrs(shaped, units.attrs)
     params, origins = {}, {}
+    tied = {head for head, _ in group.ties}
     for m in group.members:
+        if m.node in tied:  # its tensors are its owner's, grown as the owner's units
+            continue
         params_m, origins_m = _grow_member(graph, shaped, m, group.channels, units, noise, gen)
         params.update(params_m)
         origins.update(origins_m)
+    for head, scaler in group.ties:
+        _carry_tied_fan_out(group, scaler, width, units, params, origins, head)
     return shaped.replace(params={**shaped.params, **params}), origins
+
+
+def _carry_tied_fan_out(
+    group: ChannelGroup,
+    scaler: str,
+    width: int,
+    units: NewUnits,
+    params: dict[str, torch.Tensor],
+    origins: dict[str, Origin],
+    head: str,
+) -> None:
+    """Give tied ``head``'s fan-out to ``scaler``: its weight reads the grown channels with
+    the owner's new columns (copies, means or zeros), so the scaler's per-channel
+    parameters are scaled channel by channel by the factors a consumer's columns would
+    have got: ``1 / copies`` of a split unit, 0 for a unit read with zero (a scaled
+    channel of a per-channel map scales its output, which the head reads linearly)."""
+    old = group.channels
+    layout = (*range(old), *units.copies)
+    if units.fan_out == "split":
+        counts = units.counts(old)
+        factors = [1.0 / counts[u] for u in layout]
+    elif units.fan_out == "zero":
+        factors = [1.0] * old + [0.0] * (width - old)
+    else:
+        raise PassError(
+            f"'{head}' is tied to its embedding's weight, whose new columns follow the "
+            "embedding; the given fan-out of this init cannot be placed on it",
+            node=group.start,
+            field="init",
+            expected="init net2net, lemon or zero",
+            found=f"fan-out '{units.fan_out}'",
+        )
+    if all(f == 1.0 for f in factors):
+        return
+    for axis in group.member(scaler).axes:
+        t = params[axis.param]
+        f = torch.tensor(factors, dtype=torch.float64)
+        params[axis.param] = (t.double() * f).to(t.dtype).contiguous()
+        origin = origins[axis.param]
+        before = origin.scale.get(0, (1.0,) * width)
+        scale = {**origin.scale, 0: tuple(a * b for a, b in zip(before, factors))}
+        origins[axis.param] = Origin(origin.source, origin.index, scale, origin.fresh)
 
 
 # ---- structure --------------------------------------------------------------------------
@@ -254,12 +301,15 @@ def _set_attrs(graph: Graph, attrs: Mapping[str, Mapping[str, Any]]) -> Graph:
 def _zero_fan_in(member: Member, node: Node, local: str, value: torch.Tensor) -> torch.Tensor:
     """Parameter ``local`` of the new channels (``value``: the op's default) under zero fan-in.
 
-    Producers' rows are zero; per-channel layers keep the channel and treat every new unit
+    Producers' rows are zero, and so are a learned tensor's new entries (``parameter``: a
+    class token, a positional table); per-channel layers keep the channel and treat every new unit
     alike (batchnorm's identity statistics, a Dirac depthwise kernel, no bias), so a new
     unit is exactly 0 and the same per-channel maps lie between any new unit's fan-in and
     fan-out (which GradMax's gradient formula needs).
     """
     if Role.PRODUCER in member.roles or local == "bias":
+        return torch.zeros_like(value)
+    if node.opdef.channels is Channels.TENSOR:  # a learned tensor's new entries make channels
         return torch.zeros_like(value)
     if node.opdef.channels is Channels.PRODUCE and local == "weight":  # a depthwise conv
         return torch.nn.init.dirac_(torch.zeros_like(value), groups=value.shape[0])

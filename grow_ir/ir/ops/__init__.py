@@ -7,6 +7,7 @@ from grow_ir.ir.ops import (  # noqa: F401
     mix,
     norm,
     shape,
+    spatial,
     structure,
 )
 from grow_ir.ir.ops.base import OPS, Attrs, Channels, NoAttrs, OpDef, ParamSpec

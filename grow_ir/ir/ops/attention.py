@@ -1,11 +1,20 @@
-"""Multi-head self-attention (``torch.nn.MultiheadAttention``, batch first)."""
+"""Multi-head self-attention (``torch.nn.MultiheadAttention``, batch first), with the
+variants real transformers use: grouped-query attention (``num_kv_heads``), rotary position
+embedding (``rope_theta``) and a key padding mask (a second input).
+
+Rotary embedding is an attribute rather than an op of its own: it rotates the queries and
+keys, which exist only inside this op (its in-projection makes them), so an op of its own
+would need q and k as values of the graph and the projections as separate nodes, and
+widening, ``add_heads`` and ``grow_head_dim`` could no longer treat one attention as one
+node whose inside they know.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from grow_ir.ir.ops.base import (
     Attrs,
@@ -30,13 +39,37 @@ from grow_ir.ir.types import TensorType
 class AttentionAttrs(Attrs):
     """Self-attention on ``[N, L, E]``; ``causal`` masks future positions; ``head_dim``
     sets each head's size (default ``E / num_heads``), so the heads (``num_heads *
-    head_dim`` wide) and the model width ``E`` can grow apart."""
+    head_dim`` wide) and the model width ``E`` can grow apart.
+
+    ``num_kv_heads`` (default ``num_heads``) is grouped-query attention: the keys and
+    values have that many heads, query head ``h`` reading key/value head
+    ``h // (num_heads / num_kv_heads)`` (Hugging Face's ``repeat_kv``, SDPA's
+    ``enable_gqa``). ``rope_theta`` turns on rotary position embedding of the queries and
+    keys at positions ``0..L-1`` in Llama's rotate-half convention (``x·cos + rotate_half(x)
+    ·sin`` with frequencies ``theta^(-2i/head_dim)``, as Hugging Face implements it). A
+    second input ``[N, L]`` (int64 or float) is a key padding mask: keys where it is 0 get
+    the dtype's lowest finite value added before the softmax (Hugging Face's
+    ``attention_mask``: 1 = attend; a kept key's weight is then exactly 0, as with -inf,
+    and a query whose keys are all padded averages them instead of giving NaN)."""
 
     num_heads: PositiveInt
     head_dim: PositiveInt | None = None
+    num_kv_heads: PositiveInt | None = None
+    rope_theta: PositiveFloat | None = None
     bias: bool = True
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     causal: bool = False
+
+
+def kv_heads(a: AttentionAttrs) -> int:
+    """The number of key/value heads (``num_heads`` unless grouped-query)."""
+    return a.num_kv_heads if a.num_kv_heads is not None else a.num_heads
+
+
+def projection_rows(a: AttentionAttrs, ins: Sequence[TensorType]) -> tuple[int, int, int]:
+    """The in-projection's rows of q, k and v (``[q; k; v]``, each heads × head_dim)."""
+    hd = head_dim(a, ins)
+    return a.num_heads * hd, kv_heads(a) * hd, kv_heads(a) * hd
 
 
 def head_dim(a: AttentionAttrs, ins: Sequence[TensorType]) -> int:
@@ -47,7 +80,7 @@ def head_dim(a: AttentionAttrs, ins: Sequence[TensorType]) -> int:
 
 
 def _attention_infer(a: AttentionAttrs, ins: Sequence[TensorType]) -> TensorType:
-    (x,) = ins
+    x = ins[0]
     require_float(x, "attention")
     require_rank(x, [3], "attention")
     e = known(x.shape[2], "attention's embedding size")
@@ -58,16 +91,41 @@ def _attention_infer(a: AttentionAttrs, ins: Sequence[TensorType]) -> TensorType
             expected=f"a divisor of {e}, or head_dim set",
             found=a.num_heads,
         )
+    if a.num_heads % kv_heads(a):
+        raise fail(
+            "num_heads must be a multiple of num_kv_heads (each key/value head serves a "
+            "group of query heads)",
+            field="num_kv_heads",
+            expected=f"a divisor of {a.num_heads}",
+            found=a.num_kv_heads,
+        )
+    if a.rope_theta is not None and head_dim(a, ins) % 2:
+        raise fail(
+            "rotary embedding rotates pairs of dims, so it needs an even head_dim",
+            field="rope_theta",
+            expected="an even head_dim, or rope_theta none",
+            found=f"head_dim {head_dim(a, ins)}",
+        )
+    if len(ins) == 2:
+        mask = ins[1]
+        if mask.rank != 2 or mask.shape != x.shape[:2]:
+            raise fail(
+                "the key padding mask must be [N, L], as the input's first two axes",
+                field="inputs",
+                expected=f"a mask of shape {list(x.shape[:2])}",
+                found=mask,
+            )
     return x
 
 
 def _attention_params(a: AttentionAttrs, ins: Sequence[TensorType]) -> dict[str, ParamSpec]:
     e = known(ins[0].shape[2], "attention's embedding size")
     inner = a.num_heads * head_dim(a, ins)
+    rows = sum(projection_rows(a, ins))
     dt = param_dtype(ins)
-    specs = {"in_proj_weight": ParamSpec((3 * inner, e), dt)}
+    specs = {"in_proj_weight": ParamSpec((rows, e), dt)}
     if a.bias:
-        specs["in_proj_bias"] = ParamSpec((3 * inner,), dt)
+        specs["in_proj_bias"] = ParamSpec((rows,), dt)
     specs["out_proj.weight"] = ParamSpec((e, inner), dt)
     if a.bias:
         specs["out_proj.bias"] = ParamSpec((e,), dt)
@@ -105,6 +163,7 @@ ATTENTION = register(
         infer=_attention_infer,
         params=_attention_params,
         init=_attention_init,
+        max_inputs=2,
         channels=Channels.THROUGH,
         channel_axis=lambda a, ins: 2,
         through=ThroughRule(
@@ -112,7 +171,8 @@ ATTENTION = register(
             writes=("out_proj.weight", "out_proj.bias"),
             pin=lambda a, ins: {"head_dim": head_dim(a, ins)},
         ),
-        doc="torch.nn.MultiheadAttention self-attention, batch first, optional causal mask",
+        doc="torch.nn.MultiheadAttention self-attention, batch first; causal, grouped-query, "
+        "rotary, key padding mask",
         facts=OpFacts(
             width_attr=None,
             zero_to_zero=No("its projection biases make a zero input nonzero"),

@@ -86,6 +86,20 @@ class ThroughRule:
     pin: Callable[[Any, Sequence[TensorType]], dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class NormRule:
+    """What a ``Channels.NORM`` op computes across the channels it normalises.
+
+    Attributes:
+        centres: it subtracts the mean before dividing by the spread (layernorm); an RMS
+            norm does not. LEMON's expansion fills new channels with the mean of the old
+            ones for a centring norm and with zeros for an RMS norm, the filling for which
+            each norm's statistics scale by exactly ``old / new``.
+    """
+
+    centres: bool
+
+
 InferFn = Callable[[Any, Sequence[TensorType]], TensorType]
 AxisMapFn = Callable[[Any, Sequence[TensorType]], tuple[tuple["int | No", ...], ...]]
 """``(attrs, input types) -> maps``: for each input, for each of its axes, the output axis
@@ -188,6 +202,7 @@ class OpDef:
         min_inputs / max_inputs: arity (max None = any number).
         channels: channel rule for widening.
         through: for ``Channels.THROUGH``, which parameters read and write the channels.
+        norm: for ``Channels.NORM``, what the op computes across its channels.
         channel_axis: the input axis this op's channels live on (per-channel params,
             weight columns, concat axis); ``None`` when channels pass through unchanged.
         axis_map: for ``Channels.MOVE`` and ``Channels.JOIN``, where each input axis lands
@@ -209,6 +224,7 @@ class OpDef:
     max_inputs: int | None = 1
     channels: Channels = Channels.MAP
     through: ThroughRule | None = None
+    norm: NormRule | None = None
     channel_axis: Callable[[Any, Sequence[TensorType]], int | None] = field(
         default=lambda attrs, inputs: None
     )
@@ -225,6 +241,8 @@ def register(op: OpDef) -> OpDef:
         raise ValueError(f"op {op.name!r} is defined twice")
     if not isinstance(op.facts, OpFacts):
         raise TypeError(f"op {op.name!r} must declare its OpFacts")
+    if (op.channels is Channels.NORM) != (op.norm is not None):
+        raise TypeError(f"op {op.name!r}: a NormRule goes with Channels.NORM, and only there")
     if (op.channels in (Channels.MOVE, Channels.JOIN)) != (op.axis_map is not None):
         raise TypeError(f"op {op.name!r}: an axis_map goes with Channels.MOVE and JOIN only")
     OPS[op.name] = op

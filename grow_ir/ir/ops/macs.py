@@ -42,8 +42,11 @@ def conv_macs(attrs: Any, inputs: Sequence[TensorType], output: TensorType) -> i
 
 
 def attention_macs(attrs: Any, inputs: Sequence[TensorType], output: TensorType) -> int:
-    """Q, K, V projections (3·N·L·E·D, D = heads × head_dim), QKᵀ and the sum of V
-    (2·N·L²·D), and the output projection (N·L·D·E)."""
+    """Q, K, V projections (N·L·E·(D + 2·Dkv), D = heads × head_dim, Dkv = kv heads ×
+    head_dim), QKᵀ and the sum of V (2·N·L²·D: each query head reads its key/value head),
+    and the output projection (N·L·D·E); rotary embedding and masks are element-wise."""
     n, length, embed = (int(d) for d in output.shape)
-    inner = attrs.num_heads * (attrs.head_dim or embed // attrs.num_heads)
-    return n * (4 * length * embed * inner + 2 * length * length * inner)
+    hd = attrs.head_dim or embed // attrs.num_heads
+    inner = attrs.num_heads * hd
+    kv = (attrs.num_kv_heads or attrs.num_heads) * hd
+    return n * (length * embed * (2 * inner + 2 * kv) + 2 * length * length * inner)

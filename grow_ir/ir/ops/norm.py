@@ -1,4 +1,5 @@
-"""Normalisation ops: batchnorm (1d or 2d by rank) and layernorm (over the last axis)."""
+"""Normalisation ops: batchnorm (1d or 2d by rank), layernorm and rmsnorm (over the last
+axis)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pydantic import Field, PositiveFloat
 from grow_ir.ir.ops.base import (
     Attrs,
     Channels,
+    NormRule,
     OpDef,
     ParamSpec,
     fail,
@@ -80,12 +82,18 @@ def _bn_identity(a: BatchNormAttrs, ins: Sequence[TensorType], params: dict) -> 
 
 
 def _norm_facts(
-    *, fresh_zero_to_zero: Fact, normalises: bool, identity: IdentityFn | No
+    *,
+    fresh_zero_to_zero: Fact,
+    normalises: bool,
+    identity: IdentityFn | No,
+    zero_to_zero: Fact = No("its bias and statistics shift a zero input"),
+    zeroable: tuple[str, ...] = ("weight", "bias"),
 ) -> OpFacts:
-    """The facts batchnorm and layernorm share (each states the ones that differ)."""
+    """The facts the norms share (each states the ones that differ; the defaults are
+    batchnorm's and layernorm's, which have a shift)."""
     return OpFacts(
         width_attr=None,
-        zero_to_zero=No("its bias and statistics shift a zero input"),
+        zero_to_zero=zero_to_zero,
         fresh_zero_to_zero=fresh_zero_to_zero,
         gradient_at_zero=True,
         gradient_fix=None,
@@ -98,7 +106,7 @@ def _norm_facts(
         activation=False,
         square=lambda t, kernel_size: {},
         identity=identity,
-        zeroable=("weight", "bias"),
+        zeroable=zeroable,
         head=False,
         adapters=(),
         randomised=True,
@@ -168,6 +176,7 @@ LAYERNORM = register(
         params=_ln_params,
         init=_ln_init,
         channels=Channels.NORM,
+        norm=NormRule(centres=True),
         channel_axis=lambda a, ins: ins[0].rank - 1,
         doc="torch.nn.LayerNorm over the last axis",
         facts=_norm_facts(
@@ -179,6 +188,65 @@ LAYERNORM = register(
                 "it normalises every vector, so LN(x) = x holds only for inputs that are "
                 "already normalised"
             ),
+        ),
+    )
+)
+
+
+class RMSNormAttrs(Attrs):
+    """``torch.nn.RMSNorm`` over the last axis: ``x / sqrt(mean(x²) + eps) * weight``;
+    ``eps`` None is ``torch.finfo(dtype).eps``, as in PyTorch."""
+
+    eps: PositiveFloat | None = None
+    elementwise_affine: bool = True
+
+
+def rms_eps(a: RMSNormAttrs, dtype: torch.dtype) -> float:
+    """The ``eps`` an rmsnorm adds: its own, else the machine epsilon of ``dtype``."""
+    return a.eps if a.eps is not None else torch.finfo(dtype).eps
+
+
+def _rms_infer(a: RMSNormAttrs, ins: Sequence[TensorType]) -> TensorType:
+    (x,) = ins
+    require_float(x, "rmsnorm")
+    require_rank(x, range(1, 9), "rmsnorm")
+    known(x.shape[-1], "rmsnorm's normalised size")
+    return x
+
+
+def _rms_params(a: RMSNormAttrs, ins: Sequence[TensorType]) -> dict[str, ParamSpec]:
+    if not a.elementwise_affine:
+        return {}
+    c = known(ins[0].shape[-1], "rmsnorm's normalised size")
+    return {"weight": ParamSpec((c,), param_dtype(ins))}
+
+
+def _rms_init(a: RMSNormAttrs, ins: Sequence[TensorType], gen: torch.Generator) -> dict:
+    specs = _rms_params(a, ins)
+    return {k: torch.ones(v.shape, dtype=ins[0].torch_dtype) for k, v in specs.items()}
+
+
+RMSNORM = register(
+    OpDef(
+        name="rmsnorm",
+        attrs=RMSNormAttrs,
+        infer=_rms_infer,
+        params=_rms_params,
+        init=_rms_init,
+        channels=Channels.NORM,
+        norm=NormRule(centres=False),
+        channel_axis=lambda a, ins: ins[0].rank - 1,
+        doc="torch.nn.RMSNorm over the last axis (Llama's norm)",
+        facts=_norm_facts(
+            # no shift: a zero channel stays zero (x_c / rms · weight_c)
+            zero_to_zero=True,
+            fresh_zero_to_zero=True,
+            normalises=True,
+            identity=No(
+                "it divides every vector by its root mean square, so RMSNorm(x) = x holds "
+                "only for inputs whose root mean square is already 1"
+            ),
+            zeroable=("weight",),
         ),
     )
 )

@@ -1,0 +1,222 @@
+"""Issue 11's acceptance on CNNs nobody here wrote: torchvision's models (random init from
+their own constructors, through tests/torchvision_models.py) and a standard small U-Net.
+
+For each model, in eval mode with randomised BatchNorm statistics and biases (so that a
+wrong import of any of them shows): ``gi.from_torch`` and ``gi.from_onnx`` of its
+``torch.onnx.export`` file compute the module's outputs within 1e-5 × max(1, |y|);
+``gi.to_onnx`` of the imported graph passes the full checker and onnxruntime parity;
+``widenable`` finds every channel group Torch-Pruning's DependencyGraph finds (the same
+layers, mapped through the module paths that name our nodes); and widening the groups is
+exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+import onnx
+import pytest
+import torch
+import torch_pruning as tp
+from torch import nn
+
+import grow_ir as gi
+from grow_ir.backends.onnx_check import check_model, check_parity
+from grow_ir.ir.graph import Graph
+from grow_ir.passes import channel_group, widenable
+from tests.import_models import randomized, relative_error, torch_onnx
+from tests.torchvision_models import models as torchvision_models
+
+TOL = 1e-5
+
+
+class UNet(nn.Module):
+    """A standard small U-Net (Ronneberger et al.): double 3×3 conv blocks with BatchNorm,
+    max-pool down, up by a transposed conv (first level) or bilinear upsampling plus a 1×1
+    conv (second), skip connections concatenated, a 1×1 conv head."""
+
+    def __init__(self, channels: int = 3, classes: int = 2, width: int = 8) -> None:
+        super().__init__()
+        w = width
+        self.down0 = self.block(channels, w)
+        self.down1 = self.block(w, 2 * w)
+        self.bottom = self.block(2 * w, 4 * w)
+        self.pool = nn.MaxPool2d(2)
+        self.up1 = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(4 * w, 2 * w, 1)
+        )
+        self.dec1 = self.block(4 * w, 2 * w)
+        self.up0 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
+        self.dec0 = self.block(2 * w, w)
+        self.head = nn.Conv2d(w, classes, 1)
+
+    @staticmethod
+    def block(cin: int, cout: int) -> nn.Sequential:
+        """conv-bn-relu twice."""
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s0 = self.down0(x)
+        s1 = self.down1(self.pool(s0))
+        y = self.bottom(self.pool(s1))
+        y = self.dec1(torch.cat([self.up1(y), s1], 1))
+        y = self.dec0(torch.cat([self.up0(y), s0], 1))
+        return self.head(y)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A test model: how to build it, its input size, and its output layer (which
+    Torch-Pruning is told to leave alone, as ``widen`` refuses a graph output)."""
+
+    make: Callable[[], nn.Module]
+    size: int
+    output: str
+
+
+def _tv(name: str, **kwargs: object) -> Callable[[], nn.Module]:
+    return lambda: getattr(torchvision_models(), name)(num_classes=10, **kwargs)
+
+
+def _small_densenet() -> nn.Module:
+    # densenet121's own config (58 dense layers) takes 10 s to import alone; the same class
+    # with fewer, narrower layers goes through the same code (dense concats, transitions)
+    return torchvision_models().DenseNet(
+        growth_rate=8, block_config=(2, 3, 2, 2), num_init_features=16, bn_size=2, num_classes=10
+    )
+
+
+MODELS = {
+    "resnet18": Model(_tv("resnet18"), 32, "fc"),
+    "resnet50": Model(_tv("resnet50"), 32, "fc"),
+    "mobilenet_v2": Model(_tv("mobilenet_v2"), 32, "classifier.1"),
+    "mobilenet_v3_small": Model(_tv("mobilenet_v3_small"), 32, "classifier.3"),
+    "efficientnet_b0": Model(_tv("efficientnet_b0"), 32, "classifier.1"),
+    "convnext_tiny": Model(_tv("convnext_tiny"), 32, "classifier.2"),
+    "densenet": Model(_small_densenet, 32, "classifier"),
+    "unet": Model(UNet, 32, "head"),
+}
+
+
+@dataclass(frozen=True)
+class Imported:
+    """A model, its probe input and its outputs, and the graph ``from_torch`` made."""
+
+    module: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    graph: Graph
+
+
+@cache
+def imported(name: str) -> Imported:
+    """The model ``name`` randomised, run and imported with ``from_torch`` (once)."""
+    torch.manual_seed(0)
+    spec = MODELS[name]
+    module = randomized(spec.make())
+    x = torch.randn(2, 3, spec.size, spec.size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = module(x)
+    return Imported(module, x, y, gi.from_torch(module, x))
+
+
+def run(graph: Graph, x: torch.Tensor) -> torch.Tensor:
+    """The graph's single output on ``x``, lowered to torch, in eval mode."""
+    with torch.no_grad():
+        out = gi.to_torch(graph).eval()(x)
+    return next(iter(out.values())) if isinstance(out, dict) else out
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_from_torch_matches_the_module(name: str) -> None:
+    m = imported(name)
+    other = torch.randn(m.x.shape, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        want = m.module(other)
+    assert relative_error(run(m.graph, m.x), m.y) <= TOL
+    assert relative_error(run(m.graph, other), want) <= TOL
+    assert "conv2d" in {n.op for n in m.graph.nodes}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_from_onnx_of_torch_onnx_export_matches_the_module(name: str) -> None:
+    m = imported(name)
+    graph = gi.from_onnx(torch_onnx(m.module, m.x))  # checked against onnxruntime too
+    assert relative_error(run(graph, m.x), m.y) <= TOL
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_to_onnx_of_the_imported_graph_checks_and_matches(name: str) -> None:
+    graph = imported(name).graph
+    model = gi.to_onnx(graph)
+    onnx.checker.check_model(model, full_check=True)
+    check_model(model)
+    assert check_parity(graph, model) <= TOL
+
+
+def torch_pruning_groups(module: nn.Module, x: torch.Tensor, output: str) -> list[set[str]]:
+    """The channel groups of Torch-Pruning's DependencyGraph, each as the module paths of
+    the layers whose output channels it prunes (depthwise convs are per-channel members,
+    as in grow-ir, and left out)."""
+    names = {m: n for n, m in module.named_modules()}
+    layers = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+    graph = tp.DependencyGraph().build_dependency(module, example_inputs=x)
+    ignored = [module.get_submodule(output)]
+    groups = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(layers)):
+        made = set()
+        for item in group:
+            layer = item.dep.target.module
+            depthwise = isinstance(layer, nn.Conv2d) and layer.groups == layer.in_channels > 1
+            out = item.dep.handler.__name__ == "prune_out_channels"
+            if out and isinstance(layer, layers) and not depthwise:
+                made.add(names[layer])
+        if made:
+            groups.append(made)
+    return groups
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_widenable_finds_every_torch_pruning_group(name: str) -> None:
+    m = imported(name)
+    theirs = torch_pruning_groups(m.module, m.x, MODELS[name].output)
+    ours = {frozenset(channel_group(m.graph, n).producers) for n in widenable(m.graph)}
+    assert theirs, "Torch-Pruning found no group"
+    missing = [sorted(g) for g in theirs if frozenset(g) not in ours]
+    assert not missing, f"groups Torch-Pruning finds and widenable does not: {missing}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_widening_every_group_is_exact(name: str) -> None:
+    """Every group (by its first producer) widened with net2net, by 2 channels (doubled
+    through a layernorm), each alone on the imported graph for the first three, then all
+    of them one after the other."""
+    m = imported(name)
+    starts, seen = [], set()
+    for node in widenable(m.graph):
+        group = channel_group(m.graph, node)
+        if not seen & set(group.producers):
+            starts.append(node)
+            seen |= set(group.producers)
+    wider = m.graph
+    for i, node in enumerate(starts):
+        group = channel_group(wider, node)
+        # net2net through a layernorm is exact when every unit is copied equally often
+        width = group.channels * 2 if group.norms else group.channels + 2
+        result = gi.passes.widen.run(wider, node=node, width=width, seed=i)
+        assert result.preserved
+        if i < 3:
+            alone = gi.passes.widen(m.graph, node=node, width=width, seed=i)
+            assert relative_error(run(alone, m.x), m.y) <= TOL, node
+        wider = result.graph
+    assert wider.num_params() > m.graph.num_params()
+    assert relative_error(run(wider, m.x), m.y) <= TOL
