@@ -22,6 +22,7 @@ beside the CPU torch, and ``import torchvision`` fails in ``torchvision/_meta_re
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import sys
 import types
 from pathlib import Path
@@ -50,7 +51,9 @@ def models() -> types.ModuleType:
     if bare is None:
         bare = types.ModuleType("torchvision")
         bare.__path__ = [str(package)]
-        bare.__file__ = None
+        # a spec, so that importlib.util.find_spec("torchvision") (torch.onnx asks) answers
+        bare.__spec__ = importlib.machinery.ModuleSpec("torchvision", None, is_package=True)
+        bare.__spec__.submodule_search_locations = [str(package)]
         sys.modules["torchvision"] = bare
     elif list(getattr(bare, "__path__", [])) != [str(package)]:
         raise RuntimeError(f"another torchvision is already imported: {bare!r}")
