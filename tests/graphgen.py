@@ -711,6 +711,17 @@ def _add_heads(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
     )
 
 
+def _prune_heads(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
+    nodes = [n for n in _attention_nodes(graph) if graph.node(n).attrs.num_heads > 1]
+    if not nodes:
+        return None
+    return st.sampled_from(nodes).flatmap(
+        lambda n: st.fixed_dictionaries(
+            {"node": st.just(n), "keep": st.integers(1, graph.node(n).attrs.num_heads - 1)}
+        )
+    )
+
+
 def _grow_head_dim(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
     nodes = _attention_nodes(graph)
     if not nodes:
@@ -851,6 +862,9 @@ PASS_RECORDS: dict[str, PassRecord] = {
     ),
     "add_heads": PassRecord(
         _add_heads, lambda g, a: True, lambda g, a: "", both_claims=False, sequences=False
+    ),
+    "prune_heads": PassRecord(
+        _prune_heads, lambda g, a: None, lambda g, a: "live", both_claims=False, sequences=False
     ),
     "grow_head_dim": PassRecord(
         _grow_head_dim, lambda g, a: True, lambda g, a: "", both_claims=False, sequences=False

@@ -18,11 +18,13 @@ def _spec_imports(path: Path) -> list[tuple[int, str]]:
         for child in ast.iter_child_nodes(node):
             scoped = isinstance(child, (ast.FunctionDef, ast.ClassDef))
             name = f"{where}.{child.name}" if scoped else where
-            if (isinstance(child, ast.ImportFrom) and (child.module or "").startswith(
-                "grow_ir.spec"
-            )) or (isinstance(child, ast.Import) and any(
-                a.name.startswith("grow_ir.spec") for a in child.names
-            )):
+            if (
+                isinstance(child, ast.ImportFrom)
+                and (child.module or "").startswith("grow_ir.spec")
+            ) or (
+                isinstance(child, ast.Import)
+                and any(a.name.startswith("grow_ir.spec") for a in child.names)
+            ):
                 found.append((child.lineno, where))
             visit(child, name)
 

@@ -376,6 +376,7 @@ PASS_CASES: dict[str, list[tuple[Callable[[], Graph], dict[str, Any]]]] = {
         (small_cnn, {"task": "t2", "base": "logits", "adapt": ["down"], "head": 4}),
     ],
     "add_heads": [(small_gpt, {"node": "h.block0.attn", "heads": 3})],
+    "prune_heads": [(small_gpt, {"node": "h.block0.attn", "keep": 1})],
     "grow_head_dim": [
         (small_gpt, {"node": "h.block1.attn", "head_dim": 11}),
         (small_llama, {"node": "layers.block0.attn", "head_dim": 8}),

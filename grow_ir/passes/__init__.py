@@ -6,7 +6,7 @@ from grow_ir.passes.channels import ChannelGroup, channel_group, widenable
 from grow_ir.passes.connections import grow_connections, prune_connections
 from grow_ir.passes.fork import fork_task
 from grow_ir.passes.gradmax import Probe
-from grow_ir.passes.heads import add_heads, grow_head_dim, grow_kv_heads
+from grow_ir.passes.heads import add_heads, grow_head_dim, grow_kv_heads, prune_heads
 from grow_ir.passes.insert import insert_block, insert_layer
 from grow_ir.passes.lemon import lemon_units  # noqa: F401  (registers the lemon init)
 from grow_ir.passes.manager import (
@@ -51,6 +51,7 @@ __all__ = [
     "prunable",
     "prune",
     "prune_connections",
+    "prune_heads",
     "register_pass",
     "run_plan",
     "stack_blocks",

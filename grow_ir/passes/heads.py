@@ -72,13 +72,20 @@ def _rows(heads: tuple[int, ...], hd: int, dims: tuple[int, ...]) -> list[int]:
     return [h * hd + d if h >= 0 and d >= 0 else -1 for h in heads for d in dims]
 
 
-def _grow_inside(graph: Graph, node: str, layout: _Layout, seed: int) -> PassResult:
-    """``node`` (an attention) with the inside ``layout``, exactly."""
+def _grow_inside(
+    graph: Graph, node: str, layout: _Layout, seed: int, dropped: str = ""
+) -> PassResult:
+    """``node`` (an attention) with the inside ``layout``: exact when it only adds heads
+    or dims; when heads are left out, ``dropped`` (their description) and the caller's
+    proof decide preservation (the result claims it; :func:`prune_heads` amends it)."""
     n = graph.node(node)
     ins = graph.input_types(n)
     heads, kv, hd = n.attrs.num_heads, count_kv_heads(n.attrs), current_head_dim(n.attrs, ins)
     new_heads, new_kv, new_hd = len(layout.q), len(layout.kv), layout.head_dim
-    update = {"num_heads": new_heads, "head_dim": new_hd}
+    width = ins[0].shape[-1]
+    default = width // new_heads if isinstance(width, int) and width % new_heads == 0 else None
+    # head_dim is written only where E / num_heads does not give it (a canonical graph)
+    update = {"num_heads": new_heads, "head_dim": None if new_hd == default else new_hd}
     if n.attrs.num_kv_heads is not None:
         update["num_kv_heads"] = new_kv
     grown = n.replace(attrs=n.attrs.model_copy(update=update))
@@ -121,13 +128,16 @@ def _grow_inside(graph: Graph, node: str, layout: _Layout, seed: int) -> PassRes
     origins[key] = Origin(key, index={1: tuple(columns)})
     new_graph = replace_nodes(graph, {node: grown}, params=params)
     what = []
+    if new_heads < heads:
+        what.append(f"{heads} -> {new_heads} heads ({dropped})")
     if new_heads > heads:
         what.append(f"{heads} -> {new_heads} heads (new heads' output projection zero)")
     if new_kv > kv and new_heads == heads:
         what.append(f"{kv} -> {new_kv} key/value heads (each old one copied)")
     if new_hd > hd:
         what.append(f"head_dim {hd} -> {new_hd} (new query dims zero, queries scaled)")
-    return PassResult(new_graph, True, f"grew attention '{node}': {', '.join(what)}", "", origins)
+    verb = "pruned" if new_heads < heads else "grew"
+    return PassResult(new_graph, True, f"{verb} attention '{node}': {', '.join(what)}", "", origins)
 
 
 def head_ops() -> tuple[str, ...]:
@@ -256,3 +266,120 @@ def grow_kv_heads(graph: Graph, node: NodeName, kv_heads: Count, seed: Seed = 0)
     hd = current_head_dim(n.attrs, graph.input_types(n))
     layout = _Layout(tuple(range(heads)), tuple(g // m for g in range(new)), _same_dims(hd, hd))
     return _grow_inside(graph, node, layout, seed)
+
+
+def head_scores(graph: Graph, node: str, p: int = 1) -> list[float]:
+    """Each head's importance: the ``p``-norm of its query, key and value rows and of its
+    output-projection columns (biases included), as Torch-Pruning scores a head."""
+    n = graph.node(node)
+    heads, hd = n.attrs.num_heads, current_head_dim(n.attrs, graph.input_types(n))
+    prefix, out = n.param_prefix, []
+    for h in range(heads):
+        rows = [part * heads * hd + h * hd + j for part in range(3) for j in range(hd)]
+        cols = [h * hd + j for j in range(hd)]
+        parts = [graph.params[f"{prefix}.out_proj.weight"][:, cols]]
+        for local in ("in_proj_weight", "in_proj_bias"):
+            if f"{prefix}.{local}" in graph.params:
+                parts.append(graph.params[f"{prefix}.{local}"][rows])
+        out.append(float(sum(t.double().abs().pow(p).sum() for t in parts) ** (1.0 / p)))
+    return out
+
+
+def dead_heads(graph: Graph, node: str) -> list[int]:
+    """The heads whose output provably adds nothing: their output-projection columns are
+    zero, or their value rows and value biases are."""
+    n = graph.node(node)
+    heads, hd = n.attrs.num_heads, current_head_dim(n.attrs, graph.input_types(n))
+    prefix, dead = n.param_prefix, []
+    for h in range(heads):
+        cols = slice(h * hd, (h + 1) * hd)
+        v_rows = slice(2 * heads * hd + h * hd, 2 * heads * hd + (h + 1) * hd)
+        out_zero = not graph.params[f"{prefix}.out_proj.weight"][:, cols].any()
+        v_zero = not graph.params[f"{prefix}.in_proj_weight"][v_rows].any()
+        bias = graph.params.get(f"{prefix}.in_proj_bias")
+        v_zero = v_zero and (bias is None or not bias[v_rows].any())
+        if out_zero or v_zero:
+            dead.append(h)
+    return dead
+
+
+@register_pass("prune_heads")
+def prune_heads(
+    graph: Graph,
+    node: NodeName,
+    keep: int | list[int] | None = None,
+    drop: list[int] | str | None = None,
+    importance: str = "l1",
+) -> PassResult:
+    """Remove heads of attention ``node``, each head a unit (its q, k, v rows and its
+    output-projection columns): the counterpart of :func:`add_heads` for pruning.
+
+    Say which with ``drop=[...]`` or ``keep=[...]`` (head indices), ``drop="dead"`` (every
+    head :func:`dead_heads` finds), or how many with ``keep=N``; then the heads of highest
+    ``importance`` (``"l1"``/``"l2"``, :func:`head_scores`) stay. The kept heads keep
+    their order and their values bitwise; ``head_dim`` and the model width do not change.
+
+    Guarantees: the input graph is untouched; ``origins`` map the kept rows and columns;
+    ``preserved`` is True only when every removed head is dead, and otherwise the reason
+    names the live ones.
+
+    Raises:
+        PassError: ``node`` is no multi-head attention (grouped-query attention, whose
+            query heads share key/value heads by groups, is refused), the choice keeps no
+            head or all of them, or an unknown importance.
+    """
+    n = node_of_kind(graph, node, head_ops(), "prune_heads")
+    if n.attrs.num_kv_heads is not None:
+        raise PassError(
+            f"attention '{node}' is grouped-query: its query heads share key/value heads in "
+            "groups of one size, so single heads cannot go",
+            node=node,
+            field="num_kv_heads",
+            expected="multi-head attention (num_kv_heads unset)",
+            found=str(n.attrs.num_kv_heads),
+        )
+    heads = n.attrs.num_heads
+
+    def bad(field: str, expected: str, found: object) -> PassError:
+        return PassError(
+            "bad choice of heads", node=node, field=field, expected=expected, found=repr(found)
+        )
+
+    if (keep is None) == (drop is None):
+        raise bad("keep", "exactly one of keep and drop", f"keep={keep!r}, drop={drop!r}")
+    dead = dead_heads(graph, node)
+    if drop == "dead":
+        drop = dead
+    if isinstance(drop, list):
+        if any(isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < heads for h in drop):
+            raise bad("drop", f"head indices in [0, {heads})", drop)
+        kept = [h for h in range(heads) if h not in set(drop)]
+    elif isinstance(keep, list):
+        if any(isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < heads for h in keep):
+            raise bad("keep", f"head indices in [0, {heads})", keep)
+        kept = sorted(set(keep))
+    elif isinstance(keep, int) and not isinstance(keep, bool):
+        if importance not in ("l1", "l2"):
+            raise bad("importance", "l1 or l2", importance)
+        scores = head_scores(graph, node, 1 if importance == "l1" else 2)
+        ranked = sorted(range(heads), key=lambda h: (-scores[h], h))
+        kept = sorted(ranked[: max(0, keep)])
+    else:
+        raise bad(
+            "drop" if drop is not None else "keep", "indices, 'dead' or a count", drop or keep
+        )
+    if not 0 < len(kept) < heads:
+        raise bad(
+            "keep" if keep is not None else "drop",
+            f"a choice that keeps between 1 and {heads - 1} of the {heads} heads",
+            f"{len(kept)} kept",
+        )
+    removed = [h for h in range(heads) if h not in kept]
+    hd = current_head_dim(n.attrs, graph.input_types(n))
+    layout = _Layout(tuple(kept), tuple(kept), _same_dims(hd, hd))
+    result = _grow_inside(graph, node, layout, 0, dropped=f"dropped {removed}")
+    live = [h for h in removed if h not in dead]
+    if not live:
+        return result
+    reason = f"heads {live} of '{node}' are live: removing them changes the function"
+    return PassResult(result.graph, False, result.summary, reason, result.origins)
