@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from grow_ir.errors import GrowError
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.ops.base import bump_attr
 from grow_ir.passes.channels import ChannelGroup, Member, ParamAxis
@@ -31,7 +32,35 @@ def resize_nodes(graph: Graph, group: ChannelGroup, delta: int) -> Graph:
             for key, block in m.width_attrs:  # ``out_features`` or a shape entry ``shape[1]``
                 attrs = bump_attr(attrs, key, delta * block)
             changed[m.node] = n.replace(attrs=attrs.model_copy(update=dict(m.pins)))
-    return replace_nodes(graph, changed)
+    resized = replace_nodes(graph, changed)
+    pinned = {m.node: [k for k, _ in m.pins] for m in group.members if m.pins}
+    return replace_nodes(resized, _unpin(resized, pinned)) if pinned else resized
+
+
+def _unpin(graph: Graph, pinned: dict[str, list[str]]) -> dict[str, Node]:
+    """The pinned nodes whose pins the op would derive anyway at the new width (pruning
+    back to the old width), with those attributes back at their defaults: the same
+    function and parameters, and the graph a widen then prune started from."""
+    try:
+        types = graph.types
+    except GrowError:  # the pass reports what does not fit when it verifies its result
+        return {}
+    back: dict[str, Node] = {}
+    for name, keys in pinned.items():
+        n = graph.node(name)
+        op, ins = n.opdef, [types[i] for i in n.inputs]
+        default = n.attrs.model_copy(update={k: op.attrs.model_fields[k].default for k in keys})
+        if default == n.attrs:
+            continue
+        try:
+            same = op.infer(default, ins) == types[name] and op.params(default, ins) == op.params(
+                n.attrs, ins
+            )
+        except GrowError:  # the default does not fit the new width: the pin is needed
+            same = False
+        if same:
+            back[name] = n.replace(attrs=default)
+    return back
 
 
 @dataclass(frozen=True)
