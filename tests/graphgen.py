@@ -22,18 +22,26 @@ pass may still refuse them (with a PassError saying why), which callers should a
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
-from grow_ir.ir.graph import Graph
+from grow_ir.backends.torch import to_torch
+from grow_ir.errors import GrowError
+from grow_ir.ir import OPS, OpDef, TensorType
+from grow_ir.ir.graph import Graph, Node, check_arity
 from grow_ir.passes.channels import channel_group, widenable
 from grow_ir.passes.heads import head_ops
 from grow_ir.passes.prune import prunable
-from grow_ir.probes import randomize_norms
+from grow_ir.probes import random_inputs, randomize_norms
 from grow_ir.spec import load_spec
+from tests.attr_domains import attr_strategy, shapes_near
 
 ACTIVATIONS = (
     "relu",
@@ -51,7 +59,7 @@ ACTIVATIONS = (
 )
 """Activations drawn between layers (dropout is drawn on its own)."""
 
-FAMILIES = ("mlp", "cnn", "seq", "staged")
+FAMILIES = ("mlp", "cnn", "seq", "staged", "net")
 """The network families :func:`specs` draws from."""
 
 Spec = dict[str, Any]
@@ -479,6 +487,140 @@ def staged_specs(draw: st.DrawFn) -> Spec:
     return b.spec(draw, "staged", inputs, blocks=blocks)
 
 
+# ---- any op: networks drawn from the op registry -----------------------------------------
+
+NET_INPUTS: dict[str, Callable[[st.DrawFn], dict[str, Any]]] = {
+    "image": lambda d: {
+        "shape": ["batch", d(st.integers(1, 4)), d(st.integers(3, 7)), d(st.integers(3, 7))]
+    },
+    "signal": lambda d: {"shape": ["batch", d(st.integers(1, 4)), d(st.integers(3, 7))]},
+    "vector": lambda d: {"shape": ["batch", d(st.integers(2, 5))]},
+    "seq": lambda d: {"shape": ["batch", "seq", d(st.sampled_from([4, 6, 8]))]},
+    "tokens": lambda d: {"shape": ["batch", "seq"], "dtype": "int64"},
+}
+"""The input a ``net`` starts from (tokens go through an embedding first)."""
+
+NET_ATTEMPTS = 4
+"""Draws of an op (and of its inputs) per node before the step is given up."""
+
+ATTR_ATTEMPTS = 6
+"""Draws of a node's attributes while the op refuses an attribute (not its inputs)."""
+
+
+@dataclass
+class Net:
+    """A network being drawn op by op: its spec entries and every value's type."""
+
+    b: SpecBuilder
+    types: dict[str, TensorType]
+
+    def try_add(
+        self, op: str, inputs: list[str], attrs: dict[str, Any], name: str
+    ) -> GrowError | None:
+        """Add the node if the op's own checks (attributes, arity, ``infer``) accept it;
+        else the op's error, which names the field at fault."""
+        try:
+            node = Node(name, op, attrs, tuple(inputs))
+            check_arity(node)
+            out = node.opdef.infer(node.attrs, [self.types[i] for i in inputs])
+        except GrowError as exc:
+            return exc
+        self.b.nodes.append({"name": name, "op": op, "inputs": list(inputs), **attrs})
+        self.types[name] = out
+        return None
+
+    def add_drawn(self, draw: st.DrawFn, op: str, inputs: list[str], **fixed: Any) -> str | None:
+        """Add an ``op`` node reading ``inputs`` with attributes drawn for the inputs'
+        types (``fixed`` ones as given), drawing them again while the op refuses an
+        attribute; its name, or None where it refuses the inputs (or every draw)."""
+        name = self.fresh(op)
+        refs = [self.types[i] for i in inputs]
+        for _ in range(ATTR_ATTEMPTS):
+            err = self.try_add(op, inputs, draw(attr_strategy(OPS[op], refs, **fixed)), name)
+            if err is None:
+                return name
+            if err.field is None or err.field.startswith("inputs"):
+                return None
+        return None
+
+    def fresh(self, op: str) -> str:
+        """A name for the next node of ``op``."""
+        return f"{op}{len(self.b.nodes)}"
+
+    def draw_node(self, draw: st.DrawFn, op: OpDef) -> bool:
+        """Draw inputs and attributes for one ``op`` node and add it, drawing the inputs
+        again (up to :data:`NET_ATTEMPTS` times) where the op refuses them; False if it
+        never accepted any (nothing added). The first input is a recent value or any;
+        further ones a value of the same type, any value, or a fresh ``parameter`` of a
+        shape made from the first's (:func:`~tests.attr_domains.shapes_near`)."""
+        pool = list(self.types)
+        most = op.max_inputs if op.max_inputs is not None else op.min_inputs + 1
+        count = st.integers(max(op.min_inputs, 1), max(most, 1))
+        for _ in range(NET_ATTEMPTS):
+            mark = len(self.b.nodes)
+            first = draw(st.sampled_from(pool[-3:] if draw(st.booleans()) else pool))
+            inputs = self._operands(draw, pool, first, draw(count))
+            if inputs is not None and self.add_drawn(draw, op.name, inputs) is not None:
+                return True
+            self.rollback(mark)
+        return False
+
+    def _operands(
+        self, draw: st.DrawFn, pool: list[str], first: str, count: int
+    ) -> list[str] | None:
+        inputs = [first]
+        for _ in range(count - 1):
+            kind = draw(st.sampled_from(["parameter", "same", "any"]))
+            if kind == "parameter":
+                shape = draw(st.sampled_from(shapes_near([self.types[first]])))
+                name = self.add_drawn(draw, "parameter", [], shape=shape)
+                if name is None:
+                    return None
+                inputs.append(name)
+                continue
+            same = [v for v in pool if self.types[v] == self.types[first]]
+            inputs.append(draw(st.sampled_from(same if kind == "same" else pool)))
+        return inputs
+
+    def rollback(self, mark: int) -> None:
+        """Drop the nodes added since there were ``mark``."""
+        for entry in self.b.nodes[mark:]:
+            del self.types[entry["name"]]
+        del self.b.nodes[mark:]
+
+
+@st.composite
+def net_specs(draw: st.DrawFn) -> Spec:
+    """A random network of any ops: one input (an image, a signal, a vector, a float
+    sequence, or tokens read by an embedding), then one to seven nodes, each an op of the
+    registry with inputs and attributes the op accepts (branches, joins of several values,
+    learned tensors as operands). Every dead end is an output, after a hidden linear layer
+    and a linear head where it has an axis to read, so that growth passes find inner
+    layers to grow."""
+    kind = draw(st.sampled_from(sorted(NET_INPUTS)))
+    spec_input = NET_INPUTS[kind](draw)
+    net = Net(
+        SpecBuilder(),
+        {"x": TensorType(tuple(spec_input["shape"]), spec_input.get("dtype", "float32"))},
+    )
+    if kind == "tokens":
+        net.add_drawn(draw, "embedding", ["x"], embedding_dim=draw(WIDTHS), padding_idx=None)
+    ops = sorted(OPS, key=lambda op: (op != "linear", op))  # shrinks towards linear layers
+    for _ in range(draw(st.integers(1, 7))):
+        for _ in range(NET_ATTEMPTS):
+            if net.draw_node(draw, OPS[draw(st.sampled_from(ops))]):
+                break
+    if not net.b.nodes:
+        assert net.try_add("relu", ["x"], {}, "relu0") is None
+    used = {i for entry in net.b.nodes for i in entry["inputs"]}
+    for leaf in [e["name"] for e in net.b.nodes if e["name"] not in used]:
+        out = leaf
+        for width in (4, 3):
+            out = net.add_drawn(draw, "linear", [out], out_features=width) or out
+        net.b.output(out)
+    return net.b.spec(draw, "net", {"x": spec_input})
+
+
 # ---- graphs -----------------------------------------------------------------------------
 
 SPEC_STRATEGIES: dict[str, Callable[[], st.SearchStrategy[Spec]]] = {
@@ -486,6 +628,7 @@ SPEC_STRATEGIES: dict[str, Callable[[], st.SearchStrategy[Spec]]] = {
     "cnn": cnn_specs,
     "seq": seq_specs,
     "staged": staged_specs,
+    "net": net_specs,
 }
 
 
@@ -496,10 +639,77 @@ def specs(families: tuple[str, ...] = FAMILIES) -> st.SearchStrategy[Spec]:
 
 @st.composite
 def graphs(draw: st.DrawFn, families: tuple[str, ...] = FAMILIES) -> Graph:
-    """A verified random network (see :func:`specs`) with random batchnorm statistics and
-    norm affine parameters, so that no identity holds by accident."""
+    """A verified random network (see :func:`specs`) with random batchnorm statistics,
+    norm affine parameters and parameters that start constant, so that no identity holds
+    by accident; its outputs are finite on random inputs (a ``div`` by a value that may be
+    0 gives Inf or NaN there, and a network computing NaN has no function to preserve)."""
     graph = load_spec(draw(specs(families)))
-    return randomize_norms(graph, seed=draw(st.integers(0, 9)))
+    seed = draw(st.integers(0, 9))
+    graph = unequal_params(randomize_norms(graph, seed=seed), seed=seed)
+    assume(finite_outputs(graph))
+    return graph
+
+
+def finite_outputs(graph: Graph) -> bool:
+    """Whether every output of ``graph`` (eval mode) is finite on two random probes."""
+    module = to_torch(graph).eval()
+    for batch, seed in ((2, 0), (3, 1)):
+        inputs = random_inputs(graph, batch=batch, seed=seed)
+        with torch.no_grad():
+            out = module(**inputs)
+        outs = out.values() if isinstance(out, dict) else [out]
+        if not all(torch.isfinite(o).all() for o in outs if o.is_floating_point()):
+            return False
+    return True
+
+
+def unequal_params(graph: Graph, seed: int = 0) -> Graph:
+    """``graph`` with every float parameter whose entries all start equal (``mix`` weights,
+    attention's zero projection biases) drawn from N(0, 1), so that no symmetry or zero
+    holds by accident; buffers (statistics, masks) are left as they are."""
+    gen = torch.Generator().manual_seed(seed)
+    params = dict(graph.params)
+    for n in graph.nodes:
+        if n.share is not None:
+            continue
+        for key, spec in graph.node_params(n).items():
+            t = graph.params[key]
+            if spec.buffer or not t.is_floating_point() or t.numel() < 2:
+                continue
+            if torch.all(t == t.flatten()[0]):
+                params[key] = torch.randn(t.shape, generator=gen).to(t.dtype)
+    return graph.replace(params=params)
+
+
+class _Covered(Exception):
+    """Raised inside a search to stop it once every op has been drawn."""
+
+
+@functools.cache
+def ops_drawn(families: tuple[str, ...], max_examples: int) -> frozenset[str]:
+    """The ops of the spec nodes drawn from :func:`specs` of ``families`` (derandomized,
+    so the same every run), drawing until every op of the registry has appeared or
+    ``max_examples`` specs were drawn: the coverage guards' search, which costs only what
+    coverage needs (and, being deterministic, is searched once per session)."""
+    seen: set[str] = set()
+
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(spec=specs(families))
+    def collect(spec: Spec) -> None:
+        seen.update(entry["op"] for entry in spec["nodes"] if "op" in entry)
+        if seen >= set(OPS):
+            raise _Covered
+
+    with contextlib.suppress(_Covered):
+        collect()
+    return frozenset(seen)
 
 
 # ---- pass arguments ---------------------------------------------------------------------

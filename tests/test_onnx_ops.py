@@ -276,6 +276,7 @@ CASES: list[Case] = [
     case("slice-negative", IMG, "slice", dim=2, start=-3, end=-1),
     case("pad", IMG, "pad", pad=[1, 0, 0, 1]),
     case("pad-value", SIG, "pad", pad=[2, 3], value=-1.5),
+    case("pad-nothing-scalar", {"x": TensorType(())}, "pad", pad=[]),  # a rank-0 input
     case("matmul", {"x": TensorType(("batch", 3, 5, 5))}, "matmul", arity=2),
     case("matmul-heads", operands(("batch", 2, 5, 4), ("batch", 2, 4, 3)), "matmul", arity=2),
     case("matmul-broadcast", operands(("batch", 2, 5, 4), (4, 6)), "matmul", arity=2),

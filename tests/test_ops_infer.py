@@ -262,6 +262,28 @@ def test_symbolic_dims_that_would_change_are_shape_errors(op: str, attrs: dict, 
     assert err.value.node == "n" and err.value.field == field
 
 
+@pytest.mark.parametrize(
+    ("op", "x", "attrs", "field"),
+    [
+        # entry 1 of the batch axis does not exist for a batch of one
+        ("select", TensorType(("batch", 3)), {"dim": 0, "index": 1}, "index"),
+        # torch.unflatten refuses empty sizes, even for an axis of size 1
+        ("unflatten", TensorType(("batch", 1)), {"dim": 1, "sizes": []}, "sizes"),
+        # a scalar has no batch axis to expand a parameter along
+        ("parameter", TensorType(()), {"shape": [1, 2]}, "inputs"),
+    ],
+)
+def test_shape_ops_refuse_what_torch_cannot_run(
+    op: str, x: TensorType, attrs: dict, field: str
+) -> None:
+    """Cases the random-network generator found accepted by ``infer`` and refused by torch
+    at run time."""
+    with pytest.raises(ShapeError) as err:
+        infer(op, x, **attrs)
+    assert err.value.node == "n" and err.value.field == field
+    assert infer("select", TensorType(("batch", 3)), dim=0, index=0) == TensorType((3,))
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_float_dtypes_are_kept_and_match_the_lowered_module(dtype: str) -> None:
     t = TensorType((2, 6), dtype)

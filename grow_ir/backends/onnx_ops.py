@@ -797,6 +797,9 @@ def _slice(e: Emitter, n: Node, xs: list[str], out: str) -> None:
 def _pad_op(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     rank = e.graph.types[n.inputs[0]].rank
     pairs = pad_pairs(n.attrs, rank)
+    if not pairs:  # nothing to pad (onnxruntime's Pad refuses a rank-0 input even then)
+        e.add("Identity", [xs[0]], out, name=n.name)
+        return
     begin = [pairs.get(i, (0, 0))[0] for i in range(rank)]
     end = [pairs.get(i, (0, 0))[1] for i in range(rank)]
     fill = _scalar(e, n.attrs.value, e.dtype(n.inputs[0]))

@@ -254,6 +254,8 @@ class UnflattenAttrs(Attrs):
 def _unflatten_infer(a: UnflattenAttrs, ins: Sequence[TensorType]) -> TensorType:
     (x,) = ins
     axis = normalize_axis(a.dim, x.rank, "dim")
+    if not a.sizes:
+        raise fail("unflatten needs sizes", field="sizes", expected="one size or more", found=[])
     part = TensorType((x.shape[axis],), x.dtype)
     sizes = _fill(part, a.sizes, "unflatten", "sizes")
     return TensorType((*x.shape[:axis], *sizes, *x.shape[axis + 1 :]), x.dtype)
@@ -454,11 +456,12 @@ def _select_infer(a: SelectAttrs, ins: Sequence[TensorType]) -> TensorType:
         raise fail(
             "index out of range", field="index", expected=f"in [{-size}, {size})", found=a.index
         )
-    if not isinstance(size, int) and a.index < 0:
+    if not isinstance(size, int) and a.index != 0:
+        # a symbolic axis may hold a single entry at run time (a batch of one)
         raise fail(
-            "a negative index into a symbolic axis",
+            "an index other than 0 into a symbolic axis, which may have a single entry",
             field="index",
-            expected="an index >= 0",
+            expected="index 0",
             found=a.index,
         )
     return TensorType(tuple(d for i, d in enumerate(x.shape) if i != axis), x.dtype)
@@ -723,6 +726,13 @@ def _parameter_infer(a: ParameterAttrs, ins: Sequence[TensorType]) -> TensorType
     dtype = ins[0].dtype if ins and ins[0].is_float else "float32"
     if not ins:
         return TensorType(a.shape, dtype)
+    if ins[0].rank == 0:
+        raise fail(
+            "a parameter expanded to the batch needs an input with a batch axis",
+            field="inputs",
+            expected="an input of rank 1 or more",
+            found=ins[0],
+        )
     if a.shape[0] != 1:
         raise fail(
             "a parameter expanded to the batch needs a first axis of size 1",
