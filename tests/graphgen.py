@@ -36,6 +36,7 @@ from grow_ir.backends.torch import to_torch
 from grow_ir.errors import GrowError
 from grow_ir.ir import OPS, OpDef, TensorType
 from grow_ir.ir.graph import Graph, Node, check_arity
+from grow_ir.ir.ops.base import validate_attrs
 from grow_ir.passes.channels import channel_group, widenable
 from grow_ir.passes.heads import head_ops
 from grow_ir.passes.prune import prunable
@@ -43,21 +44,9 @@ from grow_ir.probes import random_inputs, randomize_norms
 from grow_ir.spec import load_spec
 from tests.attr_domains import attr_strategy, shapes_near
 
-ACTIVATIONS = (
-    "relu",
-    "gelu",
-    "silu",
-    "tanh",
-    "sigmoid",
-    "identity",
-    "hardtanh",
-    "relu6",
-    "hardswish",
-    "hardsigmoid",
-    "leaky_relu",
-    "elu",
-)
-"""Activations drawn between layers (dropout is drawn on its own)."""
+ACTIVATIONS = (*(name for name, op in OPS.items() if op.facts.activation is True), "identity")
+"""Activations drawn between layers: every op whose facts call it one (and identity);
+dropout is drawn on its own."""
 
 FAMILIES = ("mlp", "cnn", "seq", "staged", "net")
 """The network families :func:`specs` draws from."""
@@ -104,13 +93,27 @@ class SpecBuilder:
         }
 
 
+def model_attrs(draw: st.DrawFn, op: str, **fixed: Any) -> dict[str, Any]:
+    """Attributes of ``op`` drawn from its Attrs model (``fixed`` ones as given) that the
+    model accepts (its validators too: hardtanh's bounds enclose 0), for an op whose output
+    type does not depend on them; just ``fixed`` where every draw is refused."""
+    for _ in range(ATTR_ATTEMPTS):
+        attrs = draw(attr_strategy(OPS[op], [], **fixed))
+        try:
+            validate_attrs(OPS[op], attrs)
+        except GrowError:
+            continue
+        return attrs
+    return dict(fixed)
+
+
 def activation(draw: st.DrawFn, b: SpecBuilder, x: str) -> str:
-    """One activation of any kind after ``x``, sometimes followed by dropout."""
+    """One activation of any kind after ``x``, with attributes from its Attrs model,
+    sometimes followed by dropout."""
     act = draw(st.sampled_from(ACTIVATIONS))
-    attrs = {"approximate": draw(st.sampled_from(["none", "tanh"]))} if act == "gelu" else {}
-    y = b.add(act, x, **attrs)
+    y = b.add(act, x, **model_attrs(draw, act))
     if draw(st.integers(0, 4)) == 0:
-        y = b.add("dropout", y, p=draw(st.sampled_from([0.0, 0.1, 0.5])))
+        y = b.add("dropout", y, **model_attrs(draw, "dropout"))
     return y
 
 
@@ -135,10 +138,10 @@ def _mlp_layer(draw: st.DrawFn, b: SpecBuilder, x: str, width: int) -> tuple[str
     kind = draw(st.sampled_from(["dense", "dense", "residual", "concat", "gate", "mix"]))
     if kind == "dense":
         w = draw(WIDTHS)
-        y = b.add("linear", x, out_features=w, bias=draw(st.booleans()))
+        y = b.add("linear", x, **model_attrs(draw, "linear", out_features=w))
         norm = draw(st.sampled_from([None, "batchnorm", "layernorm"]))
         if norm:
-            y = b.add(norm, y)
+            y = b.add(norm, y, **model_attrs(draw, norm))
         return activation(draw, b, y), w
     if kind == "residual":
         h = b.add("linear", x, out_features=draw(WIDTHS))
@@ -199,6 +202,15 @@ def _conv(
     )
 
 
+def _free_conv_attrs(draw: st.DrawFn, dims: int) -> dict[str, Any]:
+    """The attributes of a conv that leave its output's shape as the family plans it (the
+    model's others: bias, masked...), drawn from its Attrs model."""
+    shaped = ("out_channels", "kernel_size", "padding", "stride", "dilation", "groups")
+    fixed = {"out_channels": 1, "kernel_size": 1, "dilation": 1, "groups": 1}
+    attrs = model_attrs(draw, f"conv{dims}d", **fixed)
+    return {k: v for k, v in attrs.items() if k not in shaped}
+
+
 def _cnn_layer(draw: st.DrawFn, b: SpecBuilder, x: Image) -> Image:
     """One conv unit after ``x``."""
     dims = len(x.size)
@@ -209,9 +221,9 @@ def _cnn_layer(draw: st.DrawFn, b: SpecBuilder, x: Image) -> Image:
     if kind == "conv":
         c, k = draw(WIDTHS), draw(st.sampled_from([1, 3]))
         stride = draw(st.sampled_from([1, 2])) if min(x.size) >= 4 else 1
-        y = _conv(b, x.value, dims, c, k, stride, bias=draw(st.booleans()))
+        y = _conv(b, x.value, dims, c, k, stride, **_free_conv_attrs(draw, dims))
         if draw(st.booleans()):
-            y = b.add("batchnorm", y)
+            y = b.add("batchnorm", y, **model_attrs(draw, "batchnorm"))
         size = tuple((s - 1) // stride + 1 for s in x.size)
         return Image(activation(draw, b, y), c, size)
     if kind == "residual":
@@ -290,15 +302,11 @@ def _seq_layer(draw: st.DrawFn, b: SpecBuilder, x: str, width: int) -> tuple[str
     if kind == "attention":
         h = b.add("layernorm", x) if draw(st.booleans()) else x
         h = b.add(
-            "attention",
-            h,
-            num_heads=draw(_divisor_heads(width)),
-            causal=draw(st.booleans()),
-            bias=draw(st.booleans()),
+            "attention", h, **model_attrs(draw, "attention", num_heads=draw(_divisor_heads(width)))
         )
         return b.add("add", [x, h]), width
     if kind == "mlp":
-        h = b.add("layernorm", x, elementwise_affine=draw(st.booleans()))
+        h = b.add("layernorm", x, **model_attrs(draw, "layernorm"))
         h = b.add("gelu", b.add("linear", h, out_features=draw(WIDTHS)))
         if draw(st.booleans()):
             h = b.add("dropout", h, p=0.1)
