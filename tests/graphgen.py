@@ -1,7 +1,7 @@
-"""Hypothesis strategies for random valid networks and random growth-pass arguments.
+"""Hypothesis strategies for random valid networks and random growth-pass arguments: the
+one generator of the property tests (passes, pruning, ONNX parity).
 
-Networks are drawn as spec data (the mapping ``load_spec`` reads), in four families that
-together use every op:
+Networks are drawn as spec data (the mapping ``load_spec`` reads), in five families:
 
 - ``mlp``: linear layers of random widths with batchnorm/layernorm, every activation,
   dropout, residual adds, concat branches, multiplicative gates and ``mix`` choices;
@@ -11,10 +11,16 @@ together use every op:
   with residual adds;
 - ``staged``: networks whose middle is one or two stages of a ``blocks:`` template
   (ResNet basic blocks, residual MLPs, pre-norm MLPs, transformer blocks), so that
-  ``insert_block`` has something to grow.
+  ``insert_block`` has something to grow;
+- ``net``: chains with branches and joins of *any* op of the registry, so that a new op is
+  drawn without editing anything here (the coverage guards check every op is).
 
-Every family ends in one to three heads (several outputs), some after a softmax. Widths
-are small so that a whole network runs in a millisecond or two.
+Attributes come from each op's ``Attrs`` model (:mod:`tests.attr_domains`): the families
+fix only their structure (widths, kernels, heads) and draw the rest; ``net`` draws all of
+them, with the op's own ``infer`` rejecting what does not fit its inputs. The structured
+families end in one to three heads (several outputs), some after a softmax; ``net`` gives
+each dead end a hidden linear layer and a head. Widths are small so that a whole network
+runs in a millisecond or two.
 
 :func:`pass_arguments` draws plausible arguments of a growth pass for a given graph; the
 pass may still refuse them (with a PassError saying why), which callers should allow.
