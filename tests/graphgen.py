@@ -1,7 +1,7 @@
-"""Hypothesis strategies for random valid networks and random growth-pass arguments.
+"""Hypothesis strategies for random valid networks and random growth-pass arguments: the
+one generator of the property tests (passes, pruning, ONNX parity).
 
-Networks are drawn as spec data (the mapping ``load_spec`` reads), in four families that
-together use every op:
+Networks are drawn as spec data (the mapping ``load_spec`` reads), in five families:
 
 - ``mlp``: linear layers of random widths with batchnorm/layernorm, every activation,
   dropout, residual adds, concat branches, multiplicative gates and ``mix`` choices;
@@ -11,10 +11,16 @@ together use every op:
   with residual adds;
 - ``staged``: networks whose middle is one or two stages of a ``blocks:`` template
   (ResNet basic blocks, residual MLPs, pre-norm MLPs, transformer blocks), so that
-  ``insert_block`` has something to grow.
+  ``insert_block`` has something to grow;
+- ``net``: chains with branches and joins of *any* op of the registry, so that a new op is
+  drawn without editing anything here (the coverage guards check every op is).
 
-Every family ends in one to three heads (several outputs), some after a softmax. Widths
-are small so that a whole network runs in a millisecond or two.
+Attributes come from each op's ``Attrs`` model (:mod:`tests.attr_domains`): the families
+fix only their structure (widths, kernels, heads) and draw the rest; ``net`` draws all of
+them, with the op's own ``infer`` rejecting what does not fit its inputs. The structured
+families end in one to three heads (several outputs), some after a softmax; ``net`` gives
+each dead end a hidden linear layer and a head. Widths are small so that a whole network
+runs in a millisecond or two.
 
 :func:`pass_arguments` draws plausible arguments of a growth pass for a given graph; the
 pass may still refuse them (with a PassError saying why), which callers should allow.
@@ -36,6 +42,7 @@ from grow_ir.backends.torch import to_torch
 from grow_ir.errors import GrowError
 from grow_ir.ir import OPS, OpDef, TensorType
 from grow_ir.ir.graph import Graph, Node, check_arity
+from grow_ir.ir.ops.base import validate_attrs
 from grow_ir.passes.channels import channel_group, widenable
 from grow_ir.passes.heads import head_ops
 from grow_ir.passes.prune import prunable
@@ -43,21 +50,9 @@ from grow_ir.probes import random_inputs, randomize_norms
 from grow_ir.spec import load_spec
 from tests.attr_domains import attr_strategy, shapes_near
 
-ACTIVATIONS = (
-    "relu",
-    "gelu",
-    "silu",
-    "tanh",
-    "sigmoid",
-    "identity",
-    "hardtanh",
-    "relu6",
-    "hardswish",
-    "hardsigmoid",
-    "leaky_relu",
-    "elu",
-)
-"""Activations drawn between layers (dropout is drawn on its own)."""
+ACTIVATIONS = (*(name for name, op in OPS.items() if op.facts.activation is True), "identity")
+"""Activations drawn between layers: every op whose facts call it one (and identity);
+dropout is drawn on its own."""
 
 FAMILIES = ("mlp", "cnn", "seq", "staged", "net")
 """The network families :func:`specs` draws from."""
@@ -104,13 +99,32 @@ class SpecBuilder:
         }
 
 
+def model_attrs(draw: st.DrawFn, op: str, **fixed: Any) -> dict[str, Any]:
+    """Attributes of ``op`` drawn from its Attrs model (``fixed`` ones as given) that the
+    model accepts (its validators too: hardtanh's bounds enclose 0), for an op whose output
+    type does not depend on them; just ``fixed`` where every draw is refused."""
+    for _ in range(ATTR_ATTEMPTS):
+        attrs = draw(attr_strategy(OPS[op], [], **fixed))
+        try:
+            validate_attrs(OPS[op], attrs)
+        except GrowError:
+            continue
+        return attrs
+    return dict(fixed)
+
+
+def _set(attrs: dict[str, Any]) -> dict[str, Any]:
+    """``attrs`` without the entries left unset (None: the op's default)."""
+    return {k: v for k, v in attrs.items() if v is not None}
+
+
 def activation(draw: st.DrawFn, b: SpecBuilder, x: str) -> str:
-    """One activation of any kind after ``x``, sometimes followed by dropout."""
+    """One activation of any kind after ``x``, with attributes from its Attrs model,
+    sometimes followed by dropout."""
     act = draw(st.sampled_from(ACTIVATIONS))
-    attrs = {"approximate": draw(st.sampled_from(["none", "tanh"]))} if act == "gelu" else {}
-    y = b.add(act, x, **attrs)
+    y = b.add(act, x, **model_attrs(draw, act))
     if draw(st.integers(0, 4)) == 0:
-        y = b.add("dropout", y, p=draw(st.sampled_from([0.0, 0.1, 0.5])))
+        y = b.add("dropout", y, **model_attrs(draw, "dropout"))
     return y
 
 
@@ -135,10 +149,10 @@ def _mlp_layer(draw: st.DrawFn, b: SpecBuilder, x: str, width: int) -> tuple[str
     kind = draw(st.sampled_from(["dense", "dense", "residual", "concat", "gate", "mix"]))
     if kind == "dense":
         w = draw(WIDTHS)
-        y = b.add("linear", x, out_features=w, bias=draw(st.booleans()))
+        y = b.add("linear", x, **model_attrs(draw, "linear", out_features=w))
         norm = draw(st.sampled_from([None, "batchnorm", "layernorm"]))
         if norm:
-            y = b.add(norm, y)
+            y = b.add(norm, y, **model_attrs(draw, norm))
         return activation(draw, b, y), w
     if kind == "residual":
         h = b.add("linear", x, out_features=draw(WIDTHS))
@@ -199,6 +213,15 @@ def _conv(
     )
 
 
+def _free_conv_attrs(draw: st.DrawFn, dims: int) -> dict[str, Any]:
+    """The attributes of a conv that leave its output's shape as the family plans it (the
+    model's others: bias, masked...), drawn from its Attrs model."""
+    shaped = ("out_channels", "kernel_size", "padding", "stride", "dilation", "groups")
+    fixed = {"out_channels": 1, "kernel_size": 1, "dilation": 1, "groups": 1}
+    attrs = model_attrs(draw, f"conv{dims}d", **fixed)
+    return {k: v for k, v in attrs.items() if k not in shaped}
+
+
 def _cnn_layer(draw: st.DrawFn, b: SpecBuilder, x: Image) -> Image:
     """One conv unit after ``x``."""
     dims = len(x.size)
@@ -209,9 +232,9 @@ def _cnn_layer(draw: st.DrawFn, b: SpecBuilder, x: Image) -> Image:
     if kind == "conv":
         c, k = draw(WIDTHS), draw(st.sampled_from([1, 3]))
         stride = draw(st.sampled_from([1, 2])) if min(x.size) >= 4 else 1
-        y = _conv(b, x.value, dims, c, k, stride, bias=draw(st.booleans()))
+        y = _conv(b, x.value, dims, c, k, stride, **_free_conv_attrs(draw, dims))
         if draw(st.booleans()):
-            y = b.add("batchnorm", y)
+            y = b.add("batchnorm", y, **model_attrs(draw, "batchnorm"))
         size = tuple((s - 1) // stride + 1 for s in x.size)
         return Image(activation(draw, b, y), c, size)
     if kind == "residual":
@@ -300,15 +323,21 @@ def _seq_layer(draw: st.DrawFn, b: SpecBuilder, x: str, width: int) -> tuple[str
         h = b.add(
             "attention",
             h,
-            num_heads=heads,
-            causal=draw(st.booleans()),
-            bias=draw(st.booleans()),
-            **extra,
+            **_set(
+                model_attrs(
+                    draw,
+                    "attention",
+                    num_heads=heads,
+                    head_dim=None,  # the shape-bearing ones are planned above
+                    num_kv_heads=extra.get("num_kv_heads"),
+                    rope_theta=extra.get("rope_theta"),
+                )
+            ),
         )
         return b.add("add", [x, h]), width
     if kind == "mlp":
         norm = draw(st.sampled_from(["layernorm", "rmsnorm"]))
-        h = b.add(norm, x, elementwise_affine=draw(st.booleans()))
+        h = b.add(norm, x, **model_attrs(draw, norm))
         h = b.add("gelu", b.add("linear", h, out_features=draw(WIDTHS)))
         if draw(st.booleans()):
             h = b.add("dropout", h, p=0.1)

@@ -29,7 +29,7 @@ from grow_ir.passes.channels import ChannelGroup
 from grow_ir.passes.prune import dead_channels
 from grow_ir.passes.regroup import axis_plan, spans_by_axis
 from grow_ir.probes import randomize_norms
-from grow_ir.spec import dump_spec
+from grow_ir.spec import dump_spec, load_spec
 from tests.channel_graphs import (
     build,
     concat,
@@ -441,3 +441,29 @@ def test_grow_cli_runs_a_prune_plan(
     err = capsys.readouterr().err
     assert "removes at least one" in err and "Traceback" not in err
     assert not (tmp_path / "o2").exists()
+
+
+def test_a_zero_widen_into_a_masked_layer_is_pruned_back_exactly() -> None:
+    """A consumer's connection mask is 1 on the new columns (a grown mask starts open), yet
+    the columns are zero: the channel is dead through the weight the mask multiplies (the
+    random-graph generator found the mask counted as a live fan-out)."""
+    spec = {
+        "version": 1,
+        "name": "m",
+        "seed": 0,
+        "inputs": {"x": {"shape": ["batch", 2]}},
+        "nodes": [
+            {"name": "l0", "op": "linear", "out_features": 2},
+            {"name": "a", "op": "silu"},
+            {"name": "l2", "op": "linear", "out_features": 2, "bias": False, "masked": True},
+            {"name": "l5", "op": "linear", "out_features": 1},
+        ],
+        "outputs": {"y": "l5"},
+    }
+    g = load_spec(spec)
+    wide = widen(g, node="l0", width=3, init="zero", seed=1)
+    assert wide.params["l2.weight_mask"][:, 2].eq(1).all()
+    result = prune.run(wide, node="l0", drop=[2])
+    assert result.preserved, result.reason
+    for k, v in g.params.items():
+        assert torch.equal(result.graph.params[k], v), k

@@ -293,8 +293,8 @@ def dead_channels(graph: Graph, group: ChannelGroup, dropped: Sequence[int]) -> 
     gone[list(dropped)] = True
     fan_out = []
     for p, axes in group.param_axes().items():
-        if not any(a.kind == "fan_out" for a in axes):
-            continue
+        if not any(a.kind == "fan_out" for a in axes) or specs[p].mask_of is not None:
+            continue  # a mask counts through the weight it masks (``effective``)
         t = effective(graph, p)
         for axis, on_axis in spans_by_axis([a for a in axes if a.kind == "units"]).items():
             spans = [(a.offset, a.block) for a in on_axis]
