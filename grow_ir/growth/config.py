@@ -327,19 +327,14 @@ def settings_model(policy: Any, file: str | None = None) -> type[GrowthConfig]:
         GrowError: no policy of that name (``growth.policy``, with the nearest name).
     """
     import grow_ir.growth  # noqa: F401  (the policies register on import)
-    from grow_ir.growth.policy import POLICIES
+    from grow_ir.growth.policy import policy_entry
 
-    if not isinstance(policy, str) or policy not in POLICIES:
-        near = difflib.get_close_matches(str(policy), POLICIES, n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ""
+    try:
+        return policy_entry(policy).settings
+    except GrowError as exc:
         raise GrowError(
-            f"unknown growth policy{hint}",
-            file=file,
-            field="growth.policy",
-            expected=f"one of {', '.join(POLICIES)}",
-            found=repr(policy),
-        )
-    return POLICIES[policy].settings
+            exc.reason, file=file, field=exc.field, expected=exc.expected, found=exc.found
+        ) from None
 
 
 def shared_settings(section: Mapping[str, Any] | None) -> dict[str, Any]:

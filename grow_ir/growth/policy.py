@@ -206,9 +206,9 @@ def register_policy(
     return wrap
 
 
-def policy_entry(name: str) -> PolicyEntry:
+def policy_entry(name: Any) -> PolicyEntry:
     """The registered policy ``name``; GrowError suggesting the nearest otherwise."""
-    if name not in POLICIES:
+    if not isinstance(name, str) or name not in POLICIES:
         near = difflib.get_close_matches(str(name), POLICIES, n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         raise GrowError(
