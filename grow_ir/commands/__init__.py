@@ -30,6 +30,20 @@ def add_spec_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
 
 
+def add_process_arguments(parser: argparse.ArgumentParser, nproc_help: str) -> None:
+    """The flags of a command that may run as several DDP processes: ``--nproc N``
+    (described by ``nproc_help``), ``--dist-timeout S`` and ``--quiet``."""
+    parser.add_argument("--nproc", type=int, metavar="N", help=nproc_help)
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds a rank waits for the others before the run fails (default 120)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def spec_path(spec: str | Path) -> Path:
     """The path ``SPEC`` names: itself when it exists (or looks like a path), else the
     packaged example of that name (``mlp``, ``autogrow_digits``).

@@ -7,7 +7,7 @@ import argparse
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from grow_ir.commands import add_spec_argument, load_graph, plural
+from grow_ir.commands import add_process_arguments, add_spec_argument, load_graph, plural
 from grow_ir.errors import GrowError
 from grow_ir.owned import check_replaceable_dir
 
@@ -68,21 +68,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--device", metavar="D", help="cpu or cuda (default: cuda when there is one)"
     )
-    parser.add_argument(
-        "--nproc",
-        type=int,
-        metavar="N",
-        help="learn as N processes with DistributedDataParallel on this machine (gloo on "
-        "the CPU, NCCL on CUDA; batch sizes are global)",
+    add_process_arguments(
+        parser,
+        "learn as N processes with DistributedDataParallel on this machine (gloo on the CPU, "
+        "NCCL on CUDA; batch sizes are global)",
     )
-    parser.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=120.0,
-        metavar="S",
-        help="seconds a rank waits for the others before the run fails (default 120)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from grow_ir.commands import load_graph, spec_path
+from grow_ir.commands import add_process_arguments, load_graph, spec_path
 from grow_ir.errors import GrowError
 from grow_ir.growth.checkpoint import find_checkpoint
 from grow_ir.owned import check_replaceable_dir, claim
@@ -114,22 +114,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train under torch.compile (default backend inductor; aot_eager or eager to "
         "check capture): one compilation per growth step; a resumed run keeps its own",
     )
-    parser.add_argument(
-        "--nproc",
-        type=int,
-        metavar="N",
-        help="train as N processes with DistributedDataParallel on this machine (gloo on "
-        "the CPU, NCCL on CUDA; the global batch is --batch-size); torchrun ... -m grow_ir "
+    add_process_arguments(
+        parser,
+        "train as N processes with DistributedDataParallel on this machine (gloo on the "
+        "CPU, NCCL on CUDA; the global batch is --batch-size); torchrun ... -m grow_ir "
         "train starts the ranks itself",
     )
-    parser.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=120.0,
-        metavar="S",
-        help="seconds a rank waits for the others before the run fails (default 120)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
