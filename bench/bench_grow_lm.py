@@ -41,20 +41,10 @@ sys.path.insert(0, str(ROOT))
 from grow_ir.growth import Trainer, growth_config  # noqa: E402
 from grow_ir.growth.lm_data import pydoc_text  # noqa: E402
 from grow_ir.spec import load_spec  # noqa: E402
+from tests.transformer_specs import GPT2_BLOCK  # noqa: E402
 
 VOCAB = 256
-BLOCK = {
-    "nodes": [
-        {"name": "ln1", "op": "layernorm", "inputs": ["input"]},
-        {"name": "attn", "op": "attention", "num_heads": "$heads", "causal": True},
-        {"name": "res1", "op": "add", "inputs": ["input", "attn"]},
-        {"name": "ln2", "op": "layernorm"},
-        {"name": "fc", "op": "linear", "out_features": "$hidden"},
-        {"name": "act", "op": "gelu"},
-        {"name": "proj", "op": "linear", "out_features": "$width"},
-        {"name": "res2", "op": "add", "inputs": ["res1", "proj"]},
-    ]
-}
+BLOCK = GPT2_BLOCK  # the GPT-2-like block of the transformer tests
 
 
 def spec(width: int, depth: int, growth: dict[str, Any]) -> dict[str, Any]:

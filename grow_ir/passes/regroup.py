@@ -41,9 +41,11 @@ def _unpin_defaults(graph: Graph, group: ChannelGroup) -> Graph:
     then pruning back gives the graph that was there, attribute for attribute."""
     plain: dict[str, Node] = {}
     for m in group.members:
+        if not m.pins:
+            continue
         n = graph.node(m.node)
         rule = n.opdef.through
-        if not m.pins or rule is None:
+        if rule is None:
             continue
         fields, pins = type(n.attrs).model_fields, dict(m.pins)
         unpinned = n.attrs.model_copy(update={k: fields[k].default for k in pins})

@@ -149,6 +149,20 @@ LINEAR = register(
     )
 )
 
+
+def check_groups(in_channels: int, out_channels: int, groups: int) -> None:
+    """Raise the ShapeError of a grouped convolution whose channels ``groups`` does not
+    divide (PyTorch's rule for Conv and ConvTranspose)."""
+    for field_name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if value % groups:
+            raise fail(
+                f"{field_name} must be divisible by groups",
+                field="groups",
+                expected=f"a divisor of {value}",
+                found=groups,
+            )
+
+
 # ---- conv1d / conv2d ------------------------------------------------------------------
 
 IntOrPair = PositiveInt | tuple[PositiveInt, PositiveInt]
@@ -230,15 +244,7 @@ def _make_conv(n: int) -> OpDef:
         (x,) = ins
         require_float(x, name)
         require_rank(x, [n + 2], name)
-        c = known(x.shape[1], f"{name}'s input channels")
-        for field_name, value in (("in_channels", c), ("out_channels", a.out_channels)):
-            if value % a.groups:
-                raise fail(
-                    f"{field_name} must be divisible by groups",
-                    field="groups",
-                    expected=f"a divisor of {value}",
-                    found=a.groups,
-                )
+        check_groups(known(x.shape[1], f"{name}'s input channels"), a.out_channels, a.groups)
         k, s, p, d = _conv_geometry(a, n)
         if a.padding == "same":
             if any(si != 1 for si in s):

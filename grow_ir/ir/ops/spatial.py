@@ -22,7 +22,14 @@ from grow_ir.ir.ops.base import (
     require_float,
     require_rank,
 )
-from grow_ir.ir.ops.dense import IntOrPair, PadOrPair, kaiming_init, layer_facts, spatial
+from grow_ir.ir.ops.dense import (
+    IntOrPair,
+    PadOrPair,
+    check_groups,
+    kaiming_init,
+    layer_facts,
+    spatial,
+)
 from grow_ir.ir.ops.elementwise import _pass_through, _pooling
 from grow_ir.ir.ops.facts import No
 from grow_ir.ir.ops.macs import numel
@@ -33,7 +40,18 @@ FloatOrPair = PositiveFloat | tuple[PositiveFloat, PositiveFloat]
 # ---- upsample ---------------------------------------------------------------------------
 
 
-class UpsampleAttrs(Attrs):
+class _PairAttrs(Attrs):
+    """Attributes whose pairs may be written as lists (YAML and JSON have no tuples)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pairs(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        return raw
+
+
+class UpsampleAttrs(_PairAttrs):
     """``torch.nn.Upsample`` on ``[N, C, H, W]``: ``mode`` nearest or bilinear, to a
     ``size`` or by a ``scale_factor`` (exactly one; an int or float, or a pair ``[h, w]``).
     The output is ``size``, or ``floor(H * scale_factor)``; with a scale factor, source
@@ -44,13 +62,6 @@ class UpsampleAttrs(Attrs):
     size: IntOrPair | None = None
     scale_factor: FloatOrPair | None = None
     align_corners: bool | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _pairs(cls, raw: Any) -> Any:
-        if isinstance(raw, dict):
-            return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-        return raw
 
     @model_validator(mode="after")
     def _one_of(self) -> UpsampleAttrs:
@@ -100,7 +111,7 @@ UPSAMPLE = register(
 # ---- conv_transpose2d ---------------------------------------------------------------------
 
 
-class ConvTranspose2dAttrs(Attrs):
+class ConvTranspose2dAttrs(_PairAttrs):
     """``torch.nn.ConvTranspose2d`` on ``[N, C, H, W]`` (weight ``[C, out_channels / groups,
     kh, kw]``); sizes are an int or ``[h, w]``. The output is ``(H - 1) * stride - 2 *
     padding + dilation * (kernel_size - 1) + output_padding + 1``."""
@@ -113,13 +124,6 @@ class ConvTranspose2dAttrs(Attrs):
     groups: PositiveInt = 1
     bias: bool = True
     dilation: IntOrPair = 1
-
-    @model_validator(mode="before")
-    @classmethod
-    def _pairs(cls, raw: Any) -> Any:
-        if isinstance(raw, dict):
-            return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-        return raw
 
 
 def conv_transpose_geometry(a: ConvTranspose2dAttrs) -> tuple[tuple, ...]:
@@ -134,14 +138,7 @@ def _ct_infer(a: ConvTranspose2dAttrs, ins: Sequence[TensorType]) -> TensorType:
     require_float(x, "conv_transpose2d")
     require_rank(x, [4], "conv_transpose2d")
     c = known(x.shape[1], "conv_transpose2d's input channels")
-    for field_name, value in (("in_channels", c), ("out_channels", a.out_channels)):
-        if value % a.groups:
-            raise fail(
-                f"{field_name} must be divisible by groups",
-                field="groups",
-                expected=f"a divisor of {value}",
-                found=a.groups,
-            )
+    check_groups(c, a.out_channels, a.groups)
     k, s, p, op, d = conv_transpose_geometry(a)
     dims = []
     for i, axis in enumerate(("height", "width")):
