@@ -2,17 +2,19 @@
 loss against training compute (FLOPs) and wall time, on the same tokens.
 
     python bench/bench_grow_lm.py [--chars 48000] [--epochs 12] [--seq-len 32] [--threads 1]
+                                  [--widen-at 2] [--deepen-at 4] [--tail-epochs 2]
 
 Data: the first ``--chars`` characters of the embedded ``pydoc`` corpus (CPython's
 documentation topics), bytes as tokens. Every run sees the same windows in the same order
-(seed 0) for the same epochs under the same learning-rate schedule (Adam 2e-3, x0.1 twice
-in the last 2 epochs). The final architecture is 4 blocks x 64 wide (8 heads of 8); the
-grown runs start smaller and reach it by a schedule of exact growth steps:
+(seed 0) for the same epochs under the same learning-rate schedule (Adam 2e-3, x0.1 half way
+through the last ``--tail-epochs``). The final architecture is 4 blocks x 64 wide (8 heads
+of 8); the grown runs start smaller and reach it by a schedule of exact growth steps:
 
-- width+depth: 2 x 32 (4 heads); after epoch 2 ``widen(wte, 64, lemon)`` and
-  ``add_heads(..., 8)``; after epoch 4 ``stack_blocks(h, mode=interpolate)`` (2 -> 4);
-- width only: 4 x 32, widened after epoch 2;
-- depth only: 2 x 64, deepened after epoch 4.
+- width+depth: 2 x 32 (4 heads); after epoch ``--widen-at`` ``widen(wte, 64, lemon)`` and
+  ``add_heads(..., 8)``; after epoch ``--deepen-at`` ``stack_blocks(h, mode=interpolate)``
+  (2 -> 4);
+- width only: 4 x 32, widened after epoch ``--widen-at``;
+- depth only: 2 x 64, deepened after epoch ``--deepen-at``.
 
 Training FLOPs per token are counted per epoch for the architecture of that epoch:
 ``6 x (parameters outside the embedding) + 12 x blocks x seq_len x attention width``
@@ -80,14 +82,18 @@ def widen_steps(epoch: int, depth: int) -> list[dict[str, Any]]:
     return steps
 
 
-DEEPEN = {"epoch": 4, "pass": "stack_blocks", "stage": "h", "mode": "interpolate"}
+def deepen_step(epoch: int) -> dict[str, Any]:
+    return {"epoch": epoch, "pass": "stack_blocks", "stage": "h", "mode": "interpolate"}
 
-RUNS: dict[str, tuple[int, int, list[dict[str, Any]]]] = {
-    "scratch 4x64": (64, 4, []),
-    "grown 2x32 -> 4x64": (32, 2, [*widen_steps(2, 2), DEEPEN]),
-    "width only 4x32 -> 4x64": (32, 4, widen_steps(2, 4)),
-    "depth only 2x64 -> 4x64": (64, 2, [DEEPEN]),
-}
+
+def runs(widen_at: int, deepen_at: int) -> dict[str, tuple[int, int, list[dict[str, Any]]]]:
+    """Run name -> (start width, start depth, schedule), growing after the given epochs."""
+    return {
+        "scratch 4x64": (64, 4, []),
+        "grown 2x32 -> 4x64": (32, 2, [*widen_steps(widen_at, 2), deepen_step(deepen_at)]),
+        "width only 4x32 -> 4x64": (32, 4, widen_steps(widen_at, 4)),
+        "depth only 2x64 -> 4x64": (64, 2, [deepen_step(deepen_at)]),
+    }
 
 
 def flops_per_token(width: int, depth: int, seq_len: int) -> float:
@@ -108,12 +114,12 @@ class Curve:
 
 
 def train(name: str, data: str, args: argparse.Namespace) -> Curve:
-    width, depth, steps = RUNS[name]
+    width, depth, steps = runs(args.widen_at, args.deepen_at)[name]
     growth: dict[str, Any] = {
         "data": data,
         "seq_len": args.seq_len,
         "epochs": args.epochs,
-        "tail_epochs": 2,
+        "tail_epochs": args.tail_epochs,
         "lr_milestones": [0.5],
         "batch_size": 32,
         "optimizer": {"name": "adam", "lr": 2e-3},
@@ -197,6 +203,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--widen-at", type=int, default=2, help="epoch after which to widen")
+    parser.add_argument("--deepen-at", type=int, default=4, help="epoch after which to deepen")
+    parser.add_argument("--tail-epochs", type=int, default=2)
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "grow_lm.png")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -205,10 +214,12 @@ def main() -> None:
         text = pydoc_text()[: args.chars]
         Path(data).write_text(text, encoding="utf-8")
         print(
-            f"pydoc, first {args.chars:,} characters; {args.epochs} epochs of windows of "
-            f"{args.seq_len}; threads {args.threads}"
+            f"pydoc, first {len(text):,} characters; {args.epochs} epochs of windows of "
+            f"{args.seq_len}; widen after epoch {args.widen_at}, deepen after epoch "
+            f"{args.deepen_at}, tail {args.tail_epochs}; threads {args.threads}"
         )
-        curves = [train(name, data, args) for name in RUNS]
+        names = runs(args.widen_at, args.deepen_at)
+        curves = [train(name, data, args) for name in names]
     scratch = curves[0]
     target = scratch.val_loss[-1]
     print(
