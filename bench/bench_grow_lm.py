@@ -1,11 +1,11 @@
 """A small GPT grown while it trains vs the final architecture trained from scratch: validation
 loss against training compute (FLOPs) and wall time, on the same tokens.
 
-    python bench/bench_grow_lm.py [--chars 48000] [--epochs 12] [--seq-len 32] [--threads 1]
-                                  [--widen-at 2] [--deepen-at 4] [--tail-epochs 2]
+    python bench/bench_grow_lm.py [--chars N] [--epochs 6] [--seq-len 32] [--threads 1]
+                                  [--widen-at 1] [--deepen-at 2] [--tail-epochs 2]
 
-Data: the first ``--chars`` characters of the embedded ``pydoc`` corpus (CPython's
-documentation topics), bytes as tokens. Every run sees the same windows in the same order
+Data: the embedded ``pydoc`` corpus (CPython's documentation topics, 465,048 characters), or
+its first ``--chars`` characters, bytes as tokens. Every run sees the same windows in the same order
 (seed 0) for the same epochs under the same learning-rate schedule (Adam 2e-3, x0.1 half way
 through the last ``--tail-epochs``). The final architecture is 4 blocks x 64 wide (8 heads
 of 8); the grown runs start smaller and reach it by a schedule of exact growth steps:
@@ -199,12 +199,12 @@ def plot(curves: list[Curve], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--chars", type=int, default=48_000)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--chars", type=int, default=None, help="default: the whole corpus")
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--widen-at", type=int, default=2, help="epoch after which to widen")
-    parser.add_argument("--deepen-at", type=int, default=4, help="epoch after which to deepen")
+    parser.add_argument("--widen-at", type=int, default=1, help="epoch after which to widen")
+    parser.add_argument("--deepen-at", type=int, default=2, help="epoch after which to deepen")
     parser.add_argument("--tail-epochs", type=int, default=2)
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "grow_lm.png")
     args = parser.parse_args()
