@@ -9,7 +9,12 @@ it (``nn_module_stack``) and every parameter its ``state_dict()`` key, which is 
 imported node names come from. The module is captured in eval mode (the mode imported
 graphs are checked in); its own mode is restored afterwards.
 
-The ATen-to-op rules live in :mod:`grow_ir.imports.torch_rules`.
+The ATen-to-op rules live in :mod:`grow_ir.imports.torch_rules`. Before them, the program
+is evaluated (:mod:`grow_ir.imports.torch_values`) and regions that grow-ir has as one op
+are found and verified by value (:mod:`grow_ir.imports.torch_patterns`,
+:mod:`grow_ir.imports.torch_attention`): attention, GPT-2's Conv1D, RMSNorm, GELU written
+out. What only those regions read (masks, rotary tables, cache positions) is not imported:
+the regions' IR nodes compute it themselves.
 """
 
 from __future__ import annotations
@@ -23,13 +28,21 @@ from torch.utils import _pytree as pytree
 
 from grow_ir.errors import CheckFailed, GrowError, ShapeError
 from grow_ir.imports.builder import GraphBuilder, ident
+from grow_ir.imports.torch_attention import attention_regions
 from grow_ir.imports.torch_modules import WHOLE, Call, calls
+from grow_ir.imports.torch_patterns import (
+    Found,
+    Program,
+    Region,
+    conv1d_regions,
+    module_regions,
+)
 from grow_ir.imports.torch_rules import IGNORED, RULES, Context, Unsupported
+from grow_ir.imports.torch_values import TOLERANCE, Evaluation, evaluate
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.types import DTYPES, TensorType
 
-TOLERANCE = 1e-5
-"""Largest accepted ``max|graph - module| / max(1, max|module|)`` of the import check."""
+__all__ = ["TOLERANCE", "from_torch"]
 
 
 def from_torch(
@@ -102,7 +115,14 @@ def _convert(
     state = module.state_dict(keep_vars=False)
     builder = GraphBuilder(source=source, tensors=state)
     fqns = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
-    ctx = Context(builder=builder, root=module, fqns=fqns)
+    evaluation = evaluate(program, args)
+    ctx = Context(
+        builder=builder,
+        root=module,
+        fqns=fqns,
+        aliases=_tied_names(module),
+        evaluation=evaluation,
+    )
     user_inputs = list(sig.user_inputs)
     if names is not None and len(names) != len(user_inputs):
         raise GrowError(
@@ -114,7 +134,21 @@ def _convert(
     batch = args[0].shape[0] if batch_dim and args and args[0].dim() else None
     whole = calls(program.graph, module)
     inside = {n.name for call in whole.values() for n in call.nodes}
+    tensors = {**dict(module.named_buffers()), **state}  # with non-persistent buffers
+    found = _regions(Program(program.graph, module, fqns, tensors, evaluation), inside)
+    for where, what, poison in found.refusals:
+        builder.refuse(where, what, list(poison))
+    regions = {r.output.name: r for r in found.regions}
+    claimed = found.claimed
+    live = _live(program.graph, regions)
     for node in program.graph.nodes:
+        if node.op == "call_function" and node.name not in live:
+            continue  # read only by what a region computes itself (a mask, rotary tables)
+        if node.name in regions:
+            _convert_region(ctx, regions[node.name])
+            continue
+        if node.name in claimed:
+            continue
         if node.name in whole:
             _convert_whole(ctx, whole[node.name])
             continue
@@ -139,6 +173,58 @@ def _convert(
     raise GrowError("torch.export gave a graph without an output")  # pragma: no cover
 
 
+def _tied_names(module: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Every name of a tensor the module holds under several (a tied head and embedding)."""
+    names: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return {n: tuple(group) for group in names.values() if len(group) > 1 for n in group}
+
+
+def _regions(program: Program, inside: set[str]) -> Found:
+    """Attention first (it takes its projections along), then Conv1D, then leaf modules
+    fitted whole; none inside a module imported whole (:mod:`torch_modules`)."""
+    found = Found()
+    attention_regions(program, found)
+    found.regions = [r for r in found.regions if not r.nodes & inside]
+    found.refusals = [r for r in found.refusals if not r[2] & inside]
+    conv1d_regions(program, found)
+    live = _live(program.graph, {r.output.name: r for r in found.regions})
+    module_regions(program, found, live)
+    return found
+
+
+def _live(graph: fx.Graph, regions: dict[str, Region]) -> set[str]:
+    """The fx nodes an output depends on, a region's output reading only its inputs."""
+    live: set[str] = set()
+    stack = [n for n in graph.nodes if n.op == "output"]
+    while stack:
+        n = stack.pop()
+        if n.name in live:
+            continue
+        live.add(n.name)
+        region = regions.get(n.name)
+        stack.extend(region.inputs if region is not None else n.all_input_nodes)
+    return live
+
+
+def _convert_region(ctx: Context, region: Region) -> None:
+    builder = ctx.builder
+    if builder.is_poisoned([i.name for i in region.inputs]):
+        builder.poisoned.update(region.nodes)
+        return
+    try:
+        inputs = [ctx.value(i) for i in region.inputs]
+    except Unsupported as exc:
+        builder.refuse(ctx.where(region.output), exc.reason, list(region.nodes))
+        return
+    name = builder.add(
+        region.op, inputs, region.path, region.attrs, params=region.params, name=region.path
+    )
+    ctx.bind(region.output, name)
+    ctx.check_shape(region.output)
+
+
 def _input_type(t: torch.Tensor, batch: int | None) -> TensorType:
     dtype = next((k for k, v in DTYPES.items() if v == t.dtype), None)
     if dtype is None:
@@ -157,6 +243,13 @@ def _input_type(t: torch.Tensor, batch: int | None) -> TensorType:
 def _convert_call(ctx: Context, node: fx.Node) -> None:
     builder = ctx.builder
     deps = [a.name for a in node.all_input_nodes]
+    length = _counted(ctx.evaluation, node)
+    if length is not None and not builder.is_poisoned(deps):
+        try:
+            ctx.bind(node, ctx.positions(node, length[0], batch_axis=length[1]))
+            return
+        except Unsupported:
+            pass  # no axis of that length: the op's own rule decides
     rule = RULES.get(node.target)
     if builder.is_poisoned(deps):
         # What follows a refused construct is not imported either, but an op grow-ir
@@ -180,6 +273,23 @@ def _convert_call(ctx: Context, node: fx.Node) -> None:
         builder.refuse(ctx.where(node), f"{_op_name(node)} {exc.message}", [node.name])
         return
     ctx.check_shape(node)
+
+
+def _counted(evaluation: Evaluation, node: fx.Node) -> tuple[int, bool] | None:
+    """``(L, batch_axis)`` when ``node`` reads no input and its value is ``arange(L)``, as
+    ``[L]`` or ``[1, L]``: positions, however made (``arange(L) + 0``, BERT's sliced
+    ``position_ids`` buffer)."""
+    if not evaluation.constant(node):
+        return None
+    value = evaluation.value(node)
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.int64 or value.dim() > 2:
+        return None
+    if value.dim() == 0 or (value.dim() == 2 and value.shape[0] != 1):
+        return None
+    length = int(value.shape[-1])
+    if not torch.equal(value.reshape(-1), torch.arange(length)):
+        return None
+    return length, value.dim() == 2
 
 
 def _convert_whole(ctx: Context, call: Call) -> None:
