@@ -47,7 +47,7 @@ __all__ = ["TOLERANCE", "from_torch"]
 
 def from_torch(
     module: nn.Module,
-    example_inputs: Sequence[torch.Tensor] | torch.Tensor,
+    example_inputs: Sequence[torch.Tensor] | Mapping[str, torch.Tensor] | torch.Tensor,
     *,
     names: Sequence[str] | None = None,
     batch_dim: bool = True,
@@ -59,7 +59,9 @@ def from_torch(
     steps inside a module are named ``SCOPE.OP``, e.g. ``layer1.0.add``); parameters are
     named by the module's ``state_dict()`` keys and hold copies of its values, bitwise; a
     module called twice becomes two nodes that ``share`` its parameters; graph inputs are
-    named after ``forward``'s arguments (or ``names``), outputs after the fields of what
+    named after ``forward``'s arguments (or ``names``; ``example_inputs`` may be a dict of
+    keyword arguments, for a model whose arguments after the first are optional, such as
+    Hugging Face's ``attention_mask``), outputs after the fields of what
     ``forward`` returns (``output`` for one tensor, ``logits`` for a ModelOutput field);
     with ``batch_dim`` the first axis of every input is the symbolic ``batch``; with
     ``check`` the lowered graph's outputs on ``example_inputs`` equal the module's within
@@ -71,12 +73,18 @@ def from_torch(
         CheckFailed: the imported graph's outputs differ from the module's.
         GrowError: ``torch.export`` cannot capture the module, or bad arguments.
     """
-    args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    for i, a in enumerate(args):
+    kwargs: dict[str, torch.Tensor] = {}
+    if isinstance(example_inputs, Mapping):
+        kwargs, args = dict(example_inputs), ()
+    elif isinstance(example_inputs, torch.Tensor):
+        args = (example_inputs,)
+    else:
+        args = tuple(example_inputs)
+    for i, a in [*enumerate(args), *kwargs.items()]:
         if not isinstance(a, torch.Tensor):
             raise GrowError(
                 "example inputs must be tensors",
-                field=f"example_inputs[{i}]",
+                field=f"example_inputs[{i!r}]" if isinstance(i, str) else f"example_inputs[{i}]",
                 expected="a torch.Tensor",
                 found=type(a).__name__,
             )
@@ -85,15 +93,17 @@ def from_torch(
     module.eval()
     try:
         with torch.no_grad():
-            expected = module(*args)
+            expected = module(*args, **kwargs)
         try:
-            program = torch.export.export(module, args, strict=False)
+            program = torch.export.export(module, args, kwargs, strict=False)
         except Exception as exc:  # torch raises many kinds; the user needs the reason
             raise GrowError(
                 f"torch.export cannot capture {type(module).__name__}",
                 expected="a module torch.export.export can trace with these inputs",
                 found=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
             ) from None
+        if kwargs:  # in the order of the program's inputs (forward's)
+            args = tuple(kwargs[n] for n in program.graph_signature.user_inputs)
         graph = _convert(program, module, args, expected, source, names, batch_dim)
     finally:
         module.train(was_training)
@@ -147,8 +157,8 @@ def _convert(
         if node.name in regions:
             _convert_region(ctx, regions[node.name])
             continue
-        if node.name in claimed:
-            continue
+        if node.name in claimed or node.name in builder.poisoned:
+            continue  # replaced by a region, or refused by a region finder already
         if node.name in whole:
             _convert_whole(ctx, whole[node.name])
             continue
