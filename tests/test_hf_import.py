@@ -180,6 +180,10 @@ GROWTH = [
     ("llama-tied", "grow_head_dim", {"node": "model.layers.0.self_attn", "head_dim": 16}),
     ("llama-tied", "grow_vocab", {"node": "model.embed_tokens", "size": 128}),
     ("llama-untied", "grow_vocab", {"node": "model.embed_tokens", "size": 128}),
+    ("gpt2-tied", "insert_block", {"stage": "transformer.h"}),
+    ("gpt2-tied", "stack_blocks", {"stage": "transformer.h", "mode": "interpolate"}),
+    ("llama-tied", "insert_block", {"stage": "model.layers"}),
+    ("llama-untied", "stack_blocks", {"stage": "model.layers", "mode": "interpolate"}),
     ("gpt2-tied-masked", "widen", {"node": "transformer.wte", "width": 64, "init": "net2net"}),
     ("bert", "widen", {"node": "encoder.layer.1.intermediate.dense", "width": 80}),
     ("bert", "add_heads", {"node": "encoder.layer.0.attention.self", "heads": 3}),
@@ -202,6 +206,26 @@ def test_growth_on_the_imported_graphs_is_exact(name: str, pass_name: str, kwarg
     model = to_onnx(grown)
     check_model(model)
     assert check_parity(grown, model) <= TOL
+
+
+@pytest.mark.parametrize(
+    ("name", "stage"), [("gpt2-tied", "transformer.h"), ("llama-tied", "model.layers")]
+)
+def test_the_module_list_of_blocks_becomes_a_stage(name: str, stage: str, tmp_path) -> None:
+    """The blocks keep the module's names (``transformer.h.0.attn``); the stage's template
+    is block 0 with local names (``mlp.c_fc``); a grown block is named as the next module
+    of the list would be, and the graph saves and loads with its stage."""
+    graph = GRAPHS[name]
+    assert graph.stages[stage].depth == 2 and graph.stages[stage].prefix == ""
+    template = graph.blocks[graph.stages[stage].block]
+    first = [n.name for n in graph.nodes if n.name.startswith(f"{stage}.0.")]
+    assert [f"{stage}.0.{t.name}" for t in template.nodes] == first
+    grown = run("insert_block", graph, stage=stage).graph
+    assert f"{stage}.2.{template.output}" in grown.node_map
+    gi.save(grown, tmp_path / "grown")
+    back = gi.load(tmp_path / "grown")
+    assert back.stages == grown.stages and back.blocks == grown.blocks
+    assert [n.name for n in back.nodes] == [n.name for n in grown.nodes]
 
 
 # ---- what is refused, by module path ----------------------------------------------------

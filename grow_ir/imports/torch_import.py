@@ -38,6 +38,7 @@ from grow_ir.imports.torch_patterns import (
     module_regions,
 )
 from grow_ir.imports.torch_rules import IGNORED, RULES, Context, Unsupported
+from grow_ir.imports.torch_stages import module_list_stages
 from grow_ir.imports.torch_values import TOLERANCE, Evaluation, evaluate
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.types import DTYPES, TensorType
@@ -177,7 +178,8 @@ def _convert(
         elif node.op == "call_function":
             _convert_call(ctx, node)
         elif node.op == "output":
-            return builder.finish(_outputs(ctx, node, expected), type(module).__name__)
+            graph = builder.finish(_outputs(ctx, node, expected), type(module).__name__)
+            return module_list_stages(graph, module)
         else:
             builder.refuse(ctx.where(node), f"fx {node.op} node {node.target}", [node.name])
     raise GrowError("torch.export gave a graph without an output")  # pragma: no cover
