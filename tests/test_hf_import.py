@@ -286,3 +286,44 @@ def test_attention_grow_ir_lacks_is_refused_naming_the_module(attn: nn.Module, r
         gi.from_torch(Wrapper(attn).eval(), torch.randn(2, 5, 8))
     lines = [line for line in info.value.constructs if line.startswith("block (OddAttention)")]
     assert len(lines) == 1 and reason in lines[0], info.value.constructs
+
+
+class WrittenOut(nn.Module):
+    """Heads attended with matmul/softmax/matmul: unscaled (not grow-ir's attention, but
+    every op has a rule) or scaled, across two inputs (cross-attention)."""
+
+    def __init__(self, cross: bool) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(8, 8) for _ in range(3))
+        self.cross = cross
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        n, length, _ = x.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(n, length, 2, 4).transpose(1, 2)
+
+        source = y if self.cross else x
+        q, k, v = heads(self.q(x)), heads(self.k(source)), heads(self.v(source))
+        scores = q @ k.transpose(-1, -2)
+        if self.cross:
+            scores = scores * 0.5
+        return (scores.softmax(-1) @ v).sum(1)
+
+
+def test_an_unscaled_written_out_attention_imports_op_by_op() -> None:
+    x, y = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    graph = gi.from_torch(WrittenOut(cross=False).eval(), (x, y))  # checked
+    ops = {n.op for n in graph.nodes}
+    assert {"matmul", "softmax"} <= ops and "attention" not in ops
+
+
+def test_a_written_out_cross_attention_is_refused_saying_why() -> None:
+    with pytest.raises(ImportRefused) as info:
+        gi.from_torch(WrittenOut(cross=True).eval(), (torch.randn(2, 5, 8), torch.randn(2, 5, 8)))
+    lines = info.value.constructs
+    assert "<root> (WrittenOut): mul.Tensor with a scalar operand (0.5)" in lines
+    assert (
+        "<root> (WrittenOut): eager attention (matmul, softmax, matmul) not recognised: "
+        "projects q, k and v from different values (grow-ir: self-attention)"
+    ) in lines

@@ -118,7 +118,11 @@ def attention_regions(program: Program, found: Found) -> None:
                 continue
             found.regions.append(_attention(program, core))
         except Unsupported as exc:
-            found.refusals.append((where(node), exc.reason, frozenset({node.name})))
+            if node.target is SDPA:
+                found.refusals.append((where(node), exc.reason, frozenset({node.name})))
+            else:  # written out with ops that have rules: they may import one by one
+                what = f"eager attention (matmul, softmax, matmul) not recognised: {exc.reason}"
+                found.fallbacks.append((where(node), what, frozenset()))
 
 
 def _sdpa_core(sdpa: fx.Node) -> _Core:
@@ -224,7 +228,7 @@ def _attention(program: Program, core: _Core) -> Region:
     for s in sides.values():
         nodes |= s.nodes
     for name in nodes - {output.name}:
-        users = outside_users(nodes, program_node(program, name))
+        users = outside_users(nodes, program.nodes[name])
         if users:
             raise Unsupported(
                 f"gives its intermediate value '{name}' to {users[0].name} outside it "
@@ -237,11 +241,6 @@ def _attention(program: Program, core: _Core) -> Region:
     if problem is not None:
         raise Unsupported(f"is no grow-ir attention ({attrs}): {problem}")
     return region
-
-
-def program_node(program: Program, name: str) -> fx.Node:
-    """The fx node called ``name``."""
-    return next(n for n in program.graph.nodes if n.name == name)
 
 
 def _bias(proj: Projection, rows: slice) -> torch.Tensor:
@@ -362,7 +361,7 @@ def classify_mask(program: Program, core: _Core) -> tuple[bool, fx.Node | None]:
         raise Unsupported(f"builds its mask from {len(deps)} inputs (grow-ir: one padding mask)")
     if deps:
         (name,) = deps
-        pad = next(n for n in program.graph.nodes if n.name == name)
+        pad = program.nodes[name]
         q = ev.value(core.q)
         if tuple(pad.meta["val"].shape) != (q.shape[0], q.shape[2]):
             raise Unsupported(f"builds its mask from input '{name}', which is not [N, L]")

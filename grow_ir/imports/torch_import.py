@@ -178,7 +178,11 @@ def _convert(
         elif node.op == "call_function":
             _convert_call(ctx, node)
         elif node.op == "output":
-            graph = builder.finish(_outputs(ctx, node, expected), type(module).__name__)
+            outputs = _outputs(ctx, node, expected)
+            if builder.refusals:  # why a construct was left to the rules that refused it
+                for where, what, _ in found.fallbacks:
+                    builder.refuse(where, what)
+            graph = builder.finish(outputs, type(module).__name__)
             return module_list_stages(graph, module)
         else:
             builder.refuse(ctx.where(node), f"fx {node.op} node {node.target}", [node.name])
@@ -257,6 +261,8 @@ def _convert_call(ctx: Context, node: fx.Node) -> None:
     deps = [a.name for a in node.all_input_nodes]
     length = _counted(ctx.evaluation, node)
     if length is not None and not builder.is_poisoned(deps):
+        if node.users and all(_counted(ctx.evaluation, u) for u in node.users):
+            return  # only further positions read it (arange(L) + 0, then unsqueeze)
         try:
             ctx.bind(node, ctx.positions(node, length[0], batch_axis=length[1]))
             return

@@ -17,6 +17,7 @@ structure, never by importing the library that defines them.
 
 from __future__ import annotations
 
+import functools
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -62,11 +63,13 @@ class Region:
 
 @dataclass
 class Found:
-    """What :func:`find_regions` found: regions, and refusals (``where``, ``what``, the
-    fx nodes whose values are poisoned by them)."""
+    """What the region finders found: regions; refusals (``where``, ``what``, the fx
+    nodes whose values are poisoned by them); and fallbacks, constructs left to the
+    per-op rules, whose reasons are listed only if the import is refused anyway."""
 
     regions: list[Region] = field(default_factory=list)
     refusals: list[tuple[str, str, frozenset[str]]] = field(default_factory=list)
+    fallbacks: list[tuple[str, str, frozenset[str]]] = field(default_factory=list)
 
     @property
     def claimed(self) -> set[str]:
@@ -83,6 +86,11 @@ class Program:
     fqns: Mapping[str, str]  # parameter/buffer placeholder -> state_dict key
     state: Mapping[str, torch.Tensor]
     evaluation: Evaluation
+
+    @functools.cached_property
+    def nodes(self) -> dict[str, fx.Node]:
+        """The program's fx nodes by name."""
+        return {n.name: n for n in self.graph.nodes}
 
     def tensor(self, node: Any) -> torch.Tensor | None:
         """The parameter or buffer an fx argument is, else None."""
