@@ -64,7 +64,11 @@ def from_torch(
     keyword arguments, for a model whose arguments after the first are optional, such as
     Hugging Face's ``attention_mask``), outputs after the fields of what
     ``forward`` returns (``output`` for one tensor, ``logits`` for a ModelOutput field);
-    with ``batch_dim`` the first axis of every input is the symbolic ``batch``; with
+    with ``batch_dim`` the first axis of every input is the symbolic ``batch``; an
+    attention (SDPA or eager, with its projections, head layout, rotary embedding and
+    mask) is one ``attention`` node named after its module, holding copies of its
+    projections stacked; GPT-2's ``Conv1D`` is a ``linear`` holding its weight transposed
+    (a copy); an ``nn.ModuleList`` of chained identical blocks is a stage; with
     ``check`` the lowered graph's outputs on ``example_inputs`` equal the module's within
     :data:`TOLERANCE` (relative). ``module`` and its mode are unchanged.
 
@@ -126,7 +130,15 @@ def _convert(
     state = module.state_dict(keep_vars=False)
     builder = GraphBuilder(source=source, tensors=state)
     fqns = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
-    evaluation = evaluate(program, args)
+    try:
+        evaluation = evaluate(program, args)
+    except Exception as exc:  # an op that fails on the redrawn inputs: the user needs why
+        raise GrowError(
+            f"the exported program of {type(module).__name__} cannot be evaluated",
+            expected="a program that runs on the example inputs and on redrawn ones of the "
+            "same shapes (integers in [0, max], floats normal)",
+            found=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+        ) from None
     ctx = Context(
         builder=builder,
         root=module,
