@@ -148,12 +148,12 @@ def _eager_core(program: Program, softmax: fx.Node) -> _Core | None:
             return None
         (n,) = users
         nodes.add(n.name)
-        if n.target in _MATMUL and n.args[0] is not None:
+        if n.target in _MATMUL:
             break
         if n.target not in _KEEP:
             return None
-    out, v = n, n.args[1]
-    if n.args[0].name not in nodes:
+    out, weights, v = n, n.args[0], n.args[1]
+    if weights.name not in nodes:  # the softmax must be the left operand: weights @ v
         return None
     scores, mask = softmax.args[0], None
     if scores.target is aten.add.Tensor and all(isinstance(a, fx.Node) for a in scores.args):
@@ -273,7 +273,7 @@ def _trace_back(program: Program, start: fx.Node, role: str) -> _Side:
             )
         nodes.add(n.name)
         stack.extend(a for a in n.all_input_nodes if not program.is_param(a))
-    projections = {id(p.weight): p for p, _ in found}
+    projections = {p.nodes for p, _ in found}  # one projection reached along several paths
     if len(found) == 0 or len(projections) != 1 or len({(r.start, r.stop) for _, r in found}) != 1:
         raise Unsupported(f"reaches {len(found)} projections from its {role} (grow-ir: one)")
     proj, rows = found[0]

@@ -247,7 +247,12 @@ def _convert_region(ctx: Context, region: Region) -> None:
         builder.refuse(ctx.where(region.output), exc.reason, list(region.nodes))
         return
     name = builder.add(
-        region.op, inputs, region.path, region.attrs, params=region.params, name=region.path
+        region.op,
+        inputs,
+        region.path or region.op,  # a region of the root module: named after its op
+        region.attrs,
+        params=region.params,
+        name=region.path or None,
     )
     ctx.bind(region.output, name)
     ctx.check_shape(region.output)

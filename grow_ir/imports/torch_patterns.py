@@ -228,9 +228,10 @@ def conv1d_regions(program: Program, found: Found) -> None:
     for node in program.graph.nodes:
         if node.target is not aten.addmm.default or node.name in claimed:
             continue
-        out = next(iter(node.users))
-        proj = linear_projection(program, out)
-        if proj is None:
+        users = list(node.users)
+        out = users[0] if len(users) == 1 else None
+        proj = None if out is None else linear_projection(program, out)
+        if out is None or proj is None:
             found.refusals.append((where(node), "addmm is no Conv1D-shaped linear", frozenset()))
             continue
         path, _ = scope(node)
