@@ -80,9 +80,9 @@ def _groups(graph: Graph) -> list[tuple[str, list[str], int]]:
         out.append((stage, members, 0))
         blocks: dict[str, list[str]] = {}
         for name in members:
-            parts = name.split(".")
-            if len(parts) > 2:
-                blocks.setdefault(parts[1], []).append(name)
+            block, dot, _ = name[len(stage) + 1 :].partition(".")
+            if dot:  # the stage's name may have dots itself (``transformer.h``, imported)
+                blocks.setdefault(block, []).append(name)
         out.extend((block, names, 1) for block, names in blocks.items())
     return out
 

@@ -6,8 +6,10 @@ weight converter, as people write to move checkpoints between codebases): how ea
 Hugging Face layer maps to grow-ir ops is spelled out once here, and the tests check the
 graphs against the Hugging Face forward, so every op they use (RMSNorm, grouped-query
 rotary attention, the key padding mask, tied heads, positions, broadcasting add) is tested
-against code nobody here wrote. ``from_torch`` does not import these models yet (see the
-README): this module is how the transformer growth passes are run on them meanwhile.
+against code nobody here wrote. ``from_torch`` imports the same models
+(tests/test_hf_import.py); these hand-written maps stay as the reference of how each layer
+maps onto grow-ir ops, and for the stage-based passes (``insert_block``, ``stack_blocks``)
+that need the block templates a spec declares.
 """
 
 from __future__ import annotations

@@ -154,11 +154,25 @@ def test_template_output_must_exist():
         load_spec(spec)
 
 
-def test_template_local_names_are_plain_identifiers():
+@pytest.mark.parametrize("bad", ["a..b", "1a", "a.", "a-b"])
+def test_template_local_names_are_identifiers_joined_by_dots(bad):
     spec = staged()
-    spec["blocks"]["res"]["nodes"][1]["name"] = "a.b"
+    spec["blocks"]["res"]["nodes"][1]["name"] = bad
     with pytest.raises(SpecError, match="malformed template node name"):
         load_spec(spec)
+
+
+def test_a_template_local_name_may_have_scopes():
+    """An imported block's nodes sit in the modules of the block (``mlp.c_fc``)."""
+    spec = staged()
+    nodes = spec["blocks"]["res"]["nodes"]
+    old = nodes[1]["name"]
+    nodes[1]["name"] = "inner.x"
+    for n in nodes:
+        if "inputs" in n:
+            n["inputs"] = ["inner.x" if i == old else i for i in n["inputs"]]
+    graph = load_spec(spec)
+    assert "s.block0.inner.x" in graph.node_map
 
 
 def test_error_in_an_expanded_node_names_block_and_stage():

@@ -38,8 +38,8 @@ def _local(name: str, scope: str) -> str:
 
 
 def _stage_of(graph: Graph, name: str) -> str | None:
-    head = name.split(".", 1)[0]
-    return head if head in graph.stages and "." in name else None
+    # a stage's name may have dots itself (``transformer.h``, imported)
+    return next((s for s in graph.stages if name.startswith(f"{s}.")), None)
 
 
 def table_rows(graph: Graph, dims: Mapping[str, int]) -> list[tuple[str, ...]]:

@@ -9,7 +9,12 @@ it (``nn_module_stack``) and every parameter its ``state_dict()`` key, which is 
 imported node names come from. The module is captured in eval mode (the mode imported
 graphs are checked in); its own mode is restored afterwards.
 
-The ATen-to-op rules live in :mod:`grow_ir.imports.torch_rules`.
+The ATen-to-op rules live in :mod:`grow_ir.imports.torch_rules`. Before them, the program
+is evaluated (:mod:`grow_ir.imports.torch_values`) and regions that grow-ir has as one op
+are found and verified by value (:mod:`grow_ir.imports.torch_patterns`,
+:mod:`grow_ir.imports.torch_attention`): attention, GPT-2's Conv1D, RMSNorm, GELU written
+out. What only those regions read (masks, rotary tables, cache positions) is not imported:
+the regions' IR nodes compute it themselves.
 """
 
 from __future__ import annotations
@@ -23,18 +28,27 @@ from torch.utils import _pytree as pytree
 
 from grow_ir.errors import CheckFailed, GrowError, ShapeError
 from grow_ir.imports.builder import GraphBuilder, ident
+from grow_ir.imports.torch_attention import attention_regions
 from grow_ir.imports.torch_modules import WHOLE, Call, calls
+from grow_ir.imports.torch_patterns import (
+    Found,
+    Program,
+    Region,
+    conv1d_regions,
+    module_regions,
+)
 from grow_ir.imports.torch_rules import IGNORED, RULES, Context, Unsupported
+from grow_ir.imports.torch_stages import module_list_stages
+from grow_ir.imports.torch_values import TOLERANCE, Evaluation, evaluate
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.types import DTYPES, TensorType
 
-TOLERANCE = 1e-5
-"""Largest accepted ``max|graph - module| / max(1, max|module|)`` of the import check."""
+__all__ = ["TOLERANCE", "from_torch"]
 
 
 def from_torch(
     module: nn.Module,
-    example_inputs: Sequence[torch.Tensor] | torch.Tensor,
+    example_inputs: Sequence[torch.Tensor] | Mapping[str, torch.Tensor] | torch.Tensor,
     *,
     names: Sequence[str] | None = None,
     batch_dim: bool = True,
@@ -46,9 +60,15 @@ def from_torch(
     steps inside a module are named ``SCOPE.OP``, e.g. ``layer1.0.add``); parameters are
     named by the module's ``state_dict()`` keys and hold copies of its values, bitwise; a
     module called twice becomes two nodes that ``share`` its parameters; graph inputs are
-    named after ``forward``'s arguments (or ``names``), outputs after the fields of what
+    named after ``forward``'s arguments (or ``names``; ``example_inputs`` may be a dict of
+    keyword arguments, for a model whose arguments after the first are optional, such as
+    Hugging Face's ``attention_mask``), outputs after the fields of what
     ``forward`` returns (``output`` for one tensor, ``logits`` for a ModelOutput field);
-    with ``batch_dim`` the first axis of every input is the symbolic ``batch``; with
+    with ``batch_dim`` the first axis of every input is the symbolic ``batch``; an
+    attention (SDPA or eager, with its projections, head layout, rotary embedding and
+    mask) is one ``attention`` node named after its module, holding copies of its
+    projections stacked; GPT-2's ``Conv1D`` is a ``linear`` holding its weight transposed
+    (a copy); an ``nn.ModuleList`` of chained identical blocks is a stage; with
     ``check`` the lowered graph's outputs on ``example_inputs`` equal the module's within
     :data:`TOLERANCE` (relative). ``module`` and its mode are unchanged.
 
@@ -58,12 +78,18 @@ def from_torch(
         CheckFailed: the imported graph's outputs differ from the module's.
         GrowError: ``torch.export`` cannot capture the module, or bad arguments.
     """
-    args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    for i, a in enumerate(args):
+    kwargs: dict[str, torch.Tensor] = {}
+    if isinstance(example_inputs, Mapping):
+        kwargs, args = dict(example_inputs), ()
+    elif isinstance(example_inputs, torch.Tensor):
+        args = (example_inputs,)
+    else:
+        args = tuple(example_inputs)
+    for i, a in [*enumerate(args), *kwargs.items()]:
         if not isinstance(a, torch.Tensor):
             raise GrowError(
                 "example inputs must be tensors",
-                field=f"example_inputs[{i}]",
+                field=f"example_inputs[{i!r}]" if isinstance(i, str) else f"example_inputs[{i}]",
                 expected="a torch.Tensor",
                 found=type(a).__name__,
             )
@@ -72,15 +98,17 @@ def from_torch(
     module.eval()
     try:
         with torch.no_grad():
-            expected = module(*args)
+            expected = module(*args, **kwargs)
         try:
-            program = torch.export.export(module, args, strict=False)
+            program = torch.export.export(module, args, kwargs, strict=False)
         except Exception as exc:  # torch raises many kinds; the user needs the reason
             raise GrowError(
                 f"torch.export cannot capture {type(module).__name__}",
                 expected="a module torch.export.export can trace with these inputs",
                 found=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
             ) from None
+        if kwargs:  # in the order of the program's inputs (forward's)
+            args = tuple(kwargs[n] for n in program.graph_signature.user_inputs)
         graph = _convert(program, module, args, expected, source, names, batch_dim)
     finally:
         module.train(was_training)
@@ -102,7 +130,22 @@ def _convert(
     state = module.state_dict(keep_vars=False)
     builder = GraphBuilder(source=source, tensors=state)
     fqns = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
-    ctx = Context(builder=builder, root=module, fqns=fqns)
+    try:
+        evaluation = evaluate(program, args)
+    except Exception as exc:  # an op that fails on the redrawn inputs: the user needs why
+        raise GrowError(
+            f"the exported program of {type(module).__name__} cannot be evaluated",
+            expected="a program that runs on the example inputs and on redrawn ones of the "
+            "same shapes (integers in [0, max], floats normal)",
+            found=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+        ) from None
+    ctx = Context(
+        builder=builder,
+        root=module,
+        fqns=fqns,
+        aliases=_tied_names(module),
+        evaluation=evaluation,
+    )
     user_inputs = list(sig.user_inputs)
     if names is not None and len(names) != len(user_inputs):
         raise GrowError(
@@ -114,7 +157,21 @@ def _convert(
     batch = args[0].shape[0] if batch_dim and args and args[0].dim() else None
     whole = calls(program.graph, module)
     inside = {n.name for call in whole.values() for n in call.nodes}
+    tensors = {**dict(module.named_buffers()), **state}  # with non-persistent buffers
+    found = _regions(Program(program.graph, module, fqns, tensors, evaluation), inside)
+    for where, what, poison in found.refusals:
+        builder.refuse(where, what, list(poison))
+    regions = {r.output.name: r for r in found.regions}
+    claimed = found.claimed
+    live = _live(program.graph, regions)
     for node in program.graph.nodes:
+        if node.op == "call_function" and node.name not in live:
+            continue  # read only by what a region computes itself (a mask, rotary tables)
+        if node.name in regions:
+            _convert_region(ctx, regions[node.name])
+            continue
+        if node.name in claimed or node.name in builder.poisoned:
+            continue  # replaced by a region, or refused by a region finder already
         if node.name in whole:
             _convert_whole(ctx, whole[node.name])
             continue
@@ -133,10 +190,72 @@ def _convert(
         elif node.op == "call_function":
             _convert_call(ctx, node)
         elif node.op == "output":
-            return builder.finish(_outputs(ctx, node, expected), type(module).__name__)
+            outputs = _outputs(ctx, node, expected)
+            if builder.refusals:  # why a construct was left to the rules that refused it
+                for where, what, _ in found.fallbacks:
+                    builder.refuse(where, what)
+            graph = builder.finish(outputs, type(module).__name__)
+            return module_list_stages(graph, module)
         else:
             builder.refuse(ctx.where(node), f"fx {node.op} node {node.target}", [node.name])
     raise GrowError("torch.export gave a graph without an output")  # pragma: no cover
+
+
+def _tied_names(module: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Every name of a tensor the module holds under several (a tied head and embedding)."""
+    names: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return {n: tuple(group) for group in names.values() if len(group) > 1 for n in group}
+
+
+def _regions(program: Program, inside: set[str]) -> Found:
+    """Attention first (it takes its projections along), then Conv1D, then leaf modules
+    fitted whole; none inside a module imported whole (:mod:`torch_modules`)."""
+    found = Found()
+    attention_regions(program, found)
+    found.regions = [r for r in found.regions if not r.nodes & inside]
+    found.refusals = [r for r in found.refusals if not r[2] & inside]
+    conv1d_regions(program, found)
+    live = _live(program.graph, {r.output.name: r for r in found.regions})
+    module_regions(program, found, live)
+    return found
+
+
+def _live(graph: fx.Graph, regions: dict[str, Region]) -> set[str]:
+    """The fx nodes an output depends on, a region's output reading only its inputs."""
+    live: set[str] = set()
+    stack = [n for n in graph.nodes if n.op == "output"]
+    while stack:
+        n = stack.pop()
+        if n.name in live:
+            continue
+        live.add(n.name)
+        region = regions.get(n.name)
+        stack.extend(region.inputs if region is not None else n.all_input_nodes)
+    return live
+
+
+def _convert_region(ctx: Context, region: Region) -> None:
+    builder = ctx.builder
+    if builder.is_poisoned([i.name for i in region.inputs]):
+        builder.poisoned.update(region.nodes)
+        return
+    try:
+        inputs = [ctx.value(i) for i in region.inputs]
+    except Unsupported as exc:
+        builder.refuse(ctx.where(region.output), exc.reason, list(region.nodes))
+        return
+    name = builder.add(
+        region.op,
+        inputs,
+        region.path or region.op,  # a region of the root module: named after its op
+        region.attrs,
+        params=region.params,
+        name=region.path or None,
+    )
+    ctx.bind(region.output, name)
+    ctx.check_shape(region.output)
 
 
 def _input_type(t: torch.Tensor, batch: int | None) -> TensorType:
@@ -157,6 +276,15 @@ def _input_type(t: torch.Tensor, batch: int | None) -> TensorType:
 def _convert_call(ctx: Context, node: fx.Node) -> None:
     builder = ctx.builder
     deps = [a.name for a in node.all_input_nodes]
+    length = _counted(ctx.evaluation, node)
+    if length is not None and not builder.is_poisoned(deps):
+        if node.users and all(_counted(ctx.evaluation, u) for u in node.users):
+            return  # only further positions read it (arange(L) + 0, then unsqueeze)
+        try:
+            ctx.bind(node, ctx.positions(node, length[0], batch_axis=length[1]))
+            return
+        except Unsupported:
+            pass  # no axis of that length: the op's own rule decides
     rule = RULES.get(node.target)
     if builder.is_poisoned(deps):
         # What follows a refused construct is not imported either, but an op grow-ir
@@ -180,6 +308,23 @@ def _convert_call(ctx: Context, node: fx.Node) -> None:
         builder.refuse(ctx.where(node), f"{_op_name(node)} {exc.message}", [node.name])
         return
     ctx.check_shape(node)
+
+
+def _counted(evaluation: Evaluation, node: fx.Node) -> tuple[int, bool] | None:
+    """``(L, batch_axis)`` when ``node`` reads no input and its value is ``arange(L)``, as
+    ``[L]`` or ``[1, L]``: positions, however made (``arange(L) + 0``, BERT's sliced
+    ``position_ids`` buffer)."""
+    if not evaluation.constant(node):
+        return None
+    value = evaluation.value(node)
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.int64 or value.dim() > 2:
+        return None
+    if value.dim() == 0 or (value.dim() == 2 and value.shape[0] != 1):
+        return None
+    length = int(value.shape[-1])
+    if not torch.equal(value.reshape(-1), torch.arange(length)):
+        return None
+    return length, value.dim() == 2
 
 
 def _convert_whole(ctx: Context, call: Call) -> None:

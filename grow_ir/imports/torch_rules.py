@@ -78,6 +78,9 @@ class Context:
     constants: set[str] = field(default_factory=set)
     batch: int | None = None
     layers: dict[str, tuple[str, str, dict, dict]] = field(default_factory=dict)
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # tied tensors' names
+    owners: dict[str, str] = field(default_factory=dict)  # state_dict key -> node holding it
+    evaluation: Any = None  # torch_values.Evaluation of the program
 
     # ---- reading the fx node ------------------------------------------------------------
 
@@ -113,7 +116,10 @@ class Context:
         axis is expanded to that value's batch. Buffers are refused: a ``parameter`` learns.
         """
         if key not in dict(self.root.named_parameters()):
-            raise Unsupported(f"reads buffer '{key}' as a value (grow-ir: parameters only)")
+            raise Unsupported(
+                f"reads buffer '{key}' as a value (grow-ir: parameters only; if forward "
+                "reads it in place of an argument left out, pass that argument)"
+            )
         cache = ("tensor", key, batch_of or "")
         if cache not in self.builder.built:
             t = self.builder.tensors[key]
@@ -134,6 +140,21 @@ class Context:
         if not self.builder.inputs:
             raise Unsupported("needs a graph input to take its size from")
         return next(iter(self.builder.inputs))
+
+    def positions(self, node: fx.Node, length: int, batch_axis: bool) -> str:
+        """A ``positions`` node counting ``0..length-1`` along the first input's axis of
+        that length (after the batch axis), ``[1, L]`` with ``batch_axis``; built once."""
+        x = self.first_input()
+        shape = self.builder.types[x].shape
+        axis = next((i for i, d in enumerate(shape) if i > 0 and d == length), None)
+        if axis is None:
+            raise Unsupported(f"counts to {length}, which is no axis of input '{x}'")
+        key = ("positions", x, axis, batch_axis)
+        if key not in self.builder.built:
+            attrs = {"dim": axis, "batch_axis": batch_axis}
+            hint = self.hint(node, "positions")
+            self.builder.built[key] = self.builder.add("positions", [x], hint, attrs)
+        return self.builder.built[key]
 
     def resolve(self, node: fx.Node, label: str) -> str:
         """The IR value an output names; a kept mean is refused there."""
@@ -195,12 +216,16 @@ class Context:
         under the same module). A module called again becomes a node that shares the
         first call's parameters.
         """
-        keys = {k: v for k, v in params.items() if v is not None}
+        own, _ = self._scope(node)
+        keys = {k: self._own_key(v, own, k) for k, v in params.items() if v is not None}
         first = next(iter(keys.values()))
         path = first.rpartition(".")[0] or clean_name(first)
         previous = self.layers.get(path)
+        tie = self._tie(op, attrs, inputs, keys)
         if previous is not None and previous[1:] == (op, attrs, keys):
             name = self.builder.add(op, inputs, path, attrs, share=previous[0])
+        elif tie is not None:
+            name = self.builder.add(op, inputs, path, attrs, share=tie, name=path)
         else:
             tensors = self.builder.tensors
             from grow_ir.ir.ops import OPS
@@ -216,8 +241,34 @@ class Context:
                 values[local] = tensors[key]
             name = self.builder.add(op, inputs, path, attrs, params=values, name=path)
             self.layers[path] = (name, op, attrs, keys)
+            for key in keys.values():
+                for alias in self.aliases.get(key, (key,)):
+                    self.owners.setdefault(alias, name)
         self.bind(node, name)
         return name
+
+    def _own_key(self, key: str, own: str, local: str) -> str:
+        """The name a tied tensor has in the module that reads it: torch.export names a
+        tensor tied to another by one of its names (GPT-2's embedding reads
+        ``lm_head.weight``); the node is named after its own module's one."""
+        mine = f"{own}.{local}"
+        return mine if own and mine in self.aliases.get(key, ()) else key
+
+    def _tie(self, op: str, attrs: dict, inputs: list[str], keys: dict[str, str]) -> str | None:
+        """The node that already holds these tensors under another name (a head tied to the
+        embedding), when this node's parameters have the same shapes: it shares them."""
+        owners = {self.owners.get(k) for k in keys.values()}
+        if len(owners) != 1 or None in owners:
+            return None
+        (owner,) = owners
+        from grow_ir.ir.ops import OPS
+
+        node = next(n for n in self.builder.nodes if n.name == owner)
+        mine = OPS[op].params(
+            OPS[op].attrs.model_validate(attrs), [self.builder.types[i] for i in inputs]
+        )
+        theirs = node.opdef.params(node.attrs, [self.builder.types[i] for i in node.inputs])
+        return owner if mine == theirs and set(mine) == set(keys) else None
 
     def check_shape(self, node: fx.Node) -> None:
         """Refuse a conversion whose inferred type differs from what torch recorded."""
@@ -425,7 +476,11 @@ def _elu(ctx: Context, node: fx.Node) -> None:
 
 
 def _alias(ctx: Context, node: fx.Node) -> None:
-    source = node.args[0]
+    _alias_of(ctx, node, node.args[0])
+
+
+def _alias_of(ctx: Context, node: fx.Node, source: Any) -> None:
+    """Bind ``node`` to the IR value of ``source`` (a value unchanged)."""
     if isinstance(source, fx.Node) and source.name in ctx.env:
         ctx.bind(node, ctx.env[source.name])
         return
@@ -698,12 +753,7 @@ def _arange(ctx: Context, node: fx.Node) -> None:
         raise Unsupported("makes a float range")
     if node.meta["val"].dtype != torch.int64:
         raise Unsupported("makes a float range")
-    x = ctx.first_input()
-    shape = ctx.builder.types[x].shape
-    axis = next((i for i, d in enumerate(shape) if i > 0 and d == end), None)
-    if axis is None:
-        raise Unsupported(f"counts to {end}, which is no axis of input '{x}'")
-    ctx.add(node, "positions", [x], {"dim": axis}, short="positions")
+    ctx.bind(node, ctx.positions(node, int(end), batch_axis=False))
 
 
 def _pad(ctx: Context, node: fx.Node) -> None:
@@ -724,12 +774,38 @@ def _binary(op: str) -> Rule:
         if arg(node, 2, "alpha", 1) != 1:
             raise Unsupported("has alpha != 1")
         if not isinstance(b, fx.Node) or not isinstance(a, fx.Node):
-            raise Unsupported(f"with a scalar operand ({b if isinstance(a, fx.Node) else a!r})")
+            scalar, tensor = (b, a) if isinstance(a, fx.Node) else (a, b)
+            if isinstance(tensor, fx.Node) and _identity_scalar(node, scalar, tensor is a):
+                _alias_of(ctx, node, tensor)
+                return
+            raise Unsupported(f"with a scalar operand ({scalar!r})")
         if node.target is aten.div.Tensor and arg(node, 2, "rounding_mode") is not None:
             raise Unsupported("rounds its quotient")
         ctx.add(node, op, [ctx.value(a), ctx.value(b)])
 
     return rule
+
+
+_NEUTRAL = {
+    aten.add.Tensor: (0, True),
+    aten.add_.Tensor: (0, True),
+    aten.sub.Tensor: (0, False),
+    aten.mul.Tensor: (1, True),
+    aten.mul_.Tensor: (1, True),
+    aten.div.Tensor: (1, False),
+}
+"""The scalar that leaves the other operand unchanged, and whether it may come first."""
+
+
+def _identity_scalar(node: fx.Node, scalar: Any, tensor_first: bool) -> bool:
+    """True for ``x + 0``, ``x - 0``, ``x * 1``, ``x / 1`` (``0 + x``, ``1 * x``) that keep
+    ``x``'s dtype: Hugging Face's ``arange(L) + past_length`` with nothing cached."""
+    neutral = _NEUTRAL.get(node.target)
+    if neutral is None or isinstance(scalar, bool) or not isinstance(scalar, (int, float)):
+        return False
+    value, commutes = neutral
+    same_dtype = node.args[0 if tensor_first else 1].meta["val"].dtype == node.meta["val"].dtype
+    return scalar == value and (tensor_first or commutes) and same_dtype
 
 
 def _cat(ctx: Context, node: fx.Node) -> None:

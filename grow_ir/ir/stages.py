@@ -3,7 +3,8 @@
 A :class:`BlockTemplate` is a list of template nodes whose input is called ``input``;
 attribute values ``"$param"`` are filled in from a stage's ``with``. A :class:`Stage` says
 which template it repeats, how many times (``depth``) and with which parameters; block
-``i`` of stage ``S`` is the template's nodes named ``S.block{i}.{local}``, chained (each
+``i`` of stage ``S`` is the template's nodes named ``S.block{i}.{local}`` (``S.{i}.{local}``
+in a stage imported from an ``nn.ModuleList``), chained (each
 block reads the previous block's output). ``Graph.blocks`` and ``Graph.stages`` hold these
 values, so passes read typed fields instead of re-parsing spec dicts; the spec front end
 checks templates and stages against the file and builds them.
@@ -24,9 +25,14 @@ HEAD_KEYS = ("name", "op", "inputs", "share")
 """The keys of a template node entry that are not attributes."""
 
 
-def block_name(stage: str, index: int) -> str:
-    """The scope of block ``index`` of ``stage``: ``stage1.block0``."""
-    return f"{stage}.block{index}"
+BLOCK_PREFIX = "block"
+"""What a block's index follows in its scope (``stage1.block0``), unless the stage says."""
+
+
+def block_name(stage: str, index: int, prefix: str = BLOCK_PREFIX) -> str:
+    """The scope of block ``index`` of ``stage``: ``stage1.block0``, or with ``prefix``
+    ``""`` the numbering of an ``nn.ModuleList`` (``transformer.h.0``, an imported stage)."""
+    return f"{stage}.{prefix}{index}"
 
 
 def param_name(value: Any) -> str:
@@ -137,11 +143,13 @@ class BlockTemplate:
 
 @dataclass(frozen=True)
 class Stage:
-    """A stage: ``depth`` chained copies of template ``block`` with parameters ``with_``."""
+    """A stage: ``depth`` chained copies of template ``block`` with parameters ``with_``,
+    block ``i`` named ``{stage}.{prefix}{i}``."""
 
     block: str
     depth: int
     with_: Mapping[str, Any] = field(default_factory=dict)
+    prefix: str = BLOCK_PREFIX
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "with_", MappingProxyType(copy.deepcopy(dict(self.with_))))
@@ -154,16 +162,35 @@ class Stage:
         """``value`` itself, or the stage a record ``{block, depth, with?}`` gives."""
         if isinstance(value, Stage):
             return value
-        return cls(value["block"], value["depth"], value.get("with") or {})
+        prefix = value.get("prefix")
+        return cls(
+            value["block"],
+            value["depth"],
+            value.get("with") or {},
+            BLOCK_PREFIX if prefix is None else str(prefix),
+        )
 
     def replace(self, **changes: Any) -> Stage:
         """This stage with some fields changed."""
-        fields = {"block": self.block, "depth": self.depth, "with_": self.with_, **changes}
+        fields = {
+            "block": self.block,
+            "depth": self.depth,
+            "with_": self.with_,
+            "prefix": self.prefix,
+            **changes,
+        }
         return Stage(**fields)
 
+    def scope(self, stage: str, index: int) -> str:
+        """The scope of block ``index`` of this stage, called ``stage``."""
+        return block_name(stage, index, self.prefix)
+
     def entry(self) -> dict[str, Any]:
-        """The spec record: ``{block, depth, with}``."""
-        return {"block": self.block, "depth": self.depth, "with": copy.deepcopy(dict(self.with_))}
+        """The spec record: ``{block, depth, with}`` (and ``prefix`` when not ``block``)."""
+        out = {"block": self.block, "depth": self.depth, "with": copy.deepcopy(dict(self.with_))}
+        if self.prefix != BLOCK_PREFIX:
+            out["prefix"] = self.prefix
+        return out
 
 
 @dataclass(frozen=True)
@@ -178,16 +205,21 @@ class BlockNode:
 
 
 def block_nodes(
-    template: BlockTemplate, stage: str, index: int, with_: Mapping[str, Any], block_input: str
+    template: BlockTemplate,
+    stage: str,
+    index: int,
+    with_: Mapping[str, Any],
+    block_input: str,
+    prefix: str = BLOCK_PREFIX,
 ) -> list[BlockNode]:
     """The nodes of block ``index`` of ``stage`` reading ``block_input``.
 
-    Guarantees: names are ``{stage}.block{index}.{local}``; implicit inputs are the previous
+    Guarantees: names are ``{stage}.{prefix}{index}.{local}``; implicit inputs are the previous
     template node (``block_input`` for the first); ``input`` reads ``block_input``; every
     ``"$param"`` is replaced by a copy of ``with_[param]`` (KeyError when ``with_`` lacks
     it: callers check :meth:`BlockTemplate.params` first).
     """
-    scope = block_name(stage, index)
+    scope = block_name(stage, index, prefix)
 
     def full(local: str) -> str:
         return block_input if local == BLOCK_INPUT else f"{scope}.{local}"

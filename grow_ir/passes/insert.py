@@ -241,7 +241,7 @@ def _instantiate(
 
     Returns the additions, the previous block's output and the new block's output.
     """
-    prev, scope = f"{stage}.block{depth - 1}", f"{stage}.block{depth}"
+    prev, scope = entry.scope(stage, depth - 1), entry.scope(stage, depth)
     prev_out = f"{prev}.{template.output}"
     if prev_out not in graph.node_map:
         raise PassError(
@@ -261,7 +261,7 @@ def _instantiate(
             found=repr(taken[0]),
         )
     adds = Additions(graph)
-    for draft in block_nodes(template, stage, depth, entry.with_, prev_out):
+    for draft in block_nodes(template, stage, depth, entry.with_, prev_out, entry.prefix):
         old = graph.node_map.get(prev + draft.name.removeprefix(scope))
         # the previous block's attributes carry any growth (widening) since the spec
         attrs = old.attrs if old is not None and old.op == draft.op else draft.attrs
@@ -389,7 +389,8 @@ def insert_block(
 ) -> PassResult:
     """Append one block to ``stage``, instantiated from the stage's template.
 
-    The new block ``{stage}.block{N}`` reads block ``N-1``'s output and takes over all its
+    The new block ``{stage}.block{N}`` (``{stage}.{N}`` in a stage imported from an
+    ``nn.ModuleList``) reads block ``N-1``'s output and takes over all its
     users; the stage's depth becomes ``N+1``. Attributes come from block ``N-1``'s nodes
     (so a widened stage grows blocks of its current width), else from the template with
     ``$name`` values from the stage's ``with``. The last layer of each residual branch gets

@@ -26,8 +26,8 @@ from grow_ir.passes.rewrite import check_choice
 MODES = ("stack", "interpolate")
 
 
-def _block_nodes(graph: Graph, stage: str, i: int) -> list[Node]:
-    scope = f"{stage}.block{i}."
+def _block_nodes(graph: Graph, scope: str) -> list[Node]:
+    scope += "."
     return [n for n in graph.nodes if n.name.startswith(scope)]
 
 
@@ -74,7 +74,7 @@ def stack_blocks(
     entry, template, depth = stage_of(graph, stage)
     start, stop = _check_range(start, depth if stop is None else stop, depth)
     out_local = template.output
-    blocks = [_block_nodes(graph, stage, i) for i in range(depth)]
+    blocks = [_block_nodes(graph, entry.scope(stage, i)) for i in range(depth)]
     shared = [n.name for b in blocks for n in b if n.share is not None]
     if shared:
         raise PassError(
@@ -93,7 +93,7 @@ def stack_blocks(
             (i, c) for i in range(depth) for c in ((False, True) if start <= i < stop else (False,))
         ]
     first_in = _stage_input(graph, stage, blocks[0])
-    old_out = f"{stage}.block{depth - 1}.{out_local}"
+    old_out = f"{entry.scope(stage, depth - 1)}.{out_local}"
     prev = first_in
     nodes: list[Node] = []
     params: dict[str, torch.Tensor] = {}
@@ -101,8 +101,8 @@ def stack_blocks(
     why_not = ""
     zeroed: list[str] = []
     for j, (i, copy) in enumerate(order):
-        old_scope, new_scope = f"{stage}.block{i}.", f"{stage}.block{j}."
-        old_in = first_in if i == 0 else f"{stage}.block{i - 1}.{out_local}"
+        old_scope, new_scope = f"{entry.scope(stage, i)}.", f"{entry.scope(stage, j)}."
+        old_in = first_in if i == 0 else f"{entry.scope(stage, i - 1)}.{out_local}"
         made: list[Node] = []
         for n in blocks[i]:
             inputs = tuple(
@@ -117,7 +117,7 @@ def stack_blocks(
         zero: set[str] = set()
         if copy and mode == "interpolate":
             by_name = {n.name: n for n in made}
-            old_out_i = f"{stage}.block{i}.{out_local}"  # what the copy reads, in graph
+            old_out_i = f"{entry.scope(stage, i)}.{out_local}"  # what the copy reads, in graph
             ends, why = branch_ends(graph, by_name, prev, new_scope + out_local, proven=old_out_i)
             why_not = why_not or why
             zero = {e.name for e in ends}
@@ -137,7 +137,7 @@ def stack_blocks(
                     origins[new_key] = Origin(key)
         nodes += made
         prev = new_scope + out_local
-    new_graph = _splice(graph, stage, nodes, old_out, prev, params)
+    new_graph = _splice(graph, blocks, nodes, old_out, prev, params)
     new_graph = new_graph.replace(stages={**graph.stages, stage: entry.replace(depth=len(order))})
     copies = stop - start
     if mode == "stack":
@@ -173,7 +173,7 @@ def _stage_input(graph: Graph, stage: str, block0: list[Node]) -> str:
 
 def _splice(
     graph: Graph,
-    stage: str,
+    blocks: list[list[Node]],
     stage_nodes: list[Node],
     old_out: str,
     new_out: str,
@@ -182,8 +182,7 @@ def _splice(
     """``graph`` with the stage's nodes replaced by ``stage_nodes`` (at the first one's
     place), readers of ``old_out`` outside the stage reading ``new_out``, and the stage's
     parameters replaced by ``params``."""
-    prefix = f"{stage}.block"
-    in_stage = {n.name for n in graph.nodes if n.name.startswith(prefix)}
+    in_stage = {n.name for b in blocks for n in b}
     nodes: list[Node] = []
     placed = False
     for n in graph.nodes:

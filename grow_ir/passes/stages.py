@@ -10,7 +10,7 @@ dumped spec's ``with:`` shows the width the stage has now.
 from __future__ import annotations
 
 from grow_ir.ir.graph import Graph
-from grow_ir.ir.stages import block_name, param_name
+from grow_ir.ir.stages import param_name
 
 
 def refresh_stage_params(graph: Graph) -> Graph:
@@ -29,7 +29,7 @@ def refresh_stage_params(graph: Graph) -> Graph:
         new_with = dict(stage.with_)
         if template is not None and stage.depth >= 1:
             for entry in template.nodes:
-                node = graph.node_map.get(f"{block_name(name, stage.depth - 1)}.{entry.name}")
+                node = graph.node_map.get(f"{stage.scope(name, stage.depth - 1)}.{entry.name}")
                 if node is None:
                     continue
                 for key, value in entry.attrs.items():

@@ -14,9 +14,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from grow_ir.errors import SpecError
-from grow_ir.ir.stages import BLOCK_INPUT, BlockTemplate, Stage, block_name, block_nodes
+from grow_ir.ir.stages import (
+    BLOCK_INPUT,
+    BLOCK_PREFIX,
+    BlockTemplate,
+    Stage,
+    block_name,
+    block_nodes,
+)
 from grow_ir.spec.errors import suggest
-from grow_ir.spec.models import IDENT, BlockSpec, StageEntry, StageRecord
+from grow_ir.spec.models import IDENT, LOCAL, BlockSpec, StageEntry, StageRecord
 from grow_ir.spec.nodes import Draft, parse_head
 
 
@@ -51,12 +58,12 @@ def parse_blocks(blocks: Mapping[str, BlockSpec], file: str | None) -> dict[str,
                     found=f"stage: {raw['stage']!r}",
                 )
             head = parse_head(raw, at, file)
-            if not IDENT.fullmatch(head.name) or head.name == BLOCK_INPUT:
+            if not LOCAL.fullmatch(head.name) or head.name == BLOCK_INPUT:
                 raise SpecError(
                     "malformed template node name",
                     file=file,
                     field=f"{at}.name",
-                    expected=f"an identifier other than '{BLOCK_INPUT}' (no dots)",
+                    expected=f"an identifier other than '{BLOCK_INPUT}' (dots make scopes)",
                     found=repr(head.name),
                 )
             if head.name in locals_:
@@ -161,8 +168,9 @@ def check_stage_record(
         node=None,
         field=f"{where}.with",
     )
+    prefix = record.prefix if record.prefix is not None else BLOCK_PREFIX
     for i in range(record.depth):
-        out = f"{block_name(name, i)}.{template.output}"
+        out = f"{block_name(name, i, prefix)}.{template.output}"
         if out not in node_names:
             raise SpecError(
                 f"stage '{name}' has no output node for block {i}",
@@ -171,7 +179,7 @@ def check_stage_record(
                 expected=f"a node '{out}' (depth {record.depth})",
                 found="none",
             )
-    return Stage(record.block, record.depth, record.with_)
+    return Stage(record.block, record.depth, record.with_, prefix)
 
 
 def _template(

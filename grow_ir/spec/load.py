@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from grow_ir.errors import GrowError, SpecError
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.init import check_size, initialize
-from grow_ir.ir.stages import BlockTemplate, Stage, block_name
+from grow_ir.ir.stages import BlockTemplate, Stage
 from grow_ir.ir.types import TensorType
 from grow_ir.ir.verify import check_name, verify
 from grow_ir.spec.blocks import check_stage_record, expand_stage, parse_blocks
@@ -185,7 +185,7 @@ def _stage_entry(raw: dict[str, Any], where: str, file: str | None) -> StageEntr
 
 
 def _stage_output(stage: str, record: Stage, blocks: Mapping[str, BlockTemplate]) -> str:
-    return f"{block_name(stage, record.depth - 1)}.{blocks[record.block].output}"
+    return f"{record.scope(stage, record.depth - 1)}.{blocks[record.block].output}"
 
 
 def _previous(

@@ -21,6 +21,9 @@ SPEC_VERSION = 1
 """The only spec version this release reads and writes."""
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+LOCAL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+"""A template node's local name: identifiers joined by dots (``mlp.c_fc`` of an imported
+block)."""
 NODE_KEYS = ("name", "op", "inputs", "share")
 """Keys of a node entry that are not op attributes."""
 INFERRED = ("in_features", "in_channels", "num_features", "normalized_shape", "embed_dim")
@@ -113,6 +116,11 @@ class StageRecord(_Strict):
     depth: PositiveStrictInt = Field(description="how many blocks the stage has")
     with_: dict[StrictStr, Any] = Field(
         default_factory=dict, alias="with", description="values of the template's $params"
+    )
+    prefix: StrictStr | None = Field(
+        default=None,
+        description="what block i's index follows in its scope: 'block' (STAGE.block0, the "
+        "default) or '' (STAGE.0, a stage imported from an nn.ModuleList)",
     )
 
 

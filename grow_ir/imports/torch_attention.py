@@ -1,0 +1,438 @@
+"""Attention found at its heads' core and imported as one ``attention`` node.
+
+Two anchors: ``aten.scaled_dot_product_attention`` (what Hugging Face's default
+``attn_implementation="sdpa"`` gives under torch.export) and the eager form,
+``softmax(q @ k^T * scale + mask) @ v``. From the core the walk goes back from q, k and v
+through what rearranges heads (``view``, ``transpose``, ``expand`` and ``reshape`` of
+``repeat_kv``…) and what rotates them (rotary embedding: ``mul``, ``add``, ``neg``, ``cat``,
+``slice`` with tables that read no input) to the projections (``linear``, or a ``Conv1D``
+split into q, k, v), and forward from the heads' output through the head merge to the
+output projection. The mask is recognised by its values (:func:`classify_mask`), never by
+how it was built. The candidate node (in-projection ``[Wq; Wk; Wv]`` stacked, a copy) must
+compute the region's output on both evaluation runs, or the module is refused.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from grow_ir.imports.torch_patterns import (
+    ASSERTS,
+    Found,
+    Program,
+    Projection,
+    Region,
+    linear_projection,
+    matches,
+    outside_users,
+    scope,
+    where,
+)
+from grow_ir.imports.torch_rules import Unsupported, arg
+from grow_ir.imports.torch_values import RUNS
+
+aten = torch.ops.aten
+
+SDPA = aten.scaled_dot_product_attention.default
+
+_HEAD_LAYOUT = frozenset(
+    {
+        aten.view.default,
+        aten.reshape.default,
+        aten._unsafe_view.default,
+        aten.transpose.int,
+        aten.permute.default,
+        aten.contiguous.default,
+        aten.clone.default,
+        aten.alias.default,
+        aten.to.dtype,
+        aten.to.dtype_layout,
+        aten._to_copy.default,
+        aten.expand.default,
+        aten.unsqueeze.default,
+    }
+)
+"""Ops that move head values without computing (and ``repeat_kv``'s expand/reshape)."""
+
+_ROTARY = frozenset(
+    {aten.mul.Tensor, aten.add.Tensor, aten.neg.default, aten.cat.default, aten.slice.Tensor}
+)
+"""What rotary embedding computes with (its tables read no input)."""
+
+_SPLITS = frozenset({aten.split.Tensor, aten.split_with_sizes.default})
+
+
+@dataclass(frozen=True)
+class _Side:
+    """q, k or v traced back: its projection rows, the nodes on the way, rotary tables."""
+
+    proj: Projection
+    rows: slice
+    nodes: frozenset[str]
+    tables: tuple[fx.Node, ...]
+
+
+@dataclass(frozen=True)
+class _Core:
+    """The heads' part of one attention: q, k, v ``[N, H, L, D]``, the mask value (or
+    None), SDPA's ``is_causal``, the score scale (None: ``1/sqrt(D)``), the fx node of the
+    heads' output and the fx nodes in between."""
+
+    q: fx.Node
+    k: fx.Node
+    v: fx.Node
+    mask: fx.Node | None
+    is_causal: bool
+    scale: float | None
+    out: fx.Node
+    nodes: frozenset[str]
+
+
+_SOFTMAX = frozenset({aten.softmax.int, aten._softmax.default})
+_MATMUL = frozenset({aten.matmul.default})
+_KEEP = frozenset(
+    {aten.to.dtype, aten.to.dtype_layout, aten._to_copy.default, aten.dropout.default}
+    | {aten.clone.default, aten.alias.default, aten.contiguous.default}
+)
+"""What may stand between the softmax and the product with v (casts, eval-mode dropout)."""
+
+
+def attention_regions(program: Program, found: Found) -> None:
+    """One ``attention`` region per SDPA call and per eager attention (``softmax`` of
+    ``q @ k^T`` scaled and masked, times ``v``); a refusal naming the module for each that
+    is not grow-ir's attention."""
+    for node in program.graph.nodes:
+        try:
+            if node.target is SDPA:
+                core = _sdpa_core(node)
+            elif node.target in _SOFTMAX:
+                core = _eager_core(program, node)
+                if core is None:
+                    continue  # a softmax of its own: the rules import it
+            else:
+                continue
+            found.regions.append(_attention(program, core))
+        except Unsupported as exc:
+            if node.target is SDPA:
+                found.refusals.append((where(node), exc.reason, frozenset({node.name})))
+            else:  # written out with ops that have rules: they may import one by one
+                what = f"eager attention (matmul, softmax, matmul) not recognised: {exc.reason}"
+                found.fallbacks.append((where(node), what, frozenset()))
+
+
+def _sdpa_core(sdpa: fx.Node) -> _Core:
+    if float(arg(sdpa, 4, "dropout_p", 0.0) or 0.0) != 0.0:
+        raise Unsupported("applies attention dropout in eval mode")
+    scale = arg(sdpa, 6, "scale")
+    q, k, v = sdpa.args[:3]
+    mask, causal = arg(sdpa, 3, "attn_mask"), bool(arg(sdpa, 5, "is_causal", False))
+    scale = None if scale is None else float(scale)
+    return _Core(q, k, v, mask, causal, scale, sdpa, frozenset({sdpa.name}))
+
+
+def _eager_core(program: Program, softmax: fx.Node) -> _Core | None:
+    """``softmax((q @ k^T) * s [+ mask]) @ v`` on 4-D heads, or None when the softmax is
+    not the middle of one."""
+    if softmax.meta["val"].dim() != 4 or int(softmax.args[1]) % 4 != 3:
+        return None
+    nodes = {softmax.name}
+    n = softmax
+    while True:  # forward to the product with v
+        users = [u for u in n.users if u.target not in ASSERTS]
+        if len(users) != 1:
+            return None
+        (n,) = users
+        nodes.add(n.name)
+        if n.target in _MATMUL:
+            break
+        if n.target not in _KEEP:
+            return None
+    out, weights, v = n, n.args[0], n.args[1]
+    if weights.name not in nodes:  # the softmax must be the left operand: weights @ v
+        return None
+    scores, mask = softmax.args[0], None
+    if scores.target is aten.add.Tensor and all(isinstance(a, fx.Node) for a in scores.args):
+        nodes.add(scores.name)
+        scores, mask = scores.args
+    scale = None
+    if scores.target in (aten.mul.Tensor, aten.div.Tensor) and isinstance(
+        scores.args[1], (int, float)
+    ):
+        factor = float(scores.args[1])
+        scale = factor if scores.target is aten.mul.Tensor else 1.0 / factor
+        nodes.add(scores.name)
+        scores = scores.args[0]
+    if scores.target not in _MATMUL:
+        return None
+    nodes.add(scores.name)
+    q, kt = scores.args
+    rank = kt.meta["val"].dim()
+    dims = (
+        {int(kt.args[1]) % rank, int(kt.args[2]) % rank}
+        if kt.target is aten.transpose.int
+        else set()
+    )
+    if dims != {rank - 2, rank - 1}:
+        raise Unsupported("multiplies q by keys that are not transposed (q @ k^T)")
+    nodes.add(kt.name)
+    if scale is None:
+        raise Unsupported("does not scale its scores (grow-ir: 1/sqrt(head_dim))")
+    return _Core(q, kt.args[0], v, mask, False, scale, out, frozenset(nodes))
+
+
+def _attention(program: Program, core: _Core) -> Region:
+    ev = program.evaluation
+    q_val = ev.value(core.q)
+    _, heads, _, dim = (int(d) for d in q_val.shape)
+    if core.scale is not None and not math.isclose(core.scale, dim**-0.5, rel_tol=1e-6):
+        raise Unsupported(f"scales scores by {core.scale} (grow-ir: 1/sqrt(head_dim))")
+    sides = {
+        role: _trace_back(program, node, role)
+        for role, node in (("q", core.q), ("k", core.k), ("v", core.v))
+    }
+    x = sides["q"].proj.x
+    if any(s.proj.x is not x for s in sides.values()):
+        raise Unsupported("projects q, k and v from different values (grow-ir: self-attention)")
+    if sides["v"].tables:
+        raise Unsupported("multiplies its values by a table (grow-ir: rotary on q and k only)")
+    if bool(sides["q"].tables) != bool(sides["k"].tables):
+        raise Unsupported("rotates only one of q and k")
+    rows = {r: s.rows.stop - s.rows.start for r, s in sides.items()}
+    if rows["q"] != heads * dim or rows["k"] != rows["v"] or rows["k"] % dim:
+        raise Unsupported(f"has projections of {rows} rows for {heads} heads of {dim}")
+    kv_heads = rows["k"] // dim
+    out_nodes, out_proj, output = _trace_forward(program, core.out)
+    causal, pad = classify_mask(program, core)
+    width = int(x.meta["val"].shape[-1])
+    has_bias = any(s.proj.bias is not None for s in sides.values()) or out_proj.bias is not None
+    attrs: dict = {"num_heads": heads, "bias": has_bias, "causal": causal}
+    if heads * dim != width:
+        attrs["head_dim"] = dim
+    if kv_heads != heads:
+        attrs["num_kv_heads"] = kv_heads
+    if sides["q"].tables:
+        attrs["rope_theta"] = rope_theta(program, sides["q"].tables + sides["k"].tables, dim)
+    params = {
+        "in_proj_weight": torch.cat([s.proj.weight[s.rows] for s in sides.values()]),
+        "out_proj.weight": out_proj.weight.detach().clone(),
+    }
+    if has_bias:
+        params["in_proj_bias"] = torch.cat([_bias(s.proj, s.rows) for s in sides.values()])
+        params["out_proj.bias"] = _bias(out_proj, slice(0, out_proj.weight.shape[0]))
+    nodes = set(core.nodes) | out_nodes
+    for s in sides.values():
+        nodes |= s.nodes
+    for name in nodes - {output.name}:
+        users = outside_users(nodes, program.nodes[name])
+        if users:
+            raise Unsupported(
+                f"gives its intermediate value '{name}' to {users[0].name} outside it "
+                "(grow-ir's attention returns only its output)"
+            )
+    path, _ = scope(core.out)
+    inputs = (x,) if pad is None else (x, pad)
+    region = Region(path, frozenset(nodes), output, inputs, "attention", attrs, params)
+    problem = matches(program, region)
+    if problem is not None:
+        raise Unsupported(f"is no grow-ir attention ({attrs}): {problem}")
+    return region
+
+
+def _bias(proj: Projection, rows: slice) -> torch.Tensor:
+    if proj.bias is None:
+        return torch.zeros(rows.stop - rows.start, dtype=proj.weight.dtype)
+    return proj.bias[rows].detach().clone()
+
+
+def _trace_back(program: Program, start: fx.Node, role: str) -> _Side:
+    ev = program.evaluation
+    stack, seen, nodes, tables = [start], set(), set(), []
+    found: list[tuple[Projection, slice]] = []
+    while stack:
+        n = stack.pop()
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        proj = _projection_rows(program, n)
+        if proj is not None:
+            found.append(proj)
+            nodes |= proj[0].nodes | {n.name} | _split_nodes(n)
+            continue
+        if ev.constant(n):
+            tables.append(n)
+            continue
+        if n.op != "call_function" or n.target not in _HEAD_LAYOUT | _ROTARY:
+            raise Unsupported(
+                f"computes its {role} with {getattr(n.target, '__name__', n.target)} "
+                "(grow-ir: projections, head layout and rotary embedding)"
+            )
+        nodes.add(n.name)
+        stack.extend(a for a in n.all_input_nodes if not program.is_param(a))
+    projections = {p.nodes for p, _ in found}  # one projection reached along several paths
+    if len(found) == 0 or len(projections) != 1 or len({(r.start, r.stop) for _, r in found}) != 1:
+        raise Unsupported(f"reaches {len(found)} projections from its {role} (grow-ir: one)")
+    proj, rows = found[0]
+    return _Side(proj, rows, frozenset(nodes), tuple(tables))
+
+
+def _split_nodes(n: fx.Node) -> set[str]:
+    if n.target is not operator.getitem:
+        return set()
+    return {n.args[0].name}
+
+
+def _projection_rows(program: Program, n: fx.Node) -> tuple[Projection, slice] | None:
+    """A projection, or one part of a projection split along its last axis (GPT-2's
+    ``c_attn`` output split into q, k and v)."""
+    proj = linear_projection(program, n)
+    if proj is not None:
+        return proj, slice(0, int(proj.weight.shape[0]))
+    if n.target is not operator.getitem or n.args[0].target not in _SPLITS:
+        return None
+    split, index = n.args[0], int(n.args[1])
+    source = split.args[0]
+    proj = linear_projection(program, source)
+    rank = source.meta["val"].dim()
+    if proj is None or int(arg(split, 2, "dim", 0)) % rank != rank - 1:
+        return None
+    total = int(proj.weight.shape[0])
+    size = split.args[1]
+    sizes = [int(s) for s in size] if isinstance(size, (list, tuple)) else None
+    if sizes is None:
+        sizes = [min(int(size), total - i) for i in range(0, total, int(size))]
+    start = sum(sizes[:index])
+    return proj, slice(start, start + sizes[index])
+
+
+def _trace_forward(program: Program, heads: fx.Node) -> tuple[set[str], Projection, fx.Node]:
+    """The head merge after the heads' output and the output projection: (nodes,
+    projection, output)."""
+    nodes: set[str] = set()
+    n = heads
+    while True:
+        users = [u for u in n.users if u.target not in ASSERTS]
+        if len(users) != 1:
+            raise Unsupported(f"gives its heads to {len(users)} ops (grow-ir: one projection)")
+        (u,) = users
+        proj = linear_projection(program, u)
+        if proj is None and u.target is aten.addmm.default:
+            after = [w for w in u.users]
+            proj = linear_projection(program, after[0]) if len(after) == 1 else None
+            if proj is not None:
+                u = after[0]
+        if proj is not None:
+            return nodes | proj.nodes, proj, u
+        if u.target not in _HEAD_LAYOUT:
+            raise Unsupported(
+                f"merges its heads with {getattr(u.target, '__name__', u.target)} (grow-ir: "
+                "a reshape, then the output projection)"
+            )
+        nodes.add(u.name)
+        n = u
+
+
+# ---- the mask, by value ----------------------------------------------------------------------
+
+
+def classify_mask(program: Program, core: _Core) -> tuple[bool, fx.Node | None]:
+    """``(causal, padding input)`` an attention's mask is, by its values on both runs.
+
+    Accepted: no mask (``is_causal`` says); a mask that reads no input and is all visible
+    (``causal=False``) or lower-triangular (``causal=True``); a mask that reads one user
+    input ``pad`` of shape ``[N, L]`` and equals ``pad[:, None, None, :] != 0`` and-ed with
+    one of those on both runs (the attention's key padding mask input). A boolean mask is
+    True where visible; a float mask is 0 there and at most half the dtype's lowest value
+    (or -inf) elsewhere. Raises Unsupported for any other mask.
+    """
+    mask, is_causal = core.mask, core.is_causal
+    if mask is None:
+        return is_causal, None
+    if is_causal:
+        raise Unsupported("takes a mask and is_causal together")
+    ev = program.evaluation
+    deps = ev.depends[mask.name]
+    pad = None
+    if len(deps) > 1:
+        raise Unsupported(f"builds its mask from {len(deps)} inputs (grow-ir: one padding mask)")
+    if deps:
+        (name,) = deps
+        pad = program.nodes[name]
+        q = ev.value(core.q)
+        if tuple(pad.meta["val"].shape) != (q.shape[0], q.shape[2]):
+            raise Unsupported(f"builds its mask from input '{name}', which is not [N, L]")
+    verdicts = set()
+    for run in range(RUNS):
+        visible = _visible(ev.value(mask, run))
+        q = ev.value(core.q, run)
+        n, lq = int(q.shape[0]), int(q.shape[2])
+        lk = int(ev.value(core.k, run).shape[2])
+        visible = visible.expand(n, visible.shape[1], lq, lk)
+        if not bool((visible == visible[:, :1]).all()):
+            raise Unsupported("masks heads differently (grow-ir: one mask for every head)")
+        visible = visible[:, 0]
+        keys = torch.ones(n, 1, lk, dtype=torch.bool)
+        if pad is not None:
+            keys = (ev.value(pad, run) != 0)[:, None, :]
+        tril = torch.ones(lq, lk, dtype=torch.bool).tril()
+        runs = {c for c, m in ((False, keys), (True, keys & tril)) if bool((visible == m).all())}
+        if not runs:
+            what = "a key padding mask and-ed with " if pad is not None else ""
+            raise Unsupported(f"has a mask that is not {what}all-visible or lower-triangular")
+        verdicts.add(frozenset(runs))
+    common = frozenset.intersection(*verdicts)
+    if not common:
+        raise Unsupported("has a mask that changes kind between inputs")
+    return False not in common, pad  # causal only where the mask is not all-visible
+
+
+def _visible(mask: torch.Tensor) -> torch.Tensor:
+    if mask.dtype == torch.bool:
+        visible = mask
+    elif mask.is_floating_point():
+        low = torch.finfo(mask.dtype).min / 2
+        if not bool(((mask == 0) | (mask <= low)).all()):
+            raise Unsupported("adds a float bias to its scores that is no mask (0 or -inf)")
+        visible = mask == 0
+    else:
+        raise Unsupported(f"has a {mask.dtype} mask")
+    while visible.dim() < 4:
+        visible = visible.unsqueeze(0)
+    if visible.dim() != 4:
+        raise Unsupported(f"has a mask of rank {visible.dim()}")
+    return visible
+
+
+# ---- rotary tables -----------------------------------------------------------------------------
+
+
+def rope_theta(program: Program, tables: tuple[fx.Node, ...], dim: int) -> float:
+    """The ``theta`` of the frequencies ``theta^(-2i/dim)`` the rotary tables are made from:
+    from the ``inv_freq``-shaped buffer they read (``dim / 2`` floats), rounded to an
+    integer when that integer gives the same buffer."""
+    stack, seen = list(tables), set()
+    while stack:
+        n = stack.pop()
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        t = program.tensor(n)
+        if t is not None and t.dim() == 1 and t.shape[0] == dim // 2 and t.is_floating_point():
+            return _fit_theta(t, dim)
+        stack.extend(n.all_input_nodes)
+    raise Unsupported("has rotary tables made from no inverse-frequency buffer")
+
+
+def _fit_theta(inv_freq: torch.Tensor, dim: int) -> float:
+    if dim < 4 or float(inv_freq[0]) != 1.0:
+        raise Unsupported("has rotary frequencies that do not start at 1")
+    theta = float(inv_freq[1].double()) ** (-dim / 2)
+    for candidate in (float(round(theta)), theta):
+        made = 1.0 / (candidate ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        if torch.allclose(made, inv_freq.float(), rtol=1e-6, atol=0.0):
+            return candidate
+    raise Unsupported("has rotary frequencies that are no powers of one theta")

@@ -1,0 +1,341 @@
+"""Regions of a ``torch.export`` program imported as one IR node each, verified by value.
+
+The per-ATen rules (:mod:`grow_ir.imports.torch_rules`) import one op at a time. Some of
+what models compute is a composition grow-ir has as one op: Hugging Face's attention
+(projections, head layout, rotary, ``scaled_dot_product_attention``, output projection),
+GPT-2's ``Conv1D`` (``view``, ``addmm``, ``view``: a linear with its weight stored
+``[in, out]``), Llama's RMSNorm (``pow``, ``mean``, ``rsqrt``, ``mul``) and GPT-2's
+tanh-approximated GELU written out with ``pow`` and scalars. A :class:`Region` names the fx
+nodes it replaces, the values it reads and the IR node that computes what they compute.
+
+Every region is accepted only after its IR node, run on the interpreter's values of the
+region's inputs (:mod:`grow_ir.imports.torch_values`, both runs), gives the interpreter's
+value of the region's output within :data:`TOLERANCE`; otherwise the module is refused by
+its path. The patterns say where to look; the values decide. Module classes are matched by
+structure, never by importing the library that defines them.
+"""
+
+from __future__ import annotations
+
+import functools
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from grow_ir.imports.torch_rules import IGNORED, RULES, arg
+from grow_ir.imports.torch_values import RUNS, TOLERANCE, Evaluation
+from grow_ir.ir.graph import Graph, Node
+from grow_ir.ir.ops import OPS
+from grow_ir.ir.types import DTYPES, TensorType
+
+aten = torch.ops.aten
+
+ASSERTS = frozenset({aten._assert_tensor_metadata.default})
+"""Checks torch.export inserts (no value): a region takes them along with what they check."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """fx nodes replaced by one IR node.
+
+    Attributes:
+        path: the module path the IR node is named after (``transformer.h.0.attn``).
+        nodes: names of the fx nodes the IR node replaces (its output among them).
+        output: the fx node whose value the IR node's output is.
+        inputs: the fx values the IR node reads, in the op's input order.
+        op, attrs: the IR node's op and attributes.
+        params: the IR node's parameters by local name (copies where they are rearranged:
+            a stacked in-projection, a transposed ``Conv1D`` weight).
+    """
+
+    path: str
+    nodes: frozenset[str]
+    output: fx.Node
+    inputs: tuple[fx.Node, ...]
+    op: str
+    attrs: Mapping[str, Any]
+    params: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Found:
+    """What the region finders found: regions; refusals (``where``, ``what``, the fx
+    nodes whose values are poisoned by them); and fallbacks, constructs left to the
+    per-op rules, whose reasons are listed only if the import is refused anyway."""
+
+    regions: list[Region] = field(default_factory=list)
+    refusals: list[tuple[str, str, frozenset[str]]] = field(default_factory=list)
+    fallbacks: list[tuple[str, str, frozenset[str]]] = field(default_factory=list)
+
+    @property
+    def claimed(self) -> set[str]:
+        """Every fx node some region replaces."""
+        return {n for r in self.regions for n in r.nodes}
+
+
+@dataclass(frozen=True)
+class Program:
+    """What the patterns read: the program's graph, the module, the evaluation."""
+
+    graph: fx.Graph
+    root: nn.Module
+    fqns: Mapping[str, str]  # parameter/buffer placeholder -> state_dict key
+    state: Mapping[str, torch.Tensor]
+    evaluation: Evaluation
+
+    @functools.cached_property
+    def nodes(self) -> dict[str, fx.Node]:
+        """The program's fx nodes by name."""
+        return {n.name: n for n in self.graph.nodes}
+
+    def tensor(self, node: Any) -> torch.Tensor | None:
+        """The parameter or buffer an fx argument is, else None."""
+        if isinstance(node, fx.Node) and node.name in self.fqns:
+            return self.state[self.fqns[node.name]]
+        return None
+
+    def is_param(self, node: Any) -> bool:
+        """True for a parameter or buffer placeholder."""
+        return isinstance(node, fx.Node) and node.name in self.fqns
+
+
+def scope(node: fx.Node) -> tuple[str, str]:
+    """``(path, class name)`` of the innermost module that ran ``node``."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "", ""
+    path, cls = list(stack.values())[-1]
+    cls = cls if isinstance(cls, str) else cls.__qualname__
+    return path, cls.rsplit(".", 1)[-1]
+
+
+def where(node: fx.Node) -> str:
+    """``path (Class)`` for a refusal."""
+    path, cls = scope(node)
+    return f"{path or '<root>'} ({cls or 'root'})"
+
+
+# ---- evaluating one IR node ----------------------------------------------------------------
+
+
+def run_op(
+    op: str, attrs: Mapping[str, Any], params: Mapping[str, torch.Tensor], values: list[Any]
+) -> torch.Tensor:
+    """The output of one IR node (lowered by the torch backend) on concrete ``values``."""
+    from grow_ir.backends.torch import to_torch
+    from grow_ir.ir.verify import verify
+
+    types = {f"x{i}": _type(v) for i, v in enumerate(values)}
+    node = Node("n", op, dict(attrs), tuple(types))
+    graph = verify(
+        Graph(
+            inputs=types,
+            nodes=(node,),
+            outputs={"y": "n"},
+            params={f"n.{k}": v for k, v in params.items()},
+        )
+    )
+    with torch.no_grad():
+        return to_torch(graph).eval()(*values)
+
+
+def _type(v: torch.Tensor) -> TensorType:
+    dtype = next(k for k, d in DTYPES.items() if d == v.dtype)
+    return TensorType(tuple(v.shape), dtype)
+
+
+def matches(program: Program, region: Region) -> str | None:
+    """None when the region's IR node computes the region's output on every run, else
+    the largest relative error found (as text), or why it could not run."""
+    ev = program.evaluation
+    for run in range(RUNS):
+        want = ev.value(region.output, run)
+        try:
+            got = run_op(
+                region.op,
+                region.attrs,
+                region.params,
+                [ev.value(i, run) for i in region.inputs],
+            )
+        except Exception as exc:  # a candidate the op refuses is simply not this construct
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if not isinstance(want, torch.Tensor) or got.shape != want.shape:
+            return f"shape {list(got.shape)} for {list(getattr(want, 'shape', []))}"
+        w = want.double()
+        err = (got.double() - w).abs().max().item() / max(1.0, w.abs().max().item())
+        if not err <= TOLERANCE:
+            return f"relative error {err:.3g}"
+    return None
+
+
+def outside_users(nodes: set[str], node: fx.Node) -> list[fx.Node]:
+    """Users of ``node`` outside ``nodes`` (export's metadata checks left out)."""
+    return [u for u in node.users if u.name not in nodes and u.target not in ASSERTS]
+
+
+# ---- GPT-2's Conv1D ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A linear map of ``x``: ``weight`` ``[out, in]`` (a copy when transposed), ``bias``."""
+
+    x: fx.Node
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    nodes: frozenset[str]
+
+
+def linear_projection(program: Program, node: fx.Node) -> Projection | None:
+    """``node`` as a linear map of one value: ``aten.linear`` with a parameter weight, or a
+    ``Conv1D`` (``view(addmm(bias, view(x, [-1, in]), weight), [..., out])``, the weight
+    ``[in, out]``, transposed here)."""
+    if node.op != "call_function":
+        return None
+    if node.target is aten.linear.default:
+        w = program.tensor(node.args[1])
+        bias = arg(node, 2, "bias")
+        b = program.tensor(bias)
+        if w is None or (bias is not None and b is None):
+            return None
+        return Projection(node.args[0], w, b, frozenset({node.name}))
+    if node.target not in (aten.view.default, aten.reshape.default):
+        return None
+    mm = node.args[0]
+    if not (isinstance(mm, fx.Node) and mm.target is aten.addmm.default and len(mm.users) == 1):
+        return None
+    b, flat, w = program.tensor(mm.args[0]), mm.args[1], program.tensor(mm.args[2])
+    if b is None or w is None or arg(mm, 3, "beta", 1) != 1 or arg(mm, 4, "alpha", 1) != 1:
+        return None
+    if not (isinstance(flat, fx.Node) and flat.target in (aten.view.default, aten.reshape.default)):
+        return None
+    x = flat.args[0]
+    if len(flat.users) != 1 or not isinstance(x, fx.Node):
+        return None
+    x_shape = tuple(x.meta["val"].shape)
+    if tuple(node.meta["val"].shape) != (*x_shape[:-1], w.shape[1]) or b.dim() != 1:
+        return None
+    return Projection(x, w.t().contiguous(), b, frozenset({flat.name, mm.name, node.name}))
+
+
+def conv1d_regions(program: Program, found: Found) -> None:
+    """Every ``Conv1D`` left unclaimed becomes a ``linear`` node (its weight transposed)."""
+    claimed = found.claimed
+    for node in program.graph.nodes:
+        if node.target is not aten.addmm.default or node.name in claimed:
+            continue
+        users = list(node.users)
+        out = users[0] if len(users) == 1 else None
+        proj = None if out is None else linear_projection(program, out)
+        if out is None or proj is None:
+            found.refusals.append((where(node), "addmm is no Conv1D-shaped linear", frozenset()))
+            continue
+        path, _ = scope(node)
+        params = {"weight": proj.weight, "bias": proj.bias}
+        attrs = {"out_features": int(proj.weight.shape[0])}
+        region = Region(path, proj.nodes, out, (proj.x,), "linear", attrs, params)
+        problem = matches(program, region)
+        if problem is not None:
+            found.refusals.append((where(node), f"Conv1D as linear: {problem}", proj.nodes))
+            continue
+        found.regions.append(region)
+
+
+# ---- leaf modules fitted whole (RMSNorm, a GELU written out) --------------------------------
+
+
+def _literal_variants(model: type) -> Iterator[dict[str, Any]]:
+    """The attribute sets of an op that differ in one ``Literal`` field (defaults else)."""
+    yield {}
+    for name, f in model.model_fields.items():
+        if typing.get_origin(f.annotation) is typing.Literal:
+            for value in typing.get_args(f.annotation):
+                if value != f.default:
+                    yield {name: value}
+
+
+def _candidates(
+    program: Program, nodes: list[fx.Node], x: fx.Node, params: dict[str, torch.Tensor]
+) -> Iterator[tuple[str, dict[str, Any], dict[str, torch.Tensor]]]:
+    """IR ops a leaf module's call might be: an activation (every op whose facts call it
+    one) when it holds no parameters; a normalisation over the last axis with its one
+    ``weight`` and the ``eps`` it adds when it holds that."""
+    if not params:
+        for name, opdef in OPS.items():
+            if opdef.facts is not None and opdef.facts.activation:
+                for attrs in _literal_variants(opdef.attrs):
+                    yield name, attrs, {}
+        return
+    width = x.meta["val"].shape[-1]
+    if set(params) != {"weight"} or tuple(params["weight"].shape) != (width,):
+        return
+    scalars = [
+        float(a)
+        for n in nodes
+        if n.target is aten.add.Tensor
+        for a in n.args
+        if isinstance(a, float)
+    ]
+    for eps in scalars:
+        yield "rmsnorm", {"eps": eps}, {"weight": params["weight"]}
+
+
+def module_regions(program: Program, found: Found, live: set[str]) -> None:
+    """A leaf module's call that holds an op with no rule, fitted whole to an IR op (calls
+    only regions read, such as rotary tables, are left alone)."""
+    claimed = found.claimed
+    calls: dict[str, list[fx.Node]] = {}
+    for node in program.graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        if node.op == "call_function" and stack and node.name in live - claimed:
+            calls.setdefault(list(stack)[-1], []).append(node)
+    for call in calls.values():
+        path, _ = scope(call[0])
+        try:
+            module = program.root.get_submodule(path)
+        except AttributeError:
+            continue
+        if list(module.children()):
+            continue
+        if all(n.target in RULES or n.target in IGNORED for n in call):
+            continue
+        region = _fit(program, path, module, call)
+        if region is not None:  # else the op without a rule is refused by the rules
+            found.regions.append(region)
+
+
+def _fit(program: Program, path: str, module: nn.Module, call: list[fx.Node]) -> Region | None:
+    # casts to the same dtype of what the call reads (Llama's .to(float32)) stay outside:
+    # the residual reads them too
+    inside = {n.name for n in call}
+    passthrough = set()
+    for n in call:
+        src = n.args[0] if n.args else None
+        if (
+            n.target in (aten.to.dtype, aten.to.dtype_layout, aten._to_copy.default)
+            and isinstance(src, fx.Node)
+            and (src.name not in inside or src.name in passthrough)
+            and src.meta["val"].dtype == n.meta["val"].dtype
+        ):
+            passthrough.add(n.name)
+    nodes = [n for n in call if n.name not in passthrough and n.target not in ASSERTS]
+    names = {n.name for n in nodes}
+    reads: dict[str, fx.Node] = {}
+    for n in nodes:
+        for a in n.all_input_nodes:
+            if a.name not in names and not program.is_param(a):
+                reads.setdefault(a.name, a)
+    outs = [n for n in nodes if outside_users(names, n)]
+    if len(reads) != 1 or len(outs) != 1:
+        return None
+    (x,) = reads.values()
+    params = dict(module.named_parameters(recurse=False))
+    for op, attrs, p in _candidates(program, nodes, x, params):
+        region = Region(path, frozenset(names), outs[0], (x,), op, attrs, p)
+        if matches(program, region) is None:
+            return region
+    return None
