@@ -127,3 +127,72 @@ def test_shape_ops_of_our_own_files_come_back():
         graph = single_op_graph({"x": gi.TensorType(("batch", 4, 8))}, op, attrs, arity)
         back = gi.from_onnx(gi.to_onnx(graph))
         assert op in {n.op for n in back.nodes}, op
+
+
+class AdaptivePool(torch.nn.Module):
+    """A conv, adaptive average pooling to ``size`` and a linear head on the flat map."""
+
+    def __init__(self, size: int | tuple[int, int]) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = torch.nn.AdaptiveAvgPool2d(size)
+        self.fc = torch.nn.LazyLinear(5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.conv(x)), 1))
+
+
+@pytest.mark.parametrize(
+    ("side", "size"),
+    [(1, 7), (2, 7), (10, 7), (8, (3, 4)), (5, (5, 2))],
+    ids=["1to7", "2to7", "10to7", "8to3x4", "5to5x2"],
+)
+def test_torch_onnx_export_of_adaptive_pooling_imports_as_one_pool(side, size):
+    """torch.onnx.export writes pooling that does not divide as Transpose/GatherND and a
+    mean, or masked sums and a Div (bins of unequal sizes): one adaptive_avgpool2d."""
+    module = AdaptivePool(size)
+    x = torch.randn(2, 3, side, side)
+    module(x)  # sizes the lazy head
+    module = randomized(module)
+    graph = gi.from_onnx(torch_onnx(module, x))  # checked against onnxruntime
+    assert [n.op for n in graph.nodes] == ["conv2d", "adaptive_avgpool2d", "flatten", "linear"]
+    want = (size, size) if isinstance(size, int) else size
+    assert graph.nodes[1].attrs.output_size == want
+    assert graph.types[graph.nodes[1].name].shape[2:] == want
+    with torch.no_grad():
+        got = gi.to_torch(graph).eval()(x)
+    assert relative_error(got, outputs_of(module, x)[0]) <= 1e-5
+    assert "conv" in passes.widenable(graph)
+
+
+def _gather_model(transposed: bool) -> onnx.ModelProto:
+    """``x[N, 3, 4, 4]`` gathered at spatial (0, 0) twice by GatherND, from ``x``
+    transposed to ``[H, W, N, C]`` (and back) or from ``x`` itself."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3, 4, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    index = onnx.numpy_helper.from_array(np.zeros((2, 2, 2), dtype=np.int64), "index")
+    nodes = [onnx.helper.make_node("Relu", ["x"], ["r"], name="act")]
+    if transposed:
+        nodes.append(onnx.helper.make_node("Transpose", ["r"], ["t"], perm=[2, 3, 0, 1]))
+    nodes += [
+        onnx.helper.make_node(
+            "GatherND", ["t" if transposed else "r", "index"], ["g"], name="pick"
+        ),
+        onnx.helper.make_node("Transpose", ["g"], ["y"], perm=[2, 3, 0, 1]),
+    ]
+    graph = onnx.helper.make_graph(nodes, "gather", [x], [y], [index])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+
+
+def test_a_gather_nd_that_is_not_adaptive_pooling_is_refused():
+    with pytest.raises(ImportRefused) as info:
+        gi.from_onnx(_gather_model(transposed=False))
+    (line,) = info.value.constructs
+    assert line.startswith("node 'pick' (GatherND): GatherND gathers from a computed value")
+    with pytest.raises(ImportRefused) as info:
+        gi.from_onnx(_gather_model(transposed=True))
+    (line,) = info.value.constructs
+    assert line.startswith(
+        "node 'pick' (GatherND): GatherND starts a region that is not adaptive average "
+        "pooling to [2, 2] (relative error"
+    )

@@ -95,6 +95,25 @@ def _small_densenet() -> nn.Module:
     )
 
 
+def _vgg11_bn() -> nn.Module:
+    # vgg11_bn's own features and AdaptiveAvgPool2d((7, 7)) (which enlarges the 2x2 map of
+    # a 64x64 input, in bins of unequal sizes), its classifier narrowed from 4096 to 64
+    # units: the original's first linear alone holds 103 M weights
+    tv = torchvision_models()
+    features = tv.vgg.make_layers(tv.vgg.cfgs["A"], batch_norm=True)
+    model = tv.VGG(features, num_classes=10, init_weights=False)
+    model.classifier = nn.Sequential(
+        nn.Linear(512 * 7 * 7, 64),
+        nn.ReLU(True),
+        nn.Dropout(),
+        nn.Linear(64, 64),
+        nn.ReLU(True),
+        nn.Dropout(),
+        nn.Linear(64, 10),
+    )
+    return model
+
+
 MODELS = {
     "resnet18": Model(_tv("resnet18"), 32, "fc"),
     "resnet50": Model(_tv("resnet50"), 32, "fc"),
@@ -103,6 +122,7 @@ MODELS = {
     "efficientnet_b0": Model(_tv("efficientnet_b0"), 32, "classifier.1"),
     "convnext_tiny": Model(_tv("convnext_tiny"), 32, "classifier.2"),
     "densenet": Model(_small_densenet, 32, "classifier"),
+    "vgg11_bn": Model(_vgg11_bn, 64, "classifier.6"),
     "unet": Model(UNet, 32, "head"),
 }
 

@@ -23,6 +23,7 @@ from onnx import numpy_helper
 
 from grow_ir.errors import CheckFailed, GrowError, ShapeError
 from grow_ir.imports.builder import GraphBuilder, folded_axes, ident
+from grow_ir.imports.onnx_pooling import averaging_matmul, gathered_pooling
 from grow_ir.imports.torch_rules import KeptMean, Unsupported, split_axis
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.types import TensorType
@@ -81,6 +82,7 @@ class _Context:
     builder: GraphBuilder
     consts: dict[str, np.ndarray]
     consumers: dict[str, list[onnx.NodeProto]]
+    model: onnx.ModelProto
     env: dict[str, str | KeptMean] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)  # ids of nodes a pattern already consumed
 
@@ -144,7 +146,7 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
     for node in g.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
-    ctx = _Context(builder=builder, consts=consts, consumers=consumers)
+    ctx = _Context(builder=builder, consts=consts, consumers=consumers, model=proto)
     for inp in g.input:
         if inp.name in consts:
             continue
@@ -350,6 +352,8 @@ def _linear(
 
 
 def _matmul(ctx: _Context, node: onnx.NodeProto) -> None:
+    if averaging_matmul(ctx, node):
+        return
     if node.input[1] not in ctx.consts or ctx.consts[node.input[1]].ndim != 2:
         a, b = _operand(ctx, node.input[0]), _operand(ctx, node.input[1])
         _bind_add(ctx, node, "matmul", [a, b])
@@ -747,6 +751,7 @@ RULES: dict[str, Rule] = {
     "BatchNormalization": _batchnorm,
     "LayerNormalization": _layernorm,
     "Gather": _gather,
+    "GatherND": gathered_pooling,
     "Relu": _unary("relu"),
     "Tanh": _unary("tanh"),
     "Clip": _clip,
