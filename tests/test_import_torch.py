@@ -346,3 +346,23 @@ def test_shape_ops_import_export_and_widen_exactly(make, shape, ops, widenable):
         t = graph.types[n]
         width = 2 * int(t.shape[1] if t.rank == 4 else t.shape[-1])  # layernorm: multiples
         gi.apply_plan(graph, [{"pass": "widen", "node": n, "width": width}], check=True)
+
+
+class Gamma(nn.Module):
+    """A layer scale read through a no-op ``expand`` (an alias of a parameter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.gamma = nn.Parameter(torch.randn(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * self.gamma.expand(4)
+
+
+def test_a_parameter_aliased_unchanged_is_a_value():
+    module = Gamma().eval()
+    x = torch.randn(2, 4)
+    graph = gi.from_torch(module, x)
+    assert [n.op for n in graph.nodes] == ["linear", "parameter", "mul"]
+    assert relative_error(lowered_outputs(graph, x)[0], outputs_of(module, x)[0]) <= 1e-5
