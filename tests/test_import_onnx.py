@@ -196,3 +196,166 @@ def test_a_gather_nd_that_is_not_adaptive_pooling_is_refused():
         "node 'pick' (GatherND): GatherND starts a region that is not adaptive average "
         "pooling to [2, 2] (relative error"
     )
+
+
+def _gather_from_value(index: np.ndarray, axis: int) -> onnx.ModelProto:
+    """``relu(x)`` for ``x[2, 6, 4]``, flattened to ``[48]`` when ``axis`` is None, then
+    gathered at the constant ``index`` along ``axis``."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 6, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    inits = [onnx.numpy_helper.from_array(index.astype(np.int64), "index")]
+    nodes = [onnx.helper.make_node("Relu", ["x"], ["r"], name="act")]
+    source = "r"
+    if axis is None:
+        inits.append(onnx.numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat"))
+        nodes.append(onnx.helper.make_node("Reshape", ["r", "flat"], ["f"], name="flatten"))
+        source, axis = "f", 0
+    nodes.append(onnx.helper.make_node("Gather", [source, "index"], ["y"], axis=axis, name="pick"))
+    graph = onnx.helper.make_graph(nodes, "gather", [x], [y], inits)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+
+
+def test_gathers_of_several_constant_indices():
+    """The whole axis in order is a reshape (torch.onnx.export's ``as_strided`` for a view:
+    flatten to [-1], gather ``arange`` laid out in a shape: here back to the input, so no
+    node at all); an evenly spaced run is a slice; the graphs match onnxruntime."""
+    back = gi.from_onnx(_gather_from_value(np.arange(48).reshape(2, 6, 4), None))
+    assert [n.op for n in back.nodes] == ["relu"]
+    back = gi.from_onnx(_gather_from_value(np.arange(6).reshape(2, 3), 1))
+    assert [n.op for n in back.nodes] == ["relu", "unflatten"]
+    assert back.types[back.nodes[-1].name].shape == (2, 2, 3, 4)
+    back = gi.from_onnx(_gather_from_value(np.array([1, 3, 5]), 1))
+    assert [(n.op, n.attrs.model_dump()) for n in back.nodes][1:] == [
+        ("slice", {"dim": 1, "start": 1, "end": 6, "step": 2})
+    ]
+
+
+def test_a_gather_of_scattered_indices_from_a_value_is_refused():
+    with pytest.raises(ImportRefused) as info:
+        gi.from_onnx(_gather_from_value(np.array([2, 0, 1]), 1))
+    assert info.value.constructs == [
+        "node 'pick' (Gather): Gather gathers indices [2, 0, 1] along axis 1 (grow-ir: one "
+        "index, the whole axis in order, or an evenly spaced run)"
+    ]
+
+
+class PositionIds(torch.nn.Module):
+    """Token plus learned position embeddings of ``arange(L)`` (GPT-2's position ids), a
+    mean over the sequence, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok = torch.nn.Embedding(50, 8)
+        self.pos = torch.nn.Embedding(16, 8)
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        return self.fc((self.tok(ids) + self.pos(positions)).mean(1))
+
+
+class ClassToken(torch.nn.Module):
+    """A class token expanded to the batch before the token embeddings; a head on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok = torch.nn.Embedding(50, 8)
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, 8))
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([self.cls.expand(ids.shape[0], -1, -1), self.tok(ids)], 1)
+        return self.fc(h[:, 0] + h[:, -1])
+
+
+def _dynamic_onnx(module: torch.nn.Module, ids: torch.Tensor, axis: int) -> onnx.ModelProto:
+    import warnings
+
+    dim = torch.export.Dim("batch" if axis == 0 else "seq", max=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export = torch.onnx.export(
+            module, (ids,), dynamo=True, verbose=False, dynamic_shapes={"ids": {axis: dim}}
+        )
+    return export.model_proto
+
+
+@pytest.mark.parametrize(
+    ("make", "axis", "op", "other"),
+    [(PositionIds, 1, "positions", (2, 11)), (ClassToken, 0, "parameter", (5, 6))],
+    ids=["range", "expand"],
+)
+def test_range_and_expand_of_computed_shapes_import(make, axis, op, other):
+    """torch.onnx.export with a dynamic axis writes ``arange(L)`` as Shape/Squeeze/Range
+    (and Unsqueeze) and an expand to the batch as Shape/Concat/Expand: positions along
+    that axis, a parameter taking the batch; right at another size; our own file of the
+    graph comes back as the same graph."""
+    module = make().eval()
+    ids = torch.randint(0, 50, (2, 6))
+    proto = _dynamic_onnx(module, ids, axis)
+    assert {"Shape", "Range" if op == "positions" else "Expand"} <= {
+        n.op_type for n in proto.graph.node
+    }
+    graph = gi.from_onnx(proto)  # checked against onnxruntime
+    (node,) = [n for n in graph.nodes if n.op == op and (op != "parameter" or n.inputs)]
+    assert node.inputs == ("ids",)
+    if op == "positions":
+        assert (node.attrs.dim, node.attrs.batch_axis) == (1, True)
+    more = torch.randint(0, 50, other)
+    for x in (ids, more):
+        with torch.no_grad():
+            got = gi.to_torch(graph).eval()(x)
+        assert relative_error(got, outputs_of(module, x)[0]) <= 1e-5
+    back = gi.from_onnx(gi.to_onnx(graph))
+    assert [(n.op, n.attrs, n.inputs) for n in back.nodes] == [
+        (n.op, n.attrs, n.inputs) for n in graph.nodes
+    ]
+
+
+def _shape_model(*nodes: onnx.NodeProto, inits: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A model of ``nodes`` from ``x[batch, 4, 3]`` (a Relu gives ``r``) to ``y``."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4, 3])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    tensors = [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()]
+    relu = onnx.helper.make_node("Relu", ["x"], ["r"], name="act")
+    graph = onnx.helper.make_graph([relu, *nodes], "shapes", [x], [y], tensors)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+
+
+def _refusal(model: onnx.ModelProto) -> str:
+    with pytest.raises(ImportRefused) as info:
+        gi.from_onnx(model)
+    (line,) = info.value.constructs
+    return line
+
+
+def test_range_and_expand_that_grow_ir_cannot_express_are_refused():
+    make = onnx.helper.make_node
+    one, two = np.array(1, dtype=np.int64), np.array(2, dtype=np.int64)
+    length = [make("Shape", ["r"], ["s"], start=1, end=2), make("Squeeze", ["s"], ["L"])]
+    counted = _shape_model(
+        *length,
+        make("Range", ["two", "L", "one"], ["y"], name="count"),
+        inits={"two": two, "one": one},
+    )
+    assert _refusal(counted) == (
+        "node 'count' (Range): Range counts from 2 by 1 (grow-ir: positions 0..L-1)"
+    )
+    grown = _shape_model(
+        make("Expand", ["r", "size"], ["y"], name="grow"),
+        inits={"size": np.array([2, 4, 3, 3], dtype=np.int64)},
+    )
+    assert _refusal(grown) == (
+        "node 'grow' (Expand): Expand expands ['batch', 4, 3] to [2, 4, 3, 3] (grow-ir: a "
+        "learned tensor [1, ...] expanded to the batch, or an expand that changes no size)"
+    )
+    summed = _shape_model(
+        *length,
+        make("Add", ["L", "one"], ["n"], name="more"),
+        make("Unsqueeze", ["n", "zero"], ["n1"]),
+        make("Expand", ["r", "n1"], ["y"]),
+        inits={"one": one, "zero": np.array([0], dtype=np.int64)},
+    )
+    assert _refusal(summed) == (
+        "node 'more' (Add): Add computes with a shape (grow-ir: shapes only size Range and Expand)"
+    )

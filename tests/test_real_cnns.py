@@ -167,13 +167,7 @@ def test_from_torch_matches_the_module(name: str) -> None:
     assert "conv2d" in {n.op for n in m.graph.nodes}
 
 
-ONNX_FILES = [name for name in MODELS if name != "convnext_tiny"]
-"""Models whose torch.onnx.export file imports: ConvNeXt's file is refused (the view after
-its final spatial mean is written as ``as_strided``, a Gather of several constant indices,
-which from_onnx does not map yet)."""
-
-
-@pytest.mark.parametrize("name", ONNX_FILES)
+@pytest.mark.parametrize("name", MODELS)
 def test_from_onnx_of_torch_onnx_export_matches_the_module(name: str) -> None:
     m = imported(name)
     graph = gi.from_onnx(torch_onnx(m.module, m.x))  # checked against onnxruntime too
