@@ -127,3 +127,235 @@ def test_shape_ops_of_our_own_files_come_back():
         graph = single_op_graph({"x": gi.TensorType(("batch", 4, 8))}, op, attrs, arity)
         back = gi.from_onnx(gi.to_onnx(graph))
         assert op in {n.op for n in back.nodes}, op
+
+
+class AdaptivePool(torch.nn.Module):
+    """A conv, adaptive average pooling to ``size`` and a linear head on the flat map."""
+
+    def __init__(self, size: int | tuple[int, int]) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = torch.nn.AdaptiveAvgPool2d(size)
+        self.fc = torch.nn.LazyLinear(5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.conv(x)), 1))
+
+
+@pytest.mark.parametrize(
+    ("side", "size"),
+    [(1, 7), (2, 7), (10, 7), (8, (3, 4)), (5, (5, 2))],
+    ids=["1to7", "2to7", "10to7", "8to3x4", "5to5x2"],
+)
+def test_torch_onnx_export_of_adaptive_pooling_imports_as_one_pool(side, size):
+    """torch.onnx.export writes pooling that does not divide as Transpose/GatherND and a
+    mean, or masked sums and a Div (bins of unequal sizes): one adaptive_avgpool2d."""
+    module = AdaptivePool(size)
+    x = torch.randn(2, 3, side, side)
+    module(x)  # sizes the lazy head
+    module = randomized(module)
+    graph = gi.from_onnx(torch_onnx(module, x))  # checked against onnxruntime
+    assert [n.op for n in graph.nodes] == ["conv2d", "adaptive_avgpool2d", "flatten", "linear"]
+    want = (size, size) if isinstance(size, int) else size
+    assert graph.nodes[1].attrs.output_size == want
+    assert graph.types[graph.nodes[1].name].shape[2:] == want
+    with torch.no_grad():
+        got = gi.to_torch(graph).eval()(x)
+    assert relative_error(got, outputs_of(module, x)[0]) <= 1e-5
+    assert "conv" in passes.widenable(graph)
+
+
+def _gather_model(transposed: bool) -> onnx.ModelProto:
+    """``x[N, 3, 4, 4]`` gathered at spatial (0, 0) twice by GatherND, from ``x``
+    transposed to ``[H, W, N, C]`` (and back) or from ``x`` itself."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3, 4, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    index = onnx.numpy_helper.from_array(np.zeros((2, 2, 2), dtype=np.int64), "index")
+    nodes = [onnx.helper.make_node("Relu", ["x"], ["r"], name="act")]
+    if transposed:
+        nodes.append(onnx.helper.make_node("Transpose", ["r"], ["t"], perm=[2, 3, 0, 1]))
+    nodes += [
+        onnx.helper.make_node(
+            "GatherND", ["t" if transposed else "r", "index"], ["g"], name="pick"
+        ),
+        onnx.helper.make_node("Transpose", ["g"], ["y"], perm=[2, 3, 0, 1]),
+    ]
+    graph = onnx.helper.make_graph(nodes, "gather", [x], [y], [index])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+
+
+def test_a_gather_nd_that_is_not_adaptive_pooling_is_refused():
+    with pytest.raises(ImportRefused) as info:
+        gi.from_onnx(_gather_model(transposed=False))
+    (line,) = info.value.constructs
+    assert line.startswith("node 'pick' (GatherND): GatherND gathers from a computed value")
+    with pytest.raises(ImportRefused) as info:
+        gi.from_onnx(_gather_model(transposed=True))
+    (line,) = info.value.constructs
+    assert line.startswith(
+        "node 'pick' (GatherND): GatherND starts a region that is not adaptive average "
+        "pooling to [2, 2] (relative error"
+    )
+
+
+def _gather_from_value(index: np.ndarray, axis: int) -> onnx.ModelProto:
+    """``relu(x)`` for ``x[2, 6, 4]``, flattened to ``[48]`` when ``axis`` is None, then
+    gathered at the constant ``index`` along ``axis``."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 6, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    inits = [onnx.numpy_helper.from_array(index.astype(np.int64), "index")]
+    nodes = [onnx.helper.make_node("Relu", ["x"], ["r"], name="act")]
+    source = "r"
+    if axis is None:
+        inits.append(onnx.numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat"))
+        nodes.append(onnx.helper.make_node("Reshape", ["r", "flat"], ["f"], name="flatten"))
+        source, axis = "f", 0
+    nodes.append(onnx.helper.make_node("Gather", [source, "index"], ["y"], axis=axis, name="pick"))
+    graph = onnx.helper.make_graph(nodes, "gather", [x], [y], inits)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+
+
+def test_gathers_of_several_constant_indices():
+    """The whole axis in order is a reshape (torch.onnx.export's ``as_strided`` for a view:
+    flatten to [-1], gather ``arange`` laid out in a shape: here back to the input, so no
+    node at all); an evenly spaced run is a slice; the graphs match onnxruntime."""
+    back = gi.from_onnx(_gather_from_value(np.arange(48).reshape(2, 6, 4), None))
+    assert [n.op for n in back.nodes] == ["relu"]
+    back = gi.from_onnx(_gather_from_value(np.arange(6).reshape(2, 3), 1))
+    assert [n.op for n in back.nodes] == ["relu", "unflatten"]
+    assert back.types[back.nodes[-1].name].shape == (2, 2, 3, 4)
+    back = gi.from_onnx(_gather_from_value(np.array([1, 3, 5]), 1))
+    assert [(n.op, n.attrs.model_dump()) for n in back.nodes][1:] == [
+        ("slice", {"dim": 1, "start": 1, "end": 6, "step": 2})
+    ]
+
+
+def test_a_gather_of_scattered_indices_from_a_value_is_refused():
+    with pytest.raises(ImportRefused) as info:
+        gi.from_onnx(_gather_from_value(np.array([2, 0, 1]), 1))
+    assert info.value.constructs == [
+        "node 'pick' (Gather): Gather gathers indices [2, 0, 1] along axis 1 (grow-ir: one "
+        "index, the whole axis in order, or an evenly spaced run)"
+    ]
+
+
+class PositionIds(torch.nn.Module):
+    """Token plus learned position embeddings of ``arange(L)`` (GPT-2's position ids), a
+    mean over the sequence, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok = torch.nn.Embedding(50, 8)
+        self.pos = torch.nn.Embedding(16, 8)
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        return self.fc((self.tok(ids) + self.pos(positions)).mean(1))
+
+
+class ClassToken(torch.nn.Module):
+    """A class token expanded to the batch before the token embeddings; a head on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok = torch.nn.Embedding(50, 8)
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, 8))
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([self.cls.expand(ids.shape[0], -1, -1), self.tok(ids)], 1)
+        return self.fc(h[:, 0] + h[:, -1])
+
+
+def _dynamic_onnx(module: torch.nn.Module, ids: torch.Tensor, axis: int) -> onnx.ModelProto:
+    import warnings
+
+    dim = torch.export.Dim("batch" if axis == 0 else "seq", max=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export = torch.onnx.export(
+            module, (ids,), dynamo=True, verbose=False, dynamic_shapes={"ids": {axis: dim}}
+        )
+    return export.model_proto
+
+
+@pytest.mark.parametrize(
+    ("make", "axis", "op", "other"),
+    [(PositionIds, 1, "positions", (2, 11)), (ClassToken, 0, "parameter", (5, 6))],
+    ids=["range", "expand"],
+)
+def test_range_and_expand_of_computed_shapes_import(make, axis, op, other):
+    """torch.onnx.export with a dynamic axis writes ``arange(L)`` as Shape/Squeeze/Range
+    (and Unsqueeze) and an expand to the batch as Shape/Concat/Expand: positions along
+    that axis, a parameter taking the batch; right at another size; our own file of the
+    graph comes back as the same graph."""
+    module = make().eval()
+    ids = torch.randint(0, 50, (2, 6))
+    proto = _dynamic_onnx(module, ids, axis)
+    assert {"Shape", "Range" if op == "positions" else "Expand"} <= {
+        n.op_type for n in proto.graph.node
+    }
+    graph = gi.from_onnx(proto)  # checked against onnxruntime
+    (node,) = [n for n in graph.nodes if n.op == op and (op != "parameter" or n.inputs)]
+    assert node.inputs == ("ids",)
+    if op == "positions":
+        assert (node.attrs.dim, node.attrs.batch_axis) == (1, True)
+    more = torch.randint(0, 50, other)
+    for x in (ids, more):
+        with torch.no_grad():
+            got = gi.to_torch(graph).eval()(x)
+        assert relative_error(got, outputs_of(module, x)[0]) <= 1e-5
+    back = gi.from_onnx(gi.to_onnx(graph))
+    assert [(n.op, n.attrs, n.inputs) for n in back.nodes] == [
+        (n.op, n.attrs, n.inputs) for n in graph.nodes
+    ]
+
+
+def _shape_model(*nodes: onnx.NodeProto, inits: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A model of ``nodes`` from ``x[batch, 4, 3]`` (a Relu gives ``r``) to ``y``."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4, 3])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    tensors = [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()]
+    relu = onnx.helper.make_node("Relu", ["x"], ["r"], name="act")
+    graph = onnx.helper.make_graph([relu, *nodes], "shapes", [x], [y], tensors)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+
+
+def _refusal(model: onnx.ModelProto) -> str:
+    with pytest.raises(ImportRefused) as info:
+        gi.from_onnx(model)
+    (line,) = info.value.constructs
+    return line
+
+
+def test_range_and_expand_that_grow_ir_cannot_express_are_refused():
+    make = onnx.helper.make_node
+    one, two = np.array(1, dtype=np.int64), np.array(2, dtype=np.int64)
+    length = [make("Shape", ["r"], ["s"], start=1, end=2), make("Squeeze", ["s"], ["L"])]
+    counted = _shape_model(
+        *length,
+        make("Range", ["two", "L", "one"], ["y"], name="count"),
+        inits={"two": two, "one": one},
+    )
+    assert _refusal(counted) == (
+        "node 'count' (Range): Range counts from 2 by 1 (grow-ir: positions 0..L-1)"
+    )
+    grown = _shape_model(
+        make("Expand", ["r", "size"], ["y"], name="grow"),
+        inits={"size": np.array([2, 4, 3, 3], dtype=np.int64)},
+    )
+    assert _refusal(grown) == (
+        "node 'grow' (Expand): Expand expands ['batch', 4, 3] to [2, 4, 3, 3] (grow-ir: a "
+        "learned tensor [1, ...] expanded to the batch, or an expand that changes no size)"
+    )
+    summed = _shape_model(
+        *length,
+        make("Add", ["L", "one"], ["n"], name="more"),
+        make("Unsqueeze", ["n", "zero"], ["n1"]),
+        make("Expand", ["r", "n1"], ["y"]),
+        inits={"one": one, "zero": np.array([0], dtype=np.int64)},
+    )
+    assert _refusal(summed) == (
+        "node 'more' (Add): Add computes with a shape (grow-ir: shapes only size Range and Expand)"
+    )

@@ -259,12 +259,19 @@ def test_adaptive_pooling_keeps_its_axes_where_the_model_reads_them():
     assert len(back.nodes) == len(graph.nodes)
 
 
-def test_pooling_to_a_size_that_does_not_divide_is_refused():
-    with pytest.raises(ImportRefused) as info:
-        gi.from_torch(Pools((4, 4)), torch.randn(2, 3, 8, 9))
-    (line,) = info.value.constructs
-    assert line.startswith("grid (AdaptiveAvgPool2d): adaptive_avg_pool2d.default node 'grid'")
-    assert "the output size must divide the input size" in line
+@pytest.mark.parametrize("size", [(4, 4), (4, 7), (11, 2)])
+def test_pooling_to_a_size_that_does_not_divide_uses_pytorchs_bins(size: tuple) -> None:
+    """Of the conv's 6x7 map: overlapping bins of unequal sizes (6 -> 4, 7 -> 4 or 2), the
+    width kept (7 -> 7), and an enlarged map (6 -> 11)."""
+    module = randomized(Pools(size))
+    x = torch.randn(2, 3, 8, 9)
+    graph = gi.from_torch(module, x)
+    assert graph.types["grid"].shape == ("batch", 8, *size)
+    for got, want in zip(lowered_outputs(graph, x), outputs_of(module, x)):
+        assert relative_error(got, want) <= 1e-5
+    assert check_parity(graph) <= 1e-5
+    back = gi.from_onnx(gi.to_onnx(graph))  # its averaging MatMuls read back as the pool
+    assert [(n.op, n.attrs) for n in back.nodes] == [(n.op, n.attrs) for n in graph.nodes]
 
 
 def test_regnet_squeeze_excitation_imports_and_widens_exactly():
@@ -342,3 +349,23 @@ def test_shape_ops_import_export_and_widen_exactly(make, shape, ops, widenable):
         t = graph.types[n]
         width = 2 * int(t.shape[1] if t.rank == 4 else t.shape[-1])  # layernorm: multiples
         gi.apply_plan(graph, [{"pass": "widen", "node": n, "width": width}], check=True)
+
+
+class Gamma(nn.Module):
+    """A layer scale read through a no-op ``expand`` (an alias of a parameter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.gamma = nn.Parameter(torch.randn(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * self.gamma.expand(4)
+
+
+def test_a_parameter_aliased_unchanged_is_a_value():
+    module = Gamma().eval()
+    x = torch.randn(2, 4)
+    graph = gi.from_torch(module, x)
+    assert [n.op for n in graph.nodes] == ["linear", "parameter", "mul"]
+    assert relative_error(lowered_outputs(graph, x)[0], outputs_of(module, x)[0]) <= 1e-5

@@ -48,6 +48,22 @@ def test_vit_imports_and_computes_what_it_computes() -> None:
     assert GRAPH.params["class_token.weight"].abs().sum() > 0  # randomised, not zeros
 
 
+def test_vit_imports_from_a_batch_of_one() -> None:
+    """With one example image the class token's expand to the batch changes no size: it
+    must still follow the graph's symbolic batch (and a parameter read unchanged is a
+    value)."""
+    graph = gi.from_torch(MODEL, X[:1])
+    assert [(n.name, n.op) for n in graph.nodes] == [(n.name, n.op) for n in GRAPH.nodes]
+    assert graph.inputs == GRAPH.inputs
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            want = MODEL(x)
+            got = to_torch(graph).eval()(x)
+        assert (got - want).abs().max() <= TOL * max(1.0, want.abs().max().item())
+    assert check_parity(graph, to_onnx(graph)) <= TOL
+
+
 def test_vit_exports_to_onnx_with_parity() -> None:
     model = to_onnx(GRAPH)
     check_model(model)

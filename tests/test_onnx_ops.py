@@ -190,6 +190,10 @@ CASES: list[Case] = [
     case("global_avgpool-4d", IMG, "global_avgpool"),
     case("adaptive_avgpool2d-1", IMG, "adaptive_avgpool2d", output_size=1),
     case("adaptive_avgpool2d-7x2", IMG, "adaptive_avgpool2d", output_size=[7, 2]),
+    case("adaptive_avgpool2d-bins", IMG, "adaptive_avgpool2d", output_size=[4, 4]),
+    case("adaptive_avgpool2d-bins-width", IMG, "adaptive_avgpool2d", output_size=[7, 5]),
+    case("adaptive_avgpool2d-bins-height", IMG, "adaptive_avgpool2d", output_size=[3, 6]),
+    case("adaptive_avgpool2d-enlarge", IMG, "adaptive_avgpool2d", output_size=[9, 13]),
     case("global_avgpool-3d", SIG, "global_avgpool"),
     case("conv_transpose2d", IMG, "conv_transpose2d", out_channels=3, kernel_size=2, stride=2),
     case(

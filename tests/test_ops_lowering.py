@@ -257,6 +257,12 @@ CASES: list[Case] = [
         {"output_size": [3, 1]},
         lambda x, w: F.adaptive_avg_pool2d(x[0], (3, 1)),
     ),
+    (
+        "adaptive_avgpool2d",
+        (f32((2, 3, 5, 2)),),
+        {"output_size": [3, 7]},
+        lambda x, w: F.adaptive_avg_pool2d(x[0], (3, 7)),
+    ),
     ("global_avgpool", (f32((2, 3, 5)),), {}, lambda x, w: x[0].mean(2)),
     (
         "conv_transpose2d",

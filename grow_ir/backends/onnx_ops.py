@@ -28,7 +28,7 @@ from grow_ir.ir.graph import Node
 from grow_ir.ir.ops.attention import head_dim as attention_head_dim
 from grow_ir.ir.ops.attention import kv_heads as attention_kv_heads
 from grow_ir.ir.ops.dense import conv_geometry, spatial
-from grow_ir.ir.ops.elementwise import pool_geometry
+from grow_ir.ir.ops.elementwise import averaging_matrix, pool_geometry
 from grow_ir.ir.ops.shape import pad_pairs, permutation
 from grow_ir.ir.ops.spatial import conv_transpose_geometry, upsample_sizes
 
@@ -646,15 +646,33 @@ def _avgpool(e: Emitter, n: Node, xs: list[str], out: str) -> None:
 
 
 def _adaptive_avgpool(e: Emitter, n: Node, xs: list[str], out: str) -> None:
-    """GlobalAveragePool for 1x1; else AveragePool with windows of ``size / output``
-    (the op's type inference guarantees the output size divides the input)."""
+    """GlobalAveragePool for 1x1; AveragePool with windows of ``size / output`` where the
+    output divides the input; else PyTorch's overlapping bins of unequal sizes as constant
+    averaging matrices, ``A_h @ x @ A_w^T`` (one MatMul per axis that changes)."""
     x, y = e.graph.types[n.inputs[0]], e.graph.types[n.name]
-    if y.shape[2:] == (1, 1):
+    sizes, outs = [int(d) for d in x.shape[2:]], [int(d) for d in y.shape[2:]]
+    if outs == [1, 1]:
         e.add("GlobalAveragePool", [xs[0]], out, name=n.name)
         return
-    kernel = [int(i) // int(o) if o != 1 else int(i) for i, o in zip(x.shape[2:], y.shape[2:])]
-    stride = [k if o != 1 else 1 for k, o in zip(kernel, y.shape[2:])]
-    e.add("AveragePool", [xs[0]], out, name=n.name, kernel_shape=kernel, strides=stride)
+    if all(i % o == 0 for i, o in zip(sizes, outs)):
+        kernel = [i // o for i, o in zip(sizes, outs)]
+        e.add("AveragePool", [xs[0]], out, name=n.name, kernel_shape=kernel, strides=kernel)
+        return
+    dt = e.dtype(n.inputs[0])
+    height, width = (averaging_matrix(i, o) for i, o in zip(sizes, outs))
+    value = xs[0]
+    if sizes[1] != outs[1]:
+        cols = e.const(_sub(n, "width_bins"), width.T, dt)
+        last = sizes[0] == outs[0]
+        value = e.add(
+            "MatMul",
+            [value, cols],
+            out if last else _sub(n, "width"),
+            name=n.name if last else _sub(n, "width"),
+        )
+    if sizes[0] != outs[0]:
+        rows = e.const(_sub(n, "height_bins"), height, dt)
+        e.add("MatMul", [rows, value], out, name=n.name)
 
 
 def _global_avgpool(e: Emitter, n: Node, xs: list[str], out: str) -> None:

@@ -41,11 +41,12 @@ from grow_ir.backends.torch_modules import (
 )
 from grow_ir.errors import GrowError
 from grow_ir.ir.graph import Graph, Node
+from grow_ir.ir.ops.base import param_dtype
 from grow_ir.ir.ops.dense import spatial
 from grow_ir.ir.ops.elementwise import pool_geometry
 from grow_ir.ir.ops.shape import permutation
 from grow_ir.ir.ops.spatial import conv_transpose_geometry
-from grow_ir.ir.types import TensorType
+from grow_ir.ir.types import DTYPES, TensorType
 from grow_ir.ir.verify import verify
 
 ModuleFactory = Callable[[Any, Sequence[TensorType]], nn.Module]
@@ -157,8 +158,8 @@ MODULES: dict[str, ModuleFactory] = {
     "dropout": lambda a, ins: nn.Dropout(p=a.p),
     "stochastic_depth": lambda a, ins: StochasticDepth(a.p, a.mode),
     "mix": lambda a, ins: Mix(len(ins), device="meta", dtype=ins[0].torch_dtype),
-    "parameter": lambda a, ins: LearnedTensor(
-        a.shape, device="meta", dtype=ins[0].torch_dtype if ins else torch.float32
+    "parameter": lambda a, ins: LearnedTensor(  # float even when expanded to int ids
+        a.shape, device="meta", dtype=DTYPES[param_dtype(ins)]
     ),
 }
 """Ops lowered to a call of an nn.Module at the node's name (parameters or a mode)."""

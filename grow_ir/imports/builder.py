@@ -207,6 +207,8 @@ def folded_axes(before: Sequence[Any], after: Sequence[Any]) -> tuple[int, int] 
     start = 0
     while start < min(len(before), len(after)) and before[start] == after[start]:
         start += 1
+    if start == len(after) >= 2 and len(before) > start and set(before[start:]) == {1}:
+        return start - 1, len(before) - 1  # trailing size-1 axes folded into the last
     end = len(before) - (len(after) - start - 1) - 1
     if start < 1 or end <= start or start >= len(after):
         return None

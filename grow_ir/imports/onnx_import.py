@@ -23,6 +23,8 @@ from onnx import numpy_helper
 
 from grow_ir.errors import CheckFailed, GrowError, ShapeError
 from grow_ir.imports.builder import GraphBuilder, folded_axes, ident
+from grow_ir.imports.onnx_pooling import averaging_matmul, gathered_pooling
+from grow_ir.imports.onnx_shapes import Dims, dims_rule, expand_rule, range_rule, shape
 from grow_ir.imports.torch_rules import KeptMean, Unsupported, split_axis
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.types import TensorType
@@ -81,8 +83,10 @@ class _Context:
     builder: GraphBuilder
     consts: dict[str, np.ndarray]
     consumers: dict[str, list[onnx.NodeProto]]
+    model: onnx.ModelProto
     env: dict[str, str | KeptMean] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)  # ids of nodes a pattern already consumed
+    reshaped: dict[str, str] = field(default_factory=dict)  # a reshape node -> its input
 
     def value(self, name: str) -> str:
         if name in self.consts:
@@ -90,6 +94,10 @@ class _Context:
         bound = self.env.get(name)
         if isinstance(bound, KeptMean):
             return bound.kept(self.builder)
+        if isinstance(bound, Dims):
+            raise Unsupported(
+                f"takes the shape '{name}' as a value (grow-ir: shapes only size Range and Expand)"
+            )
         if bound is None:
             raise Unsupported(f"reads '{name}', which has no grow-ir value")
         return bound
@@ -144,7 +152,7 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
     for node in g.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
-    ctx = _Context(builder=builder, consts=consts, consumers=consumers)
+    ctx = _Context(builder=builder, consts=consts, consumers=consumers, model=proto)
     for inp in g.input:
         if inp.name in consts:
             continue
@@ -162,7 +170,8 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
             builder.poisoned.update(node.output)
             continue
         try:
-            rule(ctx, node)
+            if not dims_rule(ctx, node):
+                rule(ctx, node)
         except Unsupported as exc:
             builder.refuse(where, f"{node.op_type} {exc.reason}", list(node.output))
         except ShapeError as exc:  # a value the op's type inference refuses
@@ -350,6 +359,8 @@ def _linear(
 
 
 def _matmul(ctx: _Context, node: onnx.NodeProto) -> None:
+    if averaging_matmul(ctx, node):
+        return
     if node.input[1] not in ctx.consts or ctx.consts[node.input[1]].ndim != 2:
         a, b = _operand(ctx, node.input[0]), _operand(ctx, node.input[1])
         _bind_add(ctx, node, "matmul", [a, b])
@@ -540,6 +551,9 @@ def _reduce_mean(ctx: _Context, node: onnx.NodeProto) -> None:
 
 
 def _fold(ctx: _Context, node: onnx.NodeProto, after: list) -> None:
+    """Bind a reshape of the node's first input to ``after``: a kept mean's flatten, an
+    alias (also of the value a reshape came from: Reshape to ``[-1]``, then back), or a
+    flatten, unflatten or reshape node."""
     source = node.input[0]
     bound = ctx.env.get(source)
     before = list(ctx.type(source).shape)
@@ -549,20 +563,22 @@ def _fold(ctx: _Context, node: onnx.NodeProto, after: list) -> None:
     if after == before:
         _alias(ctx, node)
         return
+    origin = ctx.reshaped.get(bound) if isinstance(bound, str) else None
+    if origin is not None and list(ctx.builder.types[origin].shape) == after:
+        ctx.env[node.output[0]] = origin
+        return
     axes = folded_axes(before, after)
     if axes is not None:
-        attrs = {"start_dim": axes[0], "end_dim": axes[1]}
-        _bind_add(ctx, node, "flatten", [ctx.value(source)], attrs)
-        return
-    if any(not isinstance(d, int) for d in after[1:]) or "?" in after:
+        op, attrs = "flatten", {"start_dim": axes[0], "end_dim": axes[1]}
+    elif any(not isinstance(d, int) for d in after[1:]) or "?" in after:
         raise Unsupported(f"reshapes {before} to {after} (grow-ir: sizes known after axis 0)")
-    split = split_axis(tuple(before), tuple(after))
-    if split is not None:
-        attrs = {"dim": split[0], "sizes": split[1]}
-        _bind_add(ctx, node, "unflatten", [ctx.value(source)], attrs)
-        return
-    shape = [-1 if i == 0 and not isinstance(d, int) else d for i, d in enumerate(after)]
-    _bind_add(ctx, node, "reshape", [ctx.value(source)], {"shape": shape})
+    elif (split := split_axis(tuple(before), tuple(after))) is not None:
+        op, attrs = "unflatten", {"dim": split[0], "sizes": split[1]}
+    else:
+        shape = [-1 if i == 0 and not isinstance(d, int) else d for i, d in enumerate(after)]
+        op, attrs = "reshape", {"shape": shape}
+    value = ctx.value(source)
+    ctx.reshaped[_bind_add(ctx, node, op, [value], attrs)] = value
 
 
 def _flatten(ctx: _Context, node: onnx.NodeProto) -> None:
@@ -606,19 +622,20 @@ def _squeeze(ctx: _Context, node: onnx.NodeProto) -> None:
     _bind_add(ctx, node, "squeeze", [ctx.value(node.input[0])], {"dim": axes})
 
 
-def _operand(ctx: _Context, name: str) -> str:
+def _operand(ctx: _Context, name: str, batch_of: str | None = None) -> str:
     """The value of an operand: an initializer of rank >= 1 is a learned tensor (a
-    ``parameter`` node named after it, built once: a layer scale, a class token)."""
+    ``parameter`` node named after it, built once: a layer scale, a class token), with
+    ``batch_of`` its first axis expanded to that value's batch."""
     array = ctx.consts.get(name)
     if array is None:
         return ctx.value(name)
     if array.ndim == 0 or array.dtype != np.float32:
         raise Unsupported(f"takes the constant '{name}' where grow-ir needs a value")
-    key = ("tensor", name)
+    key = ("tensor", name, batch_of or "")
     if key not in ctx.builder.built:
         ctx.builder.built[key] = ctx.builder.add(
             "parameter",
-            [],
+            [batch_of] if batch_of else [],
             _layer_name(name) if name.endswith(".weight") else name,
             {"shape": list(array.shape)},
             params={"weight": _tensor(array)},
@@ -673,12 +690,35 @@ def _unsqueeze(ctx: _Context, node: onnx.NodeProto) -> None:
 
 
 def _gather_value(ctx: _Context, node: onnx.NodeProto) -> None:
-    """``Gather`` of one constant index from a value: select."""
+    """``Gather`` of constant indices from a value: one index is a select; indices that
+    run over the whole axis in order only reshape it (``as_strided`` as torch.onnx.export
+    writes it for a view: Reshape to ``[-1]``, Gather of ``arange`` laid out in a shape); a
+    1-d run with a constant step is a slice."""
     index = ctx.consts.get(node.input[1])
-    if index is None or index.ndim != 0:
-        raise Unsupported("gathers by computed or several indices (grow-ir: one constant)")
-    attrs = {"dim": int(_attrs(node).get("axis", 0)), "index": int(index)}
-    _bind_add(ctx, node, "select", [ctx.value(node.input[0])], attrs)
+    if index is None:
+        raise Unsupported("gathers by computed indices (grow-ir: constant indices)")
+    t = ctx.type(node.input[0])
+    axis = int(_attrs(node).get("axis", 0)) % t.rank
+    if index.ndim == 0:
+        attrs = {"dim": axis, "index": int(index)}
+        _bind_add(ctx, node, "select", [ctx.value(node.input[0])], attrs)
+        return
+    size, flat = t.shape[axis], index.reshape(-1).astype(np.int64)
+    if isinstance(size, int) and np.array_equal(flat, np.arange(size)):
+        _fold(ctx, node, [*t.shape[:axis], *(int(d) for d in index.shape), *t.shape[axis + 1 :]])
+        return
+    steps = np.diff(flat)
+    if index.ndim == 1 and len(flat) > 1 and (steps == steps[0]).all() and steps[0] > 0:
+        start, step = int(flat[0]), int(steps[0])
+        if start >= 0:
+            end = start + step * (len(flat) - 1) + 1
+            attrs = {"dim": axis, "start": start, "end": end, "step": step}
+            _bind_add(ctx, node, "slice", [ctx.value(node.input[0])], attrs)
+            return
+    raise Unsupported(
+        f"gathers indices {flat[:8].tolist()}{'...' if len(flat) > 8 else ''} along axis "
+        f"{axis} (grow-ir: one index, the whole axis in order, or an evenly spaced run)"
+    )
 
 
 def _slice(ctx: _Context, node: onnx.NodeProto) -> None:
@@ -730,7 +770,7 @@ def _log_softmax(ctx: _Context, node: onnx.NodeProto) -> None:
 
 
 def _concat(ctx: _Context, node: onnx.NodeProto) -> None:
-    values = [ctx.value(i) for i in node.input]
+    values = [_operand(ctx, i) for i in node.input]  # a constant: a learned tensor
     axis = int(_attrs(node)["axis"])
     if len(values) == 1:
         ctx.env[node.output[0]] = values[0]
@@ -747,6 +787,7 @@ RULES: dict[str, Rule] = {
     "BatchNormalization": _batchnorm,
     "LayerNormalization": _layernorm,
     "Gather": _gather,
+    "GatherND": gathered_pooling,
     "Relu": _unary("relu"),
     "Tanh": _unary("tanh"),
     "Clip": _clip,
@@ -777,6 +818,9 @@ RULES: dict[str, Rule] = {
     "Pad": _pad,
     "LogSoftmax": _log_softmax,
     "Concat": _concat,
+    "Shape": shape,
+    "Range": range_rule,
+    "Expand": expand_rule,
 }
 """ONNX op type -> rule."""
 

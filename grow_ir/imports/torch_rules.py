@@ -484,7 +484,7 @@ def _alias_of(ctx: Context, node: fx.Node, source: Any) -> None:
     if isinstance(source, fx.Node) and source.name in ctx.env:
         ctx.bind(node, ctx.env[source.name])
         return
-    ctx.value(source)  # raises the reason
+    ctx.bind(node, ctx.value(source))  # a parameter read as a value; else raises the reason
 
 
 def _to(ctx: Context, node: fx.Node) -> None:
@@ -716,16 +716,18 @@ def _expand(ctx: Context, node: fx.Node) -> None:
     """A learned tensor expanded to the batch (``cls_token.expand(N, -1, -1)``), or an
     expand that changes nothing."""
     source = node.args[0]
-    if ctx.shape(node) == ctx.shape(source):
-        _alias(ctx, node)
-        return
     in_shape, out_shape = ctx.shape(source), ctx.shape(node)
     is_param = isinstance(source, fx.Node) and source.name in ctx.fqns
-    if is_param and in_shape[0] == 1 and out_shape[1:] == in_shape[1:]:
+    # before the no-op test: with an example batch of 1, expanding to the batch changes
+    # no size, yet the graph's batch is symbolic and the tensor must follow it
+    if is_param and in_shape[0] == 1 and out_shape[1:] == in_shape[1:] and ctx.batch:
         x = ctx.first_input()
         if out_shape[0] != ctx.batch:
             raise Unsupported(f"expands to {out_shape[0]} rows, not the batch")
         ctx.bind(node, ctx.tensor_value(ctx.fqns[source.name], batch_of=x))
+        return
+    if out_shape == in_shape:
+        _alias(ctx, node)
         return
     raise Unsupported(
         f"expands {list(in_shape)} to {list(out_shape)} (grow-ir: a parameter "

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
+import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from grow_ir.ir.ops.base import (
@@ -447,22 +448,29 @@ class AdaptiveAvgPool2dAttrs(Attrs):
         return tuple(v) if isinstance(v, list) else v
 
 
+def adaptive_bins(size: int, out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling windows along one axis: bin ``i`` of ``out`` over
+    ``size`` elements is ``[floor(i * size / out), ceil((i + 1) * size / out))``; bins of
+    unequal sizes may overlap, and an output larger than the input repeats elements."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+def averaging_matrix(size: int, out: int) -> np.ndarray:
+    """The float64 ``[out, size]`` matrix whose row ``i`` averages adaptive bin ``i``:
+    pooling one axis is a product with it (how backends without such pooling write it)."""
+    matrix = np.zeros((out, size), dtype=np.float64)
+    for i, (start, end) in enumerate(adaptive_bins(size, out)):
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
 def _adaptive_infer(a: AdaptiveAvgPool2dAttrs, ins: Sequence[TensorType]) -> TensorType:
     (x,) = ins
     require_float(x, "adaptive_avgpool2d")
     require_rank(x, [4], "adaptive_avgpool2d")
-    dims = []
-    for i, (axis, out) in enumerate(zip(("height", "width"), spatial(a.output_size, 2))):
-        size = known(x.shape[2 + i], f"adaptive_avgpool2d's {axis}")
-        if out != 1 and size % out:
-            # PyTorch's overlapping windows of unequal sizes have no ONNX pooling op
-            raise fail(
-                "the output size must divide the input size (or be 1)",
-                field="output_size",
-                expected=f"a divisor of {size} along {axis}",
-                found=out,
-            )
-        dims.append(out)
+    for i, axis in enumerate(("height", "width")):
+        known(x.shape[2 + i], f"adaptive_avgpool2d's {axis}")  # the bins' bounds need it
+    dims = spatial(a.output_size, 2)
     return TensorType((*x.shape[:2], *dims), x.dtype)
 
 
@@ -471,7 +479,7 @@ register(
         name="adaptive_avgpool2d",
         attrs=AdaptiveAvgPool2dAttrs,
         infer=_adaptive_infer,
-        doc="torch.nn.AdaptiveAvgPool2d to a size that divides the input (axes kept)",
+        doc="torch.nn.AdaptiveAvgPool2d to any size, PyTorch's bins (axes kept)",
         channel_axis=lambda a, ins: 1,
         facts=_pooling("adaptive_avgpool2d"),
     )
