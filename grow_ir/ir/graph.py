@@ -271,12 +271,21 @@ class Graph:
     @cached_property
     def output_deps(self) -> Mapping[str, frozenset[str]]:
         """For every node, the outputs that depend on it."""
-        deps: dict[str, set[str]] = {n.name: set() for n in self.nodes}
+        # Backwards through the (topologically ordered) nodes: a node feeds every output
+        # that one of its users or itself feeds. Linear in the edges, no networkx graph.
+        deps: dict[str, frozenset[str]] = {n.name: frozenset() for n in self.nodes}
         for out, node in self.outputs.items():
-            for name in nx.ancestors(self.nx, node) | {node}:
-                if name in deps:
-                    deps[name].add(out)
-        return MappingProxyType({k: frozenset(v) for k, v in deps.items()})
+            if node in deps:
+                deps[node] = deps[node] | {out}
+        for n in reversed(self.nodes):
+            mine = deps[n.name]
+            if not mine:
+                continue
+            for i in n.inputs:
+                theirs = deps.get(i)
+                if theirs is not None and not mine <= theirs:
+                    deps[i] = theirs | mine
+        return MappingProxyType(deps)
 
     @cached_property
     def param_owners(self) -> Mapping[str, frozenset[str]]:
