@@ -392,14 +392,14 @@ class LoweredModule(fx.GraphModule):
         return super().__deepcopy__(memo)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # fx pickles the code of the graph (regenerated as one function); the chunks'
-        # compiled functions cannot be pickled and are only a cache.
-        self.graph  # noqa: B018
+        # fx pickles the code of the graph, so the module switches to fx's one function
+        # first; the chunks' compiled functions cannot be pickled and are only a cache.
+        self.recompile()
         self.__dict__["chunks"] = {}
         return super().__reduce__()
 
     def __reduce_package__(self, exporter: Any) -> tuple[Any, ...]:
-        self.graph  # noqa: B018
+        self.recompile()
         self.__dict__["chunks"] = {}
         return super().__reduce_package__(exporter)
 
