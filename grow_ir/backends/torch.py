@@ -459,7 +459,7 @@ def to_torch(
     gm.__dict__["_pending"] = _whole_fx(steps, inputs, outputs)
     gm.chunks = {c.first: c for c in chunks}
     gm.built = built
-    reused = old is not None and any(b is old.get(t) for t, b in built.items())
+    reused = [b.module for t, b in built.items() if old is not None and b is old.get(t)]
     if task is not None:
         owners = graph.param_owners
         mine = frozenset({task})
@@ -474,10 +474,11 @@ def to_torch(
                 if owners.get(name, mine) != mine
             )
         )
-    elif reused:
-        for p in gm.parameters():
-            p.requires_grad_(True)
-            p.grad = None
+    else:  # a fresh module's parameters already require gradients and have none
+        for module in reused:
+            for p in module.parameters():
+                p.requires_grad_(True)
+                p.grad = None
     return gm.train()
 
 
@@ -495,11 +496,13 @@ def _reusable(module: nn.Module | None) -> dict[str, torch_reuse.Built] | None:
         )
     out = {}
     for target, built in root.built.items():
-        try:
-            if root.get_submodule(target) is built.module:
-                out[target] = built
-        except AttributeError:
-            continue
+        module: nn.Module | None = root
+        for part in target.split("."):  # get_submodule, without its checks per level
+            module = module._modules.get(part)
+            if module is None:
+                break
+        if module is built.module:
+            out[target] = built
     return out
 
 

@@ -222,7 +222,7 @@ def _check_shares(graph: Graph) -> None:
 
 def _check_params(graph: Graph) -> None:
     specs = graph.param_specs
-    owner = {p: n.name for n in graph.nodes if n.share is None for p in graph.node_params(n)}
+    owner = {p: n.name for n in graph.nodes if n.share is None for p in graph.params_of(n)}
     for name, spec in specs.items():
         node = owner[name]
         t = graph.params.get(name)
