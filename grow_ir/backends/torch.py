@@ -459,7 +459,7 @@ def to_torch(
     gm.__dict__["_pending"] = _whole_fx(steps, inputs, outputs)
     gm.chunks = {c.first: c for c in chunks}
     gm.built = built
-    reused = [b.module for t, b in built.items() if old is not None and b is old.get(t)]
+    reused = [b for t, b in built.items() if old is not None and b is old.get(t)]
     if task is not None:
         owners = graph.param_owners
         mine = frozenset({task})
@@ -474,12 +474,17 @@ def to_torch(
                 if owners.get(name, mine) != mine
             )
         )
-    else:  # a fresh module's parameters already require gradients and have none
-        for module in reused:
-            for p in module.parameters():
-                p.requires_grad_(True)
-                p.grad = None
-    return gm.train()
+        return gm.train()
+    # Everything built afresh is in train mode, requires gradients and has none: only
+    # the reused modules need setting (not a walk over every module of a large graph).
+    for b in reused:
+        for link in b.links:
+            if not link.slot.buffer:
+                link.module_tensor.requires_grad_(True)
+                link.module_tensor.grad = None
+        if not all(m.training for m in b.module.modules()):
+            b.module.train()
+    return gm
 
 
 def _reusable(module: nn.Module | None) -> dict[str, torch_reuse.Built] | None:
@@ -616,12 +621,14 @@ def _nest(gm: nn.Module, modules: dict[str, nn.Module]) -> None:
     # and parameters() list scopes in the order the graph first uses them.
     for target, module in modules.items():
         *scopes, leaf = target.split(".")
+        # Straight into _modules: add_module's checks (a name clashing with an attribute)
+        # cost a failed getattr per module, and ``verify`` already rejects such names.
         parent = gm
         for scope in scopes:
             if scope not in parent._modules:
-                parent.add_module(scope, nn.Module())
+                parent._modules[scope] = nn.Module()
             parent = parent._modules[scope]
-        parent.add_module(leaf, module)
+        parent._modules[leaf] = module
 
 
 def _class_name(name: str) -> str:

@@ -231,9 +231,11 @@ class Graph:
                 continue
             check_arity(n)
             try:
-                types[n.name] = n.opdef.infer(n.attrs, [types[i] for i in n.inputs])
+                t = n.opdef.infer(n.attrs, [types[i] for i in n.inputs])
             except ShapeError as exc:
                 raise exc.at(node=n.name) from None
+            # an equal type is the old object, so that the nodes reading it are reused
+            types[n.name] = t if (prev := old_types.get(n.name)) is None or prev != t else prev
         return MappingProxyType(types)
 
     def input_types(self, node: Node | str) -> list[TensorType]:
