@@ -28,7 +28,9 @@ the whole step. ``to_torch`` lowers the input graph with its indexes cold. ``gc`
 full collection that frees a dropped lowering (fx modules are freed only by the cyclic
 collector), ``frozen`` the same after ``gc.freeze()``. Two tables: the median of the runs,
 and their minimum (the least disturbed by other processes). torch runs single-threaded.
-``--profile`` prints cProfile's top functions for each ResNet-20 step.
+``verify`` is the verification of the result alone (indexes cold), the part of ``relower``
+that checks the graph. ``--profile`` prints cProfile's top functions for each step with
+re-lowering, on ResNet-20 and on the largest graph timed.
 """
 
 from __future__ import annotations
@@ -145,6 +147,9 @@ class Cell:
     lowered: list[float]
     reused: list[float]
     relower: list[float]
+    verify: list[float]
+    """``verify`` of the result with its indexes cold: the part of ``relower`` that checks
+    the graph (type inference included)."""
 
 
 @dataclass
@@ -218,6 +223,7 @@ def time_graph(graph: Graph, seconds: float) -> Row:
                 lambda grown=grown: to_torch(dataclasses.replace(grown), reuse=module),
                 seconds / 4,
             ),
+            verify=run_ms(lambda grown=grown: verify(dataclasses.replace(grown)), seconds / 8),
         )
     return Row(
         graph,
@@ -233,7 +239,8 @@ def table(rows: list[Row], stat: str) -> list[str]:
     summary = STATS[stat]
     names = list(STEPS)
     head = f"{'nodes':>6} {'graph':<12}" + "".join(
-        f" | {n:>12} {'+full':>7} {'+reuse':>7} {'×':>5} {'relower':>7}" for n in names
+        f" | {n:>12} {'+full':>7} {'+reuse':>7} {'×':>5} {'relower':>7} {'verify':>6}"
+        for n in names
     )
     lines = [
         f"growth step, ms ({stat} of runs; torch threads {torch.get_num_threads()})",
@@ -248,7 +255,7 @@ def table(rows: list[Row], stat: str) -> list[str]:
             c = cells[name]
             alone, full, reused = summary(c.alone), summary(c.lowered), summary(c.reused)
             line += f" | {alone:>12.2f} {full:>7.2f} {reused:>7.2f} {full / reused:>5.1f}"
-            line += f" {summary(c.relower):>7.2f}"
+            line += f" {summary(c.relower):>7.2f} {summary(c.verify):>6.2f}"
         line += f" | {summary(row.to_torch):>8.2f}"
         line += f" | {summary(row.gc):>6.1f} {summary(row.gc_frozen):>6.1f}"
         lines.append(line)
@@ -266,20 +273,25 @@ def table(rows: list[Row], stat: str) -> list[str]:
     return lines
 
 
-def profile(graph: Graph, top: int) -> str:
+def profile(graph: Graph, top: int, runs: int) -> str:
     """cProfile's top functions (by own time and by cumulative time) of each step and
-    ``to_torch`` of its result, over 20 runs."""
+    ``to_torch(result, reuse=module)`` (the trainer's growth step), over ``runs`` runs."""
     out = io.StringIO()
+    verify(graph)
+    module = to_torch(graph)
     for name, step in STEPS.items():
-        to_torch(step(graph))
+        to_torch(step(graph), reuse=module)
         prof = cProfile.Profile()
-        for _ in range(20):
+        for _ in range(runs):
             gc.collect()  # the previous run's garbage, unprofiled (see run_ms)
             prof.enable()
-            to_torch(step(graph))
+            to_torch(step(graph), reuse=module)
             prof.disable()
         for order in ("tottime", "cumulative"):
-            out.write(f"\n==== {name} + to_torch on ResNet-20, 20 runs, by {order} ====\n")
+            out.write(
+                f"\n==== {name} + to_torch(reuse) on {graph.name} ({len(graph.nodes)} nodes), "
+                f"{runs} runs, by {order} ====\n"
+            )
             pstats.Stats(prof, stream=out).sort_stats(order).print_stats(top)
     return out.getvalue()
 
@@ -290,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.5, help="time per cell (default 1.5)")
     parser.add_argument("--max-nodes", type=int, default=2100, help="skip larger graphs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--profile", action="store_true", help="cProfile the ResNet-20 steps")
+    parser.add_argument("--profile", action="store_true", help="cProfile the steps")
     parser.add_argument("--top", type=int, default=25, help="functions per profile listing")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -304,9 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"timed {graph.name} ({len(graph.nodes)} nodes)", file=sys.stderr, flush=True)
     for stat in STATS:
         print("\n".join(table(rows, stat)), end="\n\n")
-    resnet20 = [row.graph for row in rows if row.graph.name == "resnet20"]
-    if args.profile and resnet20:
-        print(profile(resnet20[0], args.top))
+    if args.profile:  # ResNet-20 and the largest graph timed
+        for graph in {row.graph.name: row.graph for row in rows[-1:] + rows[2:3]}.values():
+            print(profile(graph, args.top, runs=20 if len(graph.nodes) < 500 else 3))
     return 0
 
 

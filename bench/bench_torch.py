@@ -6,10 +6,12 @@ For each architecture of ``handwritten.py`` (MLP, CIFAR ResNet, pre-LN causal tr
 it builds the IR graph, lowers it, loads the same state_dict into the hand-written twin,
 checks that both give bitwise-equal outputs, then times the two alternately (A/B, then B/A,
 ...) and prints the median of each and their ratio, lowered ÷ hand-written (1.000 = no
-overhead; lower is better). Train-mode forward+backward is the main figure; eval-mode
-forward under ``no_grad`` is the most sensitive to per-call overhead. The first table uses
-benchmark sizes (compute-bound on a CPU), the second toy sizes, where Python overhead is
-most of the time.
+overhead; lower is better). A third module, timed in the same rotation, is the lowered one
+recompiled to fx's code of the whole graph as one function (``1-fn``: what every lowering
+ran before the forward was generated in chunks). Train-mode forward+backward is the main
+figure; eval-mode forward under ``no_grad`` is the most sensitive to per-call overhead. The
+first table uses benchmark sizes (compute-bound on a CPU), the second toy sizes, where
+Python overhead is most of the time.
 """
 
 from __future__ import annotations
@@ -54,28 +56,26 @@ def eval_step(inputs: dict[str, torch.Tensor]) -> Step:
     return step
 
 
-def interleaved(
-    a: nn.Module, b: nn.Module, step: Step, seconds: float
-) -> tuple[list[float], list[float]]:
-    """Seconds per call of ``step`` on ``a`` and on ``b``, timed alternately (the order
-    flips every repetition) after a warm-up, for about ``seconds`` in all."""
+def interleaved(modules: list[nn.Module], step: Step, seconds: float) -> list[list[float]]:
+    """Seconds per call of ``step`` on each of ``modules``, timed alternately (the order
+    reverses every repetition) after a warm-up, for about ``seconds`` in all."""
     for _ in range(5):
-        step(a)
-        step(b)
+        for m in modules:
+            step(m)
     start = time.perf_counter()
-    step(a)
-    step(b)
+    for m in modules:
+        step(m)
     reps = max(30, min(2000, int(seconds / max(time.perf_counter() - start, 1e-9))))
-    times: dict[int, list[float]] = {0: [], 1: []}
-    pair = (a, b)
+    times: list[list[float]] = [[] for _ in modules]
+    order = list(range(len(modules)))
     for r in range(reps):
-        for which in (0, 1) if r % 2 == 0 else (1, 0):
-            module = pair[which]
+        for which in order if r % 2 == 0 else order[::-1]:
+            module = modules[which]
             module.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
             step(module)
             times[which].append(time.perf_counter() - t0)
-    return times[0], times[1]
+    return times
 
 
 def check_equal(lowered: nn.Module, hand: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
@@ -97,6 +97,10 @@ class Row:
     hand: float
     lowered: float
     ratio: float
+    one_function: float
+    """The lowered module running fx's code of the whole graph as one function (its
+    ``recompile()``), the code every lowering ran before chunked code generation."""
+    one_ratio: float
 
 
 def bench(arch: Arch, seconds: float) -> dict[str, Row]:
@@ -105,17 +109,23 @@ def bench(arch: Arch, seconds: float) -> dict[str, Row]:
     inputs = arch.inputs()
     lowered, hand = to_torch(graph), twin(graph, arch.module())
     check_equal(lowered, hand, inputs)
+    one = to_torch(graph)
+    one.load_state_dict(lowered.state_dict())
+    one.recompile()
+    check_equal(one, lowered, inputs)
     rows = {}
     for label, make, mode in (("fwd+bwd", train_step, True), ("fwd eval", eval_step, False)):
-        lowered.train(mode)
-        hand.train(mode)
-        tl, th = interleaved(lowered, hand, make(inputs), seconds / 2)
+        for m in (lowered, hand, one):
+            m.train(mode)
+        tl, th, t1 = interleaved([lowered, hand, one], make(inputs), seconds / 2)
         rows[label] = Row(
             hand=statistics.median(th) * 1e3,
             lowered=statistics.median(tl) * 1e3,
             # The median of per-repetition ratios: each pair ran back to back, under the
             # same machine load, so slow drift in the load cancels out.
             ratio=statistics.median(a / b for a, b in zip(tl, th)),
+            one_function=statistics.median(t1) * 1e3,
+            one_ratio=statistics.median(a / b for a, b in zip(t1, th)),
         )
     return rows
 
@@ -124,7 +134,7 @@ def table(title: str, archs: tuple[Arch, ...], seconds: float) -> None:
     """Print one table: a row per architecture and mode."""
     header = (
         f"{'arch':<12} {'params':>8} {'batch':>5} {'mode':<8} | {'hand ms':>9} {'lowered ms':>10} "
-        f"{'ratio':>6}"
+        f"{'ratio':>6} | {'1-fn ms':>9} {'ratio':>6}"
     )
     print(f"\n{title}\n{header}\n{'-' * len(header)}")
     for arch in archs:
@@ -132,7 +142,8 @@ def table(title: str, archs: tuple[Arch, ...], seconds: float) -> None:
         for mode, r in bench(arch, seconds).items():
             print(
                 f"{arch.name:<12} {params:>7.1f}k {arch.batch:>5} {mode:<8} | "
-                f"{r.hand:>9.3f} {r.lowered:>10.3f} {r.ratio:>6.3f}"
+                f"{r.hand:>9.3f} {r.lowered:>10.3f} {r.ratio:>6.3f} | "
+                f"{r.one_function:>9.3f} {r.one_ratio:>6.3f}"
             )
 
 
@@ -147,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} thread(s), CPU; medians of interleaved runs")
     print("ratio: median over back-to-back pairs of lowered / hand-written (1.000 = parity)")
+    print("1-fn: the lowered module recompiled to fx's one function (the code before chunks)")
     pick = lambda archs: tuple(a for a in archs if args.only in (None, a.name))
     table("benchmark sizes (compute-bound)", pick(ARCHS), args.seconds)
     table("toy sizes (per-call overhead dominates)", pick(TINY), args.seconds)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from grow_ir.ir import Graph, Node, TensorType, initialize, verify
@@ -59,3 +61,25 @@ def test_node_params_is_memoised_but_never_shared_or_stale() -> None:
     foreign = g.node("fc").replace(attrs={"out_features": 9})  # same name, not g's node
     assert g.node_params(foreign)["fc.weight"].shape == (9, 4)
     assert g.node_params("fc")["fc.weight"].shape == (5, 4)
+
+
+def test_a_new_structure_infers_again_only_what_changed() -> None:
+    """After ``replace(nodes=...)``, a node of the old graph reading the very same types
+    keeps its type and parameter specs (the same objects); a changed node and every node
+    whose input type changed are inferred again, as a fresh graph infers them."""
+    g = mlp()
+    g.types, g.param_specs  # noqa: B018
+    wide = g.replace(nodes=(g.nodes[0].replace(attrs={"out_features": 7}), *g.nodes[1:]))
+    fresh = dataclasses.replace(wide)  # the same graph, nothing handed on
+    assert dict(wide.types) == dict(fresh.types)
+    assert dict(wide.param_specs) == dict(fresh.param_specs)
+    assert wide.types["x"] is g.types["x"]
+    assert wide.types["fc"] is not g.types["fc"]  # changed node
+    assert wide.types["act"].shape == ("batch", 7)  # its input type changed
+    assert wide.param_specs["head.weight"].shape == (2, 7)
+    extended = g.replace(nodes=(*g.nodes, Node("out", "relu", {}, ("head",))))
+    extended = extended.replace(outputs={"y": "out"})
+    for name in ("fc", "act", "head"):
+        assert extended.types[name] is g.types[name]
+    assert extended.params_of(extended.node("fc")) is g.params_of(g.node("fc"))
+    assert "_prior" not in extended.__dict__  # no chain of old graphs kept alive

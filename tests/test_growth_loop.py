@@ -13,10 +13,13 @@ from grow_ir.errors import GrowError
 from grow_ir.growth import Trainer, apply_growth, growth_config
 from grow_ir.growth.actions import GrowthContext
 from grow_ir.growth.checkpoint import (
+    CheckpointWriter,
     find_checkpoint,
     load_checkpoint,
     load_optimizer_state,
     optimizer_to_files,
+    rng_state,
+    snapshot,
 )
 from grow_ir.growth.device import pick_device
 from grow_ir.growth.hooks import AdamInit
@@ -213,6 +216,44 @@ def test_checkpoint_holds_graph_optimizer_policy_and_rng(tmp_path: Path) -> None
     )
     with pytest.raises(GrowError, match="optimizer does not match"):
         load_optimizer_state(fresh, names[:-1], tensors, meta)
+
+
+def test_a_checkpoint_holds_its_epoch_while_the_next_one_trains(tmp_path: Path) -> None:
+    """The snapshot is the state at the epoch's end: training on during the write (the
+    optimizer stepping, the weights moving) changes nothing in it; a write's error
+    reaches the training thread."""
+    graph = load_spec(SPEC)
+    cfg = growth_config(BASE, {"optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}})
+    trainer = Trainer.fresh(
+        graph, cfg, data_source="spirals", out_dir=tmp_path, progress=False, log=LOG.append
+    )
+    trainer._train_epoch()  # momentum buffers exist
+    st = trainer.state
+    names = list(trainable(st.module))
+    before_params = {k: v.clone() for k, v in update_params(st.graph, st.module).params.items()}
+    before_momentum = optimizer_to_files(st.optimizer, names)[0]
+    snap = snapshot(
+        graph=update_params(st.graph, st.module),
+        optimizer=st.optimizer,
+        names=names,
+        rng=rng_state(trainer.generator, trainer.device),
+        state=trainer.state_json(),
+    )
+    writer = CheckpointWriter()
+    writer.write(tmp_path, snap)
+    trainer._train_epoch()  # the weights and momentum move on while (or after) it writes
+    writer.wait()
+    ckpt = load_checkpoint(tmp_path)
+    for k, v in before_params.items():
+        assert torch.equal(ckpt.graph.params[k], v), k
+    for k, v in before_momentum.items():
+        assert torch.equal(ckpt.optimizer_tensors[k], v), k
+    assert any(not torch.equal(p, before_params[k]) for k, p in st.module.state_dict().items())
+    (tmp_path / "blocker").write_text("a file, not a directory")
+    writer.write(tmp_path / "blocker", snap)
+    with pytest.raises(OSError):
+        writer.wait()
+    writer.wait()  # the error is raised once
 
 
 def test_a_checkpoint_moved_aside_is_still_found(tmp_path: Path) -> None:

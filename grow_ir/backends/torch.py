@@ -21,13 +21,13 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-import networkx as nx
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.graph import PythonCode
 
-from grow_ir.backends import torch_reuse
+from grow_ir.backends import torch_chunks, torch_reuse
+from grow_ir.backends.torch_chunks import Step, fx_graph
 from grow_ir.backends.torch_modules import (
     LearnedTensor,
     MaskedConv1d,
@@ -323,10 +323,9 @@ def selected_outputs(graph: Graph, task: str | None) -> dict[str, str]:
 
 def needed_nodes(graph: Graph, outputs: dict[str, str]) -> list[Node]:
     """The nodes the given outputs depend on, in graph order."""
-    keep: set[str] = set()
-    for node in outputs.values():
-        keep |= nx.ancestors(graph.nx, node) | {node}
-    return [n for n in graph.nodes if n.name in keep]
+    wanted = set(outputs)
+    deps = graph.output_deps
+    return [n for n in graph.nodes if not deps[n.name].isdisjoint(wanted)]
 
 
 class LoweredModule(fx.GraphModule):
@@ -354,13 +353,56 @@ class LoweredModule(fx.GraphModule):
             self.get_submodule(name).eval()
         return self
 
+    chunks: Mapping[str, torch_chunks.Chunk] = MappingProxyType({})
+    """The generated functions ``forward`` calls, by first node (see
+    :mod:`grow_ir.backends.torch_chunks`): what a later ``to_torch(..., reuse=self)``
+    takes over unchanged."""
+
+    _pending: Callable[[], fx.Graph] | None = None
+
+    @property
+    def graph(self) -> fx.Graph:
+        """The one fx graph of the whole forward, built on first use: the forward that
+        runs is the chunks' code, fx's code for the same nodes, and nothing at run time
+        reads the graph, so a growth step does not pay for it."""
+        pending = self.__dict__.get("_pending")
+        if pending is not None:
+            fxg = pending()
+            fxg.owning_module = self
+            self.__dict__["_graph"] = fxg
+            self.__dict__["_pending"] = None
+        return self._graph
+
+    @graph.setter
+    def graph(self, g: fx.Graph) -> None:
+        self.__dict__["_pending"] = None
+        fx.GraphModule.graph.fset(self, g)  # type: ignore[attr-defined]
+
     def recompile(self) -> PythonCode:
-        """Regenerate ``forward`` from ``self.graph`` (see ``fx.GraphModule.recompile``)."""
+        """Regenerate ``forward`` from ``self.graph`` as one function (see
+        ``fx.GraphModule.recompile``)."""
+        self.graph  # noqa: B018  (built, if it is still pending)
         code = super().recompile()
         cls = type(self)  # fx gives each GraphModule a class of its own
         if "__call__" in vars(cls):
             del cls.__call__
         return code
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LoweredModule:
+        self.graph  # noqa: B018  (fx's deepcopy reads the graph from __dict__)
+        return super().__deepcopy__(memo)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # fx pickles the code of the graph, so the module switches to fx's one function
+        # first; the chunks' compiled functions cannot be pickled and are only a cache.
+        self.recompile()
+        self.__dict__["chunks"] = {}
+        return super().__reduce__()
+
+    def __reduce_package__(self, exporter: Any) -> tuple[Any, ...]:
+        self.recompile()
+        self.__dict__["chunks"] = {}
+        return super().__reduce_package__(exporter)
 
 
 def to_torch(
@@ -404,10 +446,21 @@ def to_torch(
     nodes = needed_nodes(graph, outputs)
     _check_lowerable(graph, nodes)
     old = _reusable(reuse)
-    fxg, modules, built = _build_fx(graph, nodes, outputs, every_input=task is None, old=old)
-    gm = LoweredModule(_nest(modules), fxg, class_name=_class_name(graph.name))
+    steps, modules, built = _steps(graph, nodes, old)
+    used_inputs = {i for n in nodes for i in n.inputs}
+    inputs = [i for i in graph.inputs if task is None or i in used_inputs]
+    prior = getattr(_unwrap(reuse), "chunks", None) if reuse is not None else None
+    chunks = torch_chunks.plan_chunks(steps, outputs, _emit, prior)
+    forward, source = torch_chunks.forward_function(inputs, chunks, outputs)
+    gm = LoweredModule(nn.Module(), fx.Graph(), class_name=_class_name(graph.name))
+    _nest(gm, modules)
+    type(gm).forward = forward
+    gm._code = "\n\n".join([source, *(c.source.strip("\n") + "\n" for c in chunks)])
+    gm._lineno_map = None  # no map from lines of the chunks' code to graph nodes
+    gm.__dict__["_pending"] = _whole_fx(steps, inputs, outputs)
+    gm.chunks = {c.first: c for c in chunks}
     gm.built = built
-    reused = old is not None and any(b is old.get(t) for t, b in built.items())
+    reused = [b for t, b in built.items() if old is not None and b is old.get(t)]
     if task is not None:
         owners = graph.param_owners
         mine = frozenset({task})
@@ -422,11 +475,17 @@ def to_torch(
                 if owners.get(name, mine) != mine
             )
         )
-    elif reused:
-        for p in gm.parameters():
-            p.requires_grad_(True)
-            p.grad = None
-    return gm.train()
+        return gm.train()
+    # Everything built afresh is in train mode, requires gradients and has none: only
+    # the reused modules need setting (not a walk over every module of a large graph).
+    for b in reused:
+        for link in b.links:
+            if not link.slot.buffer:
+                link.module_tensor.requires_grad_(True)
+                link.module_tensor.grad = None
+        if not all(m.training for m in b.module.modules()):
+            b.module.train()
+    return gm
 
 
 def _reusable(module: nn.Module | None) -> dict[str, torch_reuse.Built] | None:
@@ -443,11 +502,13 @@ def _reusable(module: nn.Module | None) -> dict[str, torch_reuse.Built] | None:
         )
     out = {}
     for target, built in root.built.items():
-        try:
-            if root.get_submodule(target) is built.module:
-                out[target] = built
-        except AttributeError:
-            continue
+        module: nn.Module | None = root
+        for part in target.split("."):  # get_submodule, without its checks per level
+            module = module._modules.get(part)
+            if module is None:
+                break
+        if module is built.module:
+            out[target] = built
     return out
 
 
@@ -473,29 +534,17 @@ def _check_lowerable(graph: Graph, nodes: Sequence[Node]) -> None:
             )
 
 
-def _build_fx(
-    graph: Graph,
-    nodes: Sequence[Node],
-    outputs: dict[str, str],
-    *,
-    every_input: bool,
-    old: dict[str, torch_reuse.Built] | None = None,
-) -> tuple[fx.Graph, dict[str, nn.Module], dict[str, torch_reuse.Built]]:
-    """The fx graph computing ``outputs`` from ``nodes``, its modules by target and their
-    build records (those of ``old`` that still match are taken over)."""
-    used_inputs = {i for n in nodes for i in n.inputs}
-    fxg = fx.Graph()
-    env: dict[str, fx.Node] = {}
-    for name in graph.inputs:
-        if every_input or name in used_inputs:
-            env[name] = fxg.placeholder(name)
+def _steps(
+    graph: Graph, nodes: Sequence[Node], old: dict[str, torch_reuse.Built] | None
+) -> tuple[list[Step], dict[str, nn.Module], dict[str, torch_reuse.Built]]:
+    """How each node lowers, the modules by target (in the order the graph first uses
+    them) and their build records (those of ``old`` that still match are taken over)."""
+    steps: list[Step] = []
     modules: dict[str, nn.Module] = {}
     built: dict[str, torch_reuse.Built] = {}
-    scopes: dict[str, fx.Node] = {}
     for n in nodes:
-        args = [env[i] for i in n.inputs]
         if n.op in FUNCTIONS:
-            env[n.name] = FUNCTIONS[n.op](n.attrs, graph.input_types(n), args, _caller(fxg, n))
+            steps.append(Step(n, "function", "", (), tuple(graph.input_types(n))))
             continue
         target = n.param_prefix
         if target not in modules:
@@ -507,25 +556,52 @@ def _build_fx(
                 built[target] = torch_reuse.record(graph, owner, build_module(graph, owner))
             modules[target] = built[target].module
         if n.tied(graph):
-            weights = {k[len(target) + 1 :]: fxg.get_attr(k) for k in graph.node_params(n)}
-            env[n.name] = TIED[n.op](n.attrs, args, weights, _caller(fxg, n))
-            continue
-        scope, _, leaf = target.rpartition(".")
-        if not scope:
-            env[n.name] = fxg.create_node("call_module", target, tuple(args), name=n.name)
-            continue
-        # A nested module is called through its scope, fetched once per forward
-        # (``s1_b0 = self.s1.b0`` then ``s1_b0.conv1(x)``): each level of a dotted
-        # ``self.s1.b0.conv1`` costs a Python-level Module.__getattr__ on every use.
-        if scope not in scopes:
-            scopes[scope] = fxg.get_attr(scope)
-        env[n.name] = fxg.create_node("call_method", leaf, (scopes[scope], *args), name=n.name)
-    if len(outputs) == 1:
-        fxg.output(env[next(iter(outputs.values()))])
-    else:
-        fxg.output({out: env[node] for out, node in outputs.items()})
-    fxg.lint()
-    return fxg, modules, built
+            steps.append(Step(n, "tied", target, tuple(graph.node_params(n)), ()))
+        else:
+            steps.append(Step(n, "module", target, (), ()))
+    return steps, modules, built
+
+
+def _emit(
+    fxg: fx.Graph, env: dict[str, fx.Node], scopes: dict[str, fx.Node], step: Step
+) -> fx.Node:
+    """The fx nodes of one step (see :data:`grow_ir.backends.torch_chunks.Emit`)."""
+    n = step.node
+    args = [env[i] for i in n.inputs]
+    if step.kind == "function":
+        return FUNCTIONS[n.op](n.attrs, step.input_types, args, _caller(fxg, n))
+    target = step.target
+    if step.kind == "tied":
+        weights = {k[len(target) + 1 :]: fxg.get_attr(k) for k in step.weights}
+        return TIED[n.op](n.attrs, args, weights, _caller(fxg, n))
+    scope, _, leaf = target.rpartition(".")
+    if not scope:
+        return fxg.create_node("call_module", target, tuple(args), name=n.name)
+    # A nested module is called through its scope, fetched once per forward (chunk)
+    # (``s1_b0 = self.s1.b0`` then ``s1_b0.conv1(x)``): each level of a dotted
+    # ``self.s1.b0.conv1`` costs a Python-level Module.__getattr__ on every use.
+    if scope not in scopes:
+        scopes[scope] = fxg.get_attr(scope)
+    return fxg.create_node("call_method", leaf, (scopes[scope], *args), name=n.name)
+
+
+def _whole_fx(
+    steps: Sequence[Step], inputs: Sequence[str], outputs: dict[str, str]
+) -> Callable[[], fx.Graph]:
+    """The builder of the one fx graph of all ``steps`` (what ``LoweredModule.graph``
+    shows; the forward that runs is the chunks')."""
+
+    def returned(env: dict[str, fx.Node]) -> Any:
+        if len(outputs) == 1:
+            return env[next(iter(outputs.values()))]
+        return {out: env[node] for out, node in outputs.items()}
+
+    def build() -> fx.Graph:
+        fxg = fx_graph(steps, inputs, _emit, returned, inputs=True)
+        fxg.lint()
+        return fxg
+
+    return build
 
 
 def _caller(fxg: fx.Graph, node: Node) -> Call:
@@ -541,20 +617,19 @@ def _caller(fxg: fx.Graph, node: Node) -> Call:
     return call
 
 
-def _nest(modules: dict[str, nn.Module]) -> nn.Module:
-    # A root holding each module at its dotted target, registered in graph order, so that
-    # state_dict() and parameters() list scopes in the order the graph first uses them
-    # (fx sorts a dict root by depth instead).
-    root = nn.Module()
+def _nest(gm: nn.Module, modules: dict[str, nn.Module]) -> None:
+    # Each module at its dotted target, registered in graph order, so that state_dict()
+    # and parameters() list scopes in the order the graph first uses them.
     for target, module in modules.items():
         *scopes, leaf = target.split(".")
-        parent = root
+        # Straight into _modules: add_module's checks (a name clashing with an attribute)
+        # cost a failed getattr per module, and ``verify`` already rejects such names.
+        parent = gm
         for scope in scopes:
             if scope not in parent._modules:
-                parent.add_module(scope, nn.Module())
+                parent._modules[scope] = nn.Module()
             parent = parent._modules[scope]
-        parent.add_module(leaf, module)
-    return root
+        parent._modules[leaf] = module
 
 
 def _class_name(name: str) -> str:

@@ -85,8 +85,7 @@ class Built:
             return False
         if tuple(graph.input_types(node)) != self.input_types:
             return False
-        names = graph.node_params(node)
-        if len(names) != len(self.links):
+        if len(graph.params_of(node)) != len(self.links):
             return False
         params = graph.params
         return all(link.holds(params.get(link.name)) for link in self.links)

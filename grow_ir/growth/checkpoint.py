@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,42 +152,98 @@ def set_rng_state(
         torch.cuda.set_rng_state(rng["cuda"], device)
 
 
-def save_checkpoint(
-    run_dir: str | Path,
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a checkpoint holds, copied: training may go on while it is written."""
+
+    graph: Graph
+    optimizer_tensors: dict[str, torch.Tensor]
+    optimizer_meta: dict[str, Any]
+    rng: dict[str, torch.Tensor]
+    state_json: str
+
+    def write(self, run_dir: str | Path) -> Path:
+        """Write ``run_dir/checkpoint`` atomically and return its path (see the module
+        doc)."""
+        from grow_ir.spec import save
+
+        run_dir = Path(run_dir)
+        work, final, old = (
+            run_dir / CHECKPOINT_TMP,
+            run_dir / CHECKPOINT,
+            run_dir / CHECKPOINT_OLD,
+        )
+        if work.exists():
+            shutil.rmtree(work)  # left by a writer that was killed
+        work.mkdir(parents=True)
+        tmp = save(self.graph, work / CHECKPOINT)  # save's own temporary files stay inside work
+        write_weights(self.optimizer_tensors, tmp / OPTIMIZER_TENSORS)
+        _write_text(tmp / OPTIMIZER_META, json.dumps(self.optimizer_meta, indent=1))
+        write_weights(self.rng, tmp / "rng.safetensors")
+        _write_text(tmp / "state.json", self.state_json)
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+        if final.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync(run_dir)
+        shutil.rmtree(work, ignore_errors=True)
+        if old.exists():
+            shutil.rmtree(old)
+        return final
+
+
+def snapshot(
     *,
     graph: Graph,
     optimizer: torch.optim.Optimizer,
     names: list[str],
     rng: dict[str, torch.Tensor],
     state: dict[str, Any],
-) -> Path:
-    """Write ``run_dir/checkpoint`` atomically and return its path (see the module doc)."""
-    from grow_ir.spec import save
-
-    run_dir = Path(run_dir)
-    work, final, old = run_dir / CHECKPOINT_TMP, run_dir / CHECKPOINT, run_dir / CHECKPOINT_OLD
-    if work.exists():
-        shutil.rmtree(work)  # left by a writer that was killed
-    work.mkdir(parents=True)
-    tmp = save(graph, work / CHECKPOINT)  # save's own temporary files stay inside work
+) -> Snapshot:
+    """The checkpoint of this moment: the optimizer's tensors cloned, the run state as
+    JSON text (``graph`` and ``rng`` are copies already: ``update_params``, ``rng_state``)."""
     tensors, meta = optimizer_to_files(optimizer, names)
-    write_weights(tensors, tmp / OPTIMIZER_TENSORS)
-    _write_json(tmp / OPTIMIZER_META, meta)
-    write_weights(rng, tmp / "rng.safetensors")
-    _write_json(tmp / "state.json", state)
-    for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync(run_dir)
-    shutil.rmtree(work, ignore_errors=True)
-    if old.exists():
-        shutil.rmtree(old)
-    return final
+    return Snapshot(graph, tensors, meta, rng, json.dumps(state, indent=1))
+
+
+class CheckpointWriter:
+    """Writes snapshots on a thread of their own, one at a time and in order, so that the
+    next epoch trains while the last one's checkpoint goes to disk.
+
+    Guarantees: when :meth:`wait` returns, every snapshot handed over is a complete
+    checkpoint on disk (the newest in ``checkpoint/``); an error of a write is raised by
+    the next :meth:`write` or :meth:`wait`.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def write(self, run_dir: str | Path, snap: Snapshot) -> None:
+        """Wait for the write in progress, then start writing ``snap`` into ``run_dir``."""
+        self.wait()
+
+        def run() -> None:
+            try:
+                snap.write(run_dir)
+            except BaseException as exc:  # handed to the training thread by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="grow-ir checkpoint", daemon=False)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the write in progress is complete; raise its error, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
 
 def find_checkpoint(run_dir: str | Path) -> Path | None:
@@ -321,8 +378,12 @@ def _check_rng(rng: dict[str, torch.Tensor], file: Path) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
+    _write_text(path, json.dumps(data, indent=1))
+
+
+def _write_text(path: Path, text: str) -> None:
     with open(path, "w") as f:
-        json.dump(data, f, indent=1)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
 

@@ -45,17 +45,26 @@ def pick_device(name: str | None) -> torch.device:
 @contextlib.contextmanager
 def deterministic(threads: int) -> Iterator[None]:
     """Deterministic kernels and ``threads`` CPU threads for the duration of a run (the
-    previous settings restored afterwards): CPU results depend on the thread count."""
+    previous settings restored afterwards): CPU results depend on the thread count.
+
+    Deterministic mode would also fill every new uninitialized tensor with NaN (a
+    debugging aid against reading memory no kernel wrote; it changes no result of a
+    correct kernel): that is a memset per allocation, a few percent of a small network's
+    training step, so it is switched off for the run."""
+    fill = torch.utils.deterministic
     was_det = torch.are_deterministic_algorithms_enabled()
     was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    was_fill = fill.fill_uninitialized_memory
     was_bench = torch.backends.cudnn.benchmark
     was_threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True, warn_only=True)
+    fill.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     torch.backends.cudnn.benchmark = False
     torch.set_num_threads(threads)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(was_det, warn_only=was_warn)
+        fill.fill_uninitialized_memory = was_fill  # type: ignore[attr-defined]
         torch.backends.cudnn.benchmark = was_bench
         torch.set_num_threads(was_threads)

@@ -8,6 +8,7 @@ the graph, the optimizer's state, the policy's state and every RNG state).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -23,12 +24,13 @@ from grow_ir.backends.torch import to_torch, update_params
 from grow_ir.errors import GrowError, PassError
 from grow_ir.growth.actions import GrowthContext, TrainState, apply_growth
 from grow_ir.growth.checkpoint import (
+    CheckpointWriter,
     broken_file,
     load_checkpoint,
     load_optimizer_state,
     rng_state,
-    save_checkpoint,
     set_rng_state,
+    snapshot,
 )
 from grow_ir.growth.compiled import Compiler
 from grow_ir.growth.config import GrowthConfig, validate_settings
@@ -93,6 +95,8 @@ class Trainer:
     """Set to train under ``torch.compile`` (``--compile``): one compilation per growth step."""
     dist: Distributed | None = None
     """Set when this process is one rank of a DDP run (see :mod:`grow_ir.growth.distributed`)."""
+    writer: CheckpointWriter = field(default_factory=CheckpointWriter, repr=False)
+    """Writes each epoch's checkpoint while the next epoch trains."""
     _bar: Any = field(default=None, repr=False)
 
     @classmethod
@@ -211,8 +215,11 @@ class Trainer:
         """Train every remaining epoch, then score the test split.
 
         Guarantees: after each epoch the policy has seen the validation accuracy and its
-        growth steps ran (each logged in one line); with an output directory, a complete
-        checkpoint of the state after the epoch exists before the next epoch starts.
+        growth steps ran (each logged in one line); with an output directory, a checkpoint
+        of the state after each epoch is written (a snapshot taken at the epoch's end, its
+        files written and flushed on a second thread while the next epoch trains) and is
+        complete before the next one is started and before ``run`` returns or raises; a
+        process killed meanwhile leaves the checkpoint before it, complete.
         """
         from tqdm import tqdm
 
@@ -231,8 +238,14 @@ class Trainer:
                 self._log_stops()  # units already at their limit
                 for epoch in range(self.next_epoch, cfg.epochs):
                     self._epoch(epoch, bar)
+                with self.timings.phase("checkpoint"):
+                    self.writer.wait()
                 bar.close()
                 return self._finish()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error in flight is the one to report
+                self.writer.wait()
+            raise
         finally:
             bar.close()
             self._bar = None
@@ -387,15 +400,14 @@ class Trainer:
     def _checkpoint(self) -> None:
         assert self.out_dir is not None
         st = self.state
-        graph = update_params(st.graph, st.module)
-        save_checkpoint(
-            self.out_dir,
-            graph=graph,
+        snap = snapshot(
+            graph=update_params(st.graph, st.module),
             optimizer=st.optimizer,
             names=list(trainable(st.module)),
             rng=rng_state(self.generator, self.device),
             state=self.state_json(),
         )
+        self.writer.write(self.out_dir, snap)
 
     def state_json(self) -> dict[str, Any]:
         """The run's JSON state for a checkpoint: next epoch, settings, policy, history."""

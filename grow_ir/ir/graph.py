@@ -112,6 +112,11 @@ def check_arity(node: Node) -> None:
     )
 
 
+PRIOR = "_prior"
+"""The key, in the ``__dict__`` of a Graph made by :meth:`Graph.replace` with a new
+structure, of the node map, types and parameter-spec memo of the graph it was made from,
+until its own types are inferred."""
+
 STRUCTURE = frozenset({"inputs", "nodes", "outputs"})
 """The fields of a Graph that its derived indexes depend on."""
 
@@ -170,9 +175,15 @@ class Graph:
         """
         new = dataclasses.replace(self, **changes)
         if not changes.keys() & STRUCTURE:
-            for key in STRUCTURAL_INDEXES:
+            for key in (*STRUCTURAL_INDEXES, PRIOR):
                 if key in self.__dict__:
                     new.__dict__[key] = self.__dict__[key]
+        elif "types" in self.__dict__:
+            # A pass changes a few nodes: the new graph infers again only those whose node
+            # or input types differ (see ``types``), and drops this hint when it has.
+            new.__dict__[PRIOR] = (self.node_map, self.types, self._node_params)
+        elif PRIOR in self.__dict__:  # made by replace and not inferred yet
+            new.__dict__[PRIOR] = self.__dict__[PRIOR]
         return new
 
     # ---- derived indexes ---------------------------------------------------------------
@@ -198,6 +209,8 @@ class Graph:
     def types(self) -> Mapping[str, TensorType]:
         """The type of every value (graph inputs and nodes), inferred in order."""
         types: dict[str, TensorType] = dict(self.inputs)
+        old_nodes, old_types, old_params = self.__dict__.pop(PRIOR, ({}, {}, {}))
+        memo = self._node_params
         for n in self.nodes:
             missing = [i for i in n.inputs if i not in types]
             if missing:
@@ -208,11 +221,21 @@ class Graph:
                     expected="a graph input or an earlier node",
                     found=repr(missing[0]),
                 )
+            # Inference is a function of the node and its input types: the very node of
+            # the graph this one was made from, reading the very same types, has its type
+            # (and parameter specs) again.
+            if old_nodes.get(n.name) is n and all(types[i] is old_types.get(i) for i in n.inputs):
+                types[n.name] = old_types[n.name]
+                if (specs := old_params.get(n.name)) is not None:
+                    memo[n.name] = specs
+                continue
             check_arity(n)
             try:
-                types[n.name] = n.opdef.infer(n.attrs, [types[i] for i in n.inputs])
+                t = n.opdef.infer(n.attrs, [types[i] for i in n.inputs])
             except ShapeError as exc:
                 raise exc.at(node=n.name) from None
+            # an equal type is the old object, so that the nodes reading it are reused
+            types[n.name] = t if (prev := old_types.get(n.name)) is None or prev != t else prev
         return MappingProxyType(types)
 
     def input_types(self, node: Node | str) -> list[TensorType]:
@@ -250,14 +273,20 @@ class Graph:
     def node_params(self, node: Node | str) -> dict[str, ParamSpec]:
         """Full parameter names of a node (under its param prefix) and their specs."""
         n = self.node(node) if isinstance(node, str) else node
-        own = self.node_map.get(n.name) is n
-        if own and n.name in self._node_params:
-            return dict(self._node_params[n.name])
+        return dict(self.params_of(n))
+
+    def params_of(self, n: Node) -> Mapping[str, ParamSpec]:
+        """:meth:`node_params` of a Node, read-only and not copied (for loops over every
+        node: the verifier, the backends)."""
+        memo = self._node_params
+        named = memo.get(n.name)
+        if named is not None and self.node_map.get(n.name) is n:
+            return named
         specs = n.opdef.params(n.attrs, self.input_types(n))
-        named = {f"{n.param_prefix}.{k}": v for k, v in specs.items()}
-        if own:
-            self._node_params[n.name] = named
-        return dict(named)
+        named = MappingProxyType({f"{n.param_prefix}.{k}": v for k, v in specs.items()})
+        if self.node_map.get(n.name) is n:
+            memo[n.name] = named
+        return named
 
     @cached_property
     def param_specs(self) -> Mapping[str, ParamSpec]:
@@ -265,18 +294,27 @@ class Graph:
         specs: dict[str, ParamSpec] = {}
         for n in self.nodes:
             if n.share is None:
-                specs.update(self.node_params(n))
+                specs.update(self.params_of(n))
         return MappingProxyType(specs)
 
     @cached_property
     def output_deps(self) -> Mapping[str, frozenset[str]]:
         """For every node, the outputs that depend on it."""
-        deps: dict[str, set[str]] = {n.name: set() for n in self.nodes}
+        # Backwards through the (topologically ordered) nodes: a node feeds every output
+        # that one of its users or itself feeds. Linear in the edges, no networkx graph.
+        deps: dict[str, frozenset[str]] = {n.name: frozenset() for n in self.nodes}
         for out, node in self.outputs.items():
-            for name in nx.ancestors(self.nx, node) | {node}:
-                if name in deps:
-                    deps[name].add(out)
-        return MappingProxyType({k: frozenset(v) for k, v in deps.items()})
+            if node in deps:
+                deps[node] = deps[node] | {out}
+        for n in reversed(self.nodes):
+            mine = deps[n.name]
+            if not mine:
+                continue
+            for i in n.inputs:
+                theirs = deps.get(i)
+                if theirs is not None and not mine <= theirs:
+                    deps[i] = theirs | mine
+        return MappingProxyType(deps)
 
     @cached_property
     def param_owners(self) -> Mapping[str, frozenset[str]]:
@@ -287,7 +325,7 @@ class Graph:
         """
         owners: dict[str, set[str]] = {}
         for n in self.nodes:
-            for p in self.node_params(n):
+            for p in self.params_of(n):
                 owners.setdefault(p, set()).update(self.output_deps[n.name])
         return MappingProxyType({k: frozenset(v) for k, v in owners.items()})
 

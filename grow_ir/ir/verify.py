@@ -28,6 +28,9 @@ def _module_attributes() -> frozenset[str]:
     return frozenset(dir(torch.fx.GraphModule(torch.nn.Module(), torch.fx.Graph())))
 
 
+VERIFIED = "_verified"
+"""The key, in a Graph's ``__dict__`` beside its cached indexes, marking it verified."""
+
 RESERVED = _module_attributes() | frozenset(keyword.kwlist)
 """Words no scope segment of a node (or graph input) name may be."""
 
@@ -77,9 +80,14 @@ def verify(graph: Graph) -> Graph:
     every node contributes to some output; and ``params`` holds exactly the parameters the
     nodes require, each with its required shape and dtype.
 
+    A Graph is immutable, so one that passed is marked and not checked again (a pass
+    verifies its result; lowering that result does not repeat the work).
+
     Raises:
         VerifyError: naming the node or field at fault.
     """
+    if graph.__dict__.get(VERIFIED):
+        return graph
     seen: set[str] = set()
     for name in graph.inputs:
         check_name(name, what="input", field="inputs")
@@ -152,6 +160,7 @@ def verify(graph: Graph) -> Graph:
             )
     _check_shares(graph)
     _check_params(graph)
+    graph.__dict__[VERIFIED] = True
     return graph
 
 
@@ -213,7 +222,7 @@ def _check_shares(graph: Graph) -> None:
 
 def _check_params(graph: Graph) -> None:
     specs = graph.param_specs
-    owner = {p: n.name for n in graph.nodes if n.share is None for p in graph.node_params(n)}
+    owner = {p: n.name for n in graph.nodes if n.share is None for p in graph.params_of(n)}
     for name, spec in specs.items():
         node = owner[name]
         t = graph.params.get(name)

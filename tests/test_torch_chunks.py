@@ -1,0 +1,203 @@
+"""The lowered forward in content-defined chunks: a lowering that takes chunks over from an
+earlier one computes bitwise what fx's one-function code of a full rebuild computes, and
+a growth step regenerates only the chunks it touched."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from grow_ir import passes
+from grow_ir.backends import torch_chunks
+from grow_ir.backends.torch import to_torch
+from grow_ir.errors import PassError
+from grow_ir.ir import Graph
+from grow_ir.passes import PASSES
+from grow_ir.probes import random_inputs, randomize_norms
+from grow_ir.spec import load_spec
+from tests.graphgen import PASS_NAMES, graphs, pass_arguments
+
+CONV = {"op": "conv2d", "kernel_size": 3, "padding": 1}
+
+
+def resnet(depth: int = 6) -> Graph:
+    """A stem, one stage of ``depth`` residual blocks, pooling and a linear head."""
+    block = {
+        "nodes": [
+            {"name": "conv1", "inputs": ["input"], **CONV, "out_channels": "$c"},
+            {"name": "bn1", "op": "batchnorm"},
+            {"name": "act1", "op": "relu"},
+            {"name": "conv2", **CONV, "out_channels": "$c"},
+            {"name": "bn2", "op": "batchnorm"},
+            {"name": "sum", "op": "add", "inputs": ["bn2", "input"]},
+            {"name": "out", "op": "relu"},
+        ]
+    }
+    spec = {
+        "version": 1,
+        "name": "resnet",
+        "seed": 0,
+        "inputs": {"image": {"shape": ["batch", 3, 6, 6]}},
+        "blocks": {"basic": block},
+        "nodes": [
+            {"name": "stem", "inputs": ["image"], **CONV, "out_channels": 4},
+            {"name": "stem_bn", "op": "batchnorm"},
+            {"name": "stem_act", "op": "relu"},
+            {"name": "stage1", "stage": "basic", "depth": depth, "with": {"c": 4}},
+            {"name": "pool", "op": "global_avgpool"},
+            {"name": "head", "op": "linear", "out_features": 3},
+        ],
+        "outputs": {"logits": "head"},
+    }
+    return randomize_norms(load_spec(spec), seed=1)
+
+
+def one_function(graph: Graph) -> nn.Module:
+    """A full rebuild of ``graph`` running fx's code of the whole graph as one function
+    (what every lowering ran before chunks)."""
+    module = to_torch(graph)
+    module.recompile()
+    assert "chunk_" not in module.code
+    return module
+
+
+def outputs(module: nn.Module, x: dict[str, torch.Tensor], train: bool) -> list[torch.Tensor]:
+    torch.manual_seed(0)  # the same dropout masks in both modules
+    with torch.no_grad():
+        y = module.train(train)(**x)
+    return list(y.values()) if isinstance(y, dict) else [y]
+
+
+def assert_bitwise_equal(module: nn.Module, reference: nn.Module, graph: Graph) -> None:
+    """Same state_dict keys in the same order, bitwise-equal outputs in eval and train
+    mode."""
+    assert list(module.state_dict()) == list(reference.state_dict())
+    x = random_inputs(graph, batch=4, seed=3)
+    for train in (False, True):
+        got, want = outputs(module, x, train), outputs(reference, x, train)
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b), train
+
+
+def sources(module: nn.Module) -> list[str]:
+    return [c.source for c in module.chunks.values()]
+
+
+@pytest.mark.parametrize("average", [2, torch_chunks.AVERAGE])
+def test_reused_chunks_compute_what_a_full_rebuild_computes(
+    average: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After every step of random pass sequences on random networks, the lowering that
+    took chunks (and modules) over from the previous step's equals a full rebuild run as
+    fx's one function, bit for bit, and has the very code of a fresh chunked lowering."""
+    monkeypatch.setattr(torch_chunks, "AVERAGE", average)  # 2: a boundary every 2 nodes
+
+    @settings(
+        max_examples=40,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(graph=graphs(), data=st.data())
+    def run(graph: Graph, data: st.DataObject) -> None:
+        module = to_torch(graph)
+        assert_bitwise_equal(module, one_function(graph), graph)
+        for _ in range(data.draw(st.integers(1, 3), label="steps")):
+            options = {name: pass_arguments(graph, name) for name in PASS_NAMES}
+            name = data.draw(st.sampled_from([n for n, o in options.items() if o is not None]))
+            args: dict[str, Any] = data.draw(options[name], label=name)  # type: ignore[arg-type]
+            try:
+                graph = PASSES[name].run(graph, **args).graph
+            except PassError:
+                continue
+            module = to_torch(graph, reuse=module)
+            assert sources(module) == sources(to_torch(graph))
+            assert_bitwise_equal(module, one_function(graph), graph)
+
+    run()
+
+
+def regenerated(old: nn.Module, new: nn.Module) -> list[str]:
+    """The chunks of ``new`` not taken over from ``old``, by first node."""
+    return [first for first, c in new.chunks.items() if old.chunks.get(first) is not c]
+
+
+def test_a_growth_step_regenerates_only_the_chunks_it_touched() -> None:
+    graph = resnet()
+    old = to_torch(graph)
+    assert len(old.chunks) >= 4  # boundaries are content-defined: this graph has several
+    same = to_torch(graph, reuse=old)
+    assert regenerated(old, same) == []
+
+    grown = passes.insert_layer(graph, after="stage1.block2.out", op="conv2d")
+    new = to_torch(grown, reuse=old)
+    touched = regenerated(old, new)
+    assert 1 <= len(touched) <= 2, touched
+    firsts = list(new.chunks)
+    new_layers = [n.name for n in grown.nodes if n.name not in graph.node_map]
+    assert new_layers and all(firsts[_position(new, n)] in touched for n in new_layers)
+    assert_bitwise_equal(new, one_function(grown), grown)
+
+
+def _position(module: nn.Module, node: str) -> int:
+    """The index of the chunk of ``module`` holding ``node``."""
+    for i, c in enumerate(module.chunks.values()):
+        if any(key[0] == node for key in c.keys):
+            return i
+    raise AssertionError(node)
+
+
+def test_widening_regenerates_the_chunks_whose_types_changed() -> None:
+    graph = resnet()
+    old = to_torch(graph)
+    grown = passes.widen(graph, node="stem", width=8)  # the whole stage's channel group
+    new = to_torch(grown, reuse=old)
+    touched = regenerated(old, new)
+    # a chunk holding a stateless node whose input type changed (relu, add) is new
+    for first, chunk in new.chunks.items():
+        changed = any(
+            step_key[-1] != tuple(graph.input_types(step_key[0]))
+            for step_key in chunk.keys
+            if len(step_key) == 5
+        )
+        assert (first in touched) == changed, first
+    assert_bitwise_equal(new, one_function(grown), grown)
+
+
+def test_the_whole_fx_graph_is_built_on_first_use() -> None:
+    graph = resnet(depth=2)
+    module = to_torch(graph)
+    assert module.__dict__["_pending"] is not None
+    names = [n.name for n in module.graph.nodes]  # built now
+    assert module.__dict__["_pending"] is None
+    assert names[0] == "image" and "stage1_block1_out" in names
+    module.graph.lint()
+    # deepcopy, pickling and recompiling go through fx's one-function code
+    for other in (copy.deepcopy(module), pickle.loads(pickle.dumps(to_torch(graph)))):
+        assert_bitwise_equal(other, one_function(graph), graph)
+
+
+def test_a_chunk_whose_values_gain_a_reader_elsewhere_is_regenerated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new task head reading ``pool`` from another chunk: the chunk defining ``pool``
+    has the same nodes but must now return ``pool`` too."""
+    monkeypatch.setattr(torch_chunks, "AVERAGE", 4)  # puts pool and head in one chunk
+    graph = resnet()
+    old = to_torch(graph)
+    grown = passes.fork_task(graph, task="c", base="logits", new=["head"])
+    new = to_torch(grown, reuse=old)
+    first = list(new.chunks)[_position(new, "pool")]
+    before, after = old.chunks[first], new.chunks[first]
+    assert before.keys == after.keys and before.live_out == ("head",)
+    assert after.live_out == ("pool", "head") and after is not before
+    assert_bitwise_equal(new, one_function(grown), grown)
