@@ -11,8 +11,9 @@ nodes it replaces, the values it reads and the IR node that computes what they c
 Every region is accepted only after its IR node, run on the interpreter's values of the
 region's inputs (:mod:`grow_ir.imports.torch_values`, both runs), gives the interpreter's
 value of the region's output within :data:`TOLERANCE`; otherwise the module is refused by
-its path. The patterns say where to look; the values decide. Module classes are matched by
-structure, never by importing the library that defines them.
+its path (or, where its ops all have rules, left to them). The patterns say where to look;
+the values decide. Attention lives in :mod:`grow_ir.imports.torch_attention`. Module
+classes are matched by structure, never by importing the library that defines them.
 """
 
 from __future__ import annotations
