@@ -10,8 +10,8 @@ training step (forward, backward) compiles; that first step's time, less an eage
 is the compile time of the growth step. Then the grown module (its submodules taken over
 across the steps) and a fresh lowering of the same architecture (re-initialised from the
 spec seed), both compiled the same way, train ``--iters`` SGD steps each on the same
-batches (batch axis marked dynamic, as the trainer marks it), alternating in rounds;
-medians of per-round step times. The goal: grown ÷ scratch = 1.00.
+batches (batch axis marked dynamic, as the trainer marks it), alternating in rounds (the
+order flipping every round); medians of per-round step times. The goal: grown ÷ scratch = 1.00.
 """
 
 from __future__ import annotations
@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         models[name] = (compiled, opt)
     data = [batch(graph, args.batch, 1 + i) for i in range(args.iters)]
     times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(args.rounds):
-        for name, (compiled, opt) in models.items():
+    for r in range(args.rounds):  # the order flips every round (grown first, then last)
+        for name in list(models) if r % 2 == 0 else list(models)[::-1]:
+            compiled, opt = models[name]
             start = time.perf_counter()
             for xb, yb in data:
                 train_step(compiled, opt, xb, yb)

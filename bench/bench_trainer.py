@@ -18,7 +18,8 @@ times, medians reported):
   split at the end (work the user asked for, not overhead); no checkpoints, no
   bookkeeping.
 
-samples/s = epochs × training samples ÷ wall time. The goal: a ratio ≥ 0.95.
+samples/s = epochs × training samples ÷ wall time (and ÷ the process's CPU time, which
+other processes on a shared machine do not inflate). The goal: a ratio ≥ 0.95.
 """
 
 from __future__ import annotations
@@ -56,20 +57,29 @@ def from_scratch(graph: Graph) -> Graph:
     return load_spec(spec)
 
 
-def trainer_run(graph: Graph, config: GrowthConfig, data: str, log: list[str]) -> float:
-    """Seconds of one ``Trainer.run`` of ``graph`` (checkpoints into a fresh directory)."""
+def trainer_run(
+    graph: Graph, config: GrowthConfig, data: str, log: list[str]
+) -> tuple[float, float]:
+    """Wall and CPU seconds of one ``Trainer.run`` of ``graph`` (checkpoints into a fresh
+    directory)."""
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer.fresh(
             graph, config, data_source=data, out_dir=tmp, progress=False, log=log.append
         )
         trainer.threads = torch.get_num_threads()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         trainer.run()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
 
-def plain_run(graph: Graph, config: GrowthConfig, data: Dataset) -> float:
-    """Seconds of the plain PyTorch loop over ``config.epochs`` epochs."""
+def plain_run(graph: Graph, config: GrowthConfig, data: Dataset) -> tuple[float, float]:
+    """Wall and CPU seconds of the plain PyTorch loop over ``config.epochs`` epochs."""
+    cpu = time.process_time()
+    wall = _plain(graph, config, data)
+    return wall, time.process_time() - cpu
+
+
+def _plain(graph: Graph, config: GrowthConfig, data: Dataset) -> float:
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     module = to_torch(graph).train()
@@ -120,21 +130,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     data = load_data(data_name, val_fraction=fixed.val_fraction)
     samples = args.epochs * len(data.y_train)
-    ours, plain, split = [], [], []
+    ours: list[tuple[float, float]] = []
+    plain: list[tuple[float, float]] = []
+    split = []
     for _ in range(args.repeats):
         run_log: list[str] = []
-        ours.append(samples / trainer_run(final, fixed, data_name, run_log))
+        ours.append(trainer_run(final, fixed, data_name, run_log))
         split.append(run_log[-1])
-        plain.append(samples / plain_run(final, fixed, data))
-    a, b = statistics.median(ours), statistics.median(plain)
+        plain.append(plain_run(final, fixed, data))
     print(
         f"final architecture, {args.epochs} epochs of {len(data.y_train)} samples, batch "
         f"{fixed.batch_size}, {args.threads} thread(s), {args.repeats} repeats (medians):"
     )
-    print(f"  grow-ir train      {a:>9,.0f} samples/s   ({split[len(split) // 2]})")
-    print(f"  plain PyTorch loop {b:>9,.0f} samples/s")
-    verdict = "met" if a / b >= GOAL else "MISSED"
-    print(f"  ratio {a / b:.3f} (goal >= {GOAL}: {verdict})")
+    # wall time is the figure; CPU time (this process, all threads) shows the same work
+    # without the time other processes took from it on a shared machine
+    for i, clock in enumerate(("wall", "CPU")):
+        a = statistics.median(samples / t[i] for t in ours)
+        b = statistics.median(samples / t[i] for t in plain)
+        verdict = "met" if a / b >= GOAL else "MISSED"
+        print(
+            f"  by {clock} time: grow-ir train {a:>7,.0f} samples/s, plain PyTorch loop "
+            f"{b:>7,.0f} samples/s, ratio {a / b:.3f} (goal >= {GOAL}: {verdict})"
+        )
+    print(f"  grow-ir train's split: {split[len(split) // 2]}")
     return 0
 
 
