@@ -111,6 +111,7 @@ def test_a_resumed_run_ends_with_the_uninterrupted_weights(tmp_path: Path) -> No
     with deterministic(first.threads):
         for epoch in range(3):  # killed after epoch 3, mid-schedule
             first._epoch(epoch, tqdm(disable=True))
+        first.writer.wait()  # its checkpoint of epoch 3 is on disk (written in the background)
     resumed = Trainer.resume(tmp_path / "b", progress=False)
     assert resumed.next_epoch == 3 and resumed.policy.state_dict() == first.policy.state_dict()
     result = resumed.run()

@@ -720,10 +720,9 @@ def _expand(ctx: Context, node: fx.Node) -> None:
     is_param = isinstance(source, fx.Node) and source.name in ctx.fqns
     # before the no-op test: with an example batch of 1, expanding to the batch changes
     # no size, yet the graph's batch is symbolic and the tensor must follow it
-    if is_param and in_shape[0] == 1 and out_shape[1:] == in_shape[1:] and ctx.batch:
+    to_batch = bool(ctx.batch) and out_shape[0] == ctx.batch
+    if is_param and in_shape[0] == 1 and out_shape[1:] == in_shape[1:] and to_batch:
         x = ctx.first_input()
-        if out_shape[0] != ctx.batch:
-            raise Unsupported(f"expands to {out_shape[0]} rows, not the batch")
         ctx.bind(node, ctx.tensor_value(ctx.fqns[source.name], batch_of=x))
         return
     if out_shape == in_shape:
