@@ -23,6 +23,8 @@ from onnx import numpy_helper
 
 from grow_ir.errors import CheckFailed, GrowError, ShapeError
 from grow_ir.imports.builder import GraphBuilder, folded_axes, ident
+from grow_ir.imports.onnx_patterns import Region
+from grow_ir.imports.onnx_regions import find_regions
 from grow_ir.imports.torch_rules import KeptMean, Unsupported, split_axis
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.types import TensorType
@@ -145,12 +147,22 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
     ctx = _Context(builder=builder, consts=consts, consumers=consumers)
+    found, live = find_regions(proto, consts, set(RULES))
+    for where, what, poison in found.refusals:
+        builder.refuse(where, what, poison)
+    regions = {r.output: r for r in found.regions}
+    claimed = found.claimed
     for inp in g.input:
         if inp.name in consts:
             continue
         ctx.env[inp.name] = builder.add_input(ident(inp.name), _vtype(inp))
-    for node in g.node:
-        if node.op_type == "Constant" or id(node) in ctx.done:
+    for index, node in enumerate(g.node):
+        if node.op_type == "Constant" or id(node) in ctx.done or index not in live:
+            continue
+        if index in claimed:  # a region is added where its output is computed
+            for out in node.output:
+                if out in regions:
+                    _region(ctx, regions[out])
             continue
         where = f"node '{node.name or node.output[0]}' ({node.op_type})"
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
@@ -167,6 +179,9 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
             builder.refuse(where, f"{node.op_type} {exc.reason}", list(node.output))
         except ShapeError as exc:  # a value the op's type inference refuses
             builder.refuse(where, f"{node.op_type} {exc.message}", list(node.output))
+    if builder.refusals:  # why a construct was left to the rules that refused it
+        for where, what in found.fallbacks:
+            builder.refuse(where, what)
     outputs = {}
     for out in g.output:
         if builder.is_poisoned([out.name]):
@@ -179,6 +194,20 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
             bound = bound.kept(builder)
         outputs[ident(out.name)] = bound
     return builder.finish(outputs, Path(label).stem if g.name == "" else g.name)
+
+
+def _region(ctx: _Context, region: Region) -> None:
+    """Add a region's one IR node (see :mod:`grow_ir.imports.onnx_patterns`)."""
+    if ctx.builder.is_poisoned(list(region.inputs)):
+        ctx.builder.poisoned.add(region.output)
+        return
+    share = None if region.share is None else ctx.value(region.share)
+    inputs = [ctx.value(i) for i in region.inputs]
+    params = None if share is not None else region.params
+    name = ctx.builder.add(
+        region.op, inputs, region.name, region.attrs, params=params, share=share, name=region.name
+    )
+    ctx.env[region.output] = name
 
 
 def _vtype(info: onnx.ValueInfoProto) -> TensorType:
