@@ -76,14 +76,13 @@ def _attention(model: Model, si: int) -> Region | None:
     axis = next((a.i for a in softmax.attribute if a.name == "axis"), -1)
     if axis % 4 != 3:
         return None
-    mi = model.only_user(softmax.output[0])
-    if (
-        mi is None
-        or model.node(mi).op_type != "MatMul"
-        or model.node(mi).input[0] != softmax.output[0]
-    ):
+    weights, guard = softmax.output[0], _nan_guard(model, softmax.output[0])
+    if guard is not None:
+        weights = model.node(guard[-1]).output[0]
+    mi = model.only_user(weights)
+    if mi is None or model.node(mi).op_type != "MatMul" or model.node(mi).input[0] != weights:
         return None
-    nodes = {si, mi}
+    nodes = {si, mi, *(guard or ())}
     out_heads, v = model.node(mi).output[0], model.node(mi).input[1]
     mask = None
     add = model.made_by(scores, "Add")
@@ -107,6 +106,13 @@ def _attention(model: Model, si: int) -> Region | None:
         return None
     nodes.add(model.producer[scores])
     q, kt = mm.input
+    if scale is None:  # SDPA's export scales q and k by sqrt(scale) each
+        halves = [model.made_by(v, "Mul") for v in (q, kt)]
+        factors = [None if h is None else model.const(h.input[1]) for h in halves]
+        if all(f is not None and f.size == 1 for f in factors):
+            scale = float(factors[0].reshape(())) * float(factors[1].reshape(()))
+            nodes |= {model.producer[q], model.producer[kt]}
+            q, kt = halves[0].input[0], halves[1].input[0]
     if scale is None:
         raise Unsupported("does not scale its scores (grow-ir: 1/sqrt(head_dim))")
     _, heads, _, dim = model.shape(q)
@@ -165,6 +171,25 @@ def _attention(model: Model, si: int) -> Region | None:
             name = region_name(model, {mi}, out_proj.weight_init)
             return Region(name, frozenset(nodes), out_proj.out, inputs, "attention", tried, params)
     raise Unsupported(f"is no grow-ir attention ({attrs}): {problem}")
+
+
+def _nan_guard(model: Model, weights: str) -> tuple[int, int] | None:
+    """``Where(IsNaN(p), 0, p)`` after the softmax ``p`` (the exporter's guard for rows
+    that see no key): the two nodes, else None. Eval-mode attention never has such a
+    row; the region's check by value decides."""
+    users = model.consumers.get(weights, [])
+    if len(users) != 2 or min(users) < 0:
+        return None
+    by_op = {model.node(u).op_type: u for u in users}
+    if set(by_op) != {"IsNaN", "Where"}:
+        return None
+    isnan, pick = by_op["IsNaN"], model.node(by_op["Where"])
+    zero = model.const(pick.input[1])
+    if list(pick.input[::2]) != [model.node(isnan).output[0], weights] or zero is None:
+        return None
+    if zero.size != 1 or float(zero.reshape(())) != 0.0:
+        return None
+    return isnan, by_op["Where"]
 
 
 def _bias(proj: Projection, rows: slice) -> torch.Tensor:
