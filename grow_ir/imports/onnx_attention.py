@@ -310,7 +310,7 @@ def _thetas(model: Model, tables: tuple[str, ...], dim: int) -> list[float]:
     """Candidate rotary ``theta`` from the sine table (0 at position 0): at position 1 it
     holds ``sin(theta^(-2i/dim))``; the attention's check decides."""
     for name in tables:
-        t = torch.from_numpy(model.consts[name]).double()
+        t = tensor(model.consts[name]).double()
         t = t.reshape(-1, t.shape[-2], t.shape[-1])[0]
         if t.shape[0] > 1 and bool((t[0] == 0).all()) and dim >= 4:
             freq = float(torch.asin(t[1, 1]))
