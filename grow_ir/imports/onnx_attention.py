@@ -68,13 +68,28 @@ def attention_regions(model: Model, found: Found) -> None:
             found.regions.append(region)
 
 
-def _attention(model: Model, si: int) -> Region | None:
+@dataclass(frozen=True)
+class _Core:
+    """The heads' part of one attention: q, k^T and v ``[N, H, L, D]`` values, the mask
+    value (or None), the score scale, the heads' output value and the nodes between."""
+
+    q: str
+    kt: str
+    v: str
+    mask: str | None
+    scale: float
+    out: str
+    nodes: frozenset[int]
+
+
+def _core(model: Model, si: int) -> _Core | None:
+    """``Softmax(MatMul(q, k^T) * scale [+ mask]) @ v`` around the Softmax at node ``si``
+    (the scale perhaps split as ``sqrt(scale)`` on q and on k^T, a NaN guard after the
+    Softmax), or None when the Softmax is not the middle of one."""
     softmax = model.node(si)
     scores = softmax.input[0]
-    if len(model.shape(scores)) != 4:
-        return None
     axis = next((a.i for a in softmax.attribute if a.name == "axis"), -1)
-    if axis % 4 != 3:
+    if len(model.shape(scores)) != 4 or axis % 4 != 3:
         return None
     weights, guard = softmax.output[0], _nan_guard(model, softmax.output[0])
     if guard is not None:
@@ -83,13 +98,11 @@ def _attention(model: Model, si: int) -> Region | None:
     if mi is None or model.node(mi).op_type != "MatMul" or model.node(mi).input[0] != weights:
         return None
     nodes = {si, mi, *(guard or ())}
-    out_heads, v = model.node(mi).output[0], model.node(mi).input[1]
     mask = None
     add = model.made_by(scores, "Add")
     if add is not None:
         a, b = add.input
-        left = model.made_by(a, "Mul", "Div", "MatMul")
-        scores, mask = (a, b) if left is not None else (b, a)
+        scores, mask = (a, b) if model.made_by(a, "Mul", "Div", "MatMul") else (b, a)
         nodes.add(model.producer[add.output[0]])
     scale = None
     mul = model.made_by(scores, "Mul", "Div")
@@ -106,8 +119,8 @@ def _attention(model: Model, si: int) -> Region | None:
         return None
     nodes.add(model.producer[scores])
     q, kt = mm.input
-    if scale is None:  # SDPA's export scales q and k by sqrt(scale) each
-        halves = [model.made_by(v, "Mul") for v in (q, kt)]
+    if scale is None:  # SDPA's export scales q and k^T by sqrt(scale) each
+        halves = [model.made_by(t, "Mul") for t in (q, kt)]
         factors = [None if h is None else model.const(h.input[1]) for h in halves]
         if all(f is not None and f.size == 1 for f in factors):
             scale = float(factors[0].reshape(())) * float(factors[1].reshape(()))
@@ -115,6 +128,15 @@ def _attention(model: Model, si: int) -> Region | None:
             q, kt = halves[0].input[0], halves[1].input[0]
     if scale is None:
         raise Unsupported("does not scale its scores (grow-ir: 1/sqrt(head_dim))")
+    v, out = model.node(mi).input[1], model.node(mi).output[0]
+    return _Core(q, kt, v, mask, scale, out, frozenset(nodes))
+
+
+def _attention(model: Model, si: int) -> Region | None:
+    found = _core(model, si)
+    if found is None:
+        return None
+    q, kt, v, scale, nodes = found.q, found.kt, found.v, found.scale, set(found.nodes)
     _, heads, _, dim = model.shape(q)
     if not math.isclose(scale, dim**-0.5, rel_tol=1e-6):
         raise Unsupported(f"scales scores by {scale} (grow-ir: 1/sqrt(head_dim))")
@@ -131,8 +153,8 @@ def _attention(model: Model, si: int) -> Region | None:
     rows = {r: s.rows.stop - s.rows.start for r, s in sides.items()}
     if rows["q"] != heads * dim or rows["k"] != rows["v"] or rows["k"] % dim:
         raise Unsupported(f"has projections of {rows} rows for {heads} heads of {dim}")
-    out_nodes, out_proj = _trace_forward(model, out_heads)
-    causal, pad = _mask(model, mask, q, v)
+    out_nodes, out_proj = _trace_forward(model, found.out)
+    causal, pad = _mask(model, found.mask, q, v)
     width = model.shape(x)[-1]
     has_bias = any(s.proj.bias is not None for s in sides.values()) or out_proj.bias is not None
     attrs: dict = {"num_heads": heads, "bias": has_bias, "causal": causal}
@@ -168,7 +190,7 @@ def _attention(model: Model, si: int) -> Region | None:
         tried = attrs if theta is None else {**attrs, "rope_theta": theta}
         problem = fits("attention", tried, params, model.runs(inputs, out_proj.out))
         if problem is None:
-            name = region_name(model, {mi}, out_proj.weight_init)
+            name = region_name(model, {model.producer[found.out]}, out_proj.weight_init)
             return Region(name, frozenset(nodes), out_proj.out, inputs, "attention", tried, params)
     raise Unsupported(f"is no grow-ir attention ({attrs}): {problem}")
 

@@ -220,7 +220,10 @@ def projection(model: Model, i: int) -> Projection | None:
         and after.op_type == "Reshape"
     ):
         src = flat.input[0]
-        if model.shape(after.output[0]) == (*model.shape(src)[:-1], w.shape[0]):
+        if model.shape(src)[-1] == w.shape[1] and model.shape(after.output[0]) == (
+            *model.shape(src)[:-1],
+            w.shape[0],
+        ):
             nodes |= {model.producer[x], j}
             x, out = src, after.output[0]
     if model.shape(out) != (*model.shape(x)[:-1], w.shape[0]) or x in model.consts:
@@ -229,22 +232,21 @@ def projection(model: Model, i: int) -> Projection | None:
 
 
 def projection_ending_at(model: Model, value: str) -> Projection | None:
-    """The projection whose output is ``value``, else None."""
-    i = model.producer.get(value)
-    if i is None:
-        return None
-    n = model.node(i)
-    starts = [i]
-    if n.op_type == "Reshape" and n.input[0] in model.producer:
-        starts.append(model.producer[n.input[0]])
-    if n.op_type == "Add":
-        starts += [model.producer[v] for v in n.input if v in model.producer]
-    for s in starts:
-        if model.node(s).op_type == "Add" and model.node(s).input[0] in model.producer:
-            s = model.producer[model.node(s).input[0]]
-        p = projection(model, s)
-        if p is not None and p.out == value:
-            return p
+    """The projection whose output is ``value`` (the product, its bias ``Add`` or the
+    ``Reshape`` restoring its axes computes it), else None."""
+    frontier = [value]
+    for _ in range(3):  # the restoring Reshape, the bias Add, the product
+        behind = []
+        for v in frontier:
+            i = model.producer.get(v)
+            if i is None:
+                continue
+            p = projection(model, i)
+            if p is not None and p.out == value:
+                return p
+            if model.node(i).op_type in ("Reshape", "Add"):
+                behind += [u for u in model.node(i).input if u]
+        frontier = behind
     return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from grow_ir.errors import GrowError
 from grow_ir.imports.onnx_attention import attention_regions
 from grow_ir.imports.onnx_patterns import (
     Found,
@@ -30,11 +31,16 @@ file without them is imported by the per-op rules alone, with no onnxruntime run
 def find_regions(
     proto: onnx.ModelProto, consts: dict[str, np.ndarray], has_rule: set[str]
 ) -> tuple[Found, set[int]]:
-    """The regions found in ``proto`` (verified by value) and the indices of live nodes."""
+    """The regions found in ``proto`` (verified by value) and the indices of live nodes;
+    none when onnxruntime cannot evaluate the file."""
     g = proto.graph
     found = Found()
     if {n.op_type for n in g.node} & PATTERN_OPS:
-        model = Model(g, consts, evaluate(proto, consts))
+        try:
+            evaluation = evaluate(proto, consts)
+        except GrowError:  # a file onnxruntime cannot run: the per-op rules say why
+            return found, _live(g, found)
+        model = Model(g, consts, evaluation)
         attention_regions(model, found)
         tied_head_regions(model, found)
         linear_regions(model, found)
