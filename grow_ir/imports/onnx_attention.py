@@ -43,6 +43,9 @@ _LAYOUT = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Expand", "
 _ROTARY = frozenset({"Mul", "Add", "Neg", "Concat", "Slice"})
 """What rotary embedding computes with (its tables are constants)."""
 
+_ELEMENTWISE = frozenset({"Mul", "Add", "Neg", "Concat"})
+"""The ops above every input of which is data; the others read data from input 0 only."""
+
 
 @dataclass(frozen=True)
 class _Side:
@@ -174,7 +177,12 @@ def _attention(model: Model, si: int) -> Region | None:
         nodes |= s.nodes
     made = {o for i in nodes for o in model.node(i).output}
     for value in made - {out_proj.out}:
-        users = [u for u in model.consumers.get(value, []) if u not in nodes]
+        # a Shape reads no value (what only the region needs it for is not imported)
+        users = [
+            u
+            for u in model.consumers.get(value, [])
+            if u not in nodes and (u < 0 or model.node(u).op_type != "Shape")
+        ]
         if users:
             who = "the graph's outputs" if users[0] < 0 else where(model.node(users[0]))
             raise Unsupported(
@@ -259,7 +267,8 @@ def _trace_back(model: Model, start: str, role: str) -> _Side:
         if n.op_type not in _LAYOUT | _ROTARY:
             raise Unsupported(f"computes its {role} with {n.op_type} (node '{n.name}')")
         nodes.add(i)
-        for v in n.input:
+        data = n.input if n.op_type in _ELEMENTWISE else n.input[:1]
+        for v in data:  # a shape, an axis or a bound is no value the heads come from
             c = model.const(v)
             if c is None:
                 stack.append(v)

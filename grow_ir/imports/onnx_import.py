@@ -159,10 +159,12 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
     for index, node in enumerate(g.node):
         if node.op_type == "Constant" or id(node) in ctx.done or index not in live:
             continue
-        if index in claimed:  # a region is added where its output is computed
-            for out in node.output:
-                if out in regions:
-                    _region(ctx, regions[out])
+        where = f"node '{node.name or node.output[0]}' ({node.op_type})"
+        if node.output[0] in found.aliases or index in claimed:
+            try:
+                _found(ctx, node, found.aliases, regions)
+            except Unsupported as exc:
+                builder.refuse(where, exc.reason, list(node.output))
             continue
         where = f"node '{node.name or node.output[0]}' ({node.op_type})"
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
@@ -194,6 +196,20 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
             bound = bound.kept(builder)
         outputs[ident(out.name)] = bound
     return builder.finish(outputs, Path(label).stem if g.name == "" else g.name)
+
+
+def _found(
+    ctx: _Context, node: onnx.NodeProto, aliases: dict[str, str], regions: dict[str, Region]
+) -> None:
+    """Bind what the region finders made of ``node``: a reshape that is an identity by
+    value, or the region whose output it computes (the other nodes of a region add
+    nothing)."""
+    if node.output[0] in aliases:
+        ctx.env[node.output[0]] = ctx.value(aliases[node.output[0]])
+        return
+    for out in node.output:
+        if out in regions:
+            _region(ctx, regions[out])
 
 
 def _region(ctx: _Context, region: Region) -> None:

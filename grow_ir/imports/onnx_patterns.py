@@ -63,11 +63,29 @@ class Found:
     regions: list[Region] = field(default_factory=list)
     refusals: list[tuple[str, str, list[str]]] = field(default_factory=list)
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)  # value -> the value it equals
 
     @property
     def claimed(self) -> set[int]:
         """Every ONNX node some region replaces."""
         return {i for r in self.regions for i in r.nodes}
+
+
+def identity_reshapes(model: Model, found: Found) -> None:
+    """A ``Reshape`` or ``Expand`` to a computed shape that gives its input's shape on
+    every run (sizes differ between runs) is its input: a dynamic-shape export's
+    ``view(-1, L)`` of ``[N, L]`` tokens; the shape's computation is not imported."""
+    claimed = found.claimed
+    for i, n in enumerate(model.graph.node):
+        if n.op_type not in ("Reshape", "Expand") or i in claimed or n.input[1] in model.consts:
+            continue
+        ev = model.evaluation
+        if n.input[0] in model.consts:
+            continue
+        if all(
+            ev.value(n.output[0], r).shape == ev.value(n.input[0], r).shape for r in range(RUNS)
+        ):
+            found.aliases[n.output[0]] = n.input[0]
 
 
 @dataclass(frozen=True)
@@ -380,3 +398,62 @@ def _fit(model: Model, path: str, call: list[int]) -> Region | None:
         if fits(op, attrs, p, model.runs((x,), out)) is None:
             return Region(path, frozenset(inside), out, (x,), op, attrs, p)
     return None
+
+
+# ---- positions ---------------------------------------------------------------------------------
+
+
+def _counted(model: Model, value: str) -> tuple[int, bool] | None:
+    """``(L, batch_axis)`` when ``value`` reads no input and is ``arange(L)`` on every
+    run, as ``[L]`` or ``[1, L]`` (position ids, however the file builds them)."""
+    if value in model.consts or not model.evaluation.constant(value):
+        return None
+    lengths = []
+    for run in range(RUNS):
+        t = model.evaluation.value(value, run)
+        if t.dtype != torch.int64 or t.dim() not in (1, 2) or (t.dim() == 2 and t.shape[0] != 1):
+            return None
+        if not torch.equal(t.reshape(-1), torch.arange(t.shape[-1])):
+            return None
+        lengths.append((int(t.shape[-1]), t.dim() == 2))
+    return lengths[0] if len({b for _, b in lengths}) == 1 else None
+
+
+def position_regions(model: Model, found: Found) -> None:
+    """A value that reads no input and counts ``0..L-1`` (a dynamic-shape export's
+    ``Range`` of a ``Shape``) becomes a ``positions`` node over the first graph input's
+    axis of length L (after the batch axis); what builds it is not imported."""
+    inputs = [i.name for i in model.graph.input if i.name not in model.consts]
+    if not inputs:
+        return
+    x = inputs[0]
+    for i, n in enumerate(model.graph.node):
+        if i in found.claimed or n.op_type == "Constant":
+            continue
+        for value in n.output:
+            counted = _counted(model, value)
+            users = [u for u in model.consumers.get(value, []) if u >= 0]
+            if counted is None or not users:
+                continue
+            if all(_counted(model, o) for u in users for o in model.node(u).output):
+                continue  # only further positions read it
+            batch_axis = counted[1]
+            axis = _counted_axis(model, x, value)
+            if axis is None:
+                continue
+            attrs = {"dim": axis, "batch_axis": batch_axis}
+            name = f"{scope(n)}.positions" if scope(n) else "positions"
+            found.regions.append(Region(name, frozenset({i}), value, (x,), "positions", attrs))
+
+
+def _counted_axis(model: Model, x: str, value: str) -> int | None:
+    """The axis of ``x`` after the batch axis whose length ``value`` counts to on every
+    run (the first, when several do)."""
+    ev = model.evaluation
+    axes = None
+    for run in range(RUNS):
+        length = int(ev.value(value, run).shape[-1])
+        shape = ev.value(x, run).shape
+        here = {a for a, d in enumerate(shape) if a > 0 and d == length}
+        axes = here if axes is None else axes & here
+    return min(axes) if axes else None

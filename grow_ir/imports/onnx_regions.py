@@ -2,9 +2,9 @@
 
 Order matters as in ``from_torch``: attention first (it takes its projections along),
 then a head tied to the embedding, then linear maps between reshapes, then leaf modules
-fitted whole. Also which nodes are live: those an output depends on, a region reading
-only its inputs (so what only a region reads, such as a mask built from an input, is not
-imported).
+fitted whole, then position ids. Also which nodes are live: those an output depends on,
+a region reading only its inputs (so what only a region reads, such as a mask built
+from an input, is not imported).
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from grow_ir.imports.onnx_attention import attention_regions
 from grow_ir.imports.onnx_patterns import (
     Found,
     Model,
+    identity_reshapes,
     linear_regions,
     module_regions,
+    position_regions,
     tied_head_regions,
 )
 from grow_ir.imports.onnx_values import evaluate
@@ -45,6 +47,8 @@ def find_regions(
         tied_head_regions(model, found)
         linear_regions(model, found)
         module_regions(model, found, has_rule)
+        position_regions(model, found)
+        identity_reshapes(model, found)
     return found, _live(g, found)
 
 
@@ -59,6 +63,10 @@ def _live(g: onnx.GraphProto, found: Found) -> set[int]:
         if value in seen:
             continue
         seen.add(value)
+        if value in found.aliases:
+            live.add(producer[value])
+            stack.append(found.aliases[value])
+            continue
         region = regions.get(value)
         if region is not None:
             live |= set(region.nodes)

@@ -6,7 +6,7 @@ recognised by what they compute. :func:`evaluate` runs a copy of the model whose
 node output is a graph output in onnxruntime, on :data:`RUNS` random draws of its inputs
 (integer inputs in ``[0, rows)`` of the smallest table they index, else 0/1 with the first
 key kept, so token ids stay valid and a padding mask varies), and records which graph
-inputs each value depends on.
+inputs each value depends on (a ``Shape`` reads none: its value is the shape's).
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ _NUMPY = {
     onnx.TensorProto.BOOL: torch.bool,
 }
 
-SYMBOLIC = 2
-"""The size drawn for a dim the file names but does not fix."""
+SYMBOLIC = ((2, 5, 3, 7), (3, 6, 4, 2))
+"""Per run, the sizes drawn for the dims the file names but does not fix, one per name in
+order of appearance: distinct within a run, so that a value counting one axis tells which,
+and other between runs, so that what depends on a size shows it (the second, usually the
+sequence, long enough for a causal mask to show)."""
 
 
 @dataclass
@@ -80,9 +83,16 @@ def evaluate(proto: onnx.ModelProto, consts: dict[str, np.ndarray]) -> Evaluatio
         ) from None
     gen = torch.Generator().manual_seed(1234)
     bounds = _index_bounds(g, consts)
+    symbols: list[str] = []
+    for i in inputs:
+        for d in i.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value") and d.dim_param not in symbols:
+                symbols.append(d.dim_param)
     runs = []
-    for _ in range(RUNS):
-        feed = {i.name: _draw(i, bounds.get(i.name, 2), gen) for i in inputs}
+    for run in range(RUNS):
+        drawn = SYMBOLIC[run % len(SYMBOLIC)]
+        sizes = {name: drawn[k % len(drawn)] for k, name in enumerate(symbols)}
+        feed = {i.name: _draw(i, bounds.get(i.name, 2), sizes, gen) for i in inputs}
         got = session.run(names, {k: v.numpy() for k, v in feed.items()})
         values = {k: torch.from_numpy(np.array(a)) for k, a in consts.items()}
         values.update(feed)
@@ -91,6 +101,8 @@ def evaluate(proto: onnx.ModelProto, consts: dict[str, np.ndarray]) -> Evaluatio
     depends: dict[str, frozenset[str]] = {i.name: frozenset({i.name}) for i in inputs}
     for node in g.node:
         reads = frozenset().union(*(depends.get(i, frozenset()) for i in node.input))
+        if node.op_type in ("Shape", "Size"):  # what it reads is a shape, not values
+            reads = frozenset()
         for out in node.output:
             depends[out] = reads
     return Evaluation(runs=runs, depends=depends)
@@ -112,7 +124,9 @@ def _index_bounds(g: onnx.GraphProto, consts: dict[str, np.ndarray]) -> dict[str
     return bounds
 
 
-def _draw(info: onnx.ValueInfoProto, high: int, gen: torch.Generator) -> torch.Tensor:
+def _draw(
+    info: onnx.ValueInfoProto, high: int, sizes: dict[str, int], gen: torch.Generator
+) -> torch.Tensor:
     t = info.type.tensor_type
     if t.elem_type not in _NUMPY:
         raise GrowError(
@@ -121,7 +135,9 @@ def _draw(info: onnx.ValueInfoProto, high: int, gen: torch.Generator) -> torch.T
             expected="float32, float16, int64 or bool",
             found=onnx.TensorProto.DataType.Name(t.elem_type),
         )
-    shape = [int(d.dim_value) if d.HasField("dim_value") else SYMBOLIC for d in t.shape.dim]
+    shape = [
+        int(d.dim_value) if d.HasField("dim_value") else sizes[d.dim_param] for d in t.shape.dim
+    ]
     dtype = _NUMPY[t.elem_type]
     like = torch.full(shape, high - 1, dtype=dtype) if dtype == torch.int64 else None
     return redraw(like if like is not None else torch.zeros(shape, dtype=dtype), gen)
