@@ -7,8 +7,10 @@ inputs than the evaluation's; ``to_onnx`` of the imported graph passes the full 
 with onnxruntime parity; widening the residual stream (BERT: its feed-forward layer) 2x is
 exact on the imported graph.
 
-The exporter folds shapes into the file: the graphs have the example's static shapes
-(batch 2 and 8 tokens for the decoders, 3 x 9 for BERT).
+Exported plainly, the file has the example's static shapes (batch 2 and 8 tokens for the
+decoders, 3 x 9 for BERT) and so has the graph; exported with ``dynamic_shapes`` the masks,
+positions and rotary tables are computed from the shapes in the file, and the graph's
+batch and sequence dims are symbolic (checked on other batch sizes and lengths).
 """
 
 from __future__ import annotations
@@ -51,7 +53,11 @@ MAKERS: dict[str, Callable[[], nn.Module]] = {
     "llama-tied-sdpa": lambda: _model(lambda: hf.llama(True), "sdpa"),
     "llama-untied-eager": lambda: _model(lambda: hf.llama(False), "eager"),
     "bert-sdpa": lambda: _model(hf.bert, "sdpa"),
+    "gpt2-dynamic": lambda: _model(lambda: hf.gpt2(True), "sdpa"),
+    "llama-tied-dynamic": lambda: _model(lambda: hf.llama(True), "sdpa"),
+    "bert-dynamic": lambda: _model(hf.bert, "sdpa"),
 }
+"""``-dynamic``: exported with ``dynamic_shapes`` (batch and sequence length symbolic)."""
 STREAM = {
     "gpt2": "transformer.wte",
     "llama": "model.embed_tokens",
@@ -72,11 +78,21 @@ def family(name: str) -> str:
 
 
 def inputs(name: str, seed: int) -> dict[str, torch.Tensor]:
-    """The model's inputs of the exported shapes (BERT's mask pads rows 1 and 2)."""
+    """The model's inputs: of the exported shapes, or for a dynamic export of other ones
+    for each seed (BERT's mask pads rows 1 and on)."""
+    n, length = (2, 8) if "dynamic" not in name or seed == 0 else (1 + seed, 5 + 2 * seed)
     if family(name) == "bert":
-        x, types, mask = bert_inputs(seed)
+        if "dynamic" not in name:
+            x, types, mask = bert_inputs(seed)
+        else:
+            x, types, mask = tokens(seed, n=n, length=length), None, None
+            types = torch.zeros_like(x)
+            types[:, length // 2 :] = 1
+            mask = torch.ones_like(x)
+            for row in range(1, n):
+                mask[row, length - row :] = 0
         return {"input_ids": x, "attention_mask": mask, "token_type_ids": types}
-    return {"input_ids": tokens(seed, n=2, length=8)}
+    return {"input_ids": tokens(seed, n=n, length=length)}
 
 
 @functools.cache
@@ -86,8 +102,12 @@ def exported(name: str) -> tuple[nn.Module, Path]:
     example = inputs(name, 0)
     if family(name) == "bert":  # exported with every key visible: the mask is an input
         example["attention_mask"] = torch.ones_like(example["attention_mask"])
+    dynamic = None
+    if "dynamic" in name:
+        dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=64)}
+        dynamic = {k: dims for k in example}
     ids = example.pop("input_ids")
-    torch.onnx.export(model, (ids,), str(path), kwargs=example, dynamo=True)
+    torch.onnx.export(model, (ids,), str(path), kwargs=example, dynamic_shapes=dynamic, dynamo=True)
     return model, path
 
 
@@ -139,9 +159,15 @@ def test_the_written_out_layers_become_grow_ir_ops(name: str) -> None:
     if family(name) == "bert":
         assert graph.node(ATTENTION["bert"].format(0)).attrs.causal is False
         assert list(graph.node(ATTENTION["bert"].format(0)).inputs)[1] == "attention_mask"
+    if "dynamic" in name:  # the shapes stay symbolic; positions are counted, not folded
+        assert all(t.shape == ("batch", "seq") for t in graph.inputs.values())
+        assert "parameter" not in ops
+        assert ops.count("positions") == (family(name) != "llama")
 
 
-@pytest.mark.parametrize("name", ["gpt2-sdpa", "gpt2-eager", "llama-tied-sdpa"])
+@pytest.mark.parametrize(
+    "name", ["gpt2-sdpa", "gpt2-eager", "llama-tied-sdpa", "gpt2-dynamic", "llama-tied-dynamic"]
+)
 def test_the_tied_head_shares_the_embedding(name: str) -> None:
     """The exporter writes the tied head as a transposed copy of the table; the import
     recognises it by value and ties it again, as ``from_torch`` does."""

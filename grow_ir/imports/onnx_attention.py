@@ -269,11 +269,10 @@ def _trace_back(model: Model, start: str, role: str) -> _Side:
         nodes.add(i)
         data = n.input if n.op_type in _ELEMENTWISE else n.input[:1]
         for v in data:  # a shape, an axis or a bound is no value the heads come from
-            c = model.const(v)
-            if c is None:
-                stack.append(v)
-            elif n.op_type == "Mul" and c.ndim >= 2 and c.dtype.kind == "f":
+            if n.op_type == "Mul" and _table(model, v):
                 tables.append(v)
+            elif model.const(v) is None:
+                stack.append(v)
     if len(found) != 1:
         raise Unsupported(f"computes its {role} from {len(found)} projections (grow-ir: one)")
     ((p, rows),) = found.values()
@@ -337,11 +336,20 @@ def _mask(model: Model, mask: str | None, q: str, v: str) -> tuple[bool, str | N
     return mask_causal(masks, queries, keys, pads), pad
 
 
+def _table(model: Model, value: str) -> bool:
+    """A rotary table: a float tensor of rank >= 2 that reads no input (a folded constant,
+    or built from the shapes in a dynamic-shape export)."""
+    if not model.evaluation.constant(value):
+        return False
+    t = model.evaluation.value(value)
+    return t.dim() >= 2 and t.is_floating_point()
+
+
 def _thetas(model: Model, tables: tuple[str, ...], dim: int) -> list[float]:
     """Candidate rotary ``theta`` from the sine table (0 at position 0): at position 1 it
     holds ``sin(theta^(-2i/dim))``; the attention's check decides."""
     for name in tables:
-        t = tensor(model.consts[name]).double()
+        t = model.evaluation.value(name).double()
         t = t.reshape(-1, t.shape[-2], t.shape[-1])[0]
         if t.shape[0] > 1 and bool((t[0] == 0).all()) and dim >= 4:
             freq = float(torch.asin(t[1, 1]))
