@@ -4,9 +4,12 @@ Each ONNX node maps onto IR ops by one rule of :data:`RULES` (keyed by op type);
 multi-node forms that exporters write for one layer are recognised where they start:
 ``MatMul`` + ``Add`` of initializers is a biased linear, ``Sigmoid`` then ``Mul`` by the
 same value is silu, ``GlobalAveragePool``/``ReduceMean`` (keepdims) then ``Flatten`` is
-global_avgpool. Layers are named after their weight initializers (``layer1.0.conv1.weight``
-gives node ``layer1.0.conv1``, so files that ``to_onnx`` and ``torch.onnx.export`` write
-keep the module names); stateless nodes after their output value.
+global_avgpool. Larger compositions (attention, a written-out GELU or RMSNorm, a tied
+head, positions built from the shapes) are found first by evaluating the file
+(:mod:`grow_ir.imports.onnx_regions`), and what only they read is not imported. Layers
+are named after their weight initializers (``layer1.0.conv1.weight`` gives node
+``layer1.0.conv1``, so files that ``to_onnx`` and ``torch.onnx.export`` write keep the
+module names); stateless nodes after their output value.
 """
 
 from __future__ import annotations
@@ -148,8 +151,6 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
             consumers.setdefault(i, []).append(node)
     ctx = _Context(builder=builder, consts=consts, consumers=consumers)
     found, live = find_regions(proto, consts, set(RULES))
-    for where, what, poison in found.refusals:
-        builder.refuse(where, what, poison)
     regions = {r.output: r for r in found.regions}
     claimed = found.claimed
     for inp in g.input:
@@ -166,7 +167,6 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
             except Unsupported as exc:
                 builder.refuse(where, exc.reason, list(node.output))
             continue
-        where = f"node '{node.name or node.output[0]}' ({node.op_type})"
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None:  # listed even after a refused node: every missing op at once
             missing = f"{node.domain or 'ai.onnx'}.{node.op_type} has no grow-ir op"

@@ -57,11 +57,10 @@ class Region:
 
 @dataclass
 class Found:
-    """Regions, refusals (``where``, ``what``, the values they poison) and fallbacks
-    (constructs left to the per-op rules, listed only when the import is refused)."""
+    """Regions; fallbacks (``where``, ``what``: constructs left to the per-op rules, listed
+    only when the import is refused anyway); aliases (reshapes that are identities)."""
 
     regions: list[Region] = field(default_factory=list)
-    refusals: list[tuple[str, str, list[str]]] = field(default_factory=list)
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)  # value -> the value it equals
 
