@@ -160,6 +160,8 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
     for index, node in enumerate(g.node):
         if node.op_type == "Constant" or id(node) in ctx.done or index not in live:
             continue
+        if node.output[0] in consts:  # folded by the region finders
+            continue
         where = f"node '{node.name or node.output[0]}' ({node.op_type})"
         if node.output[0] in found.aliases or index in claimed:
             try:

@@ -30,11 +30,16 @@ PATTERN_OPS = frozenset({"Softmax", "Gemm", "MatMul", "Pow", "Reciprocal", "Sqrt
 file without them is imported by the per-op rules alone, with no onnxruntime run)."""
 
 
+FOLDED = frozenset({"Transpose"})
+"""Op types whose node, reading only constants, is folded to the constant it gives."""
+
+
 def find_regions(
     proto: onnx.ModelProto, consts: dict[str, np.ndarray], has_rule: set[str]
 ) -> tuple[Found, set[int]]:
     """The regions found in ``proto`` (verified by value) and the indices of live nodes;
-    none when onnxruntime cannot evaluate the file."""
+    none when onnxruntime cannot evaluate the file. Adds to ``consts`` the transposes of
+    initializers (the exporter's copy of a weight it multiplies by, transposed)."""
     g = proto.graph
     found = Found()
     if {n.op_type for n in g.node} & PATTERN_OPS:
@@ -42,6 +47,9 @@ def find_regions(
             evaluation = evaluate(proto, consts)
         except GrowError:  # a file onnxruntime cannot run: the per-op rules say why
             return found, _live(g, found)
+        for node in g.node:
+            if node.op_type in FOLDED and all(i in consts for i in node.input):
+                consts[node.output[0]] = evaluation.value(node.output[0]).numpy()
         model = Model(g, consts, evaluation)
         attention_regions(model, found)
         tied_head_regions(model, found)
