@@ -256,3 +256,19 @@ def test_the_same_attention_with_its_scale_imports_as_one_node(tmp_path: Path) -
     x = torch.randn(2, 5, 8)
     with torch.no_grad():
         assert relative(to_torch(graph).eval()(x), module(x)) <= TOL
+
+
+def test_a_head_written_as_a_transpose_of_the_table_is_tied() -> None:
+    """For large tables the exporter multiplies by ``Transpose(lm_head.weight)`` rather
+    than a folded copy: the same file with its head written so imports with the tie."""
+    proto = onnx.load(str(exported("gpt2-sdpa")[1]))
+    head = next(n for n in proto.graph.node if n.output[0] == "linear")
+    copy = head.input[1]
+    kept = [i for i in proto.graph.initializer if i.name != copy]
+    assert len(kept) == len(proto.graph.initializer) - 1  # the folded copy was there
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    transpose = onnx.helper.make_node("Transpose", ["lm_head.weight"], [copy], perm=[1, 0])
+    proto.graph.node.insert(list(proto.graph.node).index(head), transpose)
+    graph = gi.from_onnx(proto)  # checked against onnxruntime on the rewritten file
+    assert graph.node("lm_head").share == "transformer.wte"
