@@ -4,9 +4,12 @@ Each ONNX node maps onto IR ops by one rule of :data:`RULES` (keyed by op type);
 multi-node forms that exporters write for one layer are recognised where they start:
 ``MatMul`` + ``Add`` of initializers is a biased linear, ``Sigmoid`` then ``Mul`` by the
 same value is silu, ``GlobalAveragePool``/``ReduceMean`` (keepdims) then ``Flatten`` is
-global_avgpool. Layers are named after their weight initializers (``layer1.0.conv1.weight``
-gives node ``layer1.0.conv1``, so files that ``to_onnx`` and ``torch.onnx.export`` write
-keep the module names); stateless nodes after their output value.
+global_avgpool. Larger compositions (attention, a written-out GELU or RMSNorm, a tied
+head, positions built from the shapes) are found first by evaluating the file
+(:mod:`grow_ir.imports.onnx_regions`), and what only they read is not imported. Layers
+are named after their weight initializers (``layer1.0.conv1.weight`` gives node
+``layer1.0.conv1``, so files that ``to_onnx`` and ``torch.onnx.export`` write keep the
+module names); stateless nodes after their output value.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from onnx import numpy_helper
 
 from grow_ir.errors import CheckFailed, GrowError, ShapeError
 from grow_ir.imports.builder import GraphBuilder, folded_axes, ident
+from grow_ir.imports.onnx_patterns import Region
 from grow_ir.imports.onnx_pooling import averaging_matmul, gathered_pooling
+from grow_ir.imports.onnx_regions import find_regions
 from grow_ir.imports.onnx_shapes import Dims, dims_rule, expand_rule, range_rule, shape
 from grow_ir.imports.torch_rules import KeptMean, Unsupported, split_axis
 from grow_ir.ir.graph import Graph
@@ -153,14 +158,25 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
     ctx = _Context(builder=builder, consts=consts, consumers=consumers, model=proto)
+    found, live = find_regions(proto, consts, set(RULES))
+    regions = {r.output: r for r in found.regions}
+    claimed = found.claimed
     for inp in g.input:
         if inp.name in consts:
             continue
         ctx.env[inp.name] = builder.add_input(ident(inp.name), _vtype(inp))
-    for node in g.node:
-        if node.op_type == "Constant" or id(node) in ctx.done:
+    for index, node in enumerate(g.node):
+        if node.op_type == "Constant" or id(node) in ctx.done or index not in live:
+            continue
+        if node.output[0] in consts:  # folded by the region finders
             continue
         where = f"node '{node.name or node.output[0]}' ({node.op_type})"
+        if node.output[0] in found.aliases or index in claimed:
+            try:
+                _found(ctx, node, found.aliases, regions)
+            except Unsupported as exc:
+                builder.refuse(where, exc.reason, list(node.output))
+            continue
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None:  # listed even after a refused node: every missing op at once
             missing = f"{node.domain or 'ai.onnx'}.{node.op_type} has no grow-ir op"
@@ -176,6 +192,9 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
             builder.refuse(where, f"{node.op_type} {exc.reason}", list(node.output))
         except ShapeError as exc:  # a value the op's type inference refuses
             builder.refuse(where, f"{node.op_type} {exc.message}", list(node.output))
+    if builder.refusals:  # why a construct was left to the rules that refused it
+        for where, what in found.fallbacks:
+            builder.refuse(where, what)
     outputs = {}
     for out in g.output:
         if builder.is_poisoned([out.name]):
@@ -188,6 +207,34 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
             bound = bound.kept(builder)
         outputs[ident(out.name)] = bound
     return builder.finish(outputs, Path(label).stem if g.name == "" else g.name)
+
+
+def _found(
+    ctx: _Context, node: onnx.NodeProto, aliases: dict[str, str], regions: dict[str, Region]
+) -> None:
+    """Bind what the region finders made of ``node``: a reshape that is an identity by
+    value, or the region whose output it computes (the other nodes of a region add
+    nothing)."""
+    if node.output[0] in aliases:
+        ctx.env[node.output[0]] = ctx.value(aliases[node.output[0]])
+        return
+    for out in node.output:
+        if out in regions:
+            _region(ctx, regions[out])
+
+
+def _region(ctx: _Context, region: Region) -> None:
+    """Add a region's one IR node (see :mod:`grow_ir.imports.onnx_patterns`)."""
+    if ctx.builder.is_poisoned(list(region.inputs)):
+        ctx.builder.poisoned.add(region.output)
+        return
+    share = None if region.share is None else ctx.value(region.share)
+    inputs = [ctx.value(i) for i in region.inputs]
+    params = None if share is not None else region.params
+    name = ctx.builder.add(
+        region.op, inputs, region.name, region.attrs, params=params, share=share, name=region.name
+    )
+    ctx.env[region.output] = name
 
 
 def _vtype(info: onnx.ValueInfoProto) -> TensorType:

@@ -365,29 +365,46 @@ def classify_mask(program: Program, core: _Core) -> tuple[bool, fx.Node | None]:
         q = ev.value(core.q)
         if tuple(pad.meta["val"].shape) != (q.shape[0], q.shape[2]):
             raise Unsupported(f"builds its mask from input '{name}', which is not [N, L]")
+    masks = [ev.value(mask, run) for run in range(RUNS)]
+    queries = [tuple(ev.value(core.q, run).shape) for run in range(RUNS)]
+    keys = [int(ev.value(core.k, run).shape[2]) for run in range(RUNS)]
+    pads = None if pad is None else [ev.value(pad, run) for run in range(RUNS)]
+    return mask_causal(masks, queries, keys, pads), pad
+
+
+def mask_causal(
+    masks: list[torch.Tensor],
+    queries: list[tuple[int, ...]],
+    keys: list[int],
+    pads: list[torch.Tensor] | None,
+) -> bool:
+    """Whether an attention's mask is causal, by its values on every run: ``masks[run]``
+    (bool True where visible, or float 0 there and -inf / half the lowest value elsewhere)
+    for queries of shape ``queries[run]`` (``[N, H, Lq, D]``) over ``keys[run]`` keys must
+    equal, for every head, all-visible (False) or lower-triangular (True), and-ed with
+    ``pads[run][:, None, :] != 0`` when the mask reads a key padding input. Raises
+    Unsupported for any other mask, or one that changes kind between runs."""
     verdicts = set()
-    for run in range(RUNS):
-        visible = _visible(ev.value(mask, run))
-        q = ev.value(core.q, run)
-        n, lq = int(q.shape[0]), int(q.shape[2])
-        lk = int(ev.value(core.k, run).shape[2])
+    for run, mask in enumerate(masks):
+        visible = _visible(mask)
+        n, lq, lk = int(queries[run][0]), int(queries[run][2]), int(keys[run])
         visible = visible.expand(n, visible.shape[1], lq, lk)
         if not bool((visible == visible[:, :1]).all()):
             raise Unsupported("masks heads differently (grow-ir: one mask for every head)")
         visible = visible[:, 0]
-        keys = torch.ones(n, 1, lk, dtype=torch.bool)
-        if pad is not None:
-            keys = (ev.value(pad, run) != 0)[:, None, :]
+        keep = torch.ones(n, 1, lk, dtype=torch.bool)
+        if pads is not None:
+            keep = (pads[run] != 0)[:, None, :]
         tril = torch.ones(lq, lk, dtype=torch.bool).tril()
-        runs = {c for c, m in ((False, keys), (True, keys & tril)) if bool((visible == m).all())}
+        runs = {c for c, m in ((False, keep), (True, keep & tril)) if bool((visible == m).all())}
         if not runs:
-            what = "a key padding mask and-ed with " if pad is not None else ""
+            what = "a key padding mask and-ed with " if pads is not None else ""
             raise Unsupported(f"has a mask that is not {what}all-visible or lower-triangular")
         verdicts.add(frozenset(runs))
     common = frozenset.intersection(*verdicts)
     if not common:
         raise Unsupported("has a mask that changes kind between inputs")
-    return False not in common, pad  # causal only where the mask is not all-visible
+    return False not in common  # causal only where the mask is not all-visible
 
 
 def _visible(mask: torch.Tensor) -> torch.Tensor:
@@ -422,12 +439,14 @@ def rope_theta(program: Program, tables: tuple[fx.Node, ...], dim: int) -> float
         seen.add(n.name)
         t = program.tensor(n)
         if t is not None and t.dim() == 1 and t.shape[0] == dim // 2 and t.is_floating_point():
-            return _fit_theta(t, dim)
+            return fit_theta(t, dim)
         stack.extend(n.all_input_nodes)
     raise Unsupported("has rotary tables made from no inverse-frequency buffer")
 
 
-def _fit_theta(inv_freq: torch.Tensor, dim: int) -> float:
+def fit_theta(inv_freq: torch.Tensor, dim: int) -> float:
+    """The ``theta`` with ``inv_freq == theta^(-2i/dim)`` (rounded to an integer when that
+    integer gives the same frequencies within 1e-6); Unsupported when there is none."""
     if dim < 4 or float(inv_freq[0]) != 1.0:
         raise Unsupported("has rotary frequencies that do not start at 1")
     theta = float(inv_freq[1].double()) ** (-dim / 2)

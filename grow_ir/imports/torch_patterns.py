@@ -153,15 +153,26 @@ def matches(program: Program, region: Region) -> str | None:
     """None when the region's IR node computes the region's output on every run, else
     the largest relative error found (as text), or why it could not run."""
     ev = program.evaluation
-    for run in range(RUNS):
-        want = ev.value(region.output, run)
+    runs = [
+        ([ev.value(i, run) for i in region.inputs], ev.value(region.output, run))
+        for run in range(RUNS)
+    ]
+    return fits(region.op, region.attrs, region.params, runs)
+
+
+def fits(
+    op: str,
+    attrs: Mapping[str, Any],
+    params: Mapping[str, torch.Tensor],
+    runs: list[tuple[list[Any], Any]],
+) -> str | None:
+    """None when the IR node ``op`` computes ``want`` from ``inputs`` within
+    :data:`TOLERANCE` for every ``(inputs, want)`` of ``runs``, else the largest relative
+    error found (as text), or why it could not run. What every importer's regions are
+    accepted by."""
+    for inputs, want in runs:
         try:
-            got = run_op(
-                region.op,
-                region.attrs,
-                region.params,
-                [ev.value(i, run) for i in region.inputs],
-            )
+            got = run_op(op, attrs, params, inputs)
         except Exception as exc:  # a candidate the op refuses is simply not this construct
             return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         if not isinstance(want, torch.Tensor) or got.shape != want.shape:
@@ -262,18 +273,6 @@ def _literal_variants(model: type) -> Iterator[dict[str, Any]]:
 def _candidates(
     program: Program, nodes: list[fx.Node], x: fx.Node, params: dict[str, torch.Tensor]
 ) -> Iterator[tuple[str, dict[str, Any], dict[str, torch.Tensor]]]:
-    """IR ops a leaf module's call might be: an activation (every op whose facts call it
-    one) when it holds no parameters; a normalisation over the last axis with its one
-    ``weight`` and the ``eps`` it adds when it holds that."""
-    if not params:
-        for name, opdef in OPS.items():
-            if opdef.facts is not None and opdef.facts.activation:
-                for attrs in _literal_variants(opdef.attrs):
-                    yield name, attrs, {}
-        return
-    width = x.meta["val"].shape[-1]
-    if set(params) != {"weight"} or tuple(params["weight"].shape) != (width,):
-        return
     scalars = [
         float(a)
         for n in nodes
@@ -281,7 +280,25 @@ def _candidates(
         for a in n.args
         if isinstance(a, float)
     ]
-    for eps in scalars:
+    return fit_candidates(int(x.meta["val"].shape[-1]), params, scalars)
+
+
+def fit_candidates(
+    width: int, params: Mapping[str, torch.Tensor], added: list[float]
+) -> Iterator[tuple[str, dict[str, Any], dict[str, torch.Tensor]]]:
+    """IR ops a leaf module's call might be: an activation (every op whose facts call it
+    one) when it holds no parameters; a normalisation over the last axis (of ``width``)
+    with its one ``weight`` and one of the scalars it adds (``added``) as ``eps`` when it
+    holds that. Each is only a candidate: the values decide (:func:`fits`)."""
+    if not params:
+        for name, opdef in OPS.items():
+            if opdef.facts is not None and opdef.facts.activation:
+                for attrs in _literal_variants(opdef.attrs):
+                    yield name, attrs, {}
+        return
+    if set(params) != {"weight"} or tuple(params["weight"].shape) != (width,):
+        return
+    for eps in added:
         yield "rmsnorm", {"eps": eps}, {"weight": params["weight"]}
 
 

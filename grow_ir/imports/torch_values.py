@@ -67,7 +67,7 @@ class Evaluation:
 def evaluate(program: torch.export.ExportedProgram, args: Sequence[torch.Tensor]) -> Evaluation:
     """Run ``program`` on ``args`` and on redrawn inputs, keeping every node's value."""
     gen = torch.Generator().manual_seed(1234)
-    redrawn = tuple(_redraw(a, gen) for a in args)
+    redrawn = tuple(redraw(a, gen) for a in args)
     runs, inputs = [], []
     module = program.graph_module
     for user in (tuple(args), redrawn):
@@ -88,7 +88,9 @@ def evaluate(program: torch.export.ExportedProgram, args: Sequence[torch.Tensor]
     return Evaluation(runs=runs, inputs=inputs, depends=depends)
 
 
-def _redraw(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def redraw(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Other values like ``t``: integers in ``[0, max(t)]`` (a 0/1 mask keeps its first
+    key visible), booleans at random, floats from N(0, 1)."""
     if t.dtype == torch.bool:
         return torch.randint(0, 2, t.shape, generator=gen).bool()
     if not t.is_floating_point():

@@ -1,0 +1,358 @@
+"""Attention in an ONNX model found at its heads' core and imported as one ``attention``.
+
+The anchor is a ``Softmax`` over the last axis of 4-D scores between two ``MatMul``\\ s:
+``Softmax(MatMul(q, k^T) * scale [+ mask]) @ v`` (what ``torch.onnx.export`` writes for
+Hugging Face's eager and SDPA attention alike). From the core the walk goes back from q,
+k^T and v through what rearranges heads (``Reshape``, ``Transpose``, ``Split``,
+``Unsqueeze``/``Expand`` of grouped keys…) and what rotates them (rotary embedding:
+``Mul``, ``Add``, ``Neg``, ``Concat``, ``Slice`` with constant tables) to the projections
+(:func:`~grow_ir.imports.onnx_patterns.projection`, or one split along its last axis),
+and forward from the heads' output through the head merge to the output projection. The
+mask is classified by its values (:func:`~grow_ir.imports.torch_attention.mask_causal`,
+shared with ``from_torch``); the scale must be ``1/sqrt(head_dim)``; rotary ``theta`` is
+fitted to the sine table. The candidate node must compute the region's output on every
+evaluation run, else the construct is left to the per-op rules with its reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from grow_ir.imports.onnx_patterns import (
+    Found,
+    Model,
+    Projection,
+    Region,
+    core,
+    projection_ending_at,
+    region_name,
+    tensor,
+    where,
+)
+from grow_ir.imports.torch_attention import mask_causal
+from grow_ir.imports.torch_patterns import fits
+from grow_ir.imports.torch_rules import Unsupported
+from grow_ir.imports.torch_values import RUNS
+
+_LAYOUT = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Expand", "Identity"})
+"""Ops that move head values without computing."""
+
+_ROTARY = frozenset({"Mul", "Add", "Neg", "Concat", "Slice"})
+"""What rotary embedding computes with (its tables are constants)."""
+
+_ELEMENTWISE = frozenset({"Mul", "Add", "Neg", "Concat"})
+"""The ops above every input of which is data; the others read data from input 0 only."""
+
+
+@dataclass(frozen=True)
+class _Side:
+    proj: Projection
+    rows: slice
+    nodes: frozenset[int]
+    tables: tuple[str, ...]
+
+
+def attention_regions(model: Model, found: Found) -> None:
+    """One ``attention`` region per Softmax between two MatMuls that is grow-ir's
+    attention; a fallback line naming the node for each that is not."""
+    for i, n in enumerate(model.graph.node):
+        if n.op_type != "Softmax":
+            continue
+        try:
+            region = _attention(model, i)
+        except Unsupported as exc:
+            what = f"attention (MatMul, Softmax, MatMul) not recognised: {exc.reason}"
+            found.fallbacks.append((where(n), what))
+            continue
+        if region is not None:
+            found.regions.append(region)
+
+
+@dataclass(frozen=True)
+class _Core:
+    """The heads' part of one attention: q, k^T and v ``[N, H, L, D]`` values, the mask
+    value (or None), the score scale, the heads' output value and the nodes between."""
+
+    q: str
+    kt: str
+    v: str
+    mask: str | None
+    scale: float
+    out: str
+    nodes: frozenset[int]
+
+
+def _core(model: Model, si: int) -> _Core | None:
+    """``Softmax(MatMul(q, k^T) * scale [+ mask]) @ v`` around the Softmax at node ``si``
+    (the scale perhaps split as ``sqrt(scale)`` on q and on k^T, a NaN guard after the
+    Softmax), or None when the Softmax is not the middle of one."""
+    softmax = model.node(si)
+    scores = softmax.input[0]
+    axis = next((a.i for a in softmax.attribute if a.name == "axis"), -1)
+    if len(model.shape(scores)) != 4 or axis % 4 != 3:
+        return None
+    weights, guard = softmax.output[0], _nan_guard(model, softmax.output[0])
+    if guard is not None:
+        weights = model.node(guard[-1]).output[0]
+    mi = model.only_user(weights)
+    if mi is None or model.node(mi).op_type != "MatMul" or model.node(mi).input[0] != weights:
+        return None
+    nodes = {si, mi, *(guard or ())}
+    mask = None
+    add = model.made_by(scores, "Add")
+    if add is not None:
+        a, b = add.input
+        scores, mask = (a, b) if model.made_by(a, "Mul", "Div", "MatMul") else (b, a)
+        nodes.add(model.producer[add.output[0]])
+    scale = None
+    mul = model.made_by(scores, "Mul", "Div")
+    if mul is not None:
+        factor = model.const(mul.input[1])
+        if factor is None or factor.size != 1:
+            return None
+        f = float(factor.reshape(()))
+        scale = f if mul.op_type == "Mul" else 1.0 / f
+        nodes.add(model.producer[scores])
+        scores = mul.input[0]
+    mm = model.made_by(scores, "MatMul")
+    if mm is None:
+        return None
+    nodes.add(model.producer[scores])
+    q, kt = mm.input
+    if scale is None:  # SDPA's export scales q and k^T by sqrt(scale) each
+        halves = [model.made_by(t, "Mul") for t in (q, kt)]
+        factors = [None if h is None else model.const(h.input[1]) for h in halves]
+        if all(f is not None and f.size == 1 for f in factors):
+            scale = float(factors[0].reshape(())) * float(factors[1].reshape(()))
+            nodes |= {model.producer[q], model.producer[kt]}
+            q, kt = halves[0].input[0], halves[1].input[0]
+    if scale is None:
+        raise Unsupported("does not scale its scores (grow-ir: 1/sqrt(head_dim))")
+    v, out = model.node(mi).input[1], model.node(mi).output[0]
+    return _Core(q, kt, v, mask, scale, out, frozenset(nodes))
+
+
+def _attention(model: Model, si: int) -> Region | None:
+    found = _core(model, si)
+    if found is None:
+        return None
+    q, kt, v, scale, nodes = found.q, found.kt, found.v, found.scale, set(found.nodes)
+    _, heads, _, dim = model.shape(q)
+    if not math.isclose(scale, dim**-0.5, rel_tol=1e-6):
+        raise Unsupported(f"scales scores by {scale} (grow-ir: 1/sqrt(head_dim))")
+    sides = {
+        role: _trace_back(model, value, role) for role, value in (("q", q), ("k", kt), ("v", v))
+    }
+    x = sides["q"].proj.x
+    if any(s.proj.x != x for s in sides.values()):
+        raise Unsupported("projects q, k and v from different values (grow-ir: self-attention)")
+    if sides["v"].tables:
+        raise Unsupported("multiplies its values by a table (grow-ir: rotary on q and k only)")
+    if bool(sides["q"].tables) != bool(sides["k"].tables):
+        raise Unsupported("rotates only one of q and k")
+    rows = {r: s.rows.stop - s.rows.start for r, s in sides.items()}
+    if rows["q"] != heads * dim or rows["k"] != rows["v"] or rows["k"] % dim:
+        raise Unsupported(f"has projections of {rows} rows for {heads} heads of {dim}")
+    out_nodes, out_proj = _trace_forward(model, found.out)
+    causal, pad = _mask(model, found.mask, q, v)
+    width = model.shape(x)[-1]
+    has_bias = any(s.proj.bias is not None for s in sides.values()) or out_proj.bias is not None
+    attrs: dict = {"num_heads": heads, "bias": has_bias, "causal": causal}
+    if heads * dim != width:
+        attrs["head_dim"] = dim
+    if rows["k"] // dim != heads:
+        attrs["num_kv_heads"] = rows["k"] // dim
+    params = {
+        "in_proj_weight": torch.cat([s.proj.weight[s.rows] for s in sides.values()]),
+        "out_proj.weight": out_proj.weight,
+    }
+    if has_bias:
+        params["in_proj_bias"] = torch.cat([_bias(s.proj, s.rows) for s in sides.values()])
+        params["out_proj.bias"] = _bias(out_proj, slice(0, out_proj.weight.shape[0]))
+    nodes |= out_nodes
+    for s in sides.values():
+        nodes |= s.nodes
+    made = {o for i in nodes for o in model.node(i).output}
+    for value in made - {out_proj.out}:
+        # a Shape reads no value (what only the region needs it for is not imported)
+        users = [
+            u
+            for u in model.consumers.get(value, [])
+            if u not in nodes and (u < 0 or model.node(u).op_type != "Shape")
+        ]
+        if users:
+            who = "the graph's outputs" if users[0] < 0 else where(model.node(users[0]))
+            raise Unsupported(
+                f"gives its intermediate value '{value}' to {who} outside it "
+                "(grow-ir's attention returns only its output)"
+            )
+    inputs = (x,) if pad is None else (x, pad)
+    thetas = [None]
+    if sides["q"].tables:
+        thetas = _thetas(model, sides["q"].tables + sides["k"].tables, dim)
+    problem = None
+    for theta in thetas:
+        tried = attrs if theta is None else {**attrs, "rope_theta": theta}
+        problem = fits("attention", tried, params, model.runs(inputs, out_proj.out))
+        if problem is None:
+            name = region_name(model, {model.producer[found.out]}, out_proj.weight_init)
+            return Region(name, frozenset(nodes), out_proj.out, inputs, "attention", tried, params)
+    raise Unsupported(f"is no grow-ir attention ({attrs}): {problem}")
+
+
+def _nan_guard(model: Model, weights: str) -> tuple[int, int] | None:
+    """``Where(IsNaN(p), 0, p)`` after the softmax ``p`` (the exporter's guard for rows
+    that see no key): the two nodes, else None. Eval-mode attention never has such a
+    row; the region's check by value decides."""
+    users = model.consumers.get(weights, [])
+    if len(users) != 2 or min(users) < 0:
+        return None
+    by_op = {model.node(u).op_type: u for u in users}
+    if set(by_op) != {"IsNaN", "Where"}:
+        return None
+    isnan, pick = by_op["IsNaN"], model.node(by_op["Where"])
+    zero = model.const(pick.input[1])
+    if list(pick.input[::2]) != [model.node(isnan).output[0], weights] or zero is None:
+        return None
+    if zero.size != 1 or float(zero.reshape(())) != 0.0:
+        return None
+    return isnan, by_op["Where"]
+
+
+def _bias(proj: Projection, rows: slice) -> torch.Tensor:
+    if proj.bias is None:
+        return torch.zeros(rows.stop - rows.start, dtype=proj.weight.dtype)
+    return proj.bias[rows].clone()
+
+
+def _rows(model: Model, value: str) -> tuple[Projection, slice, set[int]] | None:
+    """A projection ending at ``value``, or one part of one split along its last axis."""
+    p = projection_ending_at(model, value)
+    if p is not None:
+        return p, slice(0, int(p.weight.shape[0])), set()
+    split = model.made_by(value, "Split")
+    if split is None:
+        return None
+    p = projection_ending_at(model, split.input[0])
+    axis = next((a.i for a in split.attribute if a.name == "axis"), 0)
+    if p is None or axis % len(model.shape(split.input[0])) != len(model.shape(p.out)) - 1:
+        return None
+    sizes = [model.shape(o)[axis] for o in split.output]
+    index = list(split.output).index(value)
+    start = sum(sizes[:index])
+    return p, slice(start, start + sizes[index]), {model.producer[value]}
+
+
+def _trace_back(model: Model, start: str, role: str) -> _Side:
+    stack, seen, nodes, tables = [start], set(), set(), []
+    found: dict[frozenset[int], tuple[Projection, slice]] = {}
+    while stack:
+        value = stack.pop()
+        if value in seen:
+            continue
+        seen.add(value)
+        hit = _rows(model, value)
+        if hit is not None:
+            p, rows, extra = hit
+            found[p.nodes] = (p, rows)
+            nodes |= set(p.nodes) | extra
+            continue
+        i = model.producer.get(value)
+        if i is None:
+            raise Unsupported(f"reads '{value}' for its {role} where a projection was expected")
+        n = model.node(i)
+        if n.op_type not in _LAYOUT | _ROTARY:
+            raise Unsupported(f"computes its {role} with {n.op_type} (node '{n.name}')")
+        nodes.add(i)
+        data = n.input if n.op_type in _ELEMENTWISE else n.input[:1]
+        for v in data:  # a shape, an axis or a bound is no value the heads come from
+            if n.op_type == "Mul" and _table(model, v):
+                tables.append(v)
+            elif model.const(v) is None:
+                stack.append(v)
+    if len(found) != 1:
+        raise Unsupported(f"computes its {role} from {len(found)} projections (grow-ir: one)")
+    ((p, rows),) = found.values()
+    return _Side(p, rows, frozenset(nodes), tuple(tables))
+
+
+def _trace_forward(model: Model, heads: str) -> tuple[set[int], Projection]:
+    nodes: set[int] = set()
+    value = heads
+    while True:
+        i = model.only_user(value)
+        if i is None:
+            raise Unsupported("gives its heads to several ops (grow-ir: one projection)")
+        n = model.node(i)
+        if n.op_type in ("Gemm", "MatMul"):
+            p = _merged_projection(model, i)
+            if p is None:
+                raise Unsupported(f"projects its heads with {n.op_type} '{n.name}' by no constant")
+            return nodes | set(p.nodes), p
+        if n.op_type not in ("Transpose", "Reshape", "Identity"):
+            raise Unsupported(
+                f"merges its heads with {n.op_type} (grow-ir: a reshape, then "
+                "the output projection)"
+            )
+        nodes.add(i)
+        value = n.output[0]
+
+
+def _merged_projection(model: Model, i: int) -> Projection | None:
+    """The output projection at node ``i``, whose input is the heads merged (and perhaps
+    flattened to a matrix), with the reshape after it that restores ``[N, L, E]`` when it
+    gives a matrix."""
+    try:
+        x, w, b, nodes, out, init = core(model, i)
+    except LookupError:
+        return None
+    j = model.only_user(out)
+    if len(model.shape(out)) == 2 and j is not None and model.node(j).op_type == "Reshape":
+        nodes, out = nodes | {j}, model.node(j).output[0]
+    bias = None if b is None else tensor(b)
+    return Projection(x, tensor(w), bias, frozenset(nodes), out, init)
+
+
+def _mask(model: Model, mask: str | None, q: str, v: str) -> tuple[bool, str | None]:
+    if mask is None:
+        return False, None
+    ev = model.evaluation
+    deps = ev.depends.get(mask, frozenset())
+    pad = None
+    if len(deps) > 1:
+        raise Unsupported(f"builds its mask from {len(deps)} inputs (grow-ir: one padding mask)")
+    if deps:
+        (pad,) = deps
+        n, _, length, _ = model.shape(q)
+        if model.shape(pad) != (n, length):
+            raise Unsupported(f"builds its mask from input '{pad}', which is not [N, L]")
+    masks = [ev.value(mask, r) for r in range(RUNS)]
+    queries = [tuple(ev.value(q, r).shape) for r in range(RUNS)]
+    keys = [int(ev.value(v, r).shape[2]) for r in range(RUNS)]
+    pads = None if pad is None else [ev.value(pad, r) for r in range(RUNS)]
+    return mask_causal(masks, queries, keys, pads), pad
+
+
+def _table(model: Model, value: str) -> bool:
+    """A rotary table: a float tensor of rank >= 2 that reads no input (a folded constant,
+    or built from the shapes in a dynamic-shape export)."""
+    if not model.evaluation.constant(value):
+        return False
+    t = model.evaluation.value(value)
+    return t.dim() >= 2 and t.is_floating_point()
+
+
+def _thetas(model: Model, tables: tuple[str, ...], dim: int) -> list[float]:
+    """Candidate rotary ``theta`` from the sine table (0 at position 0): at position 1 it
+    holds ``sin(theta^(-2i/dim))``; the attention's check decides."""
+    for name in tables:
+        t = model.evaluation.value(name).double()
+        t = t.reshape(-1, t.shape[-2], t.shape[-1])[0]
+        if t.shape[0] > 1 and bool((t[0] == 0).all()) and dim >= 4:
+            freq = float(torch.asin(t[1, 1]))
+            theta = freq ** (-dim / 2)
+            return [float(round(theta)), theta]
+    raise Unsupported("rotates q and k with tables that have no sine table")
