@@ -6,7 +6,7 @@ First the spec's growth run (AutoGrow on digits by default) grows the network, w
 checkpoints written, and the trainer prints where its time went (data, step, validation,
 checkpoint, growth). Then, on the grown (final) architecture re-initialised from the
 spec seed, the same data and batch size, side by side and alternating (``--repeats``
-times, medians reported):
+times, which runs first flipping every time; medians reported):
 
 - ``grow-ir train``: the :class:`~grow_ir.growth.Trainer` with policy ``none``, writing a
   checkpoint after every epoch into a fresh directory, validating every epoch, scoring
@@ -133,11 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     ours: list[tuple[float, float]] = []
     plain: list[tuple[float, float]] = []
     split = []
-    for _ in range(args.repeats):
-        run_log: list[str] = []
-        ours.append(trainer_run(final, fixed, data_name, run_log))
-        split.append(run_log[-1])
-        plain.append(plain_run(final, fixed, data))
+    for r in range(args.repeats):  # which of the two runs first flips every repeat
+        for which in ("ours", "plain") if r % 2 == 0 else ("plain", "ours"):
+            if which == "plain":
+                plain.append(plain_run(final, fixed, data))
+                continue
+            run_log: list[str] = []
+            ours.append(trainer_run(final, fixed, data_name, run_log))
+            split.append(run_log[-1])
     print(
         f"final architecture, {args.epochs} epochs of {len(data.y_train)} samples, batch "
         f"{fixed.batch_size}, {args.threads} thread(s), {args.repeats} repeats (medians):"

@@ -111,7 +111,9 @@ class Chunk:
     fn: Callable[..., Any]
     source: str
 
-    def same(self, keys: tuple[Any, ...], live_in: tuple[str, ...], live_out: tuple[str, ...]):
+    def same(
+        self, keys: tuple[Any, ...], live_in: tuple[str, ...], live_out: tuple[str, ...]
+    ) -> bool:
         """True when this chunk's code is the code of ``keys`` with these live values."""
         return self.live_in == live_in and self.live_out == live_out and self.keys == keys
 
