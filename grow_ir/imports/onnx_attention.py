@@ -16,11 +16,11 @@ evaluation run, else the construct is left to the per-op rules with its reason.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from grow_ir.imports.attention_layout import attention_node, check_scale, check_sides
 from grow_ir.imports.onnx_patterns import (
     Found,
     Model,
@@ -141,37 +141,16 @@ def _attention(model: Model, si: int) -> Region | None:
         return None
     q, kt, v, scale, nodes = found.q, found.kt, found.v, found.scale, set(found.nodes)
     _, heads, _, dim = model.shape(q)
-    if not math.isclose(scale, dim**-0.5, rel_tol=1e-6):
-        raise Unsupported(f"scales scores by {scale} (grow-ir: 1/sqrt(head_dim))")
+    check_scale(scale, dim)
     sides = {
         role: _trace_back(model, value, role) for role, value in (("q", q), ("k", kt), ("v", v))
     }
+    check_sides(sides, heads, dim)
     x = sides["q"].proj.x
-    if any(s.proj.x != x for s in sides.values()):
-        raise Unsupported("projects q, k and v from different values (grow-ir: self-attention)")
-    if sides["v"].tables:
-        raise Unsupported("multiplies its values by a table (grow-ir: rotary on q and k only)")
-    if bool(sides["q"].tables) != bool(sides["k"].tables):
-        raise Unsupported("rotates only one of q and k")
-    rows = {r: s.rows.stop - s.rows.start for r, s in sides.items()}
-    if rows["q"] != heads * dim or rows["k"] != rows["v"] or rows["k"] % dim:
-        raise Unsupported(f"has projections of {rows} rows for {heads} heads of {dim}")
     out_nodes, out_proj = _trace_forward(model, found.out)
     causal, pad = _mask(model, found.mask, q, v)
     width = model.shape(x)[-1]
-    has_bias = any(s.proj.bias is not None for s in sides.values()) or out_proj.bias is not None
-    attrs: dict = {"num_heads": heads, "bias": has_bias, "causal": causal}
-    if heads * dim != width:
-        attrs["head_dim"] = dim
-    if rows["k"] // dim != heads:
-        attrs["num_kv_heads"] = rows["k"] // dim
-    params = {
-        "in_proj_weight": torch.cat([s.proj.weight[s.rows] for s in sides.values()]),
-        "out_proj.weight": out_proj.weight,
-    }
-    if has_bias:
-        params["in_proj_bias"] = torch.cat([_bias(s.proj, s.rows) for s in sides.values()])
-        params["out_proj.bias"] = _bias(out_proj, slice(0, out_proj.weight.shape[0]))
+    attrs, params = attention_node(sides, out_proj, heads, dim, width, causal)
     nodes |= out_nodes
     for s in sides.values():
         nodes |= s.nodes
@@ -220,12 +199,6 @@ def _nan_guard(model: Model, weights: str) -> tuple[int, int] | None:
     if zero.size != 1 or float(zero.reshape(())) != 0.0:
         return None
     return isnan, by_op["Where"]
-
-
-def _bias(proj: Projection, rows: slice) -> torch.Tensor:
-    if proj.bias is None:
-        return torch.zeros(rows.stop - rows.start, dtype=proj.weight.dtype)
-    return proj.bias[rows].clone()
 
 
 def _rows(model: Model, value: str) -> tuple[Projection, slice, set[int]] | None:

@@ -14,13 +14,13 @@ compute the region's output on both evaluation runs, or the module is refused.
 
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass
 
 import torch
 from torch import fx
 
+from grow_ir.imports.attention_layout import attention_node, check_scale, check_sides
 from grow_ir.imports.torch_patterns import (
     ASSERTS,
     Found,
@@ -189,41 +189,19 @@ def _attention(program: Program, core: _Core) -> Region:
     ev = program.evaluation
     q_val = ev.value(core.q)
     _, heads, _, dim = (int(d) for d in q_val.shape)
-    if core.scale is not None and not math.isclose(core.scale, dim**-0.5, rel_tol=1e-6):
-        raise Unsupported(f"scales scores by {core.scale} (grow-ir: 1/sqrt(head_dim))")
+    check_scale(core.scale, dim)
     sides = {
         role: _trace_back(program, node, role)
         for role, node in (("q", core.q), ("k", core.k), ("v", core.v))
     }
+    check_sides(sides, heads, dim)
     x = sides["q"].proj.x
-    if any(s.proj.x is not x for s in sides.values()):
-        raise Unsupported("projects q, k and v from different values (grow-ir: self-attention)")
-    if sides["v"].tables:
-        raise Unsupported("multiplies its values by a table (grow-ir: rotary on q and k only)")
-    if bool(sides["q"].tables) != bool(sides["k"].tables):
-        raise Unsupported("rotates only one of q and k")
-    rows = {r: s.rows.stop - s.rows.start for r, s in sides.items()}
-    if rows["q"] != heads * dim or rows["k"] != rows["v"] or rows["k"] % dim:
-        raise Unsupported(f"has projections of {rows} rows for {heads} heads of {dim}")
-    kv_heads = rows["k"] // dim
     out_nodes, out_proj, output = _trace_forward(program, core.out)
     causal, pad = classify_mask(program, core)
     width = int(x.meta["val"].shape[-1])
-    has_bias = any(s.proj.bias is not None for s in sides.values()) or out_proj.bias is not None
-    attrs: dict = {"num_heads": heads, "bias": has_bias, "causal": causal}
-    if heads * dim != width:
-        attrs["head_dim"] = dim
-    if kv_heads != heads:
-        attrs["num_kv_heads"] = kv_heads
+    attrs, params = attention_node(sides, out_proj, heads, dim, width, causal)
     if sides["q"].tables:
         attrs["rope_theta"] = rope_theta(program, sides["q"].tables + sides["k"].tables, dim)
-    params = {
-        "in_proj_weight": torch.cat([s.proj.weight[s.rows] for s in sides.values()]),
-        "out_proj.weight": out_proj.weight.detach().clone(),
-    }
-    if has_bias:
-        params["in_proj_bias"] = torch.cat([_bias(s.proj, s.rows) for s in sides.values()])
-        params["out_proj.bias"] = _bias(out_proj, slice(0, out_proj.weight.shape[0]))
     nodes = set(core.nodes) | out_nodes
     for s in sides.values():
         nodes |= s.nodes
@@ -241,12 +219,6 @@ def _attention(program: Program, core: _Core) -> Region:
     if problem is not None:
         raise Unsupported(f"is no grow-ir attention ({attrs}): {problem}")
     return region
-
-
-def _bias(proj: Projection, rows: slice) -> torch.Tensor:
-    if proj.bias is None:
-        return torch.zeros(rows.stop - rows.start, dtype=proj.weight.dtype)
-    return proj.bias[rows].detach().clone()
 
 
 def _trace_back(program: Program, start: fx.Node, role: str) -> _Side:
