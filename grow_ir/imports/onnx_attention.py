@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import onnx
 import torch
 
 from grow_ir.imports.attention_layout import attention_node, check_scale, check_sides
@@ -148,14 +149,15 @@ def _attention(model: Model, si: int) -> Region | None:
     check_sides(sides, heads, dim)
     x = sides["q"].proj.x
     out_nodes, out_proj = _trace_forward(model, found.out)
+    x, out, swaps = _batch_first(model, x, out_proj.out)
     causal, pad = _mask(model, found.mask, q, v)
     width = model.shape(x)[-1]
     attrs, params = attention_node(sides, out_proj, heads, dim, width, causal)
-    nodes |= out_nodes
+    nodes |= out_nodes | swaps
     for s in sides.values():
         nodes |= s.nodes
     made = {o for i in nodes for o in model.node(i).output}
-    for value in made - {out_proj.out}:
+    for value in made - {out}:
         # a Shape reads no value (what only the region needs it for is not imported)
         users = [
             u
@@ -175,11 +177,28 @@ def _attention(model: Model, si: int) -> Region | None:
     problem = None
     for theta in thetas:
         tried = attrs if theta is None else {**attrs, "rope_theta": theta}
-        problem = fits("attention", tried, params, model.runs(inputs, out_proj.out))
+        problem = fits("attention", tried, params, model.runs(inputs, out))
         if problem is None:
             name = region_name(model, {model.producer[found.out]}, out_proj.weight_init)
-            return Region(name, frozenset(nodes), out_proj.out, inputs, "attention", tried, params)
+            return Region(name, frozenset(nodes), out, inputs, "attention", tried, params)
     raise Unsupported(f"is no grow-ir attention ({attrs}): {problem}")
+
+
+def _batch_first(model: Model, x: str, out: str) -> tuple[str, str, set[int]]:
+    """The region's input and output, and the nodes they add: ``nn.MultiheadAttention``
+    with ``batch_first`` computes sequence-first, between a ``Transpose`` of ``[N, L, E]``
+    to ``[L, N, E]`` before the projections and one back after; the region then reads and
+    gives the batch-first values. Otherwise ``x`` and ``out`` themselves."""
+    before, j = model.made_by(x, "Transpose"), model.only_user(out)
+    after = None if j is None else model.made_by(model.node(j).output[0], "Transpose")
+    if before is None or after is None or not _swaps_batch(before) or not _swaps_batch(after):
+        return x, out, set()
+    return before.input[0], after.output[0], {model.producer[x], model.producer[after.output[0]]}
+
+
+def _swaps_batch(transpose: onnx.NodeProto) -> bool:
+    """Whether the ``Transpose`` swaps the first two axes of a 3-D value."""
+    return [list(a.ints) for a in transpose.attribute if a.name == "perm"] == [[1, 0, 2]]
 
 
 def _nan_guard(model: Model, weights: str) -> tuple[int, int] | None:
@@ -208,7 +227,7 @@ def _rows(model: Model, value: str) -> tuple[Projection, slice, set[int]] | None
         return p, slice(0, int(p.weight.shape[0])), set()
     split = model.made_by(value, "Split")
     if split is None:
-        return None
+        return _picked_rows(model, value)
     p = projection_ending_at(model, split.input[0])
     axis = next((a.i for a in split.attribute if a.name == "axis"), 0)
     if p is None or axis % len(model.shape(split.input[0])) != len(model.shape(p.out)) - 1:
@@ -217,6 +236,30 @@ def _rows(model: Model, value: str) -> tuple[Projection, slice, set[int]] | None
     index = list(split.output).index(value)
     start = sum(sizes[:index])
     return p, slice(start, start + sizes[index]), {model.producer[value]}
+
+
+def _picked_rows(model: Model, value: str) -> tuple[Projection, slice, set[int]] | None:
+    """One part picked by a constant index (``Gather`` on axis 0) from a projection whose
+    last axis is reshaped into parts and moved first (``nn.MultiheadAttention``'s packed
+    q, k, v): part ``k`` of ``P`` holds rows ``k*E/P .. (k+1)*E/P``; the region's check by
+    value decides whether the layout ops in between really do that."""
+    gather = model.made_by(value, "Gather")
+    if gather is None or next((a.i for a in gather.attribute if a.name == "axis"), 0) != 0:
+        return None
+    index = model.const(gather.input[1])
+    if index is None or index.size != 1:
+        return None
+    nodes, source = {model.producer[value]}, gather.input[0]
+    parts = model.shape(source)[0]
+    while (p := projection_ending_at(model, source)) is None:
+        n = model.made_by(source, *_LAYOUT)
+        if n is None:
+            return None
+        nodes.add(model.producer[source])
+        source = n.input[0]
+    width = int(p.weight.shape[0]) // parts
+    k = int(index.reshape(())) % parts
+    return p, slice(k * width, (k + 1) * width), nodes
 
 
 def _trace_back(model: Model, start: str, role: str) -> _Side:
