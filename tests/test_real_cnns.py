@@ -185,12 +185,19 @@ def test_to_onnx_of_the_imported_graph_checks_and_matches(name: str) -> None:
     assert check_parity(graph, model) <= TOL
 
 
-def torch_pruning_groups(module: nn.Module, x: torch.Tensor, output: str) -> list[set[str]]:
-    """The channel groups of Torch-Pruning's DependencyGraph, each as the module paths of
-    the layers whose output channels it prunes (depthwise convs are per-channel members,
-    as in grow-ir, and left out)."""
+CNN_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
+def torch_pruning_groups(
+    module: nn.Module,
+    x: torch.Tensor | dict[str, torch.Tensor],
+    output: str,
+    layers: tuple[type[nn.Module], ...] = CNN_LAYERS,
+) -> list[set[str]]:
+    """The channel groups of Torch-Pruning's DependencyGraph rooted at ``layers``, each as
+    the module paths of the ``layers`` whose output channels it prunes (depthwise convs
+    are per-channel members, as in grow-ir, and left out)."""
     names = {m: n for n, m in module.named_modules()}
-    layers = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
     graph = tp.DependencyGraph().build_dependency(module, example_inputs=x)
     ignored = [module.get_submodule(output)]
     groups = []
@@ -219,17 +226,22 @@ def test_widenable_finds_every_torch_pruning_group(name: str) -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_widening_every_group_is_exact(name: str) -> None:
-    """Every group (by its first producer) widened with net2net, by 2 channels (doubled
-    through a layernorm), each alone on the imported graph for the first three, then all
-    of them one after the other."""
     m = imported(name)
+    widen_every_group(m.graph, lambda g: relative_error(run(g, m.x), m.y))
+
+
+def widen_every_group(graph: Graph, error: Callable[[Graph], float]) -> None:
+    """Assert that widening every ``widenable`` group of ``graph`` (by its first producer)
+    with net2net, by 2 channels (doubled through a layernorm), is exact: ``error`` of the
+    graph each gives alone (the first three) and of all of them one after the other is
+    within :data:`TOL` (``error`` measures a graph against the original's outputs)."""
     starts, seen = [], set()
-    for node in widenable(m.graph):
-        group = channel_group(m.graph, node)
+    for node in widenable(graph):
+        group = channel_group(graph, node)
         if not seen & set(group.producers):
             starts.append(node)
             seen |= set(group.producers)
-    wider = m.graph
+    wider = graph
     for i, node in enumerate(starts):
         group = channel_group(wider, node)
         # net2net through a layernorm is exact when every unit is copied equally often
@@ -237,8 +249,8 @@ def test_widening_every_group_is_exact(name: str) -> None:
         result = gi.passes.widen.run(wider, node=node, width=width, seed=i)
         assert result.preserved
         if i < 3:
-            alone = gi.passes.widen(m.graph, node=node, width=width, seed=i)
-            assert relative_error(run(alone, m.x), m.y) <= TOL, node
+            alone = gi.passes.widen(graph, node=node, width=width, seed=i)
+            assert error(alone) <= TOL, node
         wider = result.graph
-    assert wider.num_params() > m.graph.num_params()
-    assert relative_error(run(wider, m.x), m.y) <= TOL
+    assert wider.num_params() > graph.num_params()
+    assert error(wider) <= TOL
