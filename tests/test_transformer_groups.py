@@ -1,29 +1,24 @@
 """Issue 11's acceptance on the transformers: torchvision's ViT (tests/test_import_vit.py's
 small one) from its ``torch.onnx.export`` file, with its ``nn.MultiheadAttention`` found
-as grow-ir's ``attention``; and for the ViT and Hugging Face GPT-2, Llama (tied and
-untied) and BERT (tests/hf_models.py, imported as tests/test_hf_import.py does), every
-channel group of Torch-Pruning's DependencyGraph has its grow-ir counterpart, and growing
-each counterpart is exact.
+as grow-ir's ``attention``; and for the ViT and Hugging Face GPT-2 (tests/hf_models.py,
+imported as tests/test_hf_import.py does), every channel group of Torch-Pruning's
+DependencyGraph has its grow-ir counterpart, and growing each counterpart is exact.
+(Llama and BERT are not checked here: Torch-Pruning's grouping did not finish on the
+shared Llama models inside the test process; see the README.)
 
 grow-ir imports the q, k, v and output projections of one attention into one
 ``attention`` node, so a Torch-Pruning layer is mapped to the node that holds its weight
-(whole, transposed or as a block of rows: q, k and v are stacked in ``in_proj_weight``);
-a path prefix would not do, as BERT's output projection ``attention.output.dense`` lies
-outside the attention node's module ``attention.self``. Torch-Pruning's groups are then:
+(whole, transposed or as a block of rows: q, k and v are stacked in ``in_proj_weight``).
+Torch-Pruning's groups are then:
 
-- the residual stream (embeddings or the patch conv, every attention's and MLP's output
-  projection) ↔ the ``widenable`` group of the embedding (``widen`` of it);
-- an MLP's hidden units (``c_fc``, ``intermediate.dense``, ``mlp.0``; Llama's gate and
-  up projections together) ↔ the ``widenable`` group of its first linear;
-- the output channels of q, k and v (GPT-2's ``c_attn``, BERT's query/key/value), or of
-  v alone (Llama, whose rotary q and k Torch-Pruning leaves out) ↔ the attention node's
-  heads and head size: ``add_heads``, ``grow_head_dim`` and, with fewer key/value heads,
-  ``grow_kv_heads``. grow-ir grows v's channels with k's (a key/value head) or with q's
-  and k's (the head size), never v's alone as Torch-Pruning's Llama group prunes them.
+- the residual stream (the embeddings or the patch conv, every attention's and MLP's
+  output projection) ↔ the ``widenable`` group of the embedding (``widen`` of it);
+- an MLP's hidden units (``c_fc``, ``mlp.0``) ↔ the ``widenable`` group of its first
+  linear;
+- the output channels of q, k and v (GPT-2's ``c_attn``, the ViT's packed in-projection)
+  ↔ the attention node's heads and head size: ``add_heads`` and ``grow_head_dim``.
 
-BERT's residual stream is its output (``last_hidden_state``), which ``widen`` refuses to
-change, so Torch-Pruning is told to leave its last layer alone, as the head of the other
-models. Torch-Pruning has no rule for Hugging Face's ``Conv1D`` (GPT-2's linear with an
+Torch-Pruning has no rule for Hugging Face's ``Conv1D`` (GPT-2's linear with an
 ``[in, out]`` weight): it is shown GPT-2 with each replaced by the ``nn.Linear`` it equals.
 """
 
@@ -108,12 +103,6 @@ def case(name: str) -> Case:
         with torch.no_grad():
             want = vit.MODEL(vit.X)
         return Case(vit.MODEL, vit.X, "heads.head", vit.GRAPH, _error(want, vit.X))
-    if name == "bert":
-        kwargs = hf.bert_kwargs()
-        with torch.no_grad():
-            want = hf.BERT(**kwargs).last_hidden_state
-        out = "encoder.layer.1.output.dense"
-        return Case(hf.BERT, kwargs, out, hf.BERT_GRAPH, _error(want, *kwargs.values()))
     model, x = hf.MODELS[name], hf.tokens(0)
     with torch.no_grad():
         want = model(x).logits
@@ -123,10 +112,9 @@ def case(name: str) -> Case:
 NAMES = ["vit", "gpt2-tied"]
 """The models checked. Llama and BERT are left out for now: Torch-Pruning's
 ``get_all_groups`` on Llama did not finish within a minute (inside this test module,
-SDPA attention; run alone with eager attention it took seconds: to be found out), and
-``case`` for them is not yet checked. What their groups were, run alone (eager): Llama's
-residual stream, gate+up per MLP and v_proj alone per attention; BERT's query+key+value
-per attention and intermediate.dense per MLP."""
+SDPA attention; run alone with eager attention it took seconds: to be found out). Their
+groups, run alone (eager): Llama's residual stream, gate+up per MLP and v_proj alone per
+attention; BERT's query+key+value per attention and intermediate.dense per MLP."""
 
 
 def node_holding(graph: Graph, layer: nn.Module) -> str:
