@@ -24,7 +24,7 @@ from grow_ir.backends.torch import to_torch
 from grow_ir.imports.builder import ImportRefused
 from grow_ir.ir.graph import Graph
 from tests import hf_models as hf
-from tests.test_hf_transformers import bert_inputs, relative, tokens
+from tests.test_hf_transformers import bert_inputs, grows_exactly, relative, tokens
 from tests.test_transformer_growth import run
 
 TOL = 1e-5
@@ -197,15 +197,7 @@ GROWTH = [
     ids=[f"{m}-{p}-{i}" for i, (m, p, _) in enumerate(GROWTH)],
 )
 def test_growth_on_the_imported_graphs_is_exact(name: str, pass_name: str, kwargs: dict) -> None:
-    graph = IMPORTED[name]
-    result = run(pass_name, graph, **kwargs)
-    assert result.preserved, result.summary
-    grown = result.graph
-    if "lm_head" in grown.node_map:
-        assert grown.node("lm_head").share == graph.node("lm_head").share  # the tie is kept
-    model = to_onnx(grown)
-    check_model(model)
-    assert check_parity(grown, model) <= TOL
+    grows_exactly(IMPORTED[name], pass_name, kwargs)
 
 
 @pytest.mark.parametrize(
