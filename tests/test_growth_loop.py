@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tqdm import tqdm
 
 from grow_ir.backends.torch import update_params
 from grow_ir.errors import GrowError
@@ -26,6 +27,7 @@ from grow_ir.growth.hooks import AdamInit
 from grow_ir.growth.optim_state import make_optimizer, trainable
 from grow_ir.growth.policy import GrowthRequest
 from grow_ir.spec import load_spec
+from grow_ir.spec.store import spec_text
 from tests.tiny_specs import TINY_SPIRALS
 
 
@@ -275,3 +277,20 @@ def test_devices() -> None:
         assert pick_device(None).type == "cpu"
         with pytest.raises(GrowError, match="CUDA is not available"):
             pick_device("cuda")
+
+
+def test_each_checkpoint_holds_the_spec_of_its_own_architecture(tmp_path: Path) -> None:
+    """The spec text is reused while only the weights change, and made anew after a
+    growth step: every epoch's checkpoint spec is that epoch's graph's."""
+    graph = load_spec(SPEC)
+    cfg = growth_config(BASE, {"epochs": 4, "max_depth": 4, "tau": 0.0})
+    trainer = Trainer.fresh(
+        graph, cfg, data_source="spirals", out_dir=tmp_path, progress=False, log=LOG.append
+    )
+    texts, bar = [], tqdm(disable=True)
+    for epoch in range(cfg.epochs):
+        trainer._epoch(epoch, bar)
+        trainer.writer.wait()
+        texts.append((tmp_path / "checkpoint" / "spec.yaml").read_text())
+        assert texts[-1] == spec_text(trainer.state.graph), epoch
+    assert len(set(texts)) > 1  # the run grew, so the cached text had to be replaced

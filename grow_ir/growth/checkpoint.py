@@ -161,10 +161,13 @@ class Snapshot:
     optimizer_meta: dict[str, Any]
     rng: dict[str, torch.Tensor]
     state_json: str
+    architecture: Graph
+    """A graph with ``graph``'s spec and other parameter values (the trainer's graph before
+    the trained weights were taken back): the key under which the spec text is reused."""
 
-    def write(self, run_dir: str | Path) -> Path:
+    def write(self, run_dir: str | Path, spec: str | None = None) -> Path:
         """Write ``run_dir/checkpoint`` atomically and return its path (see the module
-        doc)."""
+        doc); ``spec`` is ``spec_text(self.graph)`` when the caller holds it already."""
         from grow_ir.spec import save
 
         run_dir = Path(run_dir)
@@ -176,7 +179,8 @@ class Snapshot:
         if work.exists():
             shutil.rmtree(work)  # left by a writer that was killed
         work.mkdir(parents=True)
-        tmp = save(self.graph, work / CHECKPOINT)  # save's own temporary files stay inside work
+        # save's own temporary files stay inside work
+        tmp = save(self.graph, work / CHECKPOINT, text=spec)
         write_weights(self.optimizer_tensors, tmp / OPTIMIZER_TENSORS)
         _write_text(tmp / OPTIMIZER_META, json.dumps(self.optimizer_meta, indent=1))
         write_weights(self.rng, tmp / "rng.safetensors")
@@ -203,11 +207,15 @@ def snapshot(
     names: list[str],
     rng: dict[str, torch.Tensor],
     state: dict[str, Any],
+    architecture: Graph | None = None,
 ) -> Snapshot:
     """The checkpoint of this moment: the optimizer's tensors cloned, the run state as
-    JSON text (``graph`` and ``rng`` are copies already: ``update_params``, ``rng_state``)."""
+    JSON text (``graph`` and ``rng`` are copies already: ``update_params``, ``rng_state``).
+    ``architecture`` is a graph that differs from ``graph`` in parameter values only (the
+    graph ``update_params`` made it from); snapshots with the same one share a spec text."""
     tensors, meta = optimizer_to_files(optimizer, names)
-    return Snapshot(graph, tensors, meta, rng, json.dumps(state, indent=1))
+    state_text = json.dumps(state, indent=1)
+    return Snapshot(graph, tensors, meta, rng, state_text, architecture or graph)
 
 
 class CheckpointWriter:
@@ -222,6 +230,9 @@ class CheckpointWriter:
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._spec: tuple[Graph, str] | None = None
+        """The last snapshot's architecture and its spec text: the same YAML every epoch
+        until a growth step changes the architecture."""
 
     def write(self, run_dir: str | Path, snap: Snapshot) -> None:
         """Wait for the write in progress, then start writing ``snap`` into ``run_dir``."""
@@ -229,7 +240,11 @@ class CheckpointWriter:
 
         def run() -> None:
             try:
-                snap.write(run_dir)
+                if self._spec is None or self._spec[0] is not snap.architecture:
+                    from grow_ir.spec.store import spec_text
+
+                    self._spec = (snap.architecture, spec_text(snap.graph))
+                snap.write(run_dir, self._spec[1])
             except BaseException as exc:  # handed to the training thread by wait()
                 self._error = exc
 

@@ -402,6 +402,7 @@ class Trainer:
         st = self.state
         snap = snapshot(
             graph=update_params(st.graph, st.module),
+            architecture=st.graph,
             optimizer=st.optimizer,
             names=list(trainable(st.module)),
             rng=rng_state(self.generator, self.device),

@@ -32,12 +32,15 @@ def save(
     directory: str | os.PathLike[str],
     *,
     extra_files: Mapping[str, str | bytes] | None = None,
+    text: str | None = None,
 ) -> Path:
     """Write ``graph`` to ``directory`` as ``spec.yaml`` + ``weights.safetensors``.
 
     The spec is :func:`dump_spec` plus ``weights: weights.safetensors``; the weights file
     holds every parameter bitwise. ``extra_files`` (name -> text or bytes, e.g. a growth
-    history) are written into the same directory in the same atomic step. An existing
+    history) are written into the same directory in the same atomic step. ``text`` is
+    :func:`spec_text` of ``graph`` when the caller holds it already (a trainer saving the
+    same architecture every epoch with new weights); it is written as given. An existing
     directory written by grow-ir (see :mod:`grow_ir.owned`) is replaced as a whole, and a
     symlink to a folder keeps pointing to it; ``load`` of the result gives
     back equal nodes, outputs, blocks, stages, grow, growth and bitwise-equal parameters.
@@ -58,7 +61,7 @@ def save(
     clean_leftovers(target)
     names = [SPEC_FILE, WEIGHTS_FILE, *(extra_files or {})]
     with temp_dir(target, names, "save") as tmp:
-        write_model_files(graph, tmp)
+        write_model_files(graph, tmp, text)
         for name, content in (extra_files or {}).items():
             _write_extra(tmp, name, content)
         manifest = tmp / f"{MANIFEST}.tmp"  # replaced in one step: always a whole manifest
@@ -86,14 +89,21 @@ def load(directory: str | os.PathLike[str]) -> Graph:
     return load_spec(path / SPEC_FILE)
 
 
-def write_model_files(graph: Graph, directory: Path) -> tuple[Path, Path]:
-    """Write ``spec.yaml`` (with ``weights: weights.safetensors``) and the weights file of
-    ``graph`` into ``directory``; return their paths. Not atomic: write into a temporary
-    directory (:func:`grow_ir.atomic.temp_dir`) and move the files from there."""
+def spec_text(graph: Graph) -> str:
+    """The ``spec.yaml`` text :func:`save` writes for ``graph``: :func:`dump_spec` with
+    ``weights: weights.safetensors``. It depends on everything but the parameters' values,
+    so it stays the same while only the weights change."""
     dumped = dump_spec(graph)
     head = {"version": dumped.pop("version"), "name": dumped.pop("name")}
-    spec = {**head, "weights": WEIGHTS_FILE, **dumped}
-    (directory / SPEC_FILE).write_text(to_yaml(spec), encoding="utf-8")
+    return to_yaml({**head, "weights": WEIGHTS_FILE, **dumped})
+
+
+def write_model_files(graph: Graph, directory: Path, text: str | None = None) -> tuple[Path, Path]:
+    """Write ``spec.yaml`` (``text``, or :func:`spec_text` of ``graph``) and the weights
+    file of ``graph`` into ``directory``; return their paths. Not atomic: write into a
+    temporary directory (:func:`grow_ir.atomic.temp_dir`) and move the files from there."""
+    text = spec_text(graph) if text is None else text
+    (directory / SPEC_FILE).write_text(text, encoding="utf-8")
     write_weights(graph.params, directory / WEIGHTS_FILE)
     return directory / SPEC_FILE, directory / WEIGHTS_FILE
 
