@@ -167,3 +167,25 @@ def test_continual_on_two_processes_makes_the_same_choices(tmp_path: Path) -> No
     a, b = weights(single), weights(double)
     assert a.keys() == b.keys()
     assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) <= TOLERANCE
+
+
+@pytest.mark.parametrize("world", [None, "2"])
+def test_a_rank_ends_without_the_interpreter_teardown(spec: Path, world: str | None) -> None:
+    """A rank's process ends right after the command (see ``distributed.leave``): atexit
+    handlers, which run in the teardown, do not run there; elsewhere they do. The exit
+    status and the command's output come through either way."""
+    env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
+    env["PYTHONPATH"] = str(ROOT)
+    if world is not None:
+        env["WORLD_SIZE"] = world
+    code = (
+        "import atexit, runpy, sys; atexit.register(print, 'teardown'); "
+        f"sys.argv = ['grow-ir', 'validate', {str(spec)!r}]; "
+        "runpy.run_module('grow_ir', run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok: ")
+    assert ("teardown" in done.stdout) == (world is None)

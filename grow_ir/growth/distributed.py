@@ -25,9 +25,11 @@ on every rank with an error instead of a hang.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
+import logging
 import os
 import signal
 import socket
@@ -37,7 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -252,6 +254,26 @@ def check_started(where: Distributed, error: GrowError | None) -> None:
             expected="every rank to start",
             found="a rank that reported an error",
         )
+
+
+def leave(status: int) -> NoReturn:
+    """End this rank's process with ``status`` without the interpreter's teardown.
+
+    Why: constructing a ``DistributedDataParallel`` keeps the gloo group's C++ worker
+    threads alive past ``destroy_process_group`` (torch 2.13: ``pt_gloo_runloop`` and
+    ``gloo_tcp_loop`` are still running after the wrapper is freed and the group
+    destroyed), and a C++ thread that needs the GIL while the interpreter tears down is
+    ended by Python 3.11 with ``pthread_exit``, which aborts the process (``terminate
+    called without an active exception``, SIGABRT), so an intermittent failure of a run
+    that succeeded. Guarantees: stdout, stderr and logging are flushed first; by then the
+    command has written, flushed and fsynced its files (checkpoints are complete before
+    ``Trainer.run`` returns).
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 def rank_argv(argv: Sequence[str]) -> list[str]:
