@@ -12,7 +12,7 @@ exact.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -191,17 +191,18 @@ CNN_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 def torch_pruning_groups(
     module: nn.Module,
     x: torch.Tensor | dict[str, torch.Tensor],
-    output: str,
+    ignored: Sequence[str],
     layers: tuple[type[nn.Module], ...] = CNN_LAYERS,
 ) -> list[set[str]]:
-    """The channel groups of Torch-Pruning's DependencyGraph rooted at ``layers``, each as
-    the module paths of the ``layers`` whose output channels it prunes (depthwise convs
-    are per-channel members, as in grow-ir, and left out)."""
+    """The channel groups of Torch-Pruning's DependencyGraph rooted at ``layers`` other
+    than the ``ignored`` module paths (it leaves out every group holding one), each as the
+    module paths of the ``layers`` whose output channels it prunes (depthwise convs are
+    per-channel members, as in grow-ir, and left out)."""
     names = {m: n for n, m in module.named_modules()}
-    graph = tp.DependencyGraph().build_dependency(module, example_inputs=x)
-    ignored = [module.get_submodule(output)]
+    graph = tp.DependencyGraph().build_dependency(module, example_inputs=x, verbose=False)
+    left_alone = [module.get_submodule(path) for path in ignored]
     groups = []
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(layers)):
+    for group in graph.get_all_groups(ignored_layers=left_alone, root_module_types=list(layers)):
         made = set()
         for item in group:
             layer = item.dep.target.module
@@ -217,7 +218,7 @@ def torch_pruning_groups(
 @pytest.mark.parametrize("name", MODELS)
 def test_widenable_finds_every_torch_pruning_group(name: str) -> None:
     m = imported(name)
-    theirs = torch_pruning_groups(m.module, m.x, MODELS[name].output)
+    theirs = torch_pruning_groups(m.module, m.x, [MODELS[name].output])
     ours = {frozenset(channel_group(m.graph, n).producers) for n in widenable(m.graph)}
     assert theirs, "Torch-Pruning found no group"
     missing = [sorted(g) for g in theirs if frozenset(g) not in ours]
