@@ -87,35 +87,6 @@ def _tv(name: str, **kwargs: object) -> Callable[[], nn.Module]:
     return lambda: getattr(torchvision_models(), name)(num_classes=10, **kwargs)
 
 
-def _small_densenet() -> nn.Module:
-    # densenet121 itself (58 dense layers, 120 channel groups) passes these five tests at
-    # 2x3x32x32 but takes 2 minutes (15 s from_torch, 31 s from_onnx of its export, 71 s
-    # widening every group; measured once, load 4-5); the same class with fewer, narrower
-    # layers goes through the same code (dense concats, transitions) in seconds
-    return torchvision_models().DenseNet(
-        growth_rate=8, block_config=(2, 3, 2, 2), num_init_features=16, bn_size=2, num_classes=10
-    )
-
-
-def _vgg11_bn() -> nn.Module:
-    # vgg11_bn's own features and AdaptiveAvgPool2d((7, 7)) (which enlarges the 2x2 map of
-    # a 64x64 input, in bins of unequal sizes), its classifier narrowed from 4096 to 64
-    # units: the original's first linear alone holds 103 M weights
-    tv = torchvision_models()
-    features = tv.vgg.make_layers(tv.vgg.cfgs["A"], batch_norm=True)
-    model = tv.VGG(features, num_classes=10, init_weights=False)
-    model.classifier = nn.Sequential(
-        nn.Linear(512 * 7 * 7, 64),
-        nn.ReLU(True),
-        nn.Dropout(),
-        nn.Linear(64, 64),
-        nn.ReLU(True),
-        nn.Dropout(),
-        nn.Linear(64, 10),
-    )
-    return model
-
-
 MODELS = {
     "resnet18": Model(_tv("resnet18"), 32, "fc"),
     "resnet50": Model(_tv("resnet50"), 32, "fc"),
@@ -123,8 +94,9 @@ MODELS = {
     "mobilenet_v3_small": Model(_tv("mobilenet_v3_small"), 32, "classifier.3"),
     "efficientnet_b0": Model(_tv("efficientnet_b0"), 32, "classifier.1"),
     "convnext_tiny": Model(_tv("convnext_tiny"), 32, "classifier.2"),
-    "densenet": Model(_small_densenet, 32, "classifier"),
-    "vgg11_bn": Model(_vgg11_bn, 64, "classifier.6"),
+    "densenet121": Model(_tv("densenet121"), 32, "classifier"),
+    # at 64x64 its AdaptiveAvgPool2d((7, 7)) enlarges a 2x2 map, in bins of unequal sizes
+    "vgg11_bn": Model(_tv("vgg11_bn"), 64, "classifier.6"),
     "unet": Model(UNet, 32, "head"),
 }
 
