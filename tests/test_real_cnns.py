@@ -205,9 +205,25 @@ def test_widening_every_group_is_exact(name: str) -> None:
 
 def widen_every_group(graph: Graph, error: Callable[[Graph], float]) -> None:
     """Assert that widening every ``widenable`` group of ``graph`` (by its first producer)
-    with net2net, by 2 channels (doubled through a layernorm), is exact: ``error`` of the
-    graph each gives alone (the first three) and of all of them one after the other is
-    within :data:`TOL` (``error`` measures a graph against the original's outputs)."""
+    with net2net, by 2 channels (doubled through a layernorm), is exact.
+
+    Each group is widened by its own pass, one after the other, each on the graph the
+    previous ones made; ``error`` (a graph against the original's outputs) is measured on
+    the end result, and on the first three groups each widened alone on ``graph``. One
+    measurement at the end cannot hide a wrong group: a pass reads every tensor from the
+    graph it is given and only copies, splits or zero-fills it, so a correct pass keeps
+    whatever function that graph computes. If group k's pass changed the output by δ on
+    the probe, every later correct pass keeps that output, and the end result stays off
+    by δ unless another pass is wrong too and brings the probe's output back within
+    1e-5: two faults cancelling on random weights and a random probe. What the order changes is only where a group's channels sit when it is
+    widened (after earlier groups grew a concat it is part of, DenseNet's offsets move):
+    each group is checked at its place in that graph, the first three also in
+    ``graph`` itself. (Widening several groups in one pass is not done here.)
+
+    Every non-layernorm group grows by 2 units, not 2×, whatever its width: the check is
+    the same, and doubling vgg11_bn's two 4096-wide classifier groups would add about
+    150 M weights (its first linear alone holds 103 M).
+    """
     starts, seen = [], set()
     for node in widenable(graph):
         group = channel_group(graph, node)
