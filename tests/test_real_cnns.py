@@ -215,10 +215,11 @@ def widen_every_group(graph: Graph, error: Callable[[Graph], float]) -> None:
     whatever function that graph computes. If group k's pass changed the output by δ on
     the probe, every later correct pass keeps that output, and the end result stays off
     by δ unless another pass is wrong too and brings the probe's output back within
-    1e-5: two faults cancelling on random weights and a random probe. What the order changes is only where a group's channels sit when it is
-    widened (after earlier groups grew a concat it is part of, DenseNet's offsets move):
-    each group is checked at its place in that graph, the first three also in
-    ``graph`` itself. (Widening several groups in one pass is not done here.)
+    1e-5: two faults cancelling on random weights and a random probe. What the order
+    changes is only where a group's channels sit when it is widened (after earlier
+    groups grew a concat it is part of, DenseNet's offsets move): each group is checked
+    at its place in that graph, the first three also in ``graph`` itself. (Widening
+    several groups in one pass is not done here.)
 
     Every non-layernorm group grows by 2 units, not 2×, whatever its width: the check is
     the same, and doubling vgg11_bn's two 4096-wide classifier groups would add about
