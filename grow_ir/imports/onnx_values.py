@@ -88,14 +88,16 @@ def evaluate(proto: onnx.ModelProto, consts: dict[str, np.ndarray]) -> Evaluatio
         for d in i.type.tensor_type.shape.dim:
             if not d.HasField("dim_value") and d.dim_param not in symbols:
                 symbols.append(d.dim_param)
+    # the same tensors in every run (constants; read, never written: the builder copies
+    # what it keeps), converted once: a file's initializers can be hundreds of MB
+    initializers = {k: torch.from_numpy(np.array(a)) for k, a in consts.items()}
     runs = []
     for run in range(RUNS):
         drawn = SYMBOLIC[run % len(SYMBOLIC)]
         sizes = {name: drawn[k % len(drawn)] for k, name in enumerate(symbols)}
         feed = {i.name: _draw(i, bounds.get(i.name, 2), sizes, gen) for i in inputs}
         got = session.run(names, {k: v.numpy() for k, v in feed.items()})
-        values = {k: torch.from_numpy(np.array(a)) for k, a in consts.items()}
-        values.update(feed)
+        values = {**initializers, **feed}
         values.update({n: torch.from_numpy(np.array(a)) for n, a in zip(names, got)})
         runs.append(values)
     depends: dict[str, frozenset[str]] = {i.name: frozenset({i.name}) for i in inputs}

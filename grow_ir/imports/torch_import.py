@@ -165,6 +165,9 @@ def _convert(
     claimed = found.claimed
     live = _live(program.graph, regions)
     for node in program.graph.nodes:
+        if node.name in whole:  # its first op may be dead (a mask that is_causal drops)
+            _convert_whole(ctx, whole[node.name])
+            continue
         if node.op == "call_function" and node.name not in live:
             continue  # read only by what a region computes itself (a mask, rotary tables)
         if node.name in regions:
@@ -172,9 +175,6 @@ def _convert(
             continue
         if node.name in claimed or node.name in builder.poisoned:
             continue  # replaced by a region, or refused by a region finder already
-        if node.name in whole:
-            _convert_whole(ctx, whole[node.name])
-            continue
         if node.name in inside:
             continue
         if node.op == "placeholder":

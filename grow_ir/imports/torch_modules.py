@@ -27,12 +27,15 @@ class Call:
     nodes: tuple[fx.Node, ...]
 
     def outside_inputs(self, ctx: Context) -> list[fx.Node]:
-        """Values the call reads that it did not compute (parameters excluded)."""
+        """Values the call reads that it did not compute, other than the module's own
+        parameters (a buffer or parameter of another module counts: an ``attn_mask``
+        kept as a buffer of the model is a value the call reads)."""
+        own = {id(p) for p in self.module.parameters()}
         inside = {n.name for n in self.nodes}
         seen: dict[str, fx.Node] = {}
         for n in self.nodes:
             for a in n.all_input_nodes:
-                if a.name not in inside and a.name not in ctx.fqns:
+                if a.name not in inside and not _is_parameter_of(ctx, a, own):
                     seen.setdefault(a.name, a)
         return list(seen.values())
 
@@ -42,24 +45,37 @@ class Call:
         return [n for n in self.nodes if any(u.name not in inside for u in n.users)]
 
 
+def _is_parameter_of(ctx: Context, node: fx.Node, own: set[int]) -> bool:
+    """True when ``node`` is the placeholder of a parameter in ``own`` (by identity: a
+    module registered under two paths has one state_dict key)."""
+    key = ctx.fqns.get(node.name)
+    if key is None:
+        return False
+    try:
+        return id(ctx.root.get_parameter(key)) in own
+    except AttributeError:  # a buffer
+        return False
+
+
 CallRule = Callable[[Context, Call], None]
 
 
 def _self_attention(ctx: Context, call: Call) -> None:
     m = call.module
     if isinstance(m, nn.MultiheadAttention):
-        if not m.batch_first:
-            raise Unsupported("is not batch first (grow-ir: batch_first=True)")
-        if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
-            raise Unsupported("has separate q/k/v sizes, bias_k/bias_v or add_zero_attn")
-        causal = False
+        _check_multihead(m)
+        causal = False  # is_causal needs an attn_mask, which the call then reads: refused
     else:
         causal = m.causal
     inputs = call.outside_inputs(ctx)
     if len(inputs) != 1:
+        read = ", ".join(
+            f"buffer '{ctx.fqns[a.name]}'" if a.name in ctx.fqns else a.name for a in inputs
+        )
         raise Unsupported(
-            f"reads {len(inputs)} values ({', '.join(a.name for a in inputs)}); grow-ir's "
-            "attention is self-attention on one input, without a mask"
+            f"reads {len(inputs)} values ({read}); grow-ir's attention is self-attention "
+            "on one input (query, key and value the same tensor), without attn_mask or "
+            "key_padding_mask"
         )
     outputs = call.outside_outputs()
     x = inputs[0]
@@ -80,6 +96,21 @@ def _self_attention(ctx: Context, call: Call) -> None:
         "out_proj.bias": f"{call.path}.out_proj.bias" if attrs["bias"] else None,
     }
     ctx.add_layer(outputs[0], "attention", [ctx.value(x)], attrs, keys)
+
+
+def _check_multihead(m: nn.MultiheadAttention) -> None:
+    """Refuse, naming the attribute, what grow-ir's attention does not compute."""
+    if not m.batch_first:
+        raise Unsupported("has batch_first=False (grow-ir's attention is batch first)")
+    if not m._qkv_same_embed_dim:
+        raise Unsupported(
+            f"has kdim={m.kdim}, vdim={m.vdim} other than embed_dim={m.embed_dim} "
+            "(grow-ir: query, key and value of one size)"
+        )
+    if m.bias_k is not None:
+        raise Unsupported("has bias_k and bias_v (add_bias_kv=True; grow-ir: no learned key row)")
+    if m.add_zero_attn:
+        raise Unsupported("has add_zero_attn=True (grow-ir: no zero key row)")
 
 
 WHOLE: dict[type[nn.Module], CallRule] = {

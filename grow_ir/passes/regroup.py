@@ -81,28 +81,32 @@ def axis_plan(
     each span's last old channel (where a widened producer puts them, and so where a
     concat or flatten of its output does too); ``prune`` lays out the kept channels.
     """
-    starts = {off: blk for off, blk in spans}
-    inside = {p for off, blk in spans for p in range(off, off + old * blk)}
-    if len(starts) != len(spans) or len(inside) != old * sum(b for _, b in spans):
+    ordered = sorted(spans)
+    ends = [off + old * blk for off, blk in ordered]
+    overlap = any(e > nxt for e, (nxt, _) in zip(ends, ordered[1:]))
+    if overlap or (ordered and ends[-1] > size):
         raise AssertionError(f"overlapping channel spans {spans}")
     seen: set[int] = set()
     first = []
     for u in layout:
         first.append(u >= 0 and u not in seen)
         seen.add(u)
-    index, unit, new = [], [], []
-    for p in range(size):
-        if p in starts:
-            blk = starts[p]
-            for src, is_first in zip(layout, first):
-                for r in range(blk):
-                    index.append(p + src * blk + r if src >= 0 else -1)
-                    unit.append(src)
-                    new.append(not is_first)
-        if p not in inside:
-            index.append(p)
-            unit.append(-1)
-            new.append(False)
+    index: list[int] = []
+    unit: list[int] = []
+    new: list[bool] = []
+    done = 0  # positions before ``done`` are laid out
+    for (off, blk), end in zip(ordered, ends):
+        index.extend(range(done, off))  # outside the group: kept in place
+        unit.extend([-1] * (off - done))
+        new.extend([False] * (off - done))
+        for src, is_first in zip(layout, first):
+            index.extend(range(off + src * blk, off + src * blk + blk) if src >= 0 else [-1] * blk)
+            unit.extend([src] * blk)
+            new.extend([not is_first] * blk)
+        done = end
+    index.extend(range(done, size))
+    unit.extend([-1] * (size - done))
+    new.extend([False] * (size - done))
     return AxisPlan(tuple(index), tuple(unit), tuple(new))
 
 

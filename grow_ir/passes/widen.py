@@ -323,6 +323,17 @@ def _along(values: Sequence, axis: int, like: torch.Tensor, dtype: torch.dtype) 
     return torch.tensor(values, dtype=dtype).reshape(shape)
 
 
+def _scaled(t: torch.Tensor, axis: int, factors: Sequence[float]) -> torch.Tensor:
+    """``t`` with each slice along ``axis`` multiplied by its factor (in float64, rounded
+    back to ``t``'s dtype); slices with factor 1 are left as they are, bitwise, so only
+    the others are computed (a split unit's few columns of a wide layer)."""
+    at = [p for p, f in enumerate(factors) if f != 1.0]
+    index = torch.tensor(at, dtype=torch.long)
+    part = t.index_select(axis, index).double()
+    part = part * _along([factors[p] for p in at], axis, part, torch.float64)
+    return t.index_copy(axis, index, part.to(t.dtype))
+
+
 def _grow_mask(
     t: torch.Tensor, param: str, axes: Sequence[ParamAxis], old: int, layout: Sequence[int]
 ) -> tuple[torch.Tensor, Origin]:
@@ -382,7 +393,10 @@ def _grow_member(
             # Entries with no source start at zero; so do new fan-out columns not split.
             zero_new = kind == "fan_out" and units.fan_out != "split"
             kept = [i >= 0 and not (zero_new and n) for i, n in zip(plan.index, plan.new)]
-            t = torch.where(_along(kept, axis, t, torch.bool), t, torch.zeros((), dtype=t.dtype))
+            if not all(kept):
+                t = torch.where(
+                    _along(kept, axis, t, torch.bool), t, torch.zeros((), dtype=t.dtype)
+                )
             index[axis] = tuple(i if k else -1 for i, k in zip(plan.index, kept))
             if kind == "fan_out" and units.fan_out == "given":
                 at = torch.tensor([p for p, n in enumerate(plan.new) if n], dtype=torch.long)
@@ -391,7 +405,7 @@ def _grow_member(
                 factors = tuple(1.0 / counts[u] if u >= 0 else 1.0 for u in plan.unit)
                 if any(f != 1.0 for f in factors):
                     scale[axis] = factors
-                    t = (t.double() * _along(factors, axis, t, torch.float64)).to(t.dtype)
+                    t = _scaled(t, axis, factors)
             if param in units.rescale and axis == min(a.axis for a in axes):
                 f = units.rescale[param]  # recorded once, on the first grown axis
                 scale[axis] = tuple(f if i >= 0 else 1.0 for i in index[axis])
