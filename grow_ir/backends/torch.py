@@ -415,46 +415,53 @@ class LoweredModule(fx.GraphModule):
         return super().__reduce_package__(exporter)
 
 
+Scopes = dict[str, tuple[nn.Module, dict[str, nn.Module]]]
+"""Every scope of a lowered module by path (``""``: the module itself): its container and a
+copy of the container's ``_modules`` as the lowering left it."""
+
+
 class Lowering:
     """What one lowering was made from, for the next ``to_torch(..., reuse=...)`` to
     compare against: the types of the graph lowered, the steps by node, the generated
-    code, and where each submodule and scope was put. Neither copied nor pickled (a copy's
-    modules are other objects: it reuses nothing)."""
+    code, the scopes, and the build records flattened. Neither copied nor pickled (a
+    copy's modules are other objects: it reuses nothing)."""
 
     def __init__(
         self,
-        task: str | None,
         types: Mapping[str, TensorType],
         steps: dict[str, Step],
         plan: torch_chunks.Plan,
-        placed: tuple[list[dict[str, Any]], list[str], list[nn.Module]],
+        scopes: Scopes,
+        records: torch_reuse.Records,
     ) -> None:
-        self.task = task
         self.types = types
         self.steps = steps
         self.plan = plan
-        self.placed = placed
-        """``(parent._modules, name, module)`` of every scope and submodule, as flat lists."""
-        self.records: torch_reuse.Records | None = None
-        """The records of the module's ``built``, flattened on first reuse."""
+        self.scopes = scopes
+        self.records = records
 
     def records_of(self, built: Mapping[str, torch_reuse.Built]) -> torch_reuse.Records:
-        """``built`` as :class:`~grow_ir.backends.torch_reuse.Records` (kept while
-        ``built`` is the same mapping)."""
-        if self.records is None or self.records.built is not built:
+        """``built`` as :class:`~grow_ir.backends.torch_reuse.Records` (the ones made with
+        the lowering while ``built`` is the same mapping: ``update_params`` relinks)."""
+        if self.records.built is not built:
             self.records = torch_reuse.Records(built)
         return self.records
 
     def in_place(self) -> bool:
-        """Every scope and submodule is still where the lowering put it."""
-        tables, names, modules = self.placed
-        return all(map(operator.is_, map(dict.get, tables, names), modules))
+        """Every scope holds what the lowering put in it (so every submodule is where the
+        lowering put it): one dict comparison per scope."""
+        scopes = self.scopes.values()
+        now = map(_MODULES, (c for c, _ in scopes))
+        return all(map(operator.eq, now, (table for _, table in scopes)))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> None:
         return None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(None), ())
+
+
+_MODULES = operator.attrgetter("_modules")
 
 
 def to_torch(
@@ -503,10 +510,11 @@ def to_torch(
     # verify: every node feeds some output, so all of them are needed without a task
     nodes = graph.nodes if task is None else needed_nodes(graph, outputs)
     root = _unwrap(reuse) if reuse is not None else None
-    old_built, prior, records = _reusable(root)
+    old_built, prior, records, in_place = _reusable(root)
     changed = _changed_types(prior.types if prior is not None else None, graph.types)
     steps = _steps(graph, nodes, prior.steps if prior is not None else {}, changed)
-    built = _modules(graph, steps, old_built, records, changed)
+    built, reused = _modules(graph, steps, old_built, records, changed)
+    new_records = torch_reuse.Records(built)
     if task is None:
         inputs = list(graph.inputs)
     else:
@@ -514,15 +522,15 @@ def to_torch(
         inputs = [i for i in graph.inputs if i in used_inputs]
     plan = torch_chunks.plan(steps, inputs, outputs, _emit, prior.plan if prior else None)
     gm = LoweredModule(nn.Module(), fx.Graph(), class_name=_class_name(graph.name))
-    placed = _nest(gm, built)
+    scopes = _nest(gm, built, prior.scopes if prior is not None and in_place else {})
     type(gm).forward = plan.forward
     gm._code = plan.code
     gm._lineno_map = None  # no map from lines of the chunks' code to graph nodes
     gm.__dict__["_pending"] = _whole_fx(steps, inputs, outputs)
     gm.chunks = plan.chunk_at
     gm.built = built
-    gm.lowering = Lowering(task, graph.types, {s.node.name: s for s in steps}, plan, placed)
-    reused = [b for t, b in built.items() if old_built.get(t) is b]
+    by_node = {s.node.name: s for s in steps}
+    gm.lowering = Lowering(graph.types, by_node, plan, scopes, new_records)
     if task is not None:
         owners = graph.param_owners
         mine = frozenset({task})
@@ -539,18 +547,20 @@ def to_torch(
         )
         return gm.train()
     # Everything built afresh is in train mode, requires gradients and has none: only
-    # the reused modules need setting (not a walk over every module of a large graph).
-    torch_reuse.reset_reused(reused)
+    # the reused modules and scopes may differ (checked together, in flat C-level maps).
+    if reused:
+        new_records.reset([c for c, _ in scopes.values()])
     return gm
 
 
 def _reusable(
     root: nn.Module | None,
-) -> tuple[dict[str, torch_reuse.Built], Lowering | None, torch_reuse.Records | None]:
+) -> tuple[Mapping[str, torch_reuse.Built], Lowering | None, torch_reuse.Records | None, bool]:
     """The build records of ``root`` whose submodule is still in place, its lowering
-    record, and those build records to be checked together."""
+    record, those build records to be checked together, and whether every scope is
+    still as the lowering left it (then unchanged scopes may be shared)."""
     if root is None:
-        return {}, None, None
+        return {}, None, None, False
     if not isinstance(root, LoweredModule):
         raise GrowError(
             "reuse needs a module that to_torch made",
@@ -559,8 +569,8 @@ def _reusable(
             found=type(root).__name__,
         )
     prior = root.__dict__.get("lowering")
-    if prior is not None and prior.in_place():  # every placement checked at once
-        return dict(root.built), prior, prior.records_of(root.built)
+    if prior is not None and prior.in_place():
+        return root.built, prior, prior.records_of(root.built), True
     out = {}
     for target, built in root.built.items():
         module: nn.Module | None = root
@@ -570,7 +580,7 @@ def _reusable(
                 break
         if module is built.module:
             out[target] = built
-    return out, prior, torch_reuse.Records(out)
+    return out, prior, torch_reuse.Records(out), False
 
 
 def _changed_types(
@@ -652,30 +662,38 @@ def _modules(
     old: Mapping[str, torch_reuse.Built],
     records: torch_reuse.Records | None,
     changed: set[str] | None,
-) -> dict[str, torch_reuse.Built]:
+) -> tuple[dict[str, torch_reuse.Built], int]:
     """The build record of every module ``steps`` call, by target, in the order the graph
     first uses them: those of ``old`` that still match (see
-    :mod:`grow_ir.backends.torch_reuse`), new ones for the rest."""
-    targets = dict.fromkeys(s.target for s in steps if s.kind != "function")
+    :mod:`grow_ir.backends.torch_reuse`), new ones for the rest; and how many were
+    taken over."""
+    targets = dict.fromkeys(s.target for s in steps if s.target)
     stale = records.stale(graph.params) if records is not None and old else set()
     node_map = graph.node_map
     built: dict[str, torch_reuse.Built] = {}
+    reused = 0
     for target in targets:
         owner = node_map[target]
         b = old.get(target)
         if b is not None and target not in stale:
-            if b.node is owner and changed is not None:
-                # the same node, and its input types equal those it was built for (they
-                # equal the earlier lowering's types, which ``changed`` is relative to)
-                if not changed or changed.isdisjoint(owner.inputs):
+            if b.node is owner:
+                # the same node; its input types equal those it was built for when they
+                # equal the earlier lowering's types, which ``changed`` is relative to
+                if changed is not None and (not changed or changed.isdisjoint(owner.inputs)):
                     built[target] = b
+                    reused += 1
+                    continue
+                if changed is None and b.matches(graph, owner):
+                    built[target] = b
+                    reused += 1
                     continue
             elif b.matches(graph, owner):
                 built[target] = b.for_node(owner)
+                reused += 1
                 continue
         module, filled = torch_build.build(graph, owner, MODULES[owner.op])
         built[target] = torch_reuse.record(graph, owner, module, filled)
-    return built
+    return built, reused
 
 
 def _emit(
@@ -733,40 +751,53 @@ def _caller(fxg: fx.Graph, node: Node) -> Call:
     return call
 
 
-def _nest(
-    gm: nn.Module, built: Mapping[str, torch_reuse.Built]
-) -> tuple[list[dict[str, Any]], list[str], list[nn.Module]]:
+def _nest(gm: nn.Module, built: Mapping[str, torch_reuse.Built], old: Scopes) -> Scopes:
     """Put each module at its dotted target, registered in graph order (so that
-    state_dict() and parameters() list scopes in the order the graph first uses them);
-    returns where each scope and module went, as ``(parent._modules, name, module)``
-    lists."""
-    tables: list[dict[str, Any]] = []
-    names: list[str] = []
-    placed: list[nn.Module] = []
-    scopes: dict[str, nn.Module] = {"": gm}
+    state_dict() and parameters() list scopes in the order the graph first uses them).
 
-    def scope_of(path: str) -> nn.Module:
-        found = scopes.get(path)
-        if found is None:
-            outer, _, name = path.rpartition(".")
-            parent = scope_of(outer)
-            found = scopes[path] = torch_build.container()
-            # Straight into _modules: add_module's checks (a name clashing with an
-            # attribute) cost a failed getattr per module; ``verify`` rejects such names.
-            parent._modules[name] = found
-            tables.append(parent._modules)
-            names.append(name)
-            placed.append(found)
-        return found
+    A scope of ``old`` (an earlier lowering's, every one of them as that lowering left
+    it) that would hold exactly the same modules under the same names, in the same order,
+    is that very container, now shared like the modules it holds; the others are new.
+    Returns the scopes (see :data:`Scopes`).
+    """
+    tables: dict[str, dict[str, Any]] = {"": {}}
+    inner: dict[str, list[tuple[str, str]]] = {}
+
+    def open_scope(path: str) -> dict[str, Any]:
+        outer, _, name = path.rpartition(".")
+        parent = tables.get(outer)
+        if parent is None:
+            parent = open_scope(outer)
+        parent[name] = None  # its place in the order; the container is known below
+        inner.setdefault(outer, []).append((name, path))
+        table = tables[path] = {}
+        return table
 
     for target, b in built.items():
         path, _, leaf = target.rpartition(".")
-        table = scope_of(path)._modules
+        table = tables.get(path)
+        if table is None:
+            table = open_scope(path)
         table[leaf] = b.module
-        tables.append(table)
-        names.append(leaf)
-        placed.append(b.module)
-    return tables, names, placed
+    scopes: Scopes = {}
+    for path in reversed(tables):  # inner scopes (opened after their outer one) first
+        table = tables[path]
+        for name, sub in inner.get(path, ()):
+            table[name] = scopes[sub][0]
+        if not path:
+            continue
+        was = old.get(path)
+        if was is not None and was[1] == table and list(was[1]) == list(table):
+            scopes[path] = was
+            continue
+        # Straight into _modules: add_module's checks (a name clashing with an attribute)
+        # cost a failed getattr per module, and ``verify`` already rejects such names.
+        container = torch_build.container()
+        container.__dict__["_modules"] = table
+        scopes[path] = (container, dict(table))
+    gm._modules.update(tables[""])
+    scopes[""] = (gm, dict(tables[""]))
+    return scopes
 
 
 def _class_name(name: str) -> str:

@@ -304,26 +304,35 @@ def _sections(
             groups.append([])
     if not groups[-1]:
         groups.pop()
-    live_ins = [_live_in_calls(g) for g in groups]
+    prior = old.section_at if old is not None else {}
+    fns = [tuple(c.fn for c in g) for g in groups]
+    found = [
+        s if (s := prior.get(g[0].first)) is not None and s.fns == f else None
+        for g, f in zip(groups, fns, strict=True)
+    ]
+    # the live values in are a function of the chunks called (their code)
+    live_ins = [
+        s.live_in if s is not None else _live_in_calls(g)
+        for g, s in zip(groups, found, strict=True)
+    ]
     crossing = _crossing(live_ins, outputs)
     moved = crossing ^ old.section_crossing if old is not None else crossing
-    prior = old.section_at if old is not None else {}
     out = []
-    for group, ins in zip(groups, live_ins, strict=True):
-        s = prior.get(group[0].first)
-        fns = tuple(c.fn for c in group)
-        same = s is not None and s.fns == fns
-        if same and s.defs.isdisjoint(moved):  # type: ignore[union-attr]
-            out.append(s if s.chunks == tuple(group) else replace(s, chunks=tuple(group)))  # type: ignore[union-attr]
-            continue
-        outs = tuple(v for c in group for v in c.live_out if v in crossing)
-        if same and s.live_out == outs:  # type: ignore[union-attr]
-            out.append(s if s.chunks == tuple(group) else replace(s, chunks=tuple(group)))  # type: ignore[union-attr]
-            continue
+    for group, f, s, ins in zip(groups, fns, found, live_ins, strict=True):
+        if s is not None:
+            if s.defs.isdisjoint(moved):
+                out.append(s if s.chunks == tuple(group) else replace(s, chunks=tuple(group)))
+                continue
+            outs = tuple(v for c in group for v in c.live_out if v in crossing)
+            if s.live_out == outs:
+                out.append(s if s.chunks == tuple(group) else replace(s, chunks=tuple(group)))
+                continue
+        else:
+            outs = tuple(v for c in group for v in c.live_out if v in crossing)
         name = "section_" + group[0].first.replace(".", "_")
         fn, source = call_sequence(name, ins, group, returns=outs)
         defs = frozenset(chain.from_iterable(c.live_out for c in group))
-        out.append(Section(tuple(group), ins, outs, group[0].first, name, fn, source, defs, fns))
+        out.append(Section(tuple(group), ins, outs, group[0].first, name, fn, source, defs, f))
     return out
 
 
@@ -337,6 +346,29 @@ def _live_in_calls(calls: Sequence[Chunk]) -> tuple[str, ...]:
                 reads[v] = None
         defined.update(c.live_out)
     return tuple(reads)
+
+
+class _Names:
+    """Unique Python identifiers for value names (node names: letters, digits and ``_``
+    joined by dots, no Python keyword as a segment, as ``verify`` guarantees), each the
+    name with its dots made ``_`` (``_`` first if it starts with a digit) and a ``_1``,
+    ``_2``... suffix where that is taken: what fx's namespace makes of such names, without
+    its per-name regular expressions."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def create_name(self, value: str) -> str:
+        """A new identifier for ``value``."""
+        base = value.replace(".", "_")
+        if base[0].isdigit():
+            base = "_" + base
+        name, count = base, 0
+        while name in self.used:
+            count += 1
+            name = f"{base}_{count}"
+        self.used.add(name)
+        return name
 
 
 def call_sequence(
@@ -357,12 +389,12 @@ def call_sequence(
     its values, so eval-mode memory stays what the unchunked code uses, give or take the
     values crossing one section call.
     """
-    ns = _Namespace()
-    ns.create_name("self", None)
+    ns = _Names()
+    ns.create_name("self")
     var: dict[str, str] = {}
     for v in params:
-        var[v] = ns.create_name(v, None)
-    callees = [ns.create_name(c.name, None) for c in calls]
+        var[v] = ns.create_name(v)
+    callees = [ns.create_name(c.name) for c in calls]
     last: dict[str, int] = {}
     for j, c in enumerate(calls):
         for v in c.live_in:
@@ -374,7 +406,7 @@ def call_sequence(
         lines += [f"    {var[v]} = {v}" for v in params if var[v] != v]
     for j, c in enumerate(calls):
         for v in c.live_out:
-            var[v] = ns.create_name(v, None)
+            var[v] = ns.create_name(v)
         args = ", ".join(["self", *(var[v] for v in c.live_in)])
         targets = ", ".join(var[v] for v in c.live_out)
         if c.live_out:

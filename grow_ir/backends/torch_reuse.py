@@ -29,9 +29,8 @@ import operator
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from functools import cached_property
 from itertools import accumulate, chain, compress
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -46,26 +45,43 @@ _GRAD = operator.attrgetter("grad")
 _TRAINING = operator.attrgetter("training")
 
 
+class Link(NamedTuple):
+    """A module tensor known to hold exactly a graph tensor's values."""
+
+    name: str
+    """The graph parameter name."""
+    graph_tensor: torch.Tensor
+    table: dict[str, Any]
+    """The slot: the owner's ``_parameters`` or ``_buffers``..."""
+    attr: str
+    """... and the key in it."""
+    buffer: bool
+    module_tensor: torch.Tensor
+    version: int
+    data_ptr: int
+
+
+def link(
+    name: str, graph_tensor: torch.Tensor, table: dict[str, Any], attr: str, buffer: bool
+) -> Link | None:
+    """A link from the slot's current tensor to ``graph_tensor`` (the caller guarantees
+    they hold equal values); None for an empty slot."""
+    t = table.get(attr)
+    if t is None:
+        return None
+    return Link(name, graph_tensor, table, attr, buffer, t, t._version, t.data_ptr())
+
+
 @dataclass(frozen=True, eq=False)
 class Built:
-    """What one submodule was built from, and the links of its tensors (aligned tuples,
-    one entry a tensor, in the module's state_dict order)."""
+    """What one submodule was built from, and the links of its tensors (in the module's
+    state_dict order)."""
 
     module: nn.Module
     node: Node
     """The node it was built for (or one of equal op and attributes)."""
     input_types: tuple[TensorType, ...]
-    names: tuple[str, ...]
-    """The graph parameter names of its tensors."""
-    graph_tensors: tuple[torch.Tensor, ...]
-    tables: tuple[dict[str, Any], ...]
-    """Each tensor's slot: the owner's ``_parameters`` or ``_buffers``..."""
-    attrs: tuple[str, ...]
-    """... and the key in it."""
-    buffers: tuple[bool, ...]
-    module_tensors: tuple[torch.Tensor, ...]
-    versions: tuple[int, ...]
-    data_ptrs: tuple[int, ...]
+    links: tuple[Link, ...]
     parts: tuple[tuple[dict[str, Any], str, nn.Module], ...]
     """Every submodule below ``module``, as ``(parent._modules, name, submodule)``."""
 
@@ -74,15 +90,10 @@ class Built:
         """The op it was built for."""
         return self.node.op
 
-    @cached_property
-    def parameters(self) -> tuple[torch.Tensor, ...]:
-        """Its module tensors that are parameters (not buffers)."""
-        return tuple(t for t, b in zip(self.module_tensors, self.buffers, strict=True) if not b)
-
-    @cached_property
-    def submodules(self) -> tuple[nn.Module, ...]:
-        """``module`` and every submodule below it."""
-        return (self.module, *(m for _, _, m in self.parts))
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The graph parameter names of its tensors."""
+        return tuple(lk.name for lk in self.links)
 
     def matches(self, graph: Graph, node: Node) -> bool:
         """True when lowering ``node`` of ``graph`` would build this same module with the
@@ -104,21 +115,21 @@ class Built:
 def record(graph: Graph, node: Node, module: nn.Module, filled: Sequence[Filled]) -> Built:
     """The record of ``module``, just built for ``node`` from ``graph``'s tensors (its
     slots ``filled``)."""
-    tensors = tuple(f.tensor for f in filled)
-    return Built(
-        module,
-        node,
-        tuple(graph.input_types(node)),
-        tuple(f.name for f in filled),
-        tuple(graph.params[f.name] for f in filled),
-        tuple(f.table for f in filled),
-        tuple(f.attr for f in filled),
-        tuple(f.buffer for f in filled),
-        tensors,
-        tuple(map(_VERSION, tensors)),
-        tuple(t.data_ptr() for t in tensors),
-        tuple(_parts(module)),
+    params = graph.params
+    links = tuple(
+        Link(
+            f.name,
+            params[f.name],
+            f.table,
+            f.attr,
+            f.buffer,
+            f.tensor,
+            f.tensor._version,
+            f.tensor.data_ptr(),
+        )
+        for f in filled
     )
+    return Built(module, node, tuple(graph.input_types(node)), links, tuple(_parts(module)))
 
 
 def _parts(module: nn.Module) -> Iterable[tuple[dict[str, Any], str, nn.Module]]:
@@ -132,44 +143,49 @@ def relink(built: Built, params: Mapping[str, torch.Tensor], exact: set[str]) ->
     """``built`` linked to new graph tensors ``params`` (exact copies of the module's
     tensors for the names in ``exact``); None when some tensor was not copied exactly or
     a slot is empty."""
-    if not exact.issuperset(built.names):
-        return None
-    now = tuple(map(dict.get, built.tables, built.attrs))
-    if None in now:
-        return None
-    return replace(
-        built,
-        graph_tensors=tuple(params[n] for n in built.names),
-        module_tensors=now,
-        versions=tuple(map(_VERSION, now)),
-        data_ptrs=tuple(t.data_ptr() for t in now),
-    )
+    links = []
+    for old in built.links:
+        if old.name not in exact:
+            return None
+        new = link(old.name, params[old.name], old.table, old.attr, old.buffer)
+        if new is None:
+            return None
+        links.append(new)
+    return replace(built, links=tuple(links))
 
 
 class Records:
-    """The build records of one lowering's submodules, by target, checked together."""
+    """The build records of one lowering's submodules, by target, as flat lists (one
+    entry a tensor, or a submodule), to be checked together."""
 
     def __init__(self, built: Mapping[str, Built]) -> None:
         self.built = built
         self._targets = list(built)
         records = list(built.values())
-
-        def flat(field: str) -> list[Any]:
-            return list(chain.from_iterable(map(operator.attrgetter(field), records)))
-
-        self._ends = list(accumulate(map(len, map(operator.attrgetter("names"), records))))
-        self._names = flat("names")
-        self._graph_tensors = flat("graph_tensors")
-        self._tables = flat("tables")
-        self._attrs = flat("attrs")
-        self._tensors = flat("module_tensors")
-        self._versions = flat("versions")
-        self._data_ptrs = flat("data_ptrs")
-        self._part_ends = list(accumulate(map(len, map(operator.attrgetter("parts"), records))))
-        parts = flat("parts")
+        per_record = list(map(_LINKS, records))
+        self._ends = list(accumulate(map(len, per_record)))
+        rows = list(chain.from_iterable(per_record))
+        columns = list(map(list, zip(*rows, strict=True))) if rows else [[] for _ in Link._fields]
+        (
+            self._names,
+            self._graph_tensors,
+            self._tables,
+            self._attrs,
+            buffers,
+            self._tensors,
+            self._versions,
+            self._data_ptrs,
+        ) = columns
+        self.parameters = list(compress(self._tensors, map(operator.not_, buffers)))
+        """Every parameter (not buffer) of the modules."""
+        parts_per_record = list(map(_PARTS, records))
+        self._part_ends = list(accumulate(map(len, parts_per_record)))
+        parts = list(chain.from_iterable(parts_per_record))
         self._part_tables = [p[0] for p in parts]
         self._part_names = [p[1] for p in parts]
         self._part_modules = [p[2] for p in parts]
+        self.modules = [*map(_MODULE, records), *self._part_modules]
+        """Every module and submodule of the records."""
 
     def stale(self, params: Mapping[str, torch.Tensor]) -> set[str]:
         """The targets some link of which no longer holds for a graph of these ``params``:
@@ -197,17 +213,22 @@ class Records:
             )
         return out
 
+    def reset(self, containers: Sequence[nn.Module] = ()) -> None:
+        """Put every module (and ``containers``) in the state a fresh build has: train
+        mode, parameters that require gradients and have none (only the ones that differ
+        are touched)."""
+        params = self.parameters
+        for p in compress(params, map(operator.not_, map(_REQUIRES_GRAD, params))):
+            p.requires_grad_(True)
+        grads = list(map(_GRAD, params))
+        if grads.count(None) != len(grads):
+            for p in compress(params, [g is not None for g in grads]):
+                p.grad = None
+        for modules in (self.modules, containers):
+            for m in compress(modules, list(map(operator.not_, map(_TRAINING, modules)))):
+                m.training = True
 
-def reset_reused(reused: Sequence[Built]) -> None:
-    """Put the reused modules in the state a fresh build has: train mode, parameters that
-    require gradients and have none (only the ones that differ are touched)."""
-    params = list(chain.from_iterable(b.parameters for b in reused))
-    for p in compress(params, map(operator.not_, map(_REQUIRES_GRAD, params))):
-        p.requires_grad_(True)
-    grads = list(map(_GRAD, params))
-    if grads.count(None) != len(grads):
-        for p in compress(params, [g is not None for g in grads]):
-            p.grad = None
-    modules = list(chain.from_iterable(b.submodules for b in reused))
-    for m in compress(modules, map(operator.not_, map(_TRAINING, modules))):
-        m.training = True
+
+_LINKS = operator.attrgetter("links")
+_PARTS = operator.attrgetter("parts")
+_MODULE = operator.attrgetter("module")
