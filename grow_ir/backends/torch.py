@@ -388,9 +388,23 @@ class LoweredModule(fx.GraphModule):
         self.__dict__["_pending"] = None
         fx.GraphModule.graph.fset(self, g)  # type: ignore[attr-defined]
 
+    @classmethod
+    def empty(cls, class_name: str) -> LoweredModule:
+        """A lowered module with no submodules and no code yet (``to_torch`` sets them),
+        without generating and compiling the code of an empty fx graph, as fx's
+        constructor otherwise does."""
+        gm = cls.__new__(cls)
+        gm.__dict__["_no_code"] = True
+        fx.GraphModule.__init__(gm, nn.Module(), fx.Graph(), class_name=class_name)
+        del gm.__dict__["_no_code"]
+        gm._prologue_start = 0
+        return gm
+
     def recompile(self) -> PythonCode:
         """Regenerate ``forward`` from ``self.graph`` as one function (see
         ``fx.GraphModule.recompile``)."""
+        if self.__dict__.get("_no_code"):
+            return None  # type: ignore[return-value]  (only ``empty`` calls it so)
         self.graph  # noqa: B018  (built, if it is still pending)
         code = super().recompile()
         cls = type(self)  # fx gives each GraphModule a class of its own
@@ -521,7 +535,7 @@ def to_torch(
         used_inputs = {i for n in nodes for i in n.inputs}
         inputs = [i for i in graph.inputs if i in used_inputs]
     plan = torch_chunks.plan(steps, inputs, outputs, _emit, prior.plan if prior else None)
-    gm = LoweredModule(nn.Module(), fx.Graph(), class_name=_class_name(graph.name))
+    gm = LoweredModule.empty(_class_name(graph.name))
     scopes = _nest(gm, built, prior.scopes if prior is not None and in_place else {})
     type(gm).forward = plan.forward
     gm._code = plan.code

@@ -7,10 +7,10 @@ of re-lowering the third of a graph that widening changes. A module's structure 
 function of its op, attributes and input types alone (the factory reads nothing else), so
 the factory runs once per such signature, on the meta device, for a *prototype*; each
 node's module is then a copy of the prototype's attributes (every dict, list and set
-copied, submodules copied likewise) whose parameter and buffer slots are filled with
-clones of the graph's tensors, as ``load_state_dict(..., assign=True)`` fills them (a
-parameter slot gets ``nn.Parameter(clone, requires_grad=<the prototype's>)``, a buffer
-slot the clone).
+copied, submodules copied likewise: a :class:`Shape`) whose parameter and buffer slots
+are filled with clones of the graph's tensors, as ``load_state_dict(..., assign=True)``
+fills them (a parameter slot gets ``nn.Parameter(clone, requires_grad=<the
+prototype's>)``, a buffer slot the clone).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class SlotSpec:
     """One persistent tensor slot of a prototype."""
 
     owner: int
-    """The index of the slot's owner among the module's submodules (``copy_tree``'s order)."""
+    """The index of the slot's owner among the module's submodules (:class:`Shape`'s order)."""
     attr: str
     buffer: bool
     local: str
@@ -49,10 +49,51 @@ class SlotSpec:
 
 
 @dataclass(frozen=True)
+class Shape:
+    """How to copy a module and its submodules: for each (depth first, in registration
+    order), the module, its attributes to copy, and where it goes in its parent."""
+
+    parts: tuple[tuple[nn.Module, tuple[str, ...], int, str], ...]
+    """``(submodule, names of its dict, list and set attributes, index of its parent
+    (-1 for the module itself), its name in the parent)``."""
+
+    @staticmethod
+    def of(module: nn.Module) -> Shape:
+        """The shape of ``module``."""
+        parts: list[tuple[nn.Module, tuple[str, ...], int, str]] = []
+
+        def walk(sub: nn.Module, parent: int, name: str) -> None:
+            mutable = tuple(k for k, v in sub.__dict__.items() if isinstance(v, MUTABLE))
+            parts.append((sub, mutable, parent, name))
+            here = len(parts) - 1
+            for child_name, child in sub._modules.items():
+                if child is not None:
+                    walk(child, here, child_name)
+
+        walk(module, -1, "")
+        return Shape(tuple(parts))
+
+    def copy(self) -> list[nn.Module]:
+        """A copy of the module sharing no mutable attribute with it (its submodules
+        copied likewise, tensors kept as they are), then its submodules, in order."""
+        out: list[nn.Module] = []
+        for sub, mutable, parent, name in self.parts:
+            new = object.__new__(type(sub))
+            state = sub.__dict__.copy()
+            for k in mutable:
+                state[k] = state[k].copy()
+            object.__setattr__(new, "__dict__", state)
+            if parent >= 0:
+                out[parent]._modules[name] = new
+            out.append(new)
+        return out
+
+
+@dataclass(frozen=True)
 class Prototype:
     """A module built by its factory on the meta device, and where its tensors go."""
 
-    module: nn.Module
+    shape: Shape
     slots: tuple[SlotSpec, ...]
 
 
@@ -88,8 +129,8 @@ def prototype(
     if found is not None:
         return found
     module = factory(attrs, input_types)
-    owners = _tree(module)
-    index = {id(m): i for i, m in enumerate(owners)}
+    shape = Shape.of(module)
+    index = {id(part[0]): i for i, part in enumerate(shape.parts)}
     specs = []
     for path, sub in module.named_modules():
         base = f"{path}." if path else ""
@@ -101,7 +142,7 @@ def prototype(
         for attr, value in sub._buffers.items():
             if value is not None and attr not in sub._non_persistent_buffers_set:
                 specs.append(SlotSpec(index[id(sub)], attr, True, base + attr, False))
-    found = Prototype(module, tuple(specs))
+    found = Prototype(shape, tuple(specs))
     if key is not None:
         if len(_PROTOTYPES) >= PROTOTYPES_MAX:
             _PROTOTYPES.clear()
@@ -109,38 +150,13 @@ def prototype(
     return found
 
 
-def _tree(module: nn.Module) -> list[nn.Module]:
-    """``module`` and its submodules, depth first in registration order."""
-    out = [module]
-    for child in module._modules.values():
-        if child is not None:
-            out.extend(_tree(child))
-    return out
-
-
-def copy_tree(module: nn.Module) -> list[nn.Module]:
-    """A copy of ``module`` sharing no mutable attribute with it (its submodules copied
-    likewise, tensors kept as they are), then its submodules, in :func:`_tree`'s order."""
-    new = object.__new__(type(module))
-    state = {k: v.copy() if isinstance(v, MUTABLE) else v for k, v in module.__dict__.items()}
-    object.__setattr__(new, "__dict__", state)
-    out = [new]
-    children = state["_modules"]
-    for name, child in children.items():
-        if child is not None:
-            copied = copy_tree(child)
-            children[name] = copied[0]
-            out.extend(copied)
-    return out
-
-
-_EMPTY = nn.Module()
+_EMPTY = Shape.of(nn.Module())
 
 
 def container() -> nn.Module:
     """A new empty ``nn.Module`` (a scope holding submodules), as ``nn.Module()`` makes
     it, without its ``__init__``."""
-    return copy_tree(_EMPTY)[0]
+    return _EMPTY.copy()[0]
 
 
 def build(
@@ -155,7 +171,7 @@ def build(
     storage with ``graph.params``.
     """
     proto = prototype(factory, node.op, node.attrs, tuple(graph.input_types(node)))
-    owners = copy_tree(proto.module)
+    owners = proto.shape.copy()
     prefix = node.param_prefix + "."
     params = graph.params
     filled = []
