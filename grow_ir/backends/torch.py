@@ -388,6 +388,15 @@ class LoweredModule(fx.GraphModule):
         self.__dict__["_pending"] = None
         fx.GraphModule.graph.fset(self, g)  # type: ignore[attr-defined]
 
+    @property
+    def code(self) -> str:
+        """The Python code of ``forward``: after a lowering, ``forward``, then the
+        sections and the chunks it calls (joined on first use); after ``recompile()``,
+        fx's one function."""
+        if self.__dict__.get("_code") is None and self.lowering is not None:
+            self.__dict__["_code"] = self.lowering.plan.code
+        return fx.GraphModule.code.fget(self)  # type: ignore[attr-defined]
+
     @classmethod
     def empty(cls, class_name: str) -> LoweredModule:
         """A lowered module with no submodules and no code yet (``to_torch`` sets them),
@@ -538,7 +547,7 @@ def to_torch(
     gm = LoweredModule.empty(_class_name(graph.name))
     scopes = _nest(gm, built, prior.scopes if prior is not None and in_place else {})
     type(gm).forward = plan.forward
-    gm._code = plan.code
+    gm._code = None  # the chunks' code, joined on first use (see ``code``)
     gm._lineno_map = None  # no map from lines of the chunks' code to graph nodes
     gm.__dict__["_pending"] = _whole_fx(steps, inputs, outputs)
     gm.chunks = plan.chunk_at
