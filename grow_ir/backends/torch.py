@@ -514,15 +514,17 @@ def to_torch(
       compiled or wrapped in DDP), each submodule that would be built exactly as ``reuse``
       holds it (same op, attributes and input types, and tensors whose values are known to
       equal this graph's: see :mod:`grow_ir.backends.torch_reuse`) is that very submodule
-      object, now shared by both modules, gradients cleared and ``requires_grad`` set as
-      above; every other submodule is built afresh. The result computes bitwise what
+      object, now shared by both modules (and so is every scope holding exactly the same
+      submodules), gradients cleared and ``requires_grad`` set as above; every other
+      submodule is built afresh. The result computes bitwise what
       ``to_torch(graph, task)`` computes (on the reused modules' device), with the same
       ``state_dict`` keys; likewise every chunk of generated code whose nodes lower to the
       same code (see :mod:`grow_ir.backends.torch_chunks`) is taken over compiled: a
       growth step costs the nodes it changed;
-    - ``forward`` is fx's code for the nodes, in chunk functions called in order (the
-      same code a fresh lowering generates); ``graph``, the one fx graph of it all, is
-      built on first use, and ``recompile()`` turns the forward into one function.
+    - ``forward`` is fx's code for the nodes, in chunk functions called in order through
+      section functions (the same code a fresh lowering generates); ``graph``, the one fx
+      graph of it all, is built on first use, and ``recompile()`` turns the forward into
+      one function.
 
     Raises:
         VerifyError: ``graph`` breaks an invariant of the IR.
