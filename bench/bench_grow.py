@@ -22,13 +22,16 @@ rebuilt, as before incremental lowering) and with ``to_torch(result, reuse=modul
 (``+reuse``: the modules of unchanged nodes taken over from the input graph's lowering,
 as the trainer's growth step does), side by side in one run, over repetitions (at least
 5, about ``--seconds`` per cell), garbage collected between runs; ``×`` is full ÷ reuse.
-``relower`` is ``to_torch(result, reuse=module)`` alone (the result's indexes cold), the
-figure the targets (ResNet-20 ≤ 5 ms, 2,000 nodes ≤ 20 ms) are checked against, beside
-the whole step. ``to_torch`` lowers the input graph with its indexes cold. ``gc`` is the
+``relower`` is ``to_torch(result, reuse=module)`` alone, on a fresh result of the pass
+each run (as the pass returns it: verified, types inferred; the pass itself untimed): the
+re-lowering a growth step pays, the figure the targets (ResNet-20 ≤ 5 ms, 2,000 nodes ≤
+20 ms) are checked against, beside the whole step. ``cold`` is the same with the result's
+indexes cold (a copy of it without its derived indexes or verified mark: verification and
+type inference included). ``to_torch`` lowers the input graph with its indexes cold. ``gc`` is the
 full collection that frees a dropped lowering (fx modules are freed only by the cyclic
 collector), ``frozen`` the same after ``gc.freeze()``. Two tables: the median of the runs,
 and their minimum (the least disturbed by other processes). torch runs single-threaded.
-``verify`` is the verification of the result alone (indexes cold), the part of ``relower``
+``verify`` is the verification of the result alone (indexes cold), the part of ``cold``
 that checks the graph. ``--profile`` prints cProfile's top functions for each step with
 re-lowering, on ResNet-20 and on the largest graph timed.
 """
@@ -147,8 +150,10 @@ class Cell:
     lowered: list[float]
     reused: list[float]
     relower: list[float]
+    cold: list[float]
+    """``to_torch(result, reuse=module)`` with the result's indexes cold."""
     verify: list[float]
-    """``verify`` of the result with its indexes cold: the part of ``relower`` that checks
+    """``verify`` of the result with its indexes cold: the part of ``cold`` that checks
     the graph (type inference included)."""
 
 
@@ -168,22 +173,27 @@ STATS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median,
 least disturbed by other processes on a shared machine)."""
 
 
-def run_ms(fn: Callable[[], object], seconds: float) -> list[float]:
-    """Wall times of ``fn()`` in ms: at least 5 runs, about ``seconds`` in all, after a
-    warm-up run (first-call imports and caches).
+def run_ms(
+    fn: Callable[..., object], seconds: float, setup: Callable[[], Any] | None = None
+) -> list[float]:
+    """Wall times of ``fn()`` in ms (``fn(setup())`` with ``setup``, untimed, run before
+    each run): at least 5 runs, about ``seconds`` in all, after a warm-up run (first-call
+    imports and caches).
 
     The garbage of the previous run is collected before each run, untimed: a lowered
     module is an fx.GraphModule, which its fx.Graph refers back to (``owning_module``),
     so only the cyclic collector frees it, and that collection would otherwise land in a
     random later run (see :func:`collect_ms`).
     """
-    fn()
+    args = () if setup is None else (setup(),)
+    fn(*args)
     start = time.perf_counter()
     times: list[float] = []
     while len(times) < 5 or (time.perf_counter() - start < seconds and len(times) < 200):
+        args = () if setup is None else (setup(),)
         gc.collect()
         t0 = time.perf_counter()
-        fn()
+        fn(*args)
         times.append((time.perf_counter() - t0) * 1e3)
     return times
 
@@ -220,6 +230,11 @@ def time_graph(graph: Graph, seconds: float) -> Row:
             lowered=run_ms(lambda step=step: to_torch(step(graph)), seconds / 4),
             reused=run_ms(lambda step=step: to_torch(step(graph), reuse=module), seconds / 4),
             relower=run_ms(
+                lambda result: to_torch(result, reuse=module),
+                seconds / 4,
+                setup=lambda step=step: step(graph),
+            ),
+            cold=run_ms(
                 lambda grown=grown: to_torch(dataclasses.replace(grown), reuse=module),
                 seconds / 4,
             ),
@@ -239,7 +254,7 @@ def table(rows: list[Row], stat: str) -> list[str]:
     summary = STATS[stat]
     names = list(STEPS)
     head = f"{'nodes':>6} {'graph':<12}" + "".join(
-        f" | {n:>12} {'+full':>7} {'+reuse':>7} {'×':>5} {'relower':>7} {'verify':>6}"
+        f" | {n:>12} {'+full':>7} {'+reuse':>7} {'×':>5} {'relower':>7} {'cold':>7} {'verify':>6}"
         for n in names
     )
     lines = [
@@ -255,7 +270,8 @@ def table(rows: list[Row], stat: str) -> list[str]:
             c = cells[name]
             alone, full, reused = summary(c.alone), summary(c.lowered), summary(c.reused)
             line += f" | {alone:>12.2f} {full:>7.2f} {reused:>7.2f} {full / reused:>5.1f}"
-            line += f" {summary(c.relower):>7.2f} {summary(c.verify):>6.2f}"
+            line += f" {summary(c.relower):>7.2f} {summary(c.cold):>7.2f}"
+            line += f" {summary(c.verify):>6.2f}"
         line += f" | {summary(row.to_torch):>8.2f}"
         line += f" | {summary(row.gc):>6.1f} {summary(row.gc_frozen):>6.1f}"
         lines.append(line)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.graph import PythonCode
 
-from grow_ir.backends import torch_chunks, torch_reuse
+from grow_ir.backends import torch_build, torch_chunks, torch_reuse
 from grow_ir.backends.torch_chunks import Step, fx_graph
 from grow_ir.backends.torch_modules import (
     LearnedTensor,
@@ -168,6 +168,14 @@ MODULES: dict[str, ModuleFactory] = {
 # ---- ops lowered to a tensor function call -----------------------------------------------
 
 
+def typed(emit: Emitter) -> Emitter:
+    """Declares that ``emit`` reads its input types: the generated code of its nodes is
+    keyed by them. Every other emitter gets no types (an empty sequence), so the code of a
+    ``relu`` or an ``add`` is taken over when a pass changes only the shapes it sees."""
+    emit.reads_types = True  # type: ignore[attr-defined]
+    return emit
+
+
 def _unary(fn: Callable[..., torch.Tensor], **kwargs: Callable[[Any], Any]) -> Emitter:
     """A one-input function; ``kwargs`` map keyword names to functions of the attributes."""
 
@@ -199,6 +207,7 @@ def _avg_pool(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call: Call
     return call(F.avg_pool2d, (args[0], k, s, p, a.ceil_mode, a.count_include_pad))
 
 
+@typed
 def _global_avgpool(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call: Call) -> fx.Node:
     return call(torch.mean, (args[0], tuple(range(2, ins[0].rank))))
 
@@ -216,12 +225,14 @@ def _upsample(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call: Call
     )
 
 
+@typed
 def _slice(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call: Call) -> fx.Node:
     axis = a.dim % ins[0].rank
     index = (*[slice(None)] * axis, slice(a.start, a.end, a.step))
     return call(operator.getitem, (args[0], index))
 
 
+@typed
 def _permute(a: Any, ins: Sequence[TensorType], args: list[fx.Node], call: Call) -> fx.Node:
     return call(torch.permute, (args[0], permutation("permute", a, ins[0].rank)))
 
@@ -295,12 +306,7 @@ def build_module(graph: Graph, node: Node) -> nn.Module:
     are exactly the node's parameter names, and its tensors share no storage with
     ``graph.params``.
     """
-    module = MODULES[node.op](node.attrs, graph.input_types(node))
-    prefix = node.param_prefix + "."
-    state = {k[len(prefix) :]: graph.params[k].detach().clone() for k in graph.node_params(node)}
-    if state:
-        module.load_state_dict(state, strict=True, assign=True)
-    return module
+    return torch_build.build(graph, node, MODULES[node.op])[0]
 
 
 def selected_outputs(graph: Graph, task: str | None) -> dict[str, str]:
@@ -354,9 +360,13 @@ class LoweredModule(fx.GraphModule):
         return self
 
     chunks: Mapping[str, torch_chunks.Chunk] = MappingProxyType({})
-    """The generated functions ``forward`` calls, by first node (see
-    :mod:`grow_ir.backends.torch_chunks`): what a later ``to_torch(..., reuse=self)``
+    """The generated functions ``forward`` calls (through its sections), by first node
+    (see :mod:`grow_ir.backends.torch_chunks`): what a later ``to_torch(..., reuse=self)``
     takes over unchanged."""
+
+    lowering: Lowering | None = None
+    """What a later ``to_torch(..., reuse=self)`` compares against (None after a deepcopy
+    or pickling: nothing is then taken over)."""
 
     _pending: Callable[[], fx.Graph] | None = None
 
@@ -378,9 +388,32 @@ class LoweredModule(fx.GraphModule):
         self.__dict__["_pending"] = None
         fx.GraphModule.graph.fset(self, g)  # type: ignore[attr-defined]
 
+    @property
+    def code(self) -> str:
+        """The Python code of ``forward``: after a lowering, ``forward``, then the
+        sections and the chunks it calls (joined on first use); after ``recompile()``,
+        fx's one function."""
+        if self.__dict__.get("_code") is None and self.lowering is not None:
+            self.__dict__["_code"] = self.lowering.plan.code
+        return fx.GraphModule.code.fget(self)  # type: ignore[attr-defined]
+
+    @classmethod
+    def empty(cls, class_name: str) -> LoweredModule:
+        """A lowered module with no submodules and no code yet (``to_torch`` sets them),
+        without generating and compiling the code of an empty fx graph, as fx's
+        constructor otherwise does."""
+        gm = cls.__new__(cls)
+        gm.__dict__["_no_code"] = True
+        fx.GraphModule.__init__(gm, nn.Module(), fx.Graph(), class_name=class_name)
+        del gm.__dict__["_no_code"]
+        gm._prologue_start = 0
+        return gm
+
     def recompile(self) -> PythonCode:
         """Regenerate ``forward`` from ``self.graph`` as one function (see
         ``fx.GraphModule.recompile``)."""
+        if self.__dict__.get("_no_code"):
+            return None  # type: ignore[return-value]  (only ``empty`` calls it so)
         self.graph  # noqa: B018  (built, if it is still pending)
         code = super().recompile()
         cls = type(self)  # fx gives each GraphModule a class of its own
@@ -403,6 +436,55 @@ class LoweredModule(fx.GraphModule):
         self.recompile()
         self.__dict__["chunks"] = {}
         return super().__reduce_package__(exporter)
+
+
+Scopes = dict[str, tuple[nn.Module, dict[str, nn.Module]]]
+"""Every scope of a lowered module by path (``""``: the module itself): its container and a
+copy of the container's ``_modules`` as the lowering left it."""
+
+
+class Lowering:
+    """What one lowering was made from, for the next ``to_torch(..., reuse=...)`` to
+    compare against: the types of the graph lowered, the steps by node, the generated
+    code, the scopes, and the build records flattened. Neither copied nor pickled (a
+    copy's modules are other objects: it reuses nothing)."""
+
+    def __init__(
+        self,
+        types: Mapping[str, TensorType],
+        steps: dict[str, Step],
+        plan: torch_chunks.Plan,
+        scopes: Scopes,
+        records: torch_reuse.Records,
+    ) -> None:
+        self.types = types
+        self.steps = steps
+        self.plan = plan
+        self.scopes = scopes
+        self.records = records
+
+    def records_of(self, built: Mapping[str, torch_reuse.Built]) -> torch_reuse.Records:
+        """``built`` as :class:`~grow_ir.backends.torch_reuse.Records` (the ones made with
+        the lowering while ``built`` is the same mapping: ``update_params`` relinks)."""
+        if self.records.built is not built:
+            self.records = torch_reuse.Records(built)
+        return self.records
+
+    def in_place(self) -> bool:
+        """Every scope holds what the lowering put in it (so every submodule is where the
+        lowering put it): one dict comparison per scope."""
+        scopes = self.scopes.values()
+        now = map(_MODULES, (c for c, _ in scopes))
+        return all(map(operator.eq, now, (table for _, table in scopes)))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> None:
+        return None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(None), ())
+
+
+_MODULES = operator.attrgetter("_modules")
 
 
 def to_torch(
@@ -432,15 +514,17 @@ def to_torch(
       compiled or wrapped in DDP), each submodule that would be built exactly as ``reuse``
       holds it (same op, attributes and input types, and tensors whose values are known to
       equal this graph's: see :mod:`grow_ir.backends.torch_reuse`) is that very submodule
-      object, now shared by both modules, gradients cleared and ``requires_grad`` set as
-      above; every other submodule is built afresh. The result computes bitwise what
+      object, now shared by both modules (and so is every scope holding exactly the same
+      submodules), gradients cleared and ``requires_grad`` set as above; every other
+      submodule is built afresh. The result computes bitwise what
       ``to_torch(graph, task)`` computes (on the reused modules' device), with the same
       ``state_dict`` keys; likewise every chunk of generated code whose nodes lower to the
       same code (see :mod:`grow_ir.backends.torch_chunks`) is taken over compiled: a
       growth step costs the nodes it changed;
-    - ``forward`` is fx's code for the nodes, in chunk functions called in order (the
-      same code a fresh lowering generates); ``graph``, the one fx graph of it all, is
-      built on first use, and ``recompile()`` turns the forward into one function.
+    - ``forward`` is fx's code for the nodes, in chunk functions called in order through
+      section functions (the same code a fresh lowering generates); ``graph``, the one fx
+      graph of it all, is built on first use, and ``recompile()`` turns the forward into
+      one function.
 
     Raises:
         VerifyError: ``graph`` breaks an invariant of the IR.
@@ -448,24 +532,30 @@ def to_torch(
     """
     verify(graph)
     outputs = selected_outputs(graph, task)
-    nodes = needed_nodes(graph, outputs)
-    _check_lowerable(graph, nodes)
-    old = _reusable(reuse)
-    steps, modules, built = _steps(graph, nodes, old)
-    used_inputs = {i for n in nodes for i in n.inputs}
-    inputs = [i for i in graph.inputs if task is None or i in used_inputs]
-    prior = getattr(_unwrap(reuse), "chunks", None) if reuse is not None else None
-    chunks = torch_chunks.plan_chunks(steps, outputs, _emit, prior)
-    forward, source = torch_chunks.forward_function(inputs, chunks, outputs)
-    gm = LoweredModule(nn.Module(), fx.Graph(), class_name=_class_name(graph.name))
-    _nest(gm, modules)
-    type(gm).forward = forward
-    gm._code = "\n\n".join([source, *(c.source.strip("\n") + "\n" for c in chunks)])
+    # verify: every node feeds some output, so all of them are needed without a task
+    nodes = graph.nodes if task is None else needed_nodes(graph, outputs)
+    root = _unwrap(reuse) if reuse is not None else None
+    old_built, prior, records, in_place = _reusable(root)
+    changed = _changed_types(prior.types if prior is not None else None, graph.types)
+    steps = _steps(graph, nodes, prior.steps if prior is not None else {}, changed)
+    built, reused = _modules(graph, steps, old_built, records, changed)
+    new_records = torch_reuse.Records(built)
+    if task is None:
+        inputs = list(graph.inputs)
+    else:
+        used_inputs = {i for n in nodes for i in n.inputs}
+        inputs = [i for i in graph.inputs if i in used_inputs]
+    plan = torch_chunks.plan(steps, inputs, outputs, _emit, prior.plan if prior else None)
+    gm = LoweredModule.empty(_class_name(graph.name))
+    scopes = _nest(gm, built, prior.scopes if prior is not None and in_place else {})
+    type(gm).forward = plan.forward
+    gm._code = None  # the chunks' code, joined on first use (see ``code``)
     gm._lineno_map = None  # no map from lines of the chunks' code to graph nodes
     gm.__dict__["_pending"] = _whole_fx(steps, inputs, outputs)
-    gm.chunks = {c.first: c for c in chunks}
+    gm.chunks = plan.chunk_at
     gm.built = built
-    reused = [b for t, b in built.items() if old is not None and b is old.get(t)]
+    by_node = {s.node.name: s for s in steps}
+    gm.lowering = Lowering(graph.types, by_node, plan, scopes, new_records)
     if task is not None:
         owners = graph.param_owners
         mine = frozenset({task})
@@ -482,29 +572,30 @@ def to_torch(
         )
         return gm.train()
     # Everything built afresh is in train mode, requires gradients and has none: only
-    # the reused modules need setting (not a walk over every module of a large graph).
-    for b in reused:
-        for link in b.links:
-            if not link.slot.buffer:
-                link.module_tensor.requires_grad_(True)
-                link.module_tensor.grad = None
-        if not all(m.training for m in b.module.modules()):
-            b.module.train()
+    # the reused modules and scopes may differ (checked together, in flat C-level maps).
+    if reused:
+        new_records.reset([c for c, _ in scopes.values()])
     return gm
 
 
-def _reusable(module: nn.Module | None) -> dict[str, torch_reuse.Built] | None:
-    """The build records of ``module`` whose submodule is still in place."""
-    if module is None:
-        return None
-    root = _unwrap(module)
+def _reusable(
+    root: nn.Module | None,
+) -> tuple[Mapping[str, torch_reuse.Built], Lowering | None, torch_reuse.Records | None, bool]:
+    """The build records of ``root`` whose submodule is still in place, its lowering
+    record, those build records to be checked together, and whether every scope is
+    still as the lowering left it (then unchanged scopes may be shared)."""
+    if root is None:
+        return {}, None, None, False
     if not isinstance(root, LoweredModule):
         raise GrowError(
             "reuse needs a module that to_torch made",
             field="reuse",
             expected="a module returned by to_torch (possibly compiled or wrapped in DDP)",
-            found=type(module).__name__,
+            found=type(root).__name__,
         )
+    prior = root.__dict__.get("lowering")
+    if prior is not None and prior.in_place():
+        return root.built, prior, prior.records_of(root.built), True
     out = {}
     for target, built in root.built.items():
         module: nn.Module | None = root
@@ -514,7 +605,19 @@ def _reusable(module: nn.Module | None) -> dict[str, torch_reuse.Built] | None:
                 break
         if module is built.module:
             out[target] = built
-    return out
+    return out, prior, torch_reuse.Records(out), False
+
+
+def _changed_types(
+    old: Mapping[str, TensorType] | None, new: Mapping[str, TensorType]
+) -> set[str] | None:
+    """The values whose type differs from ``old`` (all of them without ``old``: None)."""
+    if old is None:
+        return None
+    if old is new:
+        return set()
+    get = old.get
+    return {k for k, t in new.items() if (o := get(k)) is not t and o != t}
 
 
 def _check_lowerable(graph: Graph, nodes: Sequence[Node]) -> None:
@@ -540,31 +643,82 @@ def _check_lowerable(graph: Graph, nodes: Sequence[Node]) -> None:
 
 
 def _steps(
-    graph: Graph, nodes: Sequence[Node], old: dict[str, torch_reuse.Built] | None
-) -> tuple[list[Step], dict[str, nn.Module], dict[str, torch_reuse.Built]]:
-    """How each node lowers, the modules by target (in the order the graph first uses
-    them) and their build records (those of ``old`` that still match are taken over)."""
+    graph: Graph, nodes: Sequence[Node], prior: Mapping[str, Step], changed: set[str] | None
+) -> list[Step]:
+    """How each node lowers: the step of ``prior`` (an earlier lowering's, by node) for the
+    very same node reading values whose types are unchanged, a new step otherwise.
+
+    Raises:
+        GrowError: a node (new or changed) has no lowering.
+    """
     steps: list[Step] = []
-    modules: dict[str, nn.Module] = {}
-    built: dict[str, torch_reuse.Built] = {}
+    append = steps.append
     for n in nodes:
-        if n.op in FUNCTIONS:
-            steps.append(Step(n, "function", "", (), tuple(graph.input_types(n))))
-            continue
-        target = n.param_prefix
-        if target not in modules:
-            owner = graph.node(target)
-            prior = old.get(target) if old else None
-            if prior is not None and prior.matches(graph, owner):
-                built[target] = prior
-            else:
-                built[target] = torch_reuse.record(graph, owner, build_module(graph, owner))
-            modules[target] = built[target].module
-        if n.tied(graph):
-            steps.append(Step(n, "tied", target, tuple(graph.node_params(n)), ()))
+        s = prior.get(n.name)
+        # A share is rebuilt every time: whether it is a tie depends on its owner's op.
+        if (
+            s is not None
+            and s.node is n
+            and n.share is None
+            and (changed is not None and (not changed or changed.isdisjoint(n.inputs)))
+        ):
+            append(s)
         else:
-            steps.append(Step(n, "module", target, (), ()))
-    return steps, modules, built
+            append(_step(graph, n))
+    return steps
+
+
+def _step(graph: Graph, n: Node) -> Step:
+    _check_lowerable(graph, (n,))
+    if n.op in FUNCTIONS:
+        typed = getattr(FUNCTIONS[n.op], "reads_types", False)
+        return torch_chunks.step(
+            n, "function", input_types=tuple(graph.input_types(n)) if typed else ()
+        )
+    target = n.param_prefix
+    if n.tied(graph):
+        return torch_chunks.step(n, "tied", target, tuple(graph.params_of(n)))
+    return torch_chunks.step(n, "module", target)
+
+
+def _modules(
+    graph: Graph,
+    steps: Sequence[Step],
+    old: Mapping[str, torch_reuse.Built],
+    records: torch_reuse.Records | None,
+    changed: set[str] | None,
+) -> tuple[dict[str, torch_reuse.Built], int]:
+    """The build record of every module ``steps`` call, by target, in the order the graph
+    first uses them: those of ``old`` that still match (see
+    :mod:`grow_ir.backends.torch_reuse`), new ones for the rest; and how many were
+    taken over."""
+    targets = dict.fromkeys(s.target for s in steps if s.target)
+    stale = records.stale(graph.params) if records is not None and old else set()
+    node_map = graph.node_map
+    built: dict[str, torch_reuse.Built] = {}
+    reused = 0
+    for target in targets:
+        owner = node_map[target]
+        b = old.get(target)
+        if b is not None and target not in stale:
+            if b.node is owner:
+                # the same node; its input types equal those it was built for when they
+                # equal the earlier lowering's types, which ``changed`` is relative to
+                if changed is not None and (not changed or changed.isdisjoint(owner.inputs)):
+                    built[target] = b
+                    reused += 1
+                    continue
+                if changed is None and b.matches(graph, owner):
+                    built[target] = b
+                    reused += 1
+                    continue
+            elif b.matches(graph, owner):
+                built[target] = b.for_node(owner)
+                reused += 1
+                continue
+        module, filled = torch_build.build(graph, owner, MODULES[owner.op])
+        built[target] = torch_reuse.record(graph, owner, module, filled)
+    return built, reused
 
 
 def _emit(
@@ -622,19 +776,53 @@ def _caller(fxg: fx.Graph, node: Node) -> Call:
     return call
 
 
-def _nest(gm: nn.Module, modules: dict[str, nn.Module]) -> None:
-    # Each module at its dotted target, registered in graph order, so that state_dict()
-    # and parameters() list scopes in the order the graph first uses them.
-    for target, module in modules.items():
-        *scopes, leaf = target.split(".")
+def _nest(gm: nn.Module, built: Mapping[str, torch_reuse.Built], old: Scopes) -> Scopes:
+    """Put each module at its dotted target, registered in graph order (so that
+    state_dict() and parameters() list scopes in the order the graph first uses them).
+
+    A scope of ``old`` (an earlier lowering's, every one of them as that lowering left
+    it) that would hold exactly the same modules under the same names, in the same order,
+    is that very container, now shared like the modules it holds; the others are new.
+    Returns the scopes (see :data:`Scopes`).
+    """
+    tables: dict[str, dict[str, Any]] = {"": {}}
+    inner: dict[str, list[tuple[str, str]]] = {}
+
+    def open_scope(path: str) -> dict[str, Any]:
+        outer, _, name = path.rpartition(".")
+        parent = tables.get(outer)
+        if parent is None:
+            parent = open_scope(outer)
+        parent[name] = None  # its place in the order; the container is known below
+        inner.setdefault(outer, []).append((name, path))
+        table = tables[path] = {}
+        return table
+
+    for target, b in built.items():
+        path, _, leaf = target.rpartition(".")
+        table = tables.get(path)
+        if table is None:
+            table = open_scope(path)
+        table[leaf] = b.module
+    scopes: Scopes = {}
+    for path in reversed(tables):  # inner scopes (opened after their outer one) first
+        table = tables[path]
+        for name, sub in inner.get(path, ()):
+            table[name] = scopes[sub][0]
+        if not path:
+            continue
+        was = old.get(path)
+        if was is not None and was[1] == table and list(was[1]) == list(table):
+            scopes[path] = was
+            continue
         # Straight into _modules: add_module's checks (a name clashing with an attribute)
         # cost a failed getattr per module, and ``verify`` already rejects such names.
-        parent = gm
-        for scope in scopes:
-            if scope not in parent._modules:
-                parent._modules[scope] = nn.Module()
-            parent = parent._modules[scope]
-        parent._modules[leaf] = module
+        container = torch_build.container()
+        container.__dict__["_modules"] = table
+        scopes[path] = (container, dict(table))
+    gm._modules.update(tables[""])
+    scopes[""] = (gm, dict(tables[""]))
+    return scopes
 
 
 def _class_name(name: str) -> str:

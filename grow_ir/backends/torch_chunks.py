@@ -7,21 +7,27 @@ into *chunks* at content-defined boundaries: after every node whose name hashes 
 modulo :data:`AVERAGE` (as rsync and content-defined chunking cut a file), so a pass that
 inserts, removes or changes nodes moves no boundary outside the chunks it touches. Each
 chunk is one generated function ``chunk_<first node>(self, *live_in) -> live_out``, the
-code fx would generate for its nodes; ``forward`` is a few lines calling the chunks in
-order. A chunk is keyed by what its code reads (:class:`Step` keys: names, inputs, ops,
-attributes and input types of stateless nodes, module targets, live values in and out):
-a later lowering takes over every chunk whose key is unchanged, code object and all, and
-generates only the others.
+code fx would generate for its nodes. The chunks are grouped the same way, by other bits
+of their first node's hash, into *sections* (:data:`SECTION` chunks on average), each a
+few generated lines calling its chunks in order; ``forward`` calls the sections. A chunk
+is keyed by what its code reads (:class:`Step` keys: names, inputs, ops, attributes of
+stateless nodes and the input types of those whose emitter reads them, module targets,
+live values in and out): a later lowering takes over every chunk whose steps are the
+same (the very objects, or equal keys) with the same live values, code object and all,
+every section calling the very same chunk functions, and generates only the others.
 
 The code inside a chunk is exactly fx's for those nodes; the cost at run time is one
-Python call per chunk (about 0.1 µs, for some :data:`AVERAGE` nodes of work).
+Python call per chunk and one per section (about 0.1 µs each, for some :data:`AVERAGE`
+nodes of work).
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import cached_property
+from itertools import chain
 from typing import Any, Literal
 
 from torch import fx
@@ -36,9 +42,10 @@ AVERAGE = 8
 this. Smaller chunks regenerate less per step; larger ones make fewer calls per forward."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Step:
-    """One IR node as the torch lowering emits it."""
+    """One IR node as the torch lowering emits it (compared by identity: a lowering takes
+    over the steps of nodes it did not change, the very objects)."""
 
     node: Node
     kind: Literal["function", "module", "tied"]
@@ -49,17 +56,30 @@ class Step:
     weights: tuple[str, ...]
     """The parameter names a tied node reads."""
     input_types: tuple[TensorType, ...]
-    """The input types (read by stateless nodes' emitters only; empty otherwise)."""
+    """The input types, for a stateless node whose emitter reads them (empty otherwise:
+    the code of ``relu`` or ``add`` is the same whatever the shapes)."""
+    key: tuple[Any, ...]
+    """Everything the node's generated code depends on."""
+    crc: int
+    """The CRC-32 of the node's name (where chunks and sections are cut)."""
 
-    @property
-    def key(self) -> tuple[Any, ...]:
-        """Everything the node's generated code depends on."""
-        n = self.node
-        if self.kind == "module":
-            return (n.name, n.inputs, self.target)
-        if self.kind == "tied":
-            return (n.name, n.op, n.inputs, self.weights)
-        return (n.name, n.op, n.inputs, n.attrs, self.input_types)
+
+def step(
+    node: Node,
+    kind: Literal["function", "module", "tied"],
+    target: str = "",
+    weights: tuple[str, ...] = (),
+    input_types: tuple[TensorType, ...] = (),
+) -> Step:
+    """The step of ``node``, its key computed."""
+    n = node
+    if kind == "module":
+        key: tuple[Any, ...] = (n.name, n.inputs, target)
+    elif kind == "tied":
+        key = (n.name, n.op, n.inputs, weights)
+    else:
+        key = (n.name, n.op, n.inputs, n.attrs, input_types)
+    return Step(node, kind, target, weights, input_types, key, zlib.crc32(n.name.encode()))
 
 
 Emit = Callable[[fx.Graph, dict[str, fx.Node], dict[str, fx.Node], Step], fx.Node]
@@ -95,11 +115,11 @@ def fx_graph(
     return fxg
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Chunk:
     """One generated function of a run of consecutive steps."""
 
-    keys: tuple[tuple[Any, ...], ...]
+    steps: tuple[Step, ...]
     live_in: tuple[str, ...]
     """Values it reads that are defined before it (graph inputs or earlier chunks)."""
     live_out: tuple[str, ...]
@@ -110,12 +130,64 @@ class Chunk:
     """The function's name: ``chunk_`` and its first node's name."""
     fn: Callable[..., Any]
     source: str
+    defs: frozenset[str]
+    """The values it defines."""
 
-    def same(
-        self, keys: tuple[Any, ...], live_in: tuple[str, ...], live_out: tuple[str, ...]
-    ) -> bool:
-        """True when this chunk's code is the code of ``keys`` with these live values."""
-        return self.live_in == live_in and self.live_out == live_out and self.keys == keys
+    @property
+    def keys(self) -> tuple[tuple[Any, ...], ...]:
+        """Its steps' keys: what its code depends on, with its live values."""
+        return tuple(s.key for s in self.steps)
+
+
+@dataclass(frozen=True, eq=False)
+class Section:
+    """One generated function calling a run of consecutive chunks: ``forward`` calls the
+    sections, so that a growth step regenerates a few short functions, not one line per
+    chunk of the whole graph."""
+
+    chunks: tuple[Chunk, ...]
+    live_in: tuple[str, ...]
+    live_out: tuple[str, ...]
+    first: str
+    name: str
+    """``section_`` and its first node's name."""
+    fn: Callable[..., Any]
+    source: str
+    defs: frozenset[str]
+    """The values its chunks return."""
+    fns: tuple[Callable[..., Any], ...]
+    """Its chunks' functions (the same function is the same code and live values)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """The generated code of a whole lowering: chunks, sections, ``forward``."""
+
+    chunks: tuple[Chunk, ...]
+    sections: tuple[Section, ...]
+    forward: Callable[..., Any]
+    source: str
+    """``forward``'s source."""
+    crossing: frozenset[str]
+    """The values read across chunks (or by the outputs)."""
+    section_crossing: frozenset[str]
+    """The values read across sections (or by the outputs)."""
+
+    @cached_property
+    def chunk_at(self) -> dict[str, Chunk]:
+        """The chunks by first node."""
+        return {c.first: c for c in self.chunks}
+
+    @cached_property
+    def section_at(self) -> dict[str, Section]:
+        """The sections by first node."""
+        return {s.first: s for s in self.sections}
+
+    @property
+    def code(self) -> str:
+        """``forward``, then the sections and the chunks, as source."""
+        parts = [self.source, *(s.source for s in self.sections), *(c.source for c in self.chunks)]
+        return "\n\n".join(p.strip("\n") + "\n" for p in parts)
 
 
 def compile_chunk(
@@ -132,100 +204,226 @@ def compile_chunk(
     name = "chunk_" + steps[0].node.name.replace(".", "_")
     source = code.src.replace("def forward(", f"def {name}(", 1)
     fn = _method_from_src(name, source, code.globals)
-    return Chunk(
-        tuple(s.key for s in steps), live_in, live_out, steps[0].node.name, name, fn, source
-    )
+    defs = frozenset(s.node.name for s in steps)
+    return Chunk(tuple(steps), live_in, live_out, steps[0].node.name, name, fn, source, defs)
 
 
-def segments(steps: Sequence[Step]) -> list[list[Step]]:
+def segments(steps: Sequence[Step]) -> list[tuple[Step, ...]]:
     """``steps`` cut after every node whose name's CRC-32 is 0 modulo :data:`AVERAGE`."""
-    out: list[list[Step]] = [[]]
-    for step in steps:
-        out[-1].append(step)
-        if zlib.crc32(step.node.name.encode()) % AVERAGE == 0:
-            out.append([])
-    if not out[-1]:
-        out.pop()
+    steps = tuple(steps)
+    average = AVERAGE
+    ends = [i + 1 for i, s in enumerate(steps) if not s.crc % average]
+    starts = [0, *ends]
+    if not ends or ends[-1] != len(steps):
+        ends.append(len(steps))
+    return [steps[a:b] for a, b in zip(starts, ends, strict=False) if a < b]
+
+
+def _live_in(steps: Sequence[Step]) -> tuple[str, ...]:
+    """The values ``steps`` read that they do not define, in order of first read."""
+    defined: set[str] = set()
+    reads: dict[str, None] = {}
+    for s in steps:
+        for v in s.node.inputs:
+            if v not in defined:
+                reads[v] = None
+        defined.add(s.node.name)
+    return tuple(reads)
+
+
+def _crossing(live_ins: Iterable[tuple[str, ...]], outputs: Mapping[str, str]) -> frozenset[str]:
+    return frozenset(chain(chain.from_iterable(live_ins), outputs.values()))
+
+
+def plan(
+    steps: Sequence[Step],
+    inputs: Sequence[str],
+    outputs: Mapping[str, str],
+    emit: Emit,
+    old: Plan | None,
+) -> Plan:
+    """The code computing ``steps``: chunks and sections of ``old`` (by first node) whose
+    steps (or their keys) and live values are unchanged are taken over, the others
+    generated and compiled afresh, and a new ``forward`` calls the sections.
+
+    A chunk (section) taken over returns the same values only if none of the values it
+    defines gained or lost a reader elsewhere: only the values whose crossing status
+    changed (the symmetric difference of the old and new crossing sets) are looked up.
+    """
+    parts = segments(steps)
+    prior = old.chunk_at if old is not None else {}
+    candidates: list[Chunk | None] = []
+    live_ins: list[tuple[str, ...]] = []
+    for part in parts:
+        c = prior.get(part[0].node.name)
+        if c is not None and (c.steps == part or c.keys == tuple(s.key for s in part)):
+            candidates.append(c)
+            live_ins.append(c.live_in)  # a function of the steps' names and inputs
+        else:
+            candidates.append(None)
+            live_ins.append(_live_in(part))
+    crossing = _crossing(live_ins, outputs)
+    moved = crossing ^ old.crossing if old is not None else crossing
+    chunks = []
+    for part, c, ins in zip(parts, candidates, live_ins, strict=True):
+        if c is not None and c.defs.isdisjoint(moved):
+            chunks.append(_retarget(c, part))
+            continue
+        outs = tuple(s.node.name for s in part if s.node.name in crossing)
+        if c is not None and c.live_out == outs:
+            chunks.append(_retarget(c, part))
+        else:
+            chunks.append(compile_chunk(part, ins, outs, emit))
+    sections = _sections(chunks, outputs, old)
+    section_crossing = _crossing((s.live_in for s in sections), outputs)
+    forward, source = call_sequence(
+        "forward", tuple(inputs), sections, outputs=outputs, keep_names=True
+    )
+    return Plan(tuple(chunks), tuple(sections), forward, source, crossing, section_crossing)
+
+
+def _retarget(chunk: Chunk, steps: tuple[Step, ...]) -> Chunk:
+    """``chunk`` (the same code) for ``steps`` of equal keys."""
+    return chunk if chunk.steps == steps else replace(chunk, steps=steps)
+
+
+SECTION = 16
+"""Chunks per section on average: a section ends after a chunk whose first node's CRC-32,
+shifted right 16 bits, is 0 modulo this (bits the chunk boundaries do not use)."""
+
+
+def _sections(
+    chunks: Sequence[Chunk], outputs: Mapping[str, str], old: Plan | None
+) -> list[Section]:
+    """The sections calling ``chunks`` (those of ``old`` calling the very same chunks with
+    the same live values taken over)."""
+    groups: list[list[Chunk]] = [[]]
+    for c in chunks:
+        groups[-1].append(c)
+        if not (c.steps[0].crc >> 16) % SECTION:
+            groups.append([])
+    if not groups[-1]:
+        groups.pop()
+    prior = old.section_at if old is not None else {}
+    fns = [tuple(c.fn for c in g) for g in groups]
+    found = [
+        s if (s := prior.get(g[0].first)) is not None and s.fns == f else None
+        for g, f in zip(groups, fns, strict=True)
+    ]
+    # the live values in are a function of the chunks called (their code)
+    live_ins = [
+        s.live_in if s is not None else _live_in_calls(g)
+        for g, s in zip(groups, found, strict=True)
+    ]
+    crossing = _crossing(live_ins, outputs)
+    moved = crossing ^ old.section_crossing if old is not None else crossing
+    out = []
+    for group, f, s, ins in zip(groups, fns, found, live_ins, strict=True):
+        if s is not None:
+            if s.defs.isdisjoint(moved):
+                out.append(s if s.chunks == tuple(group) else replace(s, chunks=tuple(group)))
+                continue
+            outs = tuple(v for c in group for v in c.live_out if v in crossing)
+            if s.live_out == outs:
+                out.append(s if s.chunks == tuple(group) else replace(s, chunks=tuple(group)))
+                continue
+        else:
+            outs = tuple(v for c in group for v in c.live_out if v in crossing)
+        name = "section_" + group[0].first.replace(".", "_")
+        fn, source = call_sequence(name, ins, group, returns=outs)
+        defs = frozenset(chain.from_iterable(c.live_out for c in group))
+        out.append(Section(tuple(group), ins, outs, group[0].first, name, fn, source, defs, f))
     return out
 
 
-def plan_chunks(
-    steps: Sequence[Step],
-    outputs: Mapping[str, str],
-    emit: Emit,
-    old: Mapping[str, Chunk] | None,
-) -> list[Chunk]:
-    """The chunks computing ``steps`` (those of ``old``, by first node, whose key is
-    unchanged; the others compiled afresh)."""
-    parts = segments(steps)
-    home: dict[str, int] = {}
-    live_in: list[dict[str, None]] = []
-    live_out: list[set[str]] = [set() for _ in parts]
-    for j, part in enumerate(parts):
-        reads: dict[str, None] = {}
-        for step in part:
-            for v in step.node.inputs:
-                if home.get(v, -1) != j:
-                    reads[v] = None
-            home[step.node.name] = j
-        live_in.append(reads)
-        for v in reads:
-            if (k := home.get(v, -1)) >= 0:
-                live_out[k].add(v)
-    for v in outputs.values():
-        live_out[home[v]].add(v)
-    chunks = []
-    for j, part in enumerate(parts):
-        ins = tuple(live_in[j])
-        outs = tuple(s.node.name for s in part if s.node.name in live_out[j])
-        keys = tuple(s.key for s in part)
-        prior = old.get(part[0].node.name) if old else None
-        if prior is not None and prior.same(keys, ins, outs):
-            chunks.append(prior)
-        else:
-            chunks.append(compile_chunk(part, ins, outs, emit))
-    return chunks
+def _live_in_calls(calls: Sequence[Chunk]) -> tuple[str, ...]:
+    """The values a run of calls reads that none of them returns, in order of first read."""
+    defined: set[str] = set()
+    reads: dict[str, None] = {}
+    for c in calls:
+        for v in c.live_in:
+            if v not in defined:
+                reads[v] = None
+        defined.update(c.live_out)
+    return tuple(reads)
 
 
-def forward_function(
-    inputs: Sequence[str], chunks: Sequence[Chunk], outputs: Mapping[str, str]
+class _Names:
+    """Unique Python identifiers for value names (node names: letters, digits and ``_``
+    joined by dots, no Python keyword as a segment, as ``verify`` guarantees), each the
+    name with its dots made ``_`` (``_`` first if it starts with a digit) and a ``_1``,
+    ``_2``... suffix where that is taken: what fx's namespace makes of such names, without
+    its per-name regular expressions."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def create_name(self, value: str) -> str:
+        """A new identifier for ``value``."""
+        base = value.replace(".", "_")
+        if base[0].isdigit():
+            base = "_" + base
+        name, count = base, 0
+        while name in self.used:
+            count += 1
+            name = f"{base}_{count}"
+        self.used.add(name)
+        return name
+
+
+def call_sequence(
+    name: str,
+    params: tuple[str, ...],
+    calls: Sequence[Chunk | Section],
+    *,
+    returns: tuple[str, ...] = (),
+    outputs: Mapping[str, str] | None = None,
+    keep_names: bool = False,
 ) -> tuple[Callable[..., Any], str]:
-    """``forward(self, *inputs)`` calling ``chunks`` in order, and its source.
+    """``name(self, *params)`` calling ``calls`` in order and returning ``returns`` (one
+    value or a tuple), or ``outputs`` (one output's value, or a dict by output name); and
+    its source. ``keep_names``: the parameters keep their names (``forward``'s keyword
+    arguments, graph inputs that are identifiers already).
 
-    A value is dropped (set to None) after the chunk that reads it last, as fx's code
-    drops its values, so eval-mode memory stays what the unchunked code uses, give or
-    take the values crossing one chunk call.
+    A value is dropped (set to None) after the call that reads it last, as fx's code drops
+    its values, so eval-mode memory stays what the unchunked code uses, give or take the
+    values crossing one section call.
     """
-    ns = _Namespace()
-    ns.create_name("self", None)
+    ns = _Names()
+    ns.create_name("self")
     var: dict[str, str] = {}
-    for name in inputs:
-        var[name] = ns.create_name(name, None)
-    calls = [ns.create_name(c.name, None) for c in chunks]
+    for v in params:
+        var[v] = ns.create_name(v)
+    callees = [ns.create_name(c.name) for c in calls]
     last: dict[str, int] = {}
-    for j, c in enumerate(chunks):
+    for j, c in enumerate(calls):
         for v in c.live_in:
             last[v] = j
-    kept = set(outputs.values())
-    lines = [f"def forward(self, {', '.join(inputs)}):"]
-    lines += [f"    {var[n]} = {n}" for n in inputs if var[n] != n]
-    for j, c in enumerate(chunks):
+    kept = set(returns) | set(outputs.values() if outputs is not None else ())
+    signature = params if keep_names else tuple(var[v] for v in params)
+    lines = [f"def {name}({', '.join(['self', *signature])}):"]
+    if keep_names:
+        lines += [f"    {var[v]} = {v}" for v in params if var[v] != v]
+    for j, c in enumerate(calls):
         for v in c.live_out:
-            var[v] = ns.create_name(v, None)
+            var[v] = ns.create_name(v)
         args = ", ".join(["self", *(var[v] for v in c.live_in)])
         targets = ", ".join(var[v] for v in c.live_out)
         if c.live_out:
-            lines.append(f"    {targets} = {calls[j]}({args})")
+            lines.append(f"    {targets} = {callees[j]}({args})")
         else:
-            lines.append(f"    {calls[j]}({args})")
+            lines.append(f"    {callees[j]}({args})")
         done = [var[v] for v in c.live_in if last[v] == j and v not in kept]
         if done:
             lines.append(f"    {' = '.join(done)} = None")
-    if len(outputs) == 1:
+    if outputs is None:
+        if returns:
+            lines.append(f"    return {', '.join(var[v] for v in returns)}")
+    elif len(outputs) == 1:
         lines.append(f"    return {var[next(iter(outputs.values()))]}")
     else:
         items = ", ".join(f"{out!r}: {var[node]}" for out, node in outputs.items())
         lines.append(f"    return {{{items}}}")
     source = "\n".join(lines) + "\n"
-    fn = _method_from_src("forward", source, dict(zip(calls, (c.fn for c in chunks))))
+    fn = _method_from_src(name, source, dict(zip(callees, (c.fn for c in calls), strict=True)))
     return fn, source
