@@ -7,6 +7,8 @@ Graph on first use and never maintained by hand: a rewrite builds a new Graph.
 from __future__ import annotations
 
 import dataclasses
+import operator
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,11 +22,42 @@ from grow_ir.errors import GrowError, ShapeError, VerifyError
 from grow_ir.ir.ops import OPS, Attrs, OpDef, ParamSpec
 from grow_ir.ir.ops.base import validate_attrs
 from grow_ir.ir.stages import BlockTemplate, Stage
-from grow_ir.ir.types import TensorType
+from grow_ir.ir.types import DTYPES, TensorType
 
 
 def _frozen(mapping: Mapping | None) -> Mapping:
     return MappingProxyType(dict(mapping or {}))
+
+
+NAME = operator.attrgetter("name")
+"""A node's name (for ``map`` over many nodes at C speed)."""
+
+
+def scopes_of(name: str) -> list[str]:
+    """The scopes of a dotted name, outermost first (``a``, ``a.b`` of ``a.b.c``)."""
+    parts = name.split(".")
+    return [".".join(parts[:k]) for k in range(1, len(parts))]
+
+
+def count_scopes(names: Iterable[str]) -> dict[str, int]:
+    """For every scope of the ``names``, how many of them lie inside it."""
+    counts: dict[str, int] = {}
+    for name in names:
+        if "." in name:
+            for scope in scopes_of(name):
+                counts[scope] = counts.get(scope, 0) + 1
+    return counts
+
+
+def spec_totals(specs: Iterable[ParamSpec]) -> tuple[int, int]:
+    """Bytes the parameters and buffers of ``specs`` take, and their parameter elements
+    (buffers excluded), from the shapes alone."""
+    nbytes = numel = 0
+    for s in specs:
+        nbytes += s.numel * DTYPES[s.dtype].itemsize
+        if not s.buffer:
+            numel += s.numel
+    return nbytes, numel
 
 
 @dataclass(frozen=True)
@@ -112,6 +145,14 @@ def check_arity(node: Node) -> None:
     )
 
 
+VERIFIED = "_verified"
+"""The key, in a Graph's ``__dict__`` beside its cached indexes, marking it verified."""
+
+BASE = "_base"
+"""The key, in the ``__dict__`` of a Graph made by :meth:`Graph.replace` (directly or
+through unverified graphs) from a verified one, of a weak reference to that verified graph
+(see :attr:`Graph.base`), until it is verified itself."""
+
 PRIOR = "_prior"
 """The key, in the ``__dict__`` of a Graph made by :meth:`Graph.replace` with a new
 structure, of the node map, types and parameter-spec memo of the graph it was made from,
@@ -129,6 +170,9 @@ STRUCTURAL_INDEXES = (
     "param_specs",
     "output_deps",
     "param_owners",
+    "positions",
+    "scope_counts",
+    "param_totals",
 )
 """Graph's cached derived indexes: functions of ``inputs``, ``nodes`` and ``outputs`` only."""
 
@@ -184,7 +228,19 @@ class Graph:
             new.__dict__[PRIOR] = (self.node_map, self.types, self._node_params)
         elif PRIOR in self.__dict__:  # made by replace and not inferred yet
             new.__dict__[PRIOR] = self.__dict__[PRIOR]
+        base = weakref.ref(self) if self.__dict__.get(VERIFIED) else self.__dict__.get(BASE)
+        if base is not None:
+            new.__dict__[BASE] = base
         return new
+
+    @property
+    def base(self) -> Graph | None:
+        """The verified graph this one was made from by :meth:`replace` (directly or
+        through graphs not verified), while it is alive and this one is not verified yet;
+        ``None`` otherwise. Verification checks only what differs from it
+        (:mod:`grow_ir.ir.verify_delta`)."""
+        ref = self.__dict__.get(BASE)
+        return None if ref is None else ref()
 
     # ---- derived indexes ---------------------------------------------------------------
 
@@ -192,6 +248,17 @@ class Graph:
     def node_map(self) -> Mapping[str, Node]:
         """Nodes by name."""
         return MappingProxyType({n.name: n for n in self.nodes})
+
+    @cached_property
+    def positions(self) -> Mapping[str, int]:
+        """Every node's index in ``nodes``, by name."""
+        return MappingProxyType(dict(zip(map(NAME, self.nodes), range(len(self.nodes)))))
+
+    @cached_property
+    def scope_counts(self) -> Mapping[str, int]:
+        """For every scope of a node name (``stage1`` and ``stage1.block0`` of
+        ``stage1.block0.conv1``), how many node names lie inside it."""
+        return MappingProxyType(count_scopes(self.node_map))
 
     def node(self, name: str) -> Node:
         """The node called ``name``; GrowError if there is none."""
@@ -329,14 +396,18 @@ class Graph:
                 owners.setdefault(p, set()).update(self.output_deps[n.name])
         return MappingProxyType({k: frozenset(v) for k, v in owners.items()})
 
+    @cached_property
+    def param_totals(self) -> tuple[int, int]:
+        """Bytes of every parameter and buffer the nodes require, and the number of
+        parameter elements (buffers excluded), from the shapes alone."""
+        return spec_totals(self.param_specs.values())
+
     def num_params(self, node: Node | str | None = None) -> int:
         """Parameter elements (buffers excluded) of one node, or of the whole graph."""
         if node is None:
-            specs: Iterable[ParamSpec] = self.param_specs.values()
-        else:
-            n = self.node(node) if isinstance(node, str) else node
-            specs = [] if n.share else self.node_params(n).values()
-        return sum(s.numel for s in specs if not s.buffer)
+            return self.param_totals[1]
+        n = self.node(node) if isinstance(node, str) else node
+        return 0 if n.share else spec_totals(self.params_of(n).values())[1]
 
     def value_names(self) -> list[str]:
         """Graph inputs then nodes, in order."""
