@@ -37,7 +37,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import compress, islice, repeat
-from operator import attrgetter, is_not, lt
+from operator import attrgetter, is_not, lt, not_
 from types import MappingProxyType
 
 from grow_ir.errors import GrowError
@@ -151,7 +151,7 @@ class _Proof:
         fresh = list(map(is_not, nodes, map(old_map.get, names)))
         new = list(compress(nodes, fresh))
         is_new = {n.name for n in new}
-        kept_at = list(map(parent.positions.__getitem__, (n for n in names if n not in is_new)))
+        kept_at = list(map(parent.positions.__getitem__, compress(names, map(not_, fresh))))
         if not all(map(lt, kept_at, islice(kept_at, 1, None))):
             return None  # kept nodes reordered
         positions = dict(zip(names, range(len(names))))
@@ -293,9 +293,10 @@ class _Proof:
             cache["types"] = MappingProxyType(types)
         cache.setdefault("node_map", MappingProxyType(self.node_map))
         cache.setdefault("positions", MappingProxyType(self.positions))
-        dirty = {*self.specs, *self.removed}
-        memo = {k: v for k, v in parent._node_params.items() if k not in dirty}
-        memo.update(self.specs)
+        memo = dict(parent._node_params)
+        for name in self.removed:
+            memo.pop(name, None)
+        memo.update(self.specs)  # the new and re-inferred nodes
         memo.update(cache.get("_node_params", {}))
         cache["_node_params"] = memo
         old_scopes = parent.__dict__.get("scope_counts")
