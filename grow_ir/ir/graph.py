@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import compress, repeat
 from types import MappingProxyType
 from typing import Any
 
@@ -31,6 +32,14 @@ def _frozen(mapping: Mapping | None) -> Mapping:
 
 NAME = operator.attrgetter("name")
 """A node's name (for ``map`` over many nodes at C speed)."""
+
+SHARE = operator.attrgetter("share")
+
+
+def sharers(nodes: Iterable[Node]) -> list[Node]:
+    """The nodes that share another node's parameters (``share`` set), in order."""
+    nodes = tuple(nodes)
+    return list(compress(nodes, map(operator.is_not, map(SHARE, nodes), repeat(None))))
 
 
 def scopes_of(name: str) -> list[str]:
@@ -399,8 +408,39 @@ class Graph:
     @cached_property
     def param_totals(self) -> tuple[int, int]:
         """Bytes of every parameter and buffer the nodes require, and the number of
-        parameter elements (buffers excluded), from the shapes alone."""
-        return spec_totals(self.param_specs.values())
+        parameter elements (buffers excluded), from the shapes alone.
+
+        A graph made from a verified one whose totals are known (:attr:`base`) adds and
+        takes away only the specs of the nodes that differ from it.
+        """
+        base = self.base
+        if base is None or "param_totals" not in base.__dict__:
+            return spec_totals(self.param_specs.values())
+        nbytes, numel = base.param_totals
+        new, gone = self._differences(base)
+        for nodes, graph, sign in ((new, self, 1), (gone, base, -1)):
+            b, n = spec_totals(
+                s for node in nodes if node.share is None for s in graph.params_of(node).values()
+            )
+            nbytes, numel = nbytes + sign * b, numel + sign * n
+        return nbytes, numel
+
+    def _differences(self, base: Graph) -> tuple[list[Node], list[Node]]:
+        """The nodes of this graph whose parameter specs may differ from ``base``'s (not
+        its node objects, or reading a type that is not ``base``'s), and the nodes of
+        ``base`` they stand for or that are gone."""
+        old_map, old_types, types = base.node_map, base.types, self.types
+        nodes, names = self.nodes, list(map(NAME, self.nodes))
+        olds = list(map(old_map.get, names))
+        fresh = set(compress(names, map(operator.is_not, nodes, olds)))
+        differ = map(operator.is_not, map(types.__getitem__, names), map(old_types.get, names))
+        readers = base.users
+        for t in compress(names, differ):
+            fresh.update(u for u in readers.get(t, ()) if u in self.node_map)
+        new = [self.node_map[n] for n in fresh]
+        gone = [old_map[n] for n in fresh if n in old_map]
+        gone += [old_map[n] for n in old_map.keys() - self.node_map.keys()]
+        return new, gone
 
     def num_params(self, node: Node | str | None = None) -> int:
         """Parameter elements (buffers excluded) of one node, or of the whole graph."""

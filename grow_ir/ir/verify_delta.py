@@ -36,8 +36,8 @@ import heapq
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import compress, islice, repeat
-from operator import attrgetter, is_not, lt, not_
+from itertools import compress, islice
+from operator import is_not, lt, not_
 from types import MappingProxyType
 
 from grow_ir.errors import GrowError
@@ -51,12 +51,11 @@ from grow_ir.ir.graph import (
     Node,
     check_arity,
     scopes_of,
+    sharers,
     spec_totals,
 )
 from grow_ir.ir.ops import ParamSpec
 from grow_ir.ir.types import TensorType
-
-SHARE = attrgetter("share")
 
 CHANGES = "_changes"
 """The key, in a verified Graph's ``__dict__``, of the :class:`Changes` its verification
@@ -223,8 +222,7 @@ class _Proof:
         parameters of its own, the same layer or the same tensors."""
         graph, node_map = self.graph, self.node_map
         dirty = is_new | {n.name for n in self.reinferred}
-        nodes = graph.nodes
-        for n in compress(nodes, map(is_not, map(SHARE, nodes), repeat(None))):
+        for n in sharers(graph.nodes):
             if n.name not in dirty and n.share in node_map and n.share not in dirty:
                 continue
             owner = node_map.get(n.share)
