@@ -1,10 +1,12 @@
-"""The verifier's checks of single items, shared by the full verifier (:mod:`.verify`)
-and the one that checks what changed (:mod:`.verify_delta`): names and parameter tensors."""
+"""The verifier's checks of single items, shared by the full verifier (:mod:`.verify`),
+the one that checks what changed (:mod:`.verify_delta`) and type inference: names,
+parameter tensors, arities."""
 
 from __future__ import annotations
 
 import keyword
 import re
+from typing import TYPE_CHECKING
 
 import torch
 from torch.fx.graph import _custom_builtins
@@ -12,6 +14,9 @@ from torch.fx.graph import _custom_builtins
 from grow_ir.errors import VerifyError
 from grow_ir.ir.ops import ParamSpec
 from grow_ir.ir.types import DTYPES
+
+if TYPE_CHECKING:
+    from grow_ir.ir.graph import Node
 
 IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -94,3 +99,24 @@ def check_param(node: str, key: str, spec: ParamSpec, tensor: object) -> None:
             expected=f"{spec.dtype}{list(spec.shape)}",
             found=f"{str(tensor.dtype).removeprefix('torch.')}{list(tensor.shape)}",
         )
+
+
+def check_arity(node: Node) -> None:
+    """Raise VerifyError unless ``node`` has as many inputs as its op takes."""
+    op = node.opdef
+    count = len(node.inputs)
+    if op.min_inputs <= count and (op.max_inputs is None or count <= op.max_inputs):
+        return
+    if op.max_inputs == op.min_inputs:
+        want = f"{op.min_inputs}"
+    elif op.max_inputs is None:
+        want = f"at least {op.min_inputs}"
+    else:
+        want = f"{op.min_inputs} to {op.max_inputs}"
+    raise VerifyError(
+        f"{node.op} takes {want} input(s)",
+        node=node.name,
+        field="inputs",
+        expected=f"{want} input(s)",
+        found=f"{count}",
+    )

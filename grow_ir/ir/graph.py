@@ -20,6 +20,8 @@ import networkx as nx
 import torch
 
 from grow_ir.errors import GrowError, ShapeError, VerifyError
+from grow_ir.ir.checks import check_arity
+from grow_ir.ir.delta import DIFF, NAME, infer_changed
 from grow_ir.ir.ops import OPS, Attrs, OpDef, ParamSpec
 from grow_ir.ir.ops.base import validate_attrs
 from grow_ir.ir.stages import BlockTemplate, Stage
@@ -29,9 +31,6 @@ from grow_ir.ir.types import DTYPES, TensorType
 def _frozen(mapping: Mapping | None) -> Mapping:
     return MappingProxyType(dict(mapping or {}))
 
-
-NAME = operator.attrgetter("name")
-"""A node's name (for ``map`` over many nodes at C speed)."""
 
 SHARE = operator.attrgetter("share")
 
@@ -133,27 +132,6 @@ class Node:
         return self.attrs.model_dump(exclude_defaults=True, mode="json")
 
 
-def check_arity(node: Node) -> None:
-    """Raise VerifyError unless ``node`` has as many inputs as its op takes."""
-    op = node.opdef
-    count = len(node.inputs)
-    if op.min_inputs <= count and (op.max_inputs is None or count <= op.max_inputs):
-        return
-    if op.max_inputs == op.min_inputs:
-        want = f"{op.min_inputs}"
-    elif op.max_inputs is None:
-        want = f"at least {op.min_inputs}"
-    else:
-        want = f"{op.min_inputs} to {op.max_inputs}"
-    raise VerifyError(
-        f"{node.op} takes {want} input(s)",
-        node=node.name,
-        field="inputs",
-        expected=f"{want} input(s)",
-        found=f"{count}",
-    )
-
-
 VERIFIED = "_verified"
 """The key, in a Graph's ``__dict__`` beside its cached indexes, marking it verified."""
 
@@ -228,7 +206,7 @@ class Graph:
         """
         new = dataclasses.replace(self, **changes)
         if not changes.keys() & STRUCTURE:
-            for key in (*STRUCTURAL_INDEXES, PRIOR):
+            for key in (*STRUCTURAL_INDEXES, PRIOR, DIFF):
                 if key in self.__dict__:
                     new.__dict__[key] = self.__dict__[key]
         elif "types" in self.__dict__:
@@ -283,9 +261,19 @@ class Graph:
 
     @cached_property
     def types(self) -> Mapping[str, TensorType]:
-        """The type of every value (graph inputs and nodes), inferred in order."""
-        types: dict[str, TensorType] = dict(self.inputs)
+        """The type of every value (graph inputs and nodes), inferred in order.
+
+        A graph made by :meth:`replace` infers again only the nodes that are new or read a
+        changed type (from its verified :attr:`base` when it has one, see
+        :func:`grow_ir.ir.delta.infer_changed`; else from the graph it was made from).
+        """
         old_nodes, old_types, old_params = self.__dict__.pop(PRIOR, ({}, {}, {}))
+        base = self.base
+        if base is not None and "types" in base.__dict__:
+            changed = infer_changed(self, base)  # only what differs from the verified graph
+            if changed is not None:
+                return changed
+        types: dict[str, TensorType] = dict(self.inputs)
         memo = self._node_params
         for n in self.nodes:
             missing = [i for i in n.inputs if i not in types]

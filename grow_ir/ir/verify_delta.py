@@ -32,24 +32,22 @@ accepted before. Why each invariant of the full check follows:
 
 from __future__ import annotations
 
-import heapq
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
-from itertools import compress, islice
-from operator import is_not, lt, not_
+from dataclasses import dataclass, field
+from itertools import compress
+from operator import is_not
 from types import MappingProxyType
 
 from grow_ir.errors import GrowError
-from grow_ir.ir.checks import check_name, check_param
+from grow_ir.ir.checks import check_arity, check_name, check_param
+from grow_ir.ir.delta import DIFF, Diff, infer_changed
 from grow_ir.ir.graph import (
     BASE,
-    NAME,
     PRIOR,
     VERIFIED,
     Graph,
     Node,
-    check_arity,
     scopes_of,
     sharers,
     spec_totals,
@@ -108,8 +106,9 @@ def verify_changes(graph: Graph, parent: Graph) -> Changes | None:
     invariant :func:`grow_ir.ir.verify.verify` guarantees and is marked verified, with
     its types, node map, positions and parameter-spec memo set. ``None`` means not proven:
     ``graph`` may be invalid, or differ in a way this check does not follow (other graph
-    inputs, kept nodes reordered, a kept node reading a removed value); nothing of
-    ``graph`` is changed then.
+    inputs, kept nodes reordered, a kept node reading a removed value); ``graph`` is not
+    marked then (its types may be set: inference of what changed gives the very types a
+    full inference gives).
     """
     assert parent.__dict__.get(VERIFIED), "the parent must be verified"
     try:
@@ -125,78 +124,40 @@ def verify_changes(graph: Graph, parent: Graph) -> Changes | None:
 class _Proof:
     graph: Graph
     parent: Graph
-    node_map: dict[str, Node]
-    positions: dict[str, int]
-    new: list[Node]
-    removed: list[str]
-    types: dict[str, TensorType]
-    retyped: set[str]  # names whose type is not the parent's object (new ones included)
-    reinferred: list[Node]  # kept nodes reading a changed type
-    specs: dict[str, Mapping[str, ParamSpec]]  # of the new and re-inferred nodes
-    params: list[str]
-    dropped: set[str]
-    totals: tuple[int, int] | None
+    diff: Diff
+    types: Mapping[str, TensorType]
+    specs: dict[str, Mapping[str, ParamSpec]] = field(default_factory=dict)
+    params: list[str] = field(default_factory=list)  # keys whose tensor is not the parent's
+    dropped: set[str] = field(default_factory=set)
+    totals: tuple[int, int] | None = None
 
     @classmethod
     def of(cls, graph: Graph, parent: Graph) -> _Proof | None:
-        if graph.inputs != parent.inputs:
+        diff = graph.__dict__.get(DIFF)
+        if diff is None or diff.old() is not parent:
+            if "types" in graph.__dict__:  # inferred already, from another graph
+                diff = _retyped(graph, parent, Diff.of(graph, parent))
+            else:
+                types = infer_changed(graph, parent)
+                if types is None:
+                    return None
+                graph.__dict__.setdefault("types", types)
+                diff = graph.__dict__[DIFF]
+        if diff is None:
             return None
-        nodes = graph.nodes
-        names = list(map(NAME, nodes))
-        node_map = dict(zip(names, nodes))
-        if len(node_map) != len(nodes) or any(i in node_map for i in graph.inputs):
-            return None  # duplicate names
-        old_map = parent.node_map
-        fresh = list(map(is_not, nodes, map(old_map.get, names)))
-        new = list(compress(nodes, fresh))
-        is_new = {n.name for n in new}
-        kept_at = list(map(parent.positions.__getitem__, compress(names, map(not_, fresh))))
-        if not all(map(lt, kept_at, islice(kept_at, 1, None))):
-            return None  # kept nodes reordered
-        positions = dict(zip(names, range(len(names))))
-        replaced = [n.name for n in new if n.name in old_map]
-        removed: list[str] = []
-        if len(old_map) != len(kept_at) + len(replaced):
-            removed = sorted(old_map.keys() - node_map.keys())
-        readers = parent.users
-
-        def kept(name: str) -> bool:
-            return node_map.get(name) is old_map[name]
-
-        inputs = graph.inputs
-        for n in new:
+        for n in diff.new:
             check_name(n.name)
             check_arity(n)
-            at = positions[n.name]
-            if any(i not in inputs and positions.get(i, at) >= at for i in n.inputs):
-                return None
-        for r in replaced:
-            if any(kept(u) and positions[u] <= positions[r] for u in readers[r]):
-                return None
-        if any(kept(u) for r in removed for u in readers[r]):
+        if not _scopes_hold(diff, parent):
             return None
-        if not _scopes_hold(new, node_map, parent, removed):
-            return None
-        typed = _infer(graph, parent, new, node_map, positions, readers)
-        if typed is None:
-            return None
-        types, retyped = typed
-        reinferred = [
-            node_map[u]
-            for u in dict.fromkeys(u for t in retyped if t in readers for u in readers[t])
-            if u not in is_new and u in node_map
-        ]
-        proof = cls(
-            graph, parent, node_map, positions, new, removed, types, retyped, reinferred,
-            {}, [], set(), None,
-        )  # fmt: skip
-        if not (proof._outputs_hold(replaced) and proof._shares_hold(is_new)):
-            return None
-        return proof if proof._params_hold(replaced) else None
+        proof = cls(graph, parent, diff, graph.types)
+        ok = proof._outputs_hold() and proof._shares_hold() and proof._params_hold()
+        return proof if ok else None
 
-    def _outputs_hold(self, replaced: list[str]) -> bool:
+    def _outputs_hold(self) -> bool:
         """Every output names a node, and every node feeds an output (every sink is one)."""
-        graph, parent, node_map = self.graph, self.parent, self.node_map
+        graph, parent, diff = self.graph, self.parent, self.diff
+        node_map = diff.node_map
         if not graph.outputs:
             return False
         for out, node in graph.outputs.items():
@@ -204,10 +165,10 @@ class _Proof:
             if node not in node_map:
                 return False
         targets = set(graph.outputs.values())
-        read = {i for n in self.new for i in n.inputs}
+        read = {i for n in diff.new for i in n.inputs}
         old_map, readers = parent.node_map, parent.users
-        candidates = [n.name for n in self.new]
-        for gone in (*replaced, *self.removed):
+        candidates = [n.name for n in diff.new]
+        for gone in (*diff.replaced, *diff.removed):
             candidates.extend(old_map[gone].inputs)
         candidates.extend(t for t in parent.outputs.values() if t not in targets)
         for v in candidates:
@@ -217,11 +178,11 @@ class _Proof:
                 return False
         return True
 
-    def _shares_hold(self, is_new: set[str]) -> bool:
+    def _shares_hold(self) -> bool:
         """Every sharer that changed, or whose owner or input types did, shares a node with
         parameters of its own, the same layer or the same tensors."""
-        graph, node_map = self.graph, self.node_map
-        dirty = is_new | {n.name for n in self.reinferred}
+        graph, node_map = self.graph, self.diff.node_map
+        dirty = {n.name for n in (*self.diff.new, *self.diff.reinferred)}
         for n in sharers(graph.nodes):
             if n.name not in dirty and n.share in node_map and n.share not in dirty:
                 continue
@@ -230,18 +191,18 @@ class _Proof:
                 return False
             if owner.op == n.op and owner.attrs != n.attrs:
                 return False
-            if n.opdef.params(n.attrs, self._in(n)) != owner.opdef.params(
-                owner.attrs, self._in(owner)
+            if n.opdef.params(n.attrs, self._types_in(n)) != owner.opdef.params(
+                owner.attrs, self._types_in(owner)
             ):
                 return False
         return True
 
-    def _in(self, n: Node) -> list[TensorType]:
+    def _types_in(self, n: Node) -> list[TensorType]:
         return [self.types[i] for i in n.inputs]
 
-    def _params_hold(self, replaced: list[str]) -> bool:
+    def _params_hold(self) -> bool:
         """``params`` holds exactly the keys the nodes require, each of its spec."""
-        graph, parent = self.graph, self.parent
+        graph, parent, diff = self.graph, self.parent, self.diff
         have, had = graph.params, parent.params
         keys = list(have)
         changed = list(compress(keys, map(is_not, have.values(), map(had.get, keys))))
@@ -249,15 +210,15 @@ class _Proof:
         if len(had) + added != len(have):
             self.dropped = set(had.keys() - have.keys())
         required: dict[str, tuple[str, ParamSpec]] = {}  # of new and re-inferred nodes
-        for n in (*self.new, *self.reinferred):
-            specs = n.opdef.params(n.attrs, self._in(n))
+        for n in (*diff.new, *diff.reinferred):
+            specs = n.opdef.params(n.attrs, self._types_in(n))
             named = {f"{n.param_prefix}.{k}": v for k, v in specs.items()}
             self.specs[n.name] = MappingProxyType(named)
             if n.share is None:
                 required.update((k, (n.name, v)) for k, v in named.items())
         gone: dict[str, ParamSpec] = {}  # what the parent's nodes gone or re-inferred required
         old_map = parent.node_map
-        for old in (*(old_map[r] for r in (*replaced, *self.removed)), *self.reinferred):
+        for old in (*(old_map[r] for r in (*diff.replaced, *diff.removed)), *diff.reinferred):
             if old.share is None:
                 gone.update(parent.params_of(old))
         for key, (node, spec) in required.items():
@@ -282,26 +243,18 @@ class _Proof:
 
     def install(self) -> Changes:
         """Mark the graph verified, with the indexes the proof computed."""
-        graph, parent = self.graph, self.parent
+        graph, parent, diff = self.graph, self.parent, self.diff
         cache = graph.__dict__
-        names = self.positions
-        if "types" not in cache:
-            types = dict(graph.inputs)
-            types.update(zip(names, map(self.types.__getitem__, names)))
-            cache["types"] = MappingProxyType(types)
-        cache.setdefault("node_map", MappingProxyType(self.node_map))
-        cache.setdefault("positions", MappingProxyType(self.positions))
-        memo = dict(parent._node_params)
-        for name in self.removed:
-            memo.pop(name, None)
-        memo.update(self.specs)  # the new and re-inferred nodes
-        memo.update(cache.get("_node_params", {}))
-        cache["_node_params"] = memo
+        cache.setdefault("node_map", MappingProxyType(diff.node_map))
+        cache.setdefault("positions", MappingProxyType(diff.positions))
+        memo = cache.get("_node_params")
+        if memo is not None:
+            memo.update(self.specs)
         old_scopes = parent.__dict__.get("scope_counts")
         if old_scopes is not None and "scope_counts" not in cache:
             counts = dict(old_scopes)
-            added = [n.name for n in self.new if n.name not in parent.node_map]
-            for name, step in (*((a, 1) for a in added), *((r, -1) for r in self.removed)):
+            added = [n.name for n in diff.new if n.name not in parent.node_map]
+            for name, step in (*((a, 1) for a in added), *((r, -1) for r in diff.removed)):
                 for scope in scopes_of(name):
                     counts[scope] = counts.get(scope, 0) + step
                     if not counts[scope]:
@@ -311,76 +264,46 @@ class _Proof:
             cache.setdefault("param_totals", self.totals)
         found = Changes(
             parent=weakref.ref(parent),
-            nodes=tuple(n.name for n in self.new),
-            retyped=frozenset(n.name for n in self.reinferred),
-            removed=frozenset(self.removed),
+            nodes=tuple(n.name for n in diff.new),
+            retyped=frozenset(n.name for n in diff.reinferred),
+            removed=frozenset(diff.removed),
             params=frozenset(self.params),
             dropped=frozenset(self.dropped),
         )
-        for key in (BASE, PRIOR):
+        for key in (BASE, PRIOR, DIFF):
             cache.pop(key, None)
         cache[CHANGES] = found
         cache[VERIFIED] = True
         return found
 
 
-def _scopes_hold(
-    new: list[Node], node_map: dict[str, Node], parent: Graph, removed: list[str]
-) -> bool:
+def _retyped(graph: Graph, parent: Graph, diff: Diff | None) -> Diff | None:
+    """``diff`` with the names whose type is not the parent's object, and the kept nodes
+    reading them, found from ``graph``'s types (inferred already)."""
+    if diff is None:
+        return None
+    names, types, old_types = list(diff.positions), graph.types, parent.types
+    differ = map(is_not, map(types.__getitem__, names), map(old_types.get, names))
+    diff.retyped = set(compress(names, differ))
+    readers = parent.users
+    kept = dict.fromkeys(u for t in diff.retyped for u in readers.get(t, ()) if diff.kept(u))
+    diff.reinferred = [diff.node_map[u] for u in kept]
+    return diff
+
+
+def _scopes_hold(diff: Diff, parent: Graph) -> bool:
     """No name the parent lacks is inside a node, or holds a node inside it."""
-    old_map, counts = parent.node_map, parent.scope_counts
-    for n in new:
+    old_map, counts, node_map = parent.node_map, parent.scope_counts, diff.node_map
+    for n in diff.new:
         name = n.name
         if name in old_map:
             continue
         if any(scope in node_map for scope in scopes_of(name)):
             return False
         inside = counts.get(name, 0)
-        if inside and inside > sum(1 for r in removed if r.startswith(name + ".")):
+        if inside and inside > sum(1 for r in diff.removed if r.startswith(name + ".")):
             return False
     return True
-
-
-def _infer(
-    graph: Graph,
-    parent: Graph,
-    new: list[Node],
-    node_map: dict[str, Node],
-    positions: dict[str, int],
-    readers: Mapping[str, tuple[str, ...]],
-) -> tuple[dict[str, TensorType], set[str]] | None:
-    """The types of ``graph`` (inferred again for the new nodes and every node reading a
-    changed type, in graph order) and the names whose type is not the parent's object;
-    ``None`` when inference fails (the full verifier words the error)."""
-    old_types = parent.types
-    cached = graph.__dict__.get("types")
-    if cached is not None:  # inferred already (the pass read them)
-        names = list(positions)
-        differ = map(is_not, map(cached.get, names), map(old_types.get, names))
-        retyped = set(compress(names, differ))
-        return dict(cached), retyped
-    old_map, nodes = parent.node_map, graph.nodes
-    types = dict(old_types)
-    todo = [positions[n.name] for n in new]
-    heapq.heapify(todo)
-    queued = set(todo)
-    retyped: set[str] = set()
-    while todo:
-        n = nodes[heapq.heappop(todo)]
-        t = n.opdef.infer(n.attrs, [types[i] for i in n.inputs])
-        prev = old_types.get(n.name)
-        if prev is not None and prev == t:
-            t = prev  # the old object, so that the nodes reading it are not inferred again
-        types[n.name] = t
-        if t is prev:
-            continue
-        retyped.add(n.name)
-        for u in readers.get(n.name, ()):
-            at = positions.get(u)
-            if at is not None and at not in queued and node_map[u] is old_map[u]:
-                queued.add(at)
-                heapq.heappush(todo, at)
-    return types, retyped
 
 
 def _owner_spec(parent: Graph, key: str) -> tuple[str, ParamSpec]:
