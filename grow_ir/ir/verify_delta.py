@@ -81,16 +81,16 @@ class Changes:
     removed: frozenset[str]
     params: frozenset[str]
     dropped: frozenset[str]
+    _new: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_new", frozenset(self.nodes))
 
     def same(self, node: str) -> bool:
         """True when ``node`` is the parent's node object reading the parent's input types
         (so its type and parameter specs are the parent's); its tensors may still differ
         (see ``params``)."""
-        return node not in self.retyped and node not in self._nodes
-
-    @property
-    def _nodes(self) -> frozenset[str]:
-        return frozenset(self.nodes)
+        return node not in self.retyped and node not in self._new
 
 
 def changes(graph: Graph) -> Changes | None:
