@@ -15,7 +15,7 @@ import operator
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import compress, islice
+from itertools import compress, count, islice
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -38,9 +38,17 @@ until it is verified."""
 class Diff:
     """How ``graph`` differs from ``old``, when the difference keeps the old order.
 
+    A pass splices: the nodes before the first node that differs, and after the last one,
+    are ``old``'s very objects at the same places (shifted by the count of nodes added).
+    Only the *window* between them is looked at, node by node; every question about a
+    node outside it is answered from ``old``'s indexes.
+
     Attributes:
         old: a weak reference to the old graph.
-        node_map, positions: ``graph``'s nodes and their indexes, by name.
+        start: where the window starts (the same index in both graphs).
+        stop, old_stop: where it ends in ``graph`` and in ``old``.
+        window, window_at: ``graph``'s nodes in the window and their indexes, by name.
+        old_window: the names of ``old``'s nodes in the window.
         new: ``graph``'s nodes that are not ``old``'s node objects, in order.
         replaced: the names of the new nodes that ``old`` has (under the same name).
         removed: the names of ``old``'s nodes that ``graph`` lacks.
@@ -51,8 +59,12 @@ class Diff:
     """
 
     old: weakref.ref[Graph]
-    node_map: dict[str, Node]
-    positions: dict[str, int]
+    start: int
+    stop: int
+    old_stop: int
+    window: dict[str, Node]
+    window_at: dict[str, int]
+    old_window: frozenset[str]
     new: list[Node]
     replaced: list[str]
     removed: list[str]
@@ -68,56 +80,94 @@ class Diff:
         ``nodes``."""
         if graph.inputs != old.inputs:
             return None
-        nodes = graph.nodes
-        names = list(map(NAME, nodes))
-        node_map = dict(zip(names, nodes))
-        inputs = graph.inputs
-        if len(node_map) != len(nodes) or any(i in node_map for i in inputs):
-            return None
+        nodes, old_nodes = graph.nodes, old.nodes
+        common = min(len(nodes), len(old_nodes))
+        start = next(compress(count(), map(operator.is_not, nodes, old_nodes)), common)
+        after = next(
+            compress(count(), map(operator.is_not, reversed(nodes), reversed(old_nodes))),
+            common,
+        )
+        after = min(after, common - start)
+        stop, old_stop = len(nodes) - after, len(old_nodes) - after
+        inside = nodes[start:stop]
+        names = list(map(NAME, inside))
+        window = dict(zip(names, inside))
+        old_window = frozenset(map(NAME, old_nodes[start:old_stop]))
         old_map = old.node_map
-        fresh = list(map(operator.is_not, nodes, map(old_map.get, names)))
-        kept_at = list(map(old.positions.__getitem__, compress(names, map(operator.not_, fresh))))
+        inputs = graph.inputs
+        if len(window) != len(inside) or any(
+            (name in old_map and name not in old_window) or name in inputs for name in window
+        ):
+            return None  # duplicate names
+        new = [n for n in inside if old_map.get(n.name) is not n]
+        kept_at = [old.positions[n.name] for n in inside if old_map.get(n.name) is n]
         if not all(map(operator.lt, kept_at, islice(kept_at, 1, None))):
-            return None
-        positions = dict(zip(names, range(len(names))))
-        new = list(compress(nodes, fresh))
-        replaced = [n.name for n in new if n.name in old_map]
-        removed: list[str] = []
-        if len(old_map) != len(kept_at) + len(replaced):
-            removed = sorted(old_map.keys() - node_map.keys())
-        diff = cls(weakref.ref(old), node_map, positions, new, replaced, removed)
+            return None  # kept nodes reordered
+        replaced = [n.name for n in new if n.name in old_window]
+        removed = sorted(old_window - window.keys())
+        at = dict(zip(names, range(start, stop)))
+        diff = cls(
+            weakref.ref(old), start, stop, old_stop, window, at, old_window, new, replaced, removed
+        )
         for n in new:
-            at = positions[n.name]
-            if any(i not in inputs and positions.get(i, at) >= at for i in n.inputs):
+            at = diff.position(n.name)
+            if any(i not in inputs and diff.position(i, at) >= at for i in n.inputs):
                 return None
         readers = old.users
         for r in replaced:
-            if any(diff.kept(u) and positions[u] <= positions[r] for u in readers[r]):
+            at = diff.position(r)
+            if any(diff.kept(u) and diff.position(u) <= at for u in readers[r]):
                 return None
         if any(diff.kept(u) for r in removed for u in readers[r]):
             return None
         return diff
 
+    def node(self, name: str) -> Node | None:
+        """``graph``'s node called ``name``, or ``None``."""
+        if name in self.window:
+            return self.window[name]
+        if name in self.old_window:
+            return None
+        return self._old().node_map.get(name)
+
+    def position(self, name: str, default: int = -1) -> int:
+        """The index in ``graph.nodes`` of the node ``name`` (``default`` if none)."""
+        if name in self.window_at:
+            return self.window_at[name]
+        if name in self.old_window:
+            return default
+        at = self._old().positions.get(name)
+        if at is None:
+            return default
+        return at if at < self.start else at + self.stop - self.old_stop
+
     def kept(self, name: str) -> bool:
         """True when ``name`` is a node of both graphs, the very same object."""
+        old = self._old().node_map.get(name)
+        return old is not None and self.node(name) is old
+
+    def _old(self) -> Graph:
         old = self.old()
         assert old is not None, "the old graph is gone"
-        return self.node_map.get(name) is old.node_map.get(name, self)
+        return old
 
 
 def infer_changed(graph: Graph, old: Graph) -> Mapping[str, TensorType] | None:
     """``graph``'s types, inferred again only for the new nodes and the nodes reading a
-    changed type (in graph order), the rest taken from ``old`` (which has its types);
+    changed type (in graph order), the rest taken from ``old`` (which has its types; the
+    mapping lists ``old``'s values first, then the names ``old`` lacks);
     the parameter-spec memo of the nodes not inferred again carried over. ``None`` when
     the difference does not keep the order or a node's inference fails (the caller infers
     every node then, and raises the error at the first node at fault)."""
     diff = Diff.of(graph, old)
     if diff is None:
         return None
-    old_types, old_map, readers = old.types, old.node_map, old.users
-    nodes, positions, node_map = graph.nodes, diff.positions, diff.node_map
+    old_types, readers = old.types, old.users
+    nodes = graph.nodes
     types: dict[str, TensorType] = dict(old_types)
-    todo = [positions[n.name] for n in diff.new]
+    for name in diff.removed:
+        del types[name]
+    todo = [diff.position(n.name) for n in diff.new]
     heapq.heapify(todo)
     queued = set(todo)
     try:
@@ -129,26 +179,22 @@ def infer_changed(graph: Graph, old: Graph) -> Mapping[str, TensorType] | None:
             if prev is not None and prev == t:
                 t = prev  # the old object, so that the nodes reading it are not inferred again
             types[n.name] = t
-            if n.name in old_map and node_map[n.name] is old_map[n.name]:
+            if diff.kept(n.name):
                 diff.reinferred.append(n)
             if t is prev:
                 continue
             diff.retyped.add(n.name)
             for u in readers.get(n.name, ()):
-                k = positions.get(u)
-                if k is not None and k not in queued and node_map[u] is old_map[u]:
+                k = diff.position(u)
+                if k >= 0 and k not in queued and diff.kept(u):
                     queued.add(k)
                     heapq.heappush(todo, k)
     except GrowError:
         return None
-    ordered: dict[str, TensorType] = dict(graph.inputs)
-    ordered.update(zip(positions, map(types.__getitem__, positions)))
     memo = dict(old._node_params)
     for name in (*diff.removed, *(n.name for n in diff.new), *(n.name for n in diff.reinferred)):
         memo.pop(name, None)
     memo.update(graph.__dict__.get("_node_params", {}))
     graph.__dict__["_node_params"] = memo
-    graph.__dict__.setdefault("node_map", MappingProxyType(node_map))
-    graph.__dict__.setdefault("positions", MappingProxyType(positions))
     graph.__dict__[DIFF] = diff
-    return MappingProxyType(ordered)
+    return MappingProxyType(types)

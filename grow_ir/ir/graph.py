@@ -418,6 +418,10 @@ class Graph:
         its node objects, or reading a type that is not ``base``'s), and the nodes of
         ``base`` they stand for or that are gone."""
         old_map, old_types, types = base.node_map, base.types, self.types
+        diff = self.__dict__.get(DIFF)
+        if diff is not None and diff.old() is base:  # the types were inferred from it
+            gone = [old_map[n] for n in (*diff.replaced, *diff.removed)]
+            return [*diff.new, *diff.reinferred], [*gone, *diff.reinferred]
         nodes, names = self.nodes, list(map(NAME, self.nodes))
         olds = list(map(old_map.get, names))
         fresh = set(compress(names, map(operator.is_not, nodes, olds)))

@@ -41,7 +41,7 @@ from types import MappingProxyType
 
 from grow_ir.errors import GrowError
 from grow_ir.ir.checks import check_arity, check_name, check_param
-from grow_ir.ir.delta import DIFF, Diff, infer_changed
+from grow_ir.ir.delta import DIFF, NAME, Diff, infer_changed
 from grow_ir.ir.graph import (
     BASE,
     PRIOR,
@@ -104,7 +104,7 @@ def verify_changes(graph: Graph, parent: Graph) -> Changes | None:
 
     ``parent`` must be verified. When this returns the changes, ``graph`` satisfies every
     invariant :func:`grow_ir.ir.verify.verify` guarantees and is marked verified, with
-    its types, node map, positions and parameter-spec memo set. ``None`` means not proven:
+    its types and parameter-spec memo set. ``None`` means not proven:
     ``graph`` may be invalid, or differ in a way this check does not follow (other graph
     inputs, kept nodes reordered, a kept node reading a removed value); ``graph`` is not
     marked then (its types may be set: inference of what changed gives the very types a
@@ -157,12 +157,11 @@ class _Proof:
     def _outputs_hold(self) -> bool:
         """Every output names a node, and every node feeds an output (every sink is one)."""
         graph, parent, diff = self.graph, self.parent, self.diff
-        node_map = diff.node_map
         if not graph.outputs:
             return False
         for out, node in graph.outputs.items():
             check_name(out, what="output", field="outputs")
-            if node not in node_map:
+            if diff.node(node) is None:
                 return False
         targets = set(graph.outputs.values())
         read = {i for n in diff.new for i in n.inputs}
@@ -172,21 +171,21 @@ class _Proof:
             candidates.extend(old_map[gone].inputs)
         candidates.extend(t for t in parent.outputs.values() if t not in targets)
         for v in candidates:
-            if v not in node_map or v in targets or v in read:
+            if diff.node(v) is None or v in targets or v in read:
                 continue  # a graph input, an output, or read by a new node
-            if not any(node_map.get(u) is old_map[u] for u in readers.get(v, ())):
+            if not any(diff.kept(u) for u in readers.get(v, ())):
                 return False
         return True
 
     def _shares_hold(self) -> bool:
         """Every sharer that changed, or whose owner or input types did, shares a node with
         parameters of its own, the same layer or the same tensors."""
-        graph, node_map = self.graph, self.diff.node_map
+        graph, diff = self.graph, self.diff
         dirty = {n.name for n in (*self.diff.new, *self.diff.reinferred)}
         for n in sharers(graph.nodes):
-            if n.name not in dirty and n.share in node_map and n.share not in dirty:
+            if n.name not in dirty and diff.node(n.share) is not None and n.share not in dirty:
                 continue
-            owner = node_map.get(n.share)
+            owner = diff.node(n.share)
             if owner is None or owner.share is not None:
                 return False
             if owner.op == n.op and owner.attrs != n.attrs:
@@ -245,8 +244,6 @@ class _Proof:
         """Mark the graph verified, with the indexes the proof computed."""
         graph, parent, diff = self.graph, self.parent, self.diff
         cache = graph.__dict__
-        cache.setdefault("node_map", MappingProxyType(diff.node_map))
-        cache.setdefault("positions", MappingProxyType(diff.positions))
         memo = cache.get("_node_params")
         if memo is not None:
             memo.update(self.specs)
@@ -282,23 +279,23 @@ def _retyped(graph: Graph, parent: Graph, diff: Diff | None) -> Diff | None:
     reading them, found from ``graph``'s types (inferred already)."""
     if diff is None:
         return None
-    names, types, old_types = list(diff.positions), graph.types, parent.types
+    names, types, old_types = list(map(NAME, graph.nodes)), graph.types, parent.types
     differ = map(is_not, map(types.__getitem__, names), map(old_types.get, names))
     diff.retyped = set(compress(names, differ))
     readers = parent.users
     kept = dict.fromkeys(u for t in diff.retyped for u in readers.get(t, ()) if diff.kept(u))
-    diff.reinferred = [diff.node_map[u] for u in kept]
+    diff.reinferred = [diff.node(u) for u in kept]  # type: ignore[misc]
     return diff
 
 
 def _scopes_hold(diff: Diff, parent: Graph) -> bool:
     """No name the parent lacks is inside a node, or holds a node inside it."""
-    old_map, counts, node_map = parent.node_map, parent.scope_counts, diff.node_map
+    old_map, counts = parent.node_map, parent.scope_counts
     for n in diff.new:
         name = n.name
         if name in old_map:
             continue
-        if any(scope in node_map for scope in scopes_of(name)):
+        if any(diff.node(scope) is not None for scope in scopes_of(name)):
             return False
         inside = counts.get(name, 0)
         if inside and inside > sum(1 for r in diff.removed if r.startswith(name + ".")):
