@@ -209,10 +209,13 @@ class _Proof:
         if len(had) + added != len(have):
             self.dropped = set(had.keys() - have.keys())
         required: dict[str, tuple[str, ParamSpec]] = {}  # of new and re-inferred nodes
+        memo = graph.__dict__.get("_node_params", {})  # of this graph's types (see delta)
         for n in (*diff.new, *diff.reinferred):
-            specs = n.opdef.params(n.attrs, self._types_in(n))
-            named = {f"{n.param_prefix}.{k}": v for k, v in specs.items()}
-            self.specs[n.name] = MappingProxyType(named)
+            named = memo.get(n.name)
+            if named is None:
+                specs = n.opdef.params(n.attrs, self._types_in(n))
+                named = MappingProxyType({f"{n.param_prefix}.{k}": v for k, v in specs.items()})
+            self.specs[n.name] = named
             if n.share is None:
                 required.update((k, (n.name, v)) for k, v in named.items())
         gone: dict[str, ParamSpec] = {}  # what the parent's nodes gone or re-inferred required
