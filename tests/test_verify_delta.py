@@ -16,19 +16,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
+import weakref
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import grow_ir
 from grow_ir.errors import GrowError, PassError
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.verify import verify
 from grow_ir.ir.verify_delta import changes, verify_changes
-from grow_ir.passes import PASSES
+from grow_ir.passes import PASSES, insert_layer
+from grow_ir.spec import load_spec
 from tests.graphgen import PASS_RECORDS, graphs, pass_arguments
 from tests.test_pass_properties import SETTINGS
 
@@ -290,3 +295,29 @@ def test_broken_results_get_the_full_verdict(families: tuple[str, ...]) -> None:
     # both verdicts are exercised, not one alone
     assert sum(v for k, v in proofs.items() if k.endswith("rejected")) >= 50, proofs
     assert sum(v for k, v in proofs.items() if k.endswith("proven")) >= 10, proofs
+
+
+def resnet() -> Graph:
+    return verify(load_spec(Path(grow_ir.__file__).parent / "examples" / "resnet.yaml"))
+
+
+def test_a_copy_is_proven_against_a_parent_given_and_keeps_nothing_of_it() -> None:
+    """A graph that shares the parent's objects but was not made by ``replace`` (a copy,
+    as a backend holding the parent's lowering sees a new graph) is proven against the
+    parent passed in; once verified it keeps no reference to the parent or its hints."""
+    parent = resnet()
+    grown = insert_layer(parent, after="stem_act", op="conv2d")
+    copy = dataclasses.replace(grown)
+    verify(copy, parent=parent)
+    found = changes(copy)
+    assert found is not None and found.parent() is parent
+    # the new layer, and the two readers of stem_act rewired to read it
+    old_ids = {id(n) for n in parent.nodes}
+    assert found.nodes == tuple(n.name for n in copy.nodes if id(n) not in old_ids)
+    assert set(found.nodes) == {"stem_act_conv2d", "stage1.block0.conv1", "stage1.block0.sum"}
+    assert not found.same(found.nodes[0]) and found.same(parent.nodes[0].name)
+    assert not {"_base", "_prior", "_diff"} & set(vars(copy)) & set(vars(grown))
+    gone = weakref.ref(parent)
+    del parent, grown, found
+    gc.collect()
+    assert gone() is None, "a verified graph keeps its parent alive"

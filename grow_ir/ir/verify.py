@@ -8,6 +8,7 @@ import networkx as nx
 
 from grow_ir.errors import GrowError, VerifyError
 from grow_ir.ir.checks import check_name, check_param
+from grow_ir.ir.delta import DIFF
 from grow_ir.ir.graph import BASE, PRIOR, VERIFIED, Graph, check_arity
 from grow_ir.ir.verify_delta import verify_changes
 
@@ -42,7 +43,7 @@ def verify(graph: Graph, parent: Graph | None = None) -> Graph:
     if proven and verify_changes(graph, base) is not None:
         return graph
     _verify_all(graph)
-    for key in (BASE, PRIOR):  # nothing of the graph it came from is needed any more
+    for key in (BASE, PRIOR, DIFF):  # nothing of the graph it came from is needed any more
         graph.__dict__.pop(key, None)
     graph.__dict__[VERIFIED] = True
     return graph
