@@ -208,6 +208,8 @@ def check_same_verdict(graph: Graph, parent: Graph, proofs: Counter[str], label:
     proofs[f"{label}: {'proven' if proof else 'rejected' if full else 'full check'}"] += 1
     if proof is not None:
         assert changes(proved) is proof
+        # handed on from the parent's, less and plus what changed
+        assert "output_deps" in vars(proved) or "output_deps" not in vars(parent)
         same_indexes(proved, dataclasses.replace(graph))
 
 
@@ -219,6 +221,7 @@ def same_indexes(proved: Graph, fresh: Graph) -> None:
     assert proved.param_totals == fresh.param_totals
     assert dict(proved.scope_counts) == dict(fresh.scope_counts)
     assert dict(proved.positions) == dict(fresh.positions)
+    assert dict(proved.output_deps) == dict(fresh.output_deps)
 
 
 def draw_step(graph: Graph, data: st.DataObject) -> tuple[str, dict] | None:

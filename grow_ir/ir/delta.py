@@ -198,3 +198,48 @@ def infer_changed(graph: Graph, old: Graph) -> Mapping[str, TensorType] | None:
     graph.__dict__["_node_params"] = memo
     graph.__dict__[DIFF] = diff
     return MappingProxyType(types)
+
+
+def output_deps_changed(graph: Graph, old: Graph, diff: Diff) -> Mapping[str, frozenset[str]]:
+    """``graph.output_deps`` from ``old``'s (computed already) and ``diff``: the outputs
+    that depend on a node are found again only for the new nodes, the nodes whose readers
+    or output names changed, and, while the answer changes, the nodes they read (latest
+    first, so that every reader is settled before the node it reads)."""
+    old_deps, readers, old_map = old.output_deps, old.users, old.node_map
+    deps = dict(old_deps)
+    for name in diff.removed:
+        del deps[name]
+    names: dict[str, set[str]] = {}
+    for out, node in graph.outputs.items():
+        names.setdefault(node, set()).add(out)
+    seeds = {n.name for n in diff.new}
+    for gone in (*diff.replaced, *diff.removed):  # their inputs lost a reader
+        seeds.update(old_map[gone].inputs)
+    for node in {*graph.outputs.values(), *old.outputs.values()}:
+        if names.get(node, set()) != {o for o, v in old.outputs.items() if v == node}:
+            seeds.add(node)
+    new_readers: dict[str, list[str]] = {}
+    for n in diff.new:
+        for i in dict.fromkeys(n.inputs):
+            new_readers.setdefault(i, []).append(n.name)
+    todo = [-at for at in map(diff.position, seeds) if at >= 0]
+    heapq.heapify(todo)
+    queued = set(todo)
+    nodes = graph.nodes
+    while todo:
+        node = nodes[-heapq.heappop(todo)]
+        mine = frozenset(names.get(node.name, ()))
+        for u in readers.get(node.name, ()):
+            if diff.kept(u):
+                mine |= deps[u]
+        for u in new_readers.get(node.name, ()):
+            mine |= deps[u]
+        if deps.get(node.name) == mine:
+            continue
+        deps[node.name] = mine
+        for i in node.inputs:
+            at = -diff.position(i)
+            if at <= 0 and at not in queued:
+                queued.add(at)
+                heapq.heappush(todo, at)
+    return MappingProxyType(deps)

@@ -41,7 +41,7 @@ from types import MappingProxyType
 
 from grow_ir.errors import GrowError
 from grow_ir.ir.checks import check_arity, check_name, check_param
-from grow_ir.ir.delta import DIFF, NAME, Diff, infer_changed
+from grow_ir.ir.delta import DIFF, NAME, Diff, infer_changed, output_deps_changed
 from grow_ir.ir.graph import (
     BASE,
     PRIOR,
@@ -262,6 +262,8 @@ class _Proof:
             cache["scope_counts"] = MappingProxyType(counts)
         if self.totals is not None:
             cache.setdefault("param_totals", self.totals)
+        if "output_deps" in parent.__dict__ and "output_deps" not in cache:
+            cache["output_deps"] = output_deps_changed(graph, parent, diff)
         found = Changes(
             parent=weakref.ref(parent),
             nodes=tuple(n.name for n in diff.new),
