@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from types import MappingProxyType
 
 import networkx as nx
 
@@ -10,6 +11,7 @@ from grow_ir.errors import GrowError, VerifyError
 from grow_ir.ir.checks import check_name, check_param
 from grow_ir.ir.delta import DIFF
 from grow_ir.ir.graph import BASE, PRIOR, VERIFIED, Graph, check_arity
+from grow_ir.ir.ops import ParamSpec
 from grow_ir.ir.verify_delta import verify_changes
 
 __all__ = ["check_name", "is_valid", "verify"]
@@ -181,8 +183,14 @@ def _check_shares(graph: Graph) -> None:
 
 
 def _check_params(graph: Graph) -> None:
-    specs = graph.param_specs
-    owner = {p: n.name for n in graph.nodes if n.share is None for p in graph.params_of(n)}
+    specs: dict[str, ParamSpec] = {}  # Graph.param_specs, with the node requiring each
+    owner: dict[str, str] = {}
+    for n in graph.nodes:
+        if n.share is None:
+            mine = graph.params_of(n)
+            specs.update(mine)
+            owner.update(dict.fromkeys(mine, n.name))
+    graph.__dict__.setdefault("param_specs", MappingProxyType(specs))
     for name, spec in specs.items():
         check_param(owner[name], name, spec, graph.params.get(name))
     extra = sorted(set(graph.params) - set(specs))
