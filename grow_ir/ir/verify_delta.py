@@ -7,10 +7,13 @@ the parent's validity and the difference alone, found by object identity: nodes 
 not the parent's objects (``new``), the parent's nodes that are gone, tensors that are not
 the parent's. What it cannot prove it leaves to the full verifier, which then decides
 (and words the error): :func:`grow_ir.ir.verify.verify` accepts exactly the graphs it
-accepted before. Why each invariant of the full check follows:
+accepted before. The difference is looked for only between the first and the last node
+that differ (:class:`grow_ir.ir.delta.Diff`: outside that window the nodes are the
+parent's, at the same places), so a check costs what changed. Why each invariant of the
+full check follows:
 
 - **names**: a kept node's name was checked in the parent; new names are checked, and the
-  names are unique when the name → node map has one entry per node;
+  names are unique when the window's are distinct and none is a parent's name outside it;
 - **scopes**: a violation involves a name the parent lacks (the parent had none): such a
   name must have no scope that is a node, and must not be the scope of a kept name (the
   parent's scope counts, less the removed names inside it);
