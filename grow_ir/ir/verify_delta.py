@@ -241,7 +241,7 @@ class _Proof:
             return False  # a missing parameter
         self.params = changed
         totals = parent.__dict__.get("param_totals")
-        if totals is not None:
+        if totals is not None and "param_totals" not in graph.__dict__:
             minus, plus = spec_totals(gone.values()), spec_totals(s for _, s in required.values())
             self.totals = (totals[0] - minus[0] + plus[0], totals[1] - minus[1] + plus[1])
         return True
