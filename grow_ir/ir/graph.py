@@ -7,9 +7,12 @@ Graph on first use and never maintained by hand: a rewrite builds a new Graph.
 from __future__ import annotations
 
 import dataclasses
+import operator
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import compress, repeat
 from types import MappingProxyType
 from typing import Any
 
@@ -17,14 +20,52 @@ import networkx as nx
 import torch
 
 from grow_ir.errors import GrowError, ShapeError, VerifyError
+from grow_ir.ir.checks import check_arity
+from grow_ir.ir.delta import DIFF, NAME, infer_changed
 from grow_ir.ir.ops import OPS, Attrs, OpDef, ParamSpec
 from grow_ir.ir.ops.base import validate_attrs
 from grow_ir.ir.stages import BlockTemplate, Stage
-from grow_ir.ir.types import TensorType
+from grow_ir.ir.types import DTYPES, TensorType
 
 
 def _frozen(mapping: Mapping | None) -> Mapping:
     return MappingProxyType(dict(mapping or {}))
+
+
+SHARE = operator.attrgetter("share")
+
+
+def sharers(nodes: Iterable[Node]) -> list[Node]:
+    """The nodes that share another node's parameters (``share`` set), in order."""
+    nodes = tuple(nodes)
+    return list(compress(nodes, map(operator.is_not, map(SHARE, nodes), repeat(None))))
+
+
+def scopes_of(name: str) -> list[str]:
+    """The scopes of a dotted name, outermost first (``a``, ``a.b`` of ``a.b.c``)."""
+    parts = name.split(".")
+    return [".".join(parts[:k]) for k in range(1, len(parts))]
+
+
+def count_scopes(names: Iterable[str]) -> dict[str, int]:
+    """For every scope of the ``names``, how many of them lie inside it."""
+    counts: dict[str, int] = {}
+    for name in names:
+        if "." in name:
+            for scope in scopes_of(name):
+                counts[scope] = counts.get(scope, 0) + 1
+    return counts
+
+
+def spec_totals(specs: Iterable[ParamSpec]) -> tuple[int, int]:
+    """Bytes the parameters and buffers of ``specs`` take, and their parameter elements
+    (buffers excluded), from the shapes alone."""
+    nbytes = numel = 0
+    for s in specs:
+        nbytes += s.numel * DTYPES[s.dtype].itemsize
+        if not s.buffer:
+            numel += s.numel
+    return nbytes, numel
 
 
 @dataclass(frozen=True)
@@ -91,26 +132,13 @@ class Node:
         return self.attrs.model_dump(exclude_defaults=True, mode="json")
 
 
-def check_arity(node: Node) -> None:
-    """Raise VerifyError unless ``node`` has as many inputs as its op takes."""
-    op = node.opdef
-    count = len(node.inputs)
-    if op.min_inputs <= count and (op.max_inputs is None or count <= op.max_inputs):
-        return
-    if op.max_inputs == op.min_inputs:
-        want = f"{op.min_inputs}"
-    elif op.max_inputs is None:
-        want = f"at least {op.min_inputs}"
-    else:
-        want = f"{op.min_inputs} to {op.max_inputs}"
-    raise VerifyError(
-        f"{node.op} takes {want} input(s)",
-        node=node.name,
-        field="inputs",
-        expected=f"{want} input(s)",
-        found=f"{count}",
-    )
+VERIFIED = "_verified"
+"""The key, in a Graph's ``__dict__`` beside its cached indexes, marking it verified."""
 
+BASE = "_base"
+"""The key, in the ``__dict__`` of a Graph made by :meth:`Graph.replace` (directly or
+through unverified graphs) from a verified one, of a weak reference to that verified graph
+(see :attr:`Graph.base`), until it is verified itself."""
 
 PRIOR = "_prior"
 """The key, in the ``__dict__`` of a Graph made by :meth:`Graph.replace` with a new
@@ -129,6 +157,9 @@ STRUCTURAL_INDEXES = (
     "param_specs",
     "output_deps",
     "param_owners",
+    "positions",
+    "scope_counts",
+    "param_totals",
 )
 """Graph's cached derived indexes: functions of ``inputs``, ``nodes`` and ``outputs`` only."""
 
@@ -175,7 +206,7 @@ class Graph:
         """
         new = dataclasses.replace(self, **changes)
         if not changes.keys() & STRUCTURE:
-            for key in (*STRUCTURAL_INDEXES, PRIOR):
+            for key in (*STRUCTURAL_INDEXES, PRIOR, DIFF):
                 if key in self.__dict__:
                     new.__dict__[key] = self.__dict__[key]
         elif "types" in self.__dict__:
@@ -184,7 +215,19 @@ class Graph:
             new.__dict__[PRIOR] = (self.node_map, self.types, self._node_params)
         elif PRIOR in self.__dict__:  # made by replace and not inferred yet
             new.__dict__[PRIOR] = self.__dict__[PRIOR]
+        base = weakref.ref(self) if self.__dict__.get(VERIFIED) else self.__dict__.get(BASE)
+        if base is not None:
+            new.__dict__[BASE] = base
         return new
+
+    @property
+    def base(self) -> Graph | None:
+        """The verified graph this one was made from by :meth:`replace` (directly or
+        through graphs not verified), while it is alive and this one is not verified yet;
+        ``None`` otherwise. Verification checks only what differs from it
+        (:mod:`grow_ir.ir.verify_delta`)."""
+        ref = self.__dict__.get(BASE)
+        return None if ref is None else ref()
 
     # ---- derived indexes ---------------------------------------------------------------
 
@@ -192,6 +235,17 @@ class Graph:
     def node_map(self) -> Mapping[str, Node]:
         """Nodes by name."""
         return MappingProxyType({n.name: n for n in self.nodes})
+
+    @cached_property
+    def positions(self) -> Mapping[str, int]:
+        """Every node's index in ``nodes``, by name."""
+        return MappingProxyType(dict(zip(map(NAME, self.nodes), range(len(self.nodes)))))
+
+    @cached_property
+    def scope_counts(self) -> Mapping[str, int]:
+        """For every scope of a node name (``stage1`` and ``stage1.block0`` of
+        ``stage1.block0.conv1``), how many node names lie inside it."""
+        return MappingProxyType(count_scopes(self.node_map))
 
     def node(self, name: str) -> Node:
         """The node called ``name``; GrowError if there is none."""
@@ -207,9 +261,19 @@ class Graph:
 
     @cached_property
     def types(self) -> Mapping[str, TensorType]:
-        """The type of every value (graph inputs and nodes), inferred in order."""
-        types: dict[str, TensorType] = dict(self.inputs)
+        """The type of every value (graph inputs and nodes), inferred in order.
+
+        A graph made by :meth:`replace` infers again only the nodes that are new or read a
+        changed type (from its verified :attr:`base` when it has one, see
+        :func:`grow_ir.ir.delta.infer_changed`; else from the graph it was made from).
+        """
         old_nodes, old_types, old_params = self.__dict__.pop(PRIOR, ({}, {}, {}))
+        base = self.base
+        if base is not None and "types" in base.__dict__:
+            changed = infer_changed(self, base)  # only what differs from the verified graph
+            if changed is not None:
+                return changed
+        types: dict[str, TensorType] = dict(self.inputs)
         memo = self._node_params
         for n in self.nodes:
             missing = [i for i in n.inputs if i not in types]
@@ -329,14 +393,53 @@ class Graph:
                 owners.setdefault(p, set()).update(self.output_deps[n.name])
         return MappingProxyType({k: frozenset(v) for k, v in owners.items()})
 
+    @cached_property
+    def param_totals(self) -> tuple[int, int]:
+        """Bytes of every parameter and buffer the nodes require, and the number of
+        parameter elements (buffers excluded), from the shapes alone.
+
+        A graph made from a verified one whose totals are known (:attr:`base`) adds and
+        takes away only the specs of the nodes that differ from it.
+        """
+        base = self.base
+        if base is None or "param_totals" not in base.__dict__:
+            return spec_totals(self.param_specs.values())
+        nbytes, numel = base.param_totals
+        new, gone = self._differences(base)
+        for nodes, graph, sign in ((new, self, 1), (gone, base, -1)):
+            b, n = spec_totals(
+                s for node in nodes if node.share is None for s in graph.params_of(node).values()
+            )
+            nbytes, numel = nbytes + sign * b, numel + sign * n
+        return nbytes, numel
+
+    def _differences(self, base: Graph) -> tuple[list[Node], list[Node]]:
+        """The nodes of this graph whose parameter specs may differ from ``base``'s (not
+        its node objects, or reading a type that is not ``base``'s), and the nodes of
+        ``base`` they stand for or that are gone."""
+        old_map, old_types, types = base.node_map, base.types, self.types
+        diff = self.__dict__.get(DIFF)
+        if diff is not None and diff.old() is base:  # the types were inferred from it
+            gone = [old_map[n] for n in (*diff.replaced, *diff.removed)]
+            return [*diff.new, *diff.reinferred], [*gone, *diff.reinferred]
+        nodes, names = self.nodes, list(map(NAME, self.nodes))
+        olds = list(map(old_map.get, names))
+        fresh = set(compress(names, map(operator.is_not, nodes, olds)))
+        differ = map(operator.is_not, map(types.__getitem__, names), map(old_types.get, names))
+        readers = base.users
+        for t in compress(names, differ):
+            fresh.update(u for u in readers.get(t, ()) if u in self.node_map)
+        new = [self.node_map[n] for n in fresh]
+        gone = [old_map[n] for n in fresh if n in old_map]
+        gone += [old_map[n] for n in old_map.keys() - self.node_map.keys()]
+        return new, gone
+
     def num_params(self, node: Node | str | None = None) -> int:
         """Parameter elements (buffers excluded) of one node, or of the whole graph."""
         if node is None:
-            specs: Iterable[ParamSpec] = self.param_specs.values()
-        else:
-            n = self.node(node) if isinstance(node, str) else node
-            specs = [] if n.share else self.node_params(n).values()
-        return sum(s.numel for s in specs if not s.buffer)
+            return self.param_totals[1]
+        n = self.node(node) if isinstance(node, str) else node
+        return 0 if n.share else spec_totals(self.params_of(n).values())[1]
 
     def value_names(self) -> list[str]:
         """Graph inputs then nodes, in order."""

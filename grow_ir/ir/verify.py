@@ -3,75 +3,21 @@
 from __future__ import annotations
 
 import itertools
-import keyword
-import re
+from types import MappingProxyType
 
 import networkx as nx
-import torch
-from torch.fx.graph import _custom_builtins
 
 from grow_ir.errors import GrowError, VerifyError
-from grow_ir.ir.graph import Graph, check_arity
-from grow_ir.ir.types import DTYPES
+from grow_ir.ir.checks import check_name, check_param
+from grow_ir.ir.delta import DIFF
+from grow_ir.ir.graph import BASE, PRIOR, VERIFIED, Graph, check_arity
+from grow_ir.ir.ops import ParamSpec
+from grow_ir.ir.verify_delta import verify_changes
 
-IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-# Node names are PyTorch module paths: a scope may start with a digit, as the children of
-# an nn.Sequential do (``layer1.0.conv1``, ``0``, and ``features.0_residual`` after a pass).
-NODE_RE = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
-
-
-def _module_attributes() -> frozenset[str]:
-    # Every node becomes a submodule at its scoped name of a torch.fx.GraphModule, so no
-    # scope segment may shadow an attribute of one (``forward``, ``to``, ``graph``, ``code``,
-    # ``training``...): the instance's dir() covers class and instance attributes.
-    return frozenset(dir(torch.fx.GraphModule(torch.nn.Module(), torch.fx.Graph())))
+__all__ = ["check_name", "is_valid", "verify"]
 
 
-VERIFIED = "_verified"
-"""The key, in a Graph's ``__dict__`` beside its cached indexes, marking it verified."""
-
-RESERVED = _module_attributes() | frozenset(keyword.kwlist)
-"""Words no scope segment of a node (or graph input) name may be."""
-
-RESERVED_INPUTS = RESERVED | {"self"} | frozenset(_custom_builtins)
-"""Words no graph input may be called: the lowered ``forward`` takes each input as an
-argument of that name, and these would shadow ``self`` or the globals its code uses
-(``torch``, ``device``...)."""
-
-
-def check_name(name: str, *, what: str = "node", field: str = "name") -> None:
-    """Raise VerifyError unless ``name`` is a well-formed scoped name of no reserved word.
-
-    Graph inputs (``what="input"``) must be one plain identifier, since each becomes an
-    argument of the lowered module's ``forward``.
-    """
-    pattern = {"input": IDENT_RE, "node": NODE_RE}.get(what, NAME_RE)
-    if not isinstance(name, str) or not pattern.fullmatch(name):
-        raise VerifyError(
-            f"malformed {what} name",
-            node=name if isinstance(name, str) else None,
-            field=field,
-            expected="a Python identifier, e.g. 'image'"
-            if what == "input"
-            else "letters, digits and _ joined by dots, e.g. 'stage1.block0.conv1'"
-            if what == "node"
-            else "identifiers joined by dots, e.g. 'stage1.block0.conv1'",
-            found=repr(name),
-        )
-    reserved = RESERVED_INPUTS if what == "input" else RESERVED
-    bad = [s for s in name.split(".") if s in reserved]
-    if bad:
-        raise VerifyError(
-            f"{what} name uses a reserved word",
-            node=name,
-            field=field,
-            expected="no Python keyword or torch.nn.Module / fx.GraphModule attribute as a scope",
-            found=repr(bad[0]),
-        )
-
-
-def verify(graph: Graph) -> Graph:
+def verify(graph: Graph, parent: Graph | None = None) -> Graph:
     """Check every invariant of the IR and return ``graph`` unchanged.
 
     Guarantees, when it returns: names are unique, well formed and no node name is a scope
@@ -83,11 +29,29 @@ def verify(graph: Graph) -> Graph:
     A Graph is immutable, so one that passed is marked and not checked again (a pass
     verifies its result; lowering that result does not repeat the work).
 
+    When ``graph`` shares its nodes and tensors with a verified graph (``parent``, else
+    :attr:`Graph.base`: the one it was made from by ``replace``), only what differs from
+    it is checked (:func:`grow_ir.ir.verify_delta.verify_changes`: the same guarantees, at
+    the cost of what changed); whatever that cannot prove is checked in full here, so the
+    graphs accepted, and the errors raised, are exactly those of the full check.
+
     Raises:
         VerifyError: naming the node or field at fault.
     """
     if graph.__dict__.get(VERIFIED):
         return graph
+    base = graph.base if parent is None else parent
+    proven = base is not None and base is not graph and base.__dict__.get(VERIFIED)
+    if proven and verify_changes(graph, base) is not None:
+        return graph
+    _verify_all(graph)
+    for key in (BASE, PRIOR, DIFF):  # nothing of the graph it came from is needed any more
+        graph.__dict__.pop(key, None)
+    graph.__dict__[VERIFIED] = True
+    return graph
+
+
+def _verify_all(graph: Graph) -> None:
     seen: set[str] = set()
     for name in graph.inputs:
         check_name(name, what="input", field="inputs")
@@ -160,8 +124,6 @@ def verify(graph: Graph) -> Graph:
             )
     _check_shares(graph)
     _check_params(graph)
-    graph.__dict__[VERIFIED] = True
-    return graph
 
 
 def _check_scopes(graph: Graph) -> None:
@@ -221,35 +183,16 @@ def _check_shares(graph: Graph) -> None:
 
 
 def _check_params(graph: Graph) -> None:
-    specs = graph.param_specs
-    owner = {p: n.name for n in graph.nodes if n.share is None for p in graph.params_of(n)}
+    specs: dict[str, ParamSpec] = {}  # Graph.param_specs, with the node requiring each
+    owner: dict[str, str] = {}
+    for n in graph.nodes:
+        if n.share is None:
+            mine = graph.params_of(n)
+            specs.update(mine)
+            owner.update(dict.fromkeys(mine, n.name))
+    graph.__dict__.setdefault("param_specs", MappingProxyType(specs))
     for name, spec in specs.items():
-        node = owner[name]
-        t = graph.params.get(name)
-        if t is None:
-            raise VerifyError(
-                "missing parameter",
-                node=node,
-                field=name,
-                expected=f"a tensor of shape {list(spec.shape)}",
-                found="none",
-            )
-        if not isinstance(t, torch.Tensor):
-            raise VerifyError(
-                "parameter is not a tensor",
-                node=node,
-                field=name,
-                expected=f"a torch.Tensor of shape {list(spec.shape)}",
-                found=type(t).__name__,
-            )
-        if tuple(t.shape) != spec.shape or t.dtype != DTYPES[spec.dtype]:
-            raise VerifyError(
-                "parameter of the wrong shape or dtype",
-                node=node,
-                field=name,
-                expected=f"{spec.dtype}{list(spec.shape)}",
-                found=f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}",
-            )
+        check_param(owner[name], name, spec, graph.params.get(name))
     extra = sorted(set(graph.params) - set(specs))
     if extra:
         raise VerifyError(

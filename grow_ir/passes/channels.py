@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any, TypeVar
 
 from grow_ir.errors import GrowError, PassError
-from grow_ir.ir.graph import Graph, Node
+from grow_ir.ir.graph import Graph, Node, sharers
 from grow_ir.ir.ops import OPS
 from grow_ir.ir.ops.base import Channels, OpDef, bump_attr
 from grow_ir.ir.ops.facts import why_not
 from grow_ir.ir.types import TensorType
+
+T = TypeVar("T")
 
 
 def width_ops() -> tuple[str, ...]:
@@ -228,6 +232,31 @@ class _Walk:
         self.pins: dict[str, dict[str, object]] = {}
         self.norms: set[str] = set()
         self.outputs = {v: k for k, v in graph.outputs.items()}
+        # What an op's rules say of a node depends on its op, attributes and input types
+        # alone: in a group most nodes are alike (a stage's batchnorms), so each is asked once.
+        self.memos: dict[tuple, Any] = {}
+
+    def memo(self, what: str, node: Node, compute: Callable[[], T], *extra: Hashable) -> T:
+        """``compute()``, once per ``what``, op, attributes, input types and ``extra``."""
+        key = (what, node.op, node.attrs, tuple(self.graph.input_types(node)), *extra)
+        if key not in self.memos:
+            self.memos[key] = compute()
+        return self.memos[key]
+
+    def grown_by_input(
+        self, node: Node, axis: int, pins: dict[str, object] | None = None
+    ) -> Mapping[str, int]:
+        """:func:`_grown_by_input`, memoised."""
+        pinned = tuple(sorted(pins.items())) if pins else ()
+        return self.memo(
+            "input", node, lambda: _grown_by_input(self.graph, node, axis, pins), axis, pinned
+        )
+
+    def axis_map(self, node: Node, ins: list[TensorType]) -> Any:
+        """The op's ``axis_map`` of ``node``, memoised."""
+        axis_map = node.opdef.axis_map
+        assert axis_map is not None
+        return self.memo("axes", node, lambda: axis_map(node.attrs, ins))
 
     @staticmethod
     def refusal(start: str, reason: str) -> PassError:
@@ -243,7 +272,7 @@ class _Walk:
             self.backward(slot)
             for user in self.graph.users[slot.value]:
                 self.forward(self.graph.node(user), slot)
-        order = {n.name: i for i, n in enumerate(self.graph.nodes)}
+        order = self.graph.positions
         names = sorted(self.roles, key=order.__getitem__)
         members = tuple(
             Member(
@@ -306,7 +335,7 @@ class _Walk:
     def producer(self, node: Node, slot: Slot) -> None:
         if getattr(node.attrs, "groups", 1) > 1:
             raise self.refuse(_grouped_reason(node))
-        axis = _output_axis(self.graph, node)
+        axis = self.memo("out", node, lambda: _output_axis(self.graph, node))
         if slot.axis != axis:
             raise self.refuse(
                 f"{node.op} '{node.name}' makes channels on axis {axis}, but the group's "
@@ -315,7 +344,8 @@ class _Walk:
         # A producer's output axis holds exactly the group (offset 0, block 1): a slot lies
         # inside its axis and the axis has ``channels`` entries.
         self.role(node, Role.PRODUCER)
-        self.param_axes(node, _grown_by_width(self.graph, node), slot, "units")
+        grown = self.memo("width", node, lambda: _grown_by_width(self.graph, node))
+        self.param_axes(node, grown, slot, "units")
         self.width.setdefault(node.name, {})[_width_attr(node)] = 1
 
     def tie_output(self, node: Node, out: Slot) -> list[tuple[int, Slot]]:
@@ -403,7 +433,7 @@ class _Walk:
         one output axis (its size attribute, if any, follows), or the walk refuses."""
         opdef = node.opdef
         assert opdef.axis_map is not None, f"{node.op} moves axes but declares no axis_map"
-        target = opdef.axis_map(node.attrs, ins)[k][slot.axis]
+        target = self.axis_map(node, ins)[k][slot.axis]
         if target is None:  # the op does not read these values (only their count)
             return
         if not isinstance(target, int):
@@ -421,7 +451,7 @@ class _Walk:
         """The input slots of a JOIN or MOVE node whose axes land on ``out``'s axis."""
         assert node.opdef.axis_map is not None
         tied = []
-        for k, axes in enumerate(node.opdef.axis_map(node.attrs, ins)):
+        for k, axes in enumerate(self.axis_map(node, ins)):
             for i, target in enumerate(axes):
                 if isinstance(target, int) and target == out.axis:
                     tied.append((k, Slot(node.inputs[k], i, out.offset, out.block)))
@@ -456,7 +486,7 @@ class _Walk:
         self.pins.setdefault(node.name, {}).update(pins)
         self.role(node, Role.CONSUMER)
         self.role(node, Role.PRODUCER)
-        grown = _grown_by_input(self.graph, node, axis, pins)
+        grown = self.grown_by_input(node, axis, pins)
         for names, kind in ((rule.reads, "fan_out"), (rule.writes, "units")):
             self.param_axes(node, {k: v for k, v in grown.items() if k in names}, slot, kind)
         self.add(Slot(node.name, slot.axis, slot.offset, slot.block))
@@ -471,7 +501,7 @@ class _Walk:
                 f"channels are on axis {slot.axis}, so its weights do not follow the channels"
             )
         self.role(node, Role.CONSUMER)
-        self.param_axes(node, _grown_by_input(self.graph, node, slot.axis), slot, "fan_out")
+        self.param_axes(node, self.grown_by_input(node, slot.axis), slot, "fan_out")
 
     def per_channel(self, node: Node, slot: Slot, ins: list[TensorType]) -> None:
         """A MAP or NORM node (or depthwise conv): channels pass through on the same axis."""
@@ -502,7 +532,7 @@ class _Walk:
                     f"which holds other channels besides the group's"
                 )
             self.norms.add(node.name)
-        grown = _grown_by_input(self.graph, node, axis)
+        grown = self.grown_by_input(node, axis)
         depthwise = _is_depthwise(self.graph, node)
         if depthwise:
             self.width.setdefault(node.name, {}).update(
@@ -552,7 +582,7 @@ class _Walk:
         graph = self.graph
         by_name = {m.node: m for m in members}
         ties = []
-        shared = {n.share for n in graph.nodes if n.share is not None and not n.tied(graph)}
+        shared = {n.share for n in sharers(graph.nodes) if not n.tied(graph)}
         for m in members:
             node = graph.node(m.node)
             if node.tied(graph) and m.axes:

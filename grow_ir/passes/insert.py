@@ -251,8 +251,8 @@ def _instantiate(
             expected=f"node '{prev_out}' (block {depth - 1} of {depth})",
             found="no such node",
         )
-    taken = [n.name for n in graph.nodes if n.name == scope or n.name.startswith(scope + ".")]
-    if taken:
+    if scope in graph.node_map or scope in graph.scope_counts:
+        taken = [n.name for n in graph.nodes if n.name == scope or n.name.startswith(scope + ".")]
         raise PassError(
             "the new block's names are taken",
             node=taken[0],

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 
 from grow_ir.errors import GrowError, PassError, ShapeError, VerifyError
-from grow_ir.ir.graph import Graph, Node
-from grow_ir.ir.init import check_bytes, param_bytes, spec_bytes
+from grow_ir.ir.graph import Graph, Node, count_scopes
+from grow_ir.ir.init import check_bytes, spec_bytes
 from grow_ir.ir.ops import Attrs
 from grow_ir.ir.types import TensorType
 from grow_ir.passes.base import Origin
@@ -18,14 +18,17 @@ from grow_ir.passes.initializers import init_layer
 
 def fresh_name(graph: Graph, base: str, taken: Iterable[str] = ()) -> str:
     """``base`` if unused, else ``base_1``, ``base_2``...: a name no value or scope uses."""
-    used = set(graph.value_names()) | set(taken)
-    scopes = {n.rsplit(".", k)[0] for n in used for k in range(1, n.count(".") + 1)}
+    taken = set(taken)
+    scopes = count_scopes([*graph.inputs, *taken])
+    used, inside = graph.node_map, graph.scope_counts
 
     def free(name: str) -> bool:
-        return (
-            name not in used
-            and name not in scopes
-            and not any(u.startswith(name + ".") for u in used)
+        return not (
+            name in used
+            or name in inside
+            or name in graph.inputs
+            or name in taken
+            or name in scopes
         )
 
     if free(base):
@@ -63,15 +66,21 @@ def insert_after(
     last = new_nodes[-1].name
     new_names = {n.name for n in new_nodes}
     targets = set(graph.users.get(after, ())) if only_users is None else set(only_users)
-    nodes: list[Node] = []
-    if after in graph.inputs:
-        nodes.extend(new_nodes)
-    for n in graph.nodes:
-        if rewire and n.name in targets and n.name not in new_names:
-            n = rename_input(n, after, last)
-        nodes.append(n)
-        if n.name == after:
-            nodes.extend(new_nodes)
+    nodes = list(graph.nodes)
+    at = graph.positions
+    if len(at) != len(nodes):  # duplicate names (not a verified graph): go through them all
+        raise PassError(
+            "the graph has duplicate node names",
+            field="nodes",
+            expected="a verified graph",
+            found=f"{len(nodes) - len(at)} duplicate(s)",
+        )
+    if rewire:
+        for name in targets - new_names:
+            if name in at:
+                nodes[at[name]] = rename_input(nodes[at[name]], after, last)
+    where = 0 if after in graph.inputs else at[after] + 1
+    nodes[where:where] = new_nodes
     outputs = dict(graph.outputs)
     if rewire and only_users is None:
         outputs = {k: (last if v == after else v) for k, v in outputs.items()}
@@ -222,8 +231,7 @@ class Additions:
         """Refuse a node whose parameters would take the graph over the size limit."""
         specs = node.opdef.params(node.attrs, ins).values()
         if self._bytes is None:
-            self._bytes = param_bytes(self.graph)
-            self._count = self.graph.num_params()
+            self._bytes, self._count = self.graph.param_totals
         self._bytes += spec_bytes(specs)
         numel = sum(s.numel for s in specs if not s.buffer)
         self._count += numel

@@ -11,6 +11,7 @@ by all of them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -230,10 +231,11 @@ def grow_group(
         shaped = _set_attrs(shaped, units.attrs)
     params, origins = {}, {}
     tied = {head for head, _ in group.ties}
+    axes_of = _Axes(group.channels, units)
     for m in group.members:
         if m.node in tied:  # its tensors are its owner's, grown as the owner's units
             continue
-        params_m, origins_m = _grow_member(graph, shaped, m, group.channels, units, noise, gen)
+        params_m, origins_m = _grow_member(graph, shaped, m, axes_of, noise, gen)
         params.update(params_m)
         origins.update(origins_m)
     for head, scaler in group.ties:
@@ -323,17 +325,6 @@ def _along(values: Sequence, axis: int, like: torch.Tensor, dtype: torch.dtype) 
     return torch.tensor(values, dtype=dtype).reshape(shape)
 
 
-def _scaled(t: torch.Tensor, axis: int, factors: Sequence[float]) -> torch.Tensor:
-    """``t`` with each slice along ``axis`` multiplied by its factor (in float64, rounded
-    back to ``t``'s dtype); slices with factor 1 are left as they are, bitwise, so only
-    the others are computed (a split unit's few columns of a wide layer)."""
-    at = [p for p, f in enumerate(factors) if f != 1.0]
-    index = torch.tensor(at, dtype=torch.long)
-    part = t.index_select(axis, index).double()
-    part = part * _along([factors[p] for p in at], axis, part, torch.float64)
-    return t.index_copy(axis, index, part.to(t.dtype))
-
-
 def _grow_mask(
     t: torch.Tensor, param: str, axes: Sequence[ParamAxis], old: int, layout: Sequence[int]
 ) -> tuple[torch.Tensor, Origin]:
@@ -350,16 +341,89 @@ def _grow_mask(
     return t.contiguous(), Origin(source=param, index=index)
 
 
+@dataclass(frozen=True)
+class _Axis:
+    """One re-laid-out axis of one size and set of spans, and the tensors widen applies
+    along it (shaped to broadcast over a tensor of ``ndim`` dims)."""
+
+    plan: AxisPlan
+    gather: torch.Tensor  # the source position of every new position (0 for a fresh one)
+    kept: torch.Tensor | None  # where the gathered entry stays (None: everywhere)
+    index: tuple[int, ...]  # the Origin index: the source position, -1 for a new entry
+    factors: tuple[float, ...] | None  # split fan-out's scale per position (None: all 1)
+    scaled_at: torch.Tensor | None  # the positions whose factor is not 1
+    scale: torch.Tensor | None  # their factors, float64: only they are computed (bitwise
+    # the same as scaling every slice, and a split unit's few columns of a wide layer)
+    fill: torch.Tensor | None  # positions with no source (None: none)
+    copied: torch.Tensor | None  # new positions copying a unit (None: none)
+    new_at: torch.Tensor  # the new positions, in order
+
+
+class _Axes:
+    """Every axis plan of one widening, made once per (size, spans, kind, ndim): in a
+    residual group most members' axes are alike, and a plan is a loop over positions."""
+
+    def __init__(self, old: int, units: NewUnits) -> None:
+        self.old, self.units = old, units
+        self.layout = (*range(old), *units.copies)
+        self.counts = units.counts(old)
+        self._made: dict[tuple, _Axis] = {}
+
+    def get(
+        self, size: int, spans: tuple[tuple[int, int], ...], kind: str, axis: int, ndim: int
+    ) -> _Axis:
+        key = (size, spans, kind, axis, ndim)
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = self._make(size, spans, kind, axis, ndim)
+        return made
+
+    def _make(
+        self, size: int, spans: tuple[tuple[int, int], ...], kind: str, axis: int, ndim: int
+    ) -> _Axis:
+        units = self.units
+        plan = axis_plan(size, spans, self.old, self.layout)
+
+        def along(values: Sequence, dtype: torch.dtype) -> torch.Tensor:
+            shape = [1] * ndim
+            shape[axis] = len(values)
+            return torch.tensor(values, dtype=dtype).reshape(shape)
+
+        # Entries with no source start at zero; so do new fan-out columns not split.
+        zero_new = kind == "fan_out" and units.fan_out != "split"
+        kept = [i >= 0 and not (zero_new and n) for i, n in zip(plan.index, plan.new)]
+        factors = None
+        if kind == "fan_out" and units.fan_out == "split":
+            factors = tuple(1.0 / self.counts[u] if u >= 0 else 1.0 for u in plan.unit)
+            if all(f == 1.0 for f in factors):
+                factors = None
+        scaled = [] if factors is None else [p for p, f in enumerate(factors) if f != 1.0]
+        fill = [i < 0 for i in plan.index]
+        copied = [n and i >= 0 for n, i in zip(plan.new, plan.index)]
+        return _Axis(
+            plan=plan,
+            gather=torch.tensor(plan.index).clamp(min=0),
+            kept=None if all(kept) else along(kept, torch.bool),
+            index=tuple(i if k else -1 for i, k in zip(plan.index, kept)),
+            factors=factors,
+            scaled_at=None if factors is None else torch.tensor(scaled, dtype=torch.long),
+            scale=None if factors is None else along([factors[p] for p in scaled], torch.float64),
+            fill=along(fill, torch.bool) if any(fill) else None,
+            copied=along(copied, torch.bool) if any(copied) else None,
+            new_at=torch.tensor([p for p, n in enumerate(plan.new) if n], dtype=torch.long),
+        )
+
+
 def _grow_member(
     old_graph: Graph,
     graph: Graph,
     member: Member,
-    old: int,
-    units: NewUnits,
+    axes_of: _Axes,
     noise: float,
     gen: torch.Generator,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Origin]]:
     """New tensors and origins for every parameter of ``member`` indexed by the channels."""
+    units, old = axes_of.units, axes_of.old
     by_param = axes_by_param(member)
     node = graph.node(member.node)
     fresh: dict[str, torch.Tensor] = {}
@@ -368,13 +432,13 @@ def _grow_member(
         fresh = init_layer(node, graph.input_types(node), "default", gen)
         if units.fan_in == "zero":
             fresh = {k: _zero_fan_in(member, node, k, v) for k, v in fresh.items()}
-    counts = units.counts(old)
-    layout = (*range(old), *units.copies)
+    old_specs = old_graph.params_of(old_graph.node(member.node))
     params, origins = {}, {}
     for param, axes in by_param.items():
-        if old_graph.param_specs[param].mask_of is not None:
+        spec = old_specs.get(param) or old_graph.param_specs[param]
+        if spec.mask_of is not None:
             mask = old_graph.params[param]
-            params[param], origins[param] = _grow_mask(mask, param, axes, old, layout)
+            params[param], origins[param] = _grow_mask(mask, param, axes, old, axes_of.layout)
             continue
         t = source = old_graph.params[param]
         if param in units.rescale:
@@ -382,48 +446,44 @@ def _grow_member(
         local = param[len(node.param_prefix) + 1 :]
         index: dict[int, tuple[int, ...]] = {}
         scale: dict[int, tuple[float, ...]] = {}
-        fill = torch.zeros((), dtype=torch.bool)
-        copied = torch.zeros((), dtype=torch.bool)
+        fill: torch.Tensor | None = None
+        copied: torch.Tensor | None = None
         for axis, on_axis in spans_by_axis(axes).items():
             kind = on_axis[0].kind
-            spans = [(a.offset, a.block) for a in on_axis]
-            plan = axis_plan(t.shape[axis], spans, old, layout)
+            spans = tuple((a.offset, a.block) for a in on_axis)
+            plan = axes_of.get(t.shape[axis], spans, kind, axis, t.dim())
             before = t
-            t = t.index_select(axis, torch.tensor(plan.index).clamp(min=0))
-            # Entries with no source start at zero; so do new fan-out columns not split.
-            zero_new = kind == "fan_out" and units.fan_out != "split"
-            kept = [i >= 0 and not (zero_new and n) for i, n in zip(plan.index, plan.new)]
-            if not all(kept):
-                t = torch.where(
-                    _along(kept, axis, t, torch.bool), t, torch.zeros((), dtype=t.dtype)
-                )
-            index[axis] = tuple(i if k else -1 for i, k in zip(plan.index, kept))
+            t = t.index_select(axis, plan.gather)
+            if plan.kept is not None:
+                t = torch.where(plan.kept, t, torch.zeros((), dtype=t.dtype))
+            index[axis] = plan.index
             if kind == "fan_out" and units.fan_out == "given":
-                at = torch.tensor([p for p, n in enumerate(plan.new) if n], dtype=torch.long)
-                t = t.index_copy(axis, at, units.columns[param].to(t.dtype))
-            if kind == "fan_out" and units.fan_out == "split":
-                factors = tuple(1.0 / counts[u] if u >= 0 else 1.0 for u in plan.unit)
-                if any(f != 1.0 for f in factors):
-                    scale[axis] = factors
-                    t = _scaled(t, axis, factors)
+                t = t.index_copy(axis, plan.new_at, units.columns[param].to(t.dtype))
+            if plan.factors is not None:
+                scale[axis] = plan.factors
+                part = t.index_select(axis, plan.scaled_at).double() * plan.scale
+                t = t.index_copy(axis, plan.scaled_at, part.to(t.dtype))
             if param in units.rescale and axis == min(a.axis for a in axes):
                 f = units.rescale[param]  # recorded once, on the first grown axis
                 scale[axis] = tuple(f if i >= 0 else 1.0 for i in index[axis])
             if kind == "units" and units.fan_in == "mean":
-                t = _fill_means(t, before, axis, spans, old, plan)
+                t = _fill_means(t, before, axis, spans, old, plan.plan)
             elif kind == "units":
-                fill = fill | _along([i < 0 for i in plan.index], axis, t, torch.bool)
-                copied = copied | _along(
-                    [n and i >= 0 for n, i in zip(plan.new, plan.index)], axis, t, torch.bool
-                )
-        if fill.any():
+                fill = _either(fill, plan.fill)
+                copied = _either(copied, plan.copied)
+        if fill is not None:
             t = torch.where(fill, fresh[local], t)
-        if noise and Role.PRODUCER in member.roles and local == "weight" and copied.any():
+        if noise and Role.PRODUCER in member.roles and local == "weight" and copied is not None:
             std = noise * source.double().std(unbiased=False).item()
             t = t + gauss(t, std, gen) * copied
         params[param] = t.contiguous()
         origins[param] = Origin(source=param, index=index, scale=scale)
     return params, origins
+
+
+def _either(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """The union of two broadcastable masks, ``None`` standing for an empty one."""
+    return b if a is None else a if b is None else a | b
 
 
 def _fill_means(
