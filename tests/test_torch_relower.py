@@ -337,3 +337,32 @@ def test_a_module_from_a_prototype_is_what_its_factory_builds(
     ]
     with torch.no_grad():
         assert torch.equal(built.eval()(*x), reference.eval()(*x))
+
+
+def test_a_copy_not_verified_yet_is_checked_against_the_graph_reuse_was_lowered_from() -> None:
+    """A graph made without ``replace`` (no record of its parent) is verified by what
+    differs from the graph the reused module was lowered from: a valid copy of a pass
+    result lowers as a fresh rebuild does, a broken one is refused as the full check
+    refuses it, and nothing of the old module changes."""
+    import dataclasses
+
+    from grow_ir.errors import VerifyError
+    from grow_ir.ir.graph import VERIFIED
+    from grow_ir.ir.verify import verify
+
+    graph = resnet(2)
+    old = to_torch(graph)
+    grown = passes.insert_layer(graph, after="stage1.block0.out", op="conv2d")
+    copy = dataclasses.replace(grown)
+    assert not copy.__dict__.get(VERIFIED) and copy.base is None
+    assert_like_fresh(to_torch(copy, reuse=old), grown)
+    key = next(k for k, v in grown.params.items() if v.dim() == 4)
+    params = {**grown.params, key: grown.params[key][:, :-1].clone()}
+    broken = dataclasses.replace(grown, params=params)
+    state = {k: v.clone() for k, v in old.state_dict().items()}
+    with pytest.raises(VerifyError) as full:
+        verify(dataclasses.replace(broken))
+    with pytest.raises(VerifyError) as delta:
+        to_torch(broken, reuse=old)
+    assert str(delta.value) == str(full.value)
+    assert all(torch.equal(v, state[k]) for k, v in old.state_dict().items())

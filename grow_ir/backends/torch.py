@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import operator
 import sys
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -445,18 +446,21 @@ copy of the container's ``_modules`` as the lowering left it."""
 
 class Lowering:
     """What one lowering was made from, for the next ``to_torch(..., reuse=...)`` to
-    compare against: the types of the graph lowered, the steps by node, the generated
-    code, the scopes, and the build records flattened. Neither copied nor pickled (a
-    copy's modules are other objects: it reuses nothing)."""
+    compare against: the graph lowered (weakly: the module does not keep its tensors
+    alive) and its types, the steps by node, the generated code, the scopes, and the
+    build records flattened. Neither copied nor pickled (a copy's modules are other
+    objects: it reuses nothing)."""
 
     def __init__(
         self,
+        graph: Graph,
         types: Mapping[str, TensorType],
         steps: dict[str, Step],
         plan: torch_chunks.Plan,
         scopes: Scopes,
         records: torch_reuse.Records,
     ) -> None:
+        self.graph = weakref.ref(graph)
         self.types = types
         self.steps = steps
         self.plan = plan
@@ -530,12 +534,14 @@ def to_torch(
         VerifyError: ``graph`` breaks an invariant of the IR.
         GrowError: ``task`` is not an output of the graph, or an op has no lowering.
     """
-    verify(graph)
+    root = _unwrap(reuse) if reuse is not None else None
+    old_built, prior, records, in_place = _reusable(root)
+    # a graph not verified yet (a copy made without ``replace``) is checked by what differs
+    # from the graph ``reuse`` was lowered from, when that one is still alive
+    verify(graph, prior.graph() if prior is not None else None)
     outputs = selected_outputs(graph, task)
     # verify: every node feeds some output, so all of them are needed without a task
     nodes = graph.nodes if task is None else needed_nodes(graph, outputs)
-    root = _unwrap(reuse) if reuse is not None else None
-    old_built, prior, records, in_place = _reusable(root)
     changed = _changed_types(prior.types if prior is not None else None, graph.types)
     steps = _steps(graph, nodes, prior.steps if prior is not None else {}, changed)
     built, reused = _modules(graph, steps, old_built, records, changed)
@@ -555,7 +561,7 @@ def to_torch(
     gm.chunks = plan.chunk_at
     gm.built = built
     by_node = {s.node.name: s for s in steps}
-    gm.lowering = Lowering(graph.types, by_node, plan, scopes, new_records)
+    gm.lowering = Lowering(graph, graph.types, by_node, plan, scopes, new_records)
     if task is not None:
         owners = graph.param_owners
         mine = frozenset({task})
