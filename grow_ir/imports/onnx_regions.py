@@ -30,8 +30,11 @@ PATTERN_OPS = frozenset({"Softmax", "Gemm", "MatMul", "Pow", "Reciprocal", "Sqrt
 file without them is imported by the per-op rules alone, with no onnxruntime run)."""
 
 
-FOLDED = frozenset({"Transpose"})
-"""Op types whose node, reading only constants, is folded to the constant it gives."""
+FOLDED = frozenset({"Transpose", "Mul"})
+"""Op types whose node, reading only constants, is folded to the constant it gives (the
+exporter's transposed copy of a weight; ``to_onnx``'s query scale folded into the
+in-projection, whose stored values :func:`~grow_ir.imports.onnx_patterns.stored_rows`
+reads back)."""
 
 
 def find_regions(
@@ -50,7 +53,9 @@ def find_regions(
         for node in g.node:
             if node.op_type in FOLDED and all(i in consts for i in node.input):
                 consts[node.output[0]] = evaluation.value(node.output[0]).numpy()
-        model = Model(g, consts, evaluation)
+        from grow_ir.backends.onnx import PRODUCER
+
+        model = Model(g, consts, evaluation, ours=proto.producer_name == PRODUCER)
         attention_regions(model, found)
         tied_head_regions(model, found)
         linear_regions(model, found)

@@ -287,14 +287,17 @@ def fit_candidates(
     width: int, params: Mapping[str, torch.Tensor], added: list[float]
 ) -> Iterator[tuple[str, dict[str, Any], dict[str, torch.Tensor]]]:
     """IR ops a leaf module's call might be: an activation (every op whose facts call it
-    one) when it holds no parameters; a normalisation over the last axis (of ``width``)
-    with its one ``weight`` and one of the scalars it adds (``added``) as ``eps`` when it
-    holds that. Each is only a candidate: the values decide (:func:`fits`)."""
+    one), or a normalisation over the last axis without parameters, when it holds no
+    parameters; a normalisation over the last axis (of ``width``) with its one ``weight``
+    when it holds that; a normalisation's ``eps`` is one of the scalars the call adds
+    (``added``). Each is only a candidate: the values decide (:func:`fits`)."""
     if not params:
         for name, opdef in OPS.items():
             if opdef.facts is not None and opdef.facts.activation:
                 for attrs in _literal_variants(opdef.attrs):
                     yield name, attrs, {}
+        for eps in added:
+            yield "rmsnorm", {"eps": eps, "elementwise_affine": False}, {}
         return
     if set(params) != {"weight"} or tuple(params["weight"].shape) != (width,):
         return
