@@ -26,7 +26,7 @@ from onnx import numpy_helper
 
 from grow_ir.errors import CheckFailed, GrowError, ShapeError
 from grow_ir.imports.builder import GraphBuilder, folded_axes, ident
-from grow_ir.imports.onnx_patterns import Region
+from grow_ir.imports.onnx_patterns import Region, float32_decimal
 from grow_ir.imports.onnx_pooling import averaging_matmul, gathered_pooling
 from grow_ir.imports.onnx_regions import find_regions
 from grow_ir.imports.onnx_shapes import Dims, dims_rule, expand_rule, range_rule, shape
@@ -125,11 +125,6 @@ class _Context:
 
 def _text(v: str | bytes) -> str:
     return v.decode() if isinstance(v, bytes) else v
-
-
-def _float32(v: float) -> float:
-    """The shortest decimal of a float32 attribute (1e-05, not 9.99999974e-06)."""
-    return float(str(np.float32(v)))
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -440,9 +435,9 @@ def _batchnorm(ctx: _Context, node: onnx.NodeProto) -> None:
         "running_var": _tensor(var),
         "num_batches_tracked": torch.tensor(0, dtype=torch.int64),
     }
-    attrs: dict[str, Any] = {"eps": _float32(a.get("epsilon", 1e-5))}
+    attrs: dict[str, Any] = {"eps": float32_decimal(a.get("epsilon", 1e-5))}
     if "momentum" in a:  # ONNX's momentum weighs the old statistics, PyTorch's the new
-        attrs["momentum"] = _float32(1.0 - a["momentum"])
+        attrs["momentum"] = float32_decimal(1.0 - a["momentum"])
     _bind_add(ctx, node, "batchnorm", [x], attrs, params=params, hint=_layer_name(node.input[3]))
 
 
@@ -457,7 +452,7 @@ def _layernorm(ctx: _Context, node: onnx.NodeProto) -> None:
     params = {"weight": _tensor(scale)}
     if bias is not None:
         params["bias"] = _tensor(bias)
-    attrs = {"eps": _float32(a.get("epsilon", 1e-5)), "bias": bias is not None}
+    attrs = {"eps": float32_decimal(a.get("epsilon", 1e-5)), "bias": bias is not None}
     _bind_add(ctx, node, "layernorm", [x], attrs, params=params, hint=_layer_name(node.input[1]))
 
 
@@ -840,8 +835,10 @@ RULES: dict[str, Rule] = {
     "Clip": _clip,
     "HardSwish": _unary("hardswish"),
     "HardSigmoid": _hard_sigmoid,
-    "LeakyRelu": _unary("leaky_relu", negative_slope=lambda a: _float32(a.get("alpha", 0.01))),
-    "Elu": _unary("elu", alpha=lambda a: _float32(a.get("alpha", 1.0))),
+    "LeakyRelu": _unary(
+        "leaky_relu", negative_slope=lambda a: float32_decimal(a.get("alpha", 0.01))
+    ),
+    "Elu": _unary("elu", alpha=lambda a: float32_decimal(a.get("alpha", 1.0))),
     "Sigmoid": _sigmoid,
     "Gelu": _unary("gelu", approximate=lambda a: _text(a.get("approximate", "none"))),
     "Softmax": _softmax,

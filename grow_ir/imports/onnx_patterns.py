@@ -161,6 +161,11 @@ def scope(node: onnx.NodeProto) -> str:
     return ""
 
 
+def float32_decimal(v: float) -> float:
+    """The shortest decimal of a float32 number (1e-05, not 9.99999974e-06)."""
+    return float(str(np.float32(v)))
+
+
 def layer_name(init: str) -> str:
     """The layer an initializer belongs to (``conv.weight`` -> ``conv``)."""
     head = init.split("/")[0]
@@ -458,7 +463,8 @@ def _fit(model: Model, path: str, call: list[int]) -> Region | None:
             elif c.ndim == 1 and c.size > 1 and n.op_type == "Mul":
                 weights[v] = c
             elif c.size == 1 and n.op_type == "Add":
-                added.append(float(c.reshape(())))
+                scalar = float(c.reshape(()))
+                added.append(float32_decimal(scalar) if c.dtype == np.float32 else scalar)
     outs = [o for o in made if any(u not in inside for u in model.consumers.get(o, []))]
     if len(reads) != 1 or len(outs) != 1 or len(weights) > 1:
         return None
