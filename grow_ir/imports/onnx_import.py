@@ -26,11 +26,12 @@ from onnx import numpy_helper
 
 from grow_ir.errors import CheckFailed, GrowError, ShapeError
 from grow_ir.imports.builder import GraphBuilder, folded_axes, ident
-from grow_ir.imports.onnx_patterns import Region, float32_decimal
+from grow_ir.imports.onnx_patterns import Region, float32_decimal, scope
 from grow_ir.imports.onnx_pooling import averaging_matmul, gathered_pooling
 from grow_ir.imports.onnx_regions import find_regions
 from grow_ir.imports.onnx_shapes import Dims, dims_rule, expand_rule, range_rule, shape
 from grow_ir.imports.torch_rules import KeptMean, Unsupported, split_axis
+from grow_ir.imports.torch_stages import numbered_stages
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.types import TensorType
 
@@ -201,7 +202,8 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
         if isinstance(bound, KeptMean):
             bound = bound.kept(builder)
         outputs[ident(out.name)] = bound
-    return builder.finish(outputs, Path(label).stem if g.name == "" else g.name)
+    graph = builder.finish(outputs, Path(label).stem if g.name == "" else g.name)
+    return numbered_stages(graph)
 
 
 def _found(
@@ -253,10 +255,27 @@ def _vtype(info: onnx.ValueInfoProto) -> TensorType:
 Rule = Callable[[_Context, onnx.NodeProto], None]
 
 
+def _hint(node: onnx.NodeProto, op: str) -> str:
+    """A stateless node's name: ``SCOPE.OP`` inside the module the file records for
+    ``node`` (``transformer.h.0.add``, as ``from_torch`` names it, so that blocks of a
+    module list have the same local names), else its output value's name."""
+    path = scope(node)
+    return f"{path}.{op}" if path else node.output[0]
+
+
+def _part_hint(node: onnx.NodeProto, op: str, i: int, parts: int) -> str:
+    """The name of part ``i`` of ``parts`` IR nodes that one ONNX node becomes: the last
+    is named as :func:`_hint` says, the others after it with ``_i`` (or, inside a
+    recorded module, uniquified alike)."""
+    if scope(node) or i == parts - 1:
+        return _hint(node, op)
+    return f"{node.output[0]}_{i}"
+
+
 def _bind_add(
     ctx: _Context, node: onnx.NodeProto, op: str, inputs: list[str], attrs=None, **layer: Any
 ) -> str:
-    hint = layer.pop("hint", None) or node.output[0]
+    hint = layer.pop("hint", None) or _hint(node, op)
     name = ctx.builder.add(op, inputs, hint, attrs, **layer)
     ctx.env[node.output[0]] = name
     return name
@@ -532,7 +551,7 @@ def _sigmoid(ctx: _Context, node: onnx.NodeProto) -> None:
         and set(mul.input) == {node.input[0], node.output[0]}
     ):
         ctx.done.add(id(mul))
-        name = ctx.builder.add("silu", [ctx.value(node.input[0])], mul.output[0])
+        name = ctx.builder.add("silu", [ctx.value(node.input[0])], _hint(mul, "silu"))
         ctx.env[mul.output[0]] = name
         return
     _bind_add(ctx, node, "sigmoid", [ctx.value(node.input[0])])
@@ -726,7 +745,7 @@ def _unsqueeze(ctx: _Context, node: onnx.NodeProto) -> None:
     axes = _axes_of(ctx, node, ctx.type(node.input[0]).rank + 1) or []
     value = ctx.value(node.input[0])
     for i, axis in enumerate(axes):
-        hint = node.output[0] if i == len(axes) - 1 else f"{node.output[0]}_{i}"
+        hint = _part_hint(node, "unsqueeze", i, len(axes))
         value = ctx.builder.add("unsqueeze", [value], hint, {"dim": axis})
     ctx.env[node.output[0]] = value
 
@@ -782,8 +801,7 @@ def _slice(ctx: _Context, node: onnx.NodeProto) -> None:
         size = x.shape[int(axis) % x.rank]
         stop = None if isinstance(size, int) and int(end) >= size else int(end)
         attrs = {"dim": int(axis), "start": int(start), "end": stop, "step": int(step)}
-        hint = node.output[0] if i == len(cuts) - 1 else f"{node.output[0]}_{i}"
-        value = ctx.builder.add("slice", [value], hint, attrs)
+        value = ctx.builder.add("slice", [value], _part_hint(node, "slice", i, len(cuts)), attrs)
     ctx.env[node.output[0]] = value
 
 
