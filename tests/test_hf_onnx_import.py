@@ -233,8 +233,7 @@ def test_the_blocks_are_a_stage_that_grows_exactly(name: str, grow: str) -> None
     assert graph.stages[stage].depth == 2 and graph.stages[stage].prefix == ""
     assert {f"{stage}.1.add", f"{stage}.1.add_1"} <= set(graph.node_map)
     kwargs = {"stage": stage} | ({"mode": "interpolate"} if grow == "stack_blocks" else {})
-    grows_exactly(graph, grow, kwargs)
-    grown = run(grow, graph, **kwargs).graph
+    grown = grows_exactly(graph, grow, kwargs)
     depth = 3 if grow == "insert_block" else 4
     assert grown.stages[stage].depth == depth
     assert f"{stage}.{depth - 1}.add_1" in grown.node_map
