@@ -37,7 +37,7 @@ from grow_ir.imports.onnx_patterns import (
     where,
 )
 from grow_ir.imports.torch_attention import mask_causal
-from grow_ir.imports.torch_patterns import fits
+from grow_ir.imports.torch_patterns import first_fit
 from grow_ir.imports.torch_rules import Unsupported
 from grow_ir.imports.torch_values import RUNS
 
@@ -202,14 +202,13 @@ def _attention(model: Model, si: int) -> Region | None:
     thetas = [None]
     if sides["q"].tables:
         thetas = _thetas(model, sides["q"].tables + sides["k"].tables, dim)
-    problem = None
-    for theta in thetas:
-        tried = attrs if theta is None else {**attrs, "rope_theta": theta}
-        problem = fits("attention", tried, params, model.runs(inputs, out))
-        if problem is None:
-            name = region_name(model, {model.producer[found.out]}, out_proj.weight_init)
-            return Region(name, frozenset(nodes), out, inputs, "attention", tried, params)
-    raise Unsupported(f"is no grow-ir attention ({attrs}): {problem}")
+    tried = [attrs if theta is None else {**attrs, "rope_theta": theta} for theta in thetas]
+    candidates = [("attention", t, params) for t in tried]
+    k, problem = first_fit(candidates, model.runs(inputs, out))
+    if k is None:
+        raise Unsupported(f"is no grow-ir attention ({attrs}): {problem}")
+    name = region_name(model, {model.producer[found.out]}, out_proj.weight_init)
+    return Region(name, frozenset(nodes), out, inputs, "attention", tried[k], params)
 
 
 def _scale(

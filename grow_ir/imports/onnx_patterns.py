@@ -28,7 +28,7 @@ import onnx
 import torch
 
 from grow_ir.imports.onnx_values import Evaluation
-from grow_ir.imports.torch_patterns import fit_candidates, fits
+from grow_ir.imports.torch_patterns import Candidate, first_fits, fit_candidates, fits
 from grow_ir.imports.torch_values import RUNS
 
 
@@ -354,6 +354,7 @@ def linear_regions(model: Model, found: Found) -> None:
     flatten and restore its input's leading axes becomes one ``linear`` node on the
     unflattened value (GPT-2's ``Conv1D``)."""
     claimed = found.claimed
+    regions = []
     for i, n in enumerate(model.graph.node):
         if n.op_type not in ("Gemm", "MatMul") or i in claimed:
             continue
@@ -365,8 +366,10 @@ def linear_regions(model: Model, found: Found) -> None:
         params = {"weight": p.weight} | ({} if p.bias is None else {"bias": p.bias})
         attrs = {"out_features": int(p.weight.shape[0]), "bias": p.bias is not None}
         name = region_name(model, p.nodes, p.weight_init)
-        region = Region(name, p.nodes, p.out, (p.x,), "linear", attrs, params)
-        if fits("linear", attrs, params, model.runs((p.x,), p.out)) is None:
+        regions.append(Region(name, p.nodes, p.out, (p.x,), "linear", attrs, params))
+    checks = [([(r.op, r.attrs, r.params)], model.runs(r.inputs, r.output)) for r in regions]
+    for region, (k, _) in zip(regions, first_fits(checks)):  # verified in one lowering
+        if k is not None:
             found.regions.append(region)
 
 
@@ -439,15 +442,23 @@ def module_regions(model: Model, found: Found, has_rule: set[str]) -> None:
         path = model.scope(n)
         if path and i not in claimed and n.op_type != "Constant":
             calls.setdefault(path, []).append(i)
-    for path, call in calls.items():
-        if all(model.node(i).op_type in has_rule for i in call):
-            continue
-        region = _fit(model, path, call)
-        if region is not None:
-            found.regions.append(region)
+    fits = [
+        fit
+        for path, call in calls.items()
+        if not all(model.node(i).op_type in has_rule for i in call)
+        and (fit := _fit(model, path, call)) is not None
+    ]
+    checks = [(candidates, model.runs(shell.inputs, shell.output)) for shell, candidates in fits]
+    for (shell, candidates), (k, _) in zip(fits, first_fits(checks)):  # one lowering
+        if k is not None:
+            op, attrs, params = candidates[k]
+            found.regions.append(dataclasses.replace(shell, op=op, attrs=attrs, params=params))
 
 
-def _fit(model: Model, path: str, call: list[int]) -> Region | None:
+def _fit(model: Model, path: str, call: list[int]) -> tuple[Region, list[Candidate]] | None:
+    """The region one module's call would be (its op still to be chosen) and the IR
+    nodes it might be; None when the call is no leaf-module shape (one value in, one
+    out, at most one weight)."""
     inside = set(call)
     made = {o for i in call for o in model.node(i).output}
     reads, weights, added = [], {}, []
@@ -471,10 +482,8 @@ def _fit(model: Model, path: str, call: list[int]) -> Region | None:
     (x,), (out,) = reads, outs
     params = {"weight": tensor(next(iter(weights.values())))} if weights else {}
     width = model.shape(x)[-1]
-    for op, attrs, p in fit_candidates(width, params, added):
-        if fits(op, attrs, p, model.runs((x,), out)) is None:
-            return Region(path, frozenset(inside), out, (x,), op, attrs, p)
-    return None
+    candidates = list(fit_candidates(width, params, added))
+    return Region(path, frozenset(inside), out, (x,), "", {}), candidates
 
 
 # ---- positions ---------------------------------------------------------------------------------
