@@ -30,6 +30,7 @@ from grow_ir.imports.onnx_patterns import Region, float32_decimal, scope
 from grow_ir.imports.onnx_pooling import averaging_matmul, gathered_pooling
 from grow_ir.imports.onnx_regions import find_regions
 from grow_ir.imports.onnx_shapes import Dims, dims_rule, expand_rule, range_rule, shape
+from grow_ir.imports.onnx_values import Evaluation
 from grow_ir.imports.torch_rules import KeptMean, Unsupported, split_axis
 from grow_ir.imports.torch_stages import numbered_stages
 from grow_ir.ir.graph import Graph
@@ -62,9 +63,9 @@ def from_onnx(model: str | Path | onnx.ModelProto, *, check: bool = True) -> Gra
         GrowError: the file cannot be read or is not a valid ONNX model.
     """
     proto, label = _load(model)
-    graph = _convert(proto, label)
+    graph, evaluation = _convert(proto, label)
     if check:
-        _check(graph, proto)
+        _check(graph, proto, evaluation)
     return graph
 
 
@@ -142,7 +143,8 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(a, copy=True))
 
 
-def _convert(proto: onnx.ModelProto, label: str) -> Graph:
+def _convert(proto: onnx.ModelProto, label: str) -> tuple[Graph, Evaluation | None]:
+    """The graph, and the evaluation of the file its regions were found by (if any)."""
     g = proto.graph
     consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     for node in g.node:
@@ -154,7 +156,7 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
     ctx = _Context(builder=builder, consts=consts, consumers=consumers, model=proto)
-    found, live = find_regions(proto, consts, set(RULES))
+    found, live, evaluation = find_regions(proto, consts, set(RULES))
     regions = {r.output: r for r in found.regions}
     claimed = found.claimed
     for inp in g.input:
@@ -203,7 +205,7 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
             bound = bound.kept(builder)
         outputs[ident(out.name)] = bound
     graph = builder.finish(outputs, Path(label).stem if g.name == "" else g.name)
-    return numbered_stages(graph)
+    return numbered_stages(graph), evaluation
 
 
 def _found(
@@ -887,7 +889,9 @@ RULES: dict[str, Rule] = {
 """ONNX op type -> rule."""
 
 
-def _check(graph: Graph, proto: onnx.ModelProto) -> None:
+def _check(graph: Graph, proto: onnx.ModelProto, evaluation: Evaluation | None) -> None:
+    """Raise CheckFailed unless ``graph`` computes the file's outputs on random inputs
+    (the file run by the session that evaluated it, else by a new one)."""
     import onnxruntime as ort
 
     from grow_ir.backends.torch import to_torch
@@ -897,9 +901,13 @@ def _check(graph: Graph, proto: onnx.ModelProto) -> None:
     names = [
         i.name for i in proto.graph.input if i.name not in {x.name for x in proto.graph.initializer}
     ]
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     feed = {n: inputs[g].numpy() for n, g in zip(names, graph.inputs)}
-    want = session.run(None, feed)
+    if evaluation is not None:
+        want = evaluation.run([o.name for o in proto.graph.output], feed)
+    else:
+        options = ["CPUExecutionProvider"]
+        session = ort.InferenceSession(proto.SerializeToString(), providers=options)
+        want = session.run(None, feed)
     with torch.no_grad():
         got = to_torch(graph).eval()(**inputs)
     got_list = list(got.values()) if isinstance(got, dict) else [got]
