@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 import torch
@@ -37,7 +38,7 @@ from grow_ir.imports.onnx_patterns import (
     where,
 )
 from grow_ir.imports.torch_attention import mask_causal
-from grow_ir.imports.torch_patterns import first_fit
+from grow_ir.imports.torch_patterns import first_fits
 from grow_ir.imports.torch_rules import Unsupported
 from grow_ir.imports.torch_values import RUNS
 
@@ -61,18 +62,35 @@ class _Side:
 
 def attention_regions(model: Model, found: Found) -> None:
     """One ``attention`` region per Softmax between two MatMuls that is grow-ir's
-    attention; a fallback line naming the node for each that is not."""
+    attention; a fallback line naming the node for each that is not. Every candidate
+    node is checked by value, all in one lowering (:func:`first_fits`)."""
+    pending: list[tuple[onnx.NodeProto, Region, list[dict[str, Any]]]] = []
     for i, n in enumerate(model.graph.node):
         if n.op_type != "Softmax":
             continue
         try:
-            region = _attention(model, i)
+            shell = _attention(model, i)
         except Unsupported as exc:
-            what = f"attention (MatMul, Softmax, MatMul) not recognised: {exc.reason}"
-            found.fallbacks.append((where(n), what))
+            found.fallbacks.append((where(n), f"{_NOT_ATTENTION}: {exc.reason}"))
             continue
-        if region is not None:
-            found.regions.append(region)
+        if shell is not None:
+            pending.append((n, *shell))
+    checks = [
+        (
+            [("attention", attrs, region.params) for attrs in tried],
+            model.runs(region.inputs, region.output),
+        )
+        for _, region, tried in pending
+    ]
+    for (n, region, tried), (k, problem) in zip(pending, first_fits(checks)):
+        if k is None:
+            why = f"is no grow-ir attention ({tried[0]}): {problem}"
+            found.fallbacks.append((where(n), f"{_NOT_ATTENTION}: {why}"))
+        else:
+            found.regions.append(dataclasses.replace(region, attrs=tried[k]))
+
+
+_NOT_ATTENTION = "attention (MatMul, Softmax, MatMul) not recognised"
 
 
 @dataclass(frozen=True)
@@ -162,7 +180,11 @@ def _swaps_last(node: onnx.NodeProto, rank: int) -> bool:
     return node.op_type == "Transpose" and perm == [swapped]
 
 
-def _attention(model: Model, si: int) -> Region | None:
+def _attention(model: Model, si: int) -> tuple[Region, list[dict[str, Any]]] | None:
+    """The attention region around the Softmax at node ``si`` and the attributes its
+    node might have (rotary: each candidate ``rope_theta``), to be checked by value;
+    None when the Softmax is no attention's core; raises Unsupported saying why one is
+    not grow-ir's attention."""
     found = _core(model, si)
     if found is None:
         return None
@@ -203,12 +225,8 @@ def _attention(model: Model, si: int) -> Region | None:
     if sides["q"].tables:
         thetas = _thetas(model, sides["q"].tables + sides["k"].tables, dim)
     tried = [attrs if theta is None else {**attrs, "rope_theta": theta} for theta in thetas]
-    candidates = [("attention", t, params) for t in tried]
-    k, problem = first_fit(candidates, model.runs(inputs, out))
-    if k is None:
-        raise Unsupported(f"is no grow-ir attention ({attrs}): {problem}")
     name = region_name(model, {model.producer[found.out]}, out_proj.weight_init)
-    return Region(name, frozenset(nodes), out, inputs, "attention", tried[k], params)
+    return Region(name, frozenset(nodes), out, inputs, "attention", attrs, params), tried
 
 
 def _scale(
