@@ -215,6 +215,19 @@ def test_widening_the_model_2x_is_exact(name: str) -> None:
     assert check_parity(result.graph, grown) <= TOL
 
 
+@pytest.mark.parametrize(
+    "name", ["gpt2-dynamic", "llama-tied-dynamic", "llama-untied-eager", "bert-dynamic"]
+)
+def test_the_nodes_are_the_ones_from_torch_gives(name: str) -> None:
+    """Named from the module scopes the file records, the graph has ``from_torch``'s
+    nodes, names and ops (dropout, which an eval-mode file does not hold, left out); a
+    static export differs only in GPT-2's folded position table."""
+    model, _ = exported(name)
+    torch_graph = gi.from_torch(model, inputs(name, 0))
+    want = [(n.name, n.op) for n in torch_graph.nodes if n.op != "dropout"]
+    assert [(n.name, n.op) for n in imported(name).nodes] == want
+
+
 STAGE = {"gpt2": "transformer.h", "llama": "model.layers"}
 """The ``nn.ModuleList`` of each decoder's blocks, read from the file's module scopes."""
 

@@ -94,6 +94,7 @@ class _Context:
     env: dict[str, str | KeptMean] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)  # ids of nodes a pattern already consumed
     reshaped: dict[str, str] = field(default_factory=dict)  # a reshape node -> its input
+    leaves: frozenset[str] = frozenset()  # stateless leaf modules (see _leaf_scopes)
 
     def value(self, name: str) -> str:
         if name in self.consts:
@@ -155,7 +156,9 @@ def _convert(proto: onnx.ModelProto, label: str) -> tuple[Graph, Evaluation | No
     for node in g.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
-    ctx = _Context(builder=builder, consts=consts, consumers=consumers, model=proto)
+    ctx = _Context(
+        builder=builder, consts=consts, consumers=consumers, model=proto, leaves=_leaf_scopes(g)
+    )
     found, live, evaluation = find_regions(proto, consts, set(RULES))
     regions = {r.output: r for r in found.regions}
     claimed = found.claimed
@@ -257,27 +260,41 @@ def _vtype(info: onnx.ValueInfoProto) -> TensorType:
 Rule = Callable[[_Context, onnx.NodeProto], None]
 
 
-def _hint(node: onnx.NodeProto, op: str) -> str:
-    """A stateless node's name: ``SCOPE.OP`` inside the module the file records for
-    ``node`` (``transformer.h.0.add``, as ``from_torch`` names it, so that blocks of a
-    module list have the same local names), else its output value's name."""
+def _hint(ctx: _Context, node: onnx.NodeProto, op: str) -> str:
+    """A stateless node's name, as ``from_torch`` names it (so that the blocks of a
+    module list have the same local names): the path of the module the file records for
+    ``node`` when that is a leaf module without parameters (``model.layers.0.mlp.act_fn``),
+    else ``SCOPE.OP`` inside it (``transformer.h.0.add``); its output value's name in a
+    file that records no module."""
     path = scope(node)
-    return f"{path}.{op}" if path else node.output[0]
+    if not path:
+        return node.output[0]
+    return path if path in ctx.leaves else f"{path}.{op}"
 
 
-def _part_hint(node: onnx.NodeProto, op: str, i: int, parts: int) -> str:
+def _part_hint(ctx: _Context, node: onnx.NodeProto, op: str, i: int, parts: int) -> str:
     """The name of part ``i`` of ``parts`` IR nodes that one ONNX node becomes: the last
     is named as :func:`_hint` says, the others after it with ``_i`` (or, inside a
     recorded module, uniquified alike)."""
     if scope(node) or i == parts - 1:
-        return _hint(node, op)
+        return _hint(ctx, node, op)
     return f"{node.output[0]}_{i}"
+
+
+def _leaf_scopes(g: onnx.GraphProto) -> frozenset[str]:
+    """The module paths the file records that hold no other recorded module and no
+    initializer (stateless leaf modules: an activation, a dropout)."""
+    paths = {scope(n) for n in g.node} - {""}
+    inits = [i.name for i in g.initializer]
+    inner = {p for p in paths if any(q.startswith(p + ".") for q in paths)}
+    held = {p for p in paths if any(name.startswith(p + ".") for name in inits)}
+    return frozenset(paths - inner - held)
 
 
 def _bind_add(
     ctx: _Context, node: onnx.NodeProto, op: str, inputs: list[str], attrs=None, **layer: Any
 ) -> str:
-    hint = layer.pop("hint", None) or _hint(node, op)
+    hint = layer.pop("hint", None) or _hint(ctx, node, op)
     name = ctx.builder.add(op, inputs, hint, attrs, **layer)
     ctx.env[node.output[0]] = name
     return name
@@ -553,7 +570,7 @@ def _sigmoid(ctx: _Context, node: onnx.NodeProto) -> None:
         and set(mul.input) == {node.input[0], node.output[0]}
     ):
         ctx.done.add(id(mul))
-        name = ctx.builder.add("silu", [ctx.value(node.input[0])], _hint(mul, "silu"))
+        name = ctx.builder.add("silu", [ctx.value(node.input[0])], _hint(ctx, mul, "silu"))
         ctx.env[mul.output[0]] = name
         return
     _bind_add(ctx, node, "sigmoid", [ctx.value(node.input[0])])
@@ -747,7 +764,7 @@ def _unsqueeze(ctx: _Context, node: onnx.NodeProto) -> None:
     axes = _axes_of(ctx, node, ctx.type(node.input[0]).rank + 1) or []
     value = ctx.value(node.input[0])
     for i, axis in enumerate(axes):
-        hint = _part_hint(node, "unsqueeze", i, len(axes))
+        hint = _part_hint(ctx, node, "unsqueeze", i, len(axes))
         value = ctx.builder.add("unsqueeze", [value], hint, {"dim": axis})
     ctx.env[node.output[0]] = value
 
@@ -803,7 +820,9 @@ def _slice(ctx: _Context, node: onnx.NodeProto) -> None:
         size = x.shape[int(axis) % x.rank]
         stop = None if isinstance(size, int) and int(end) >= size else int(end)
         attrs = {"dim": int(axis), "start": int(start), "end": stop, "step": int(step)}
-        value = ctx.builder.add("slice", [value], _part_hint(node, "slice", i, len(cuts)), attrs)
+        value = ctx.builder.add(
+            "slice", [value], _part_hint(ctx, node, "slice", i, len(cuts)), attrs
+        )
     ctx.env[node.output[0]] = value
 
 
