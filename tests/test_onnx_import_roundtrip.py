@@ -1,9 +1,10 @@
-"""``from_onnx`` of what ``to_onnx`` writes: graphs with ``attention`` (each head layout
-``to_onnx`` emits: small heads transposed, wider heads, grouped-query with rotary and a
-key padding mask; with and without biases, causal or not), RMSNorm and rank-3 ``linear``
-come back as the same graph, op for op, with the same parameters bitwise and the same
-outputs; so do the transformer examples and Hugging Face GPT-2, Llama and BERT imported
-with ``from_torch``.
+"""``from_onnx`` of what ``to_onnx`` writes: every op alone (the cases of
+tests/test_onnx_ops.py but :data:`NOT_YET`), among them ``attention`` in each head layout
+``to_onnx`` emits (small heads transposed, wider heads, grouped-query with rotary and a
+key padding mask; with and without biases, causal or not), RMSNorm and rank-3
+``linear``, comes back as the same graph, op for op, with the same parameters bitwise and
+the same outputs; so do the transformer examples and Hugging Face GPT-2, Llama and BERT
+imported with ``from_torch``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,39 @@ from tests.test_hf_transformers import bert_inputs, relative, tokens
 from tests.test_onnx_ops import CASES, single_op_graph
 
 TOL = 1e-5
+NOT_YET = {
+    # refused, naming the node
+    "identity": "the output is the graph input itself",
+    "dropout": "the output is the graph input itself",
+    "stochastic_depth": "the output is the graph input itself",
+    "stochastic_depth-batch": "the output is the graph input itself",
+    "pad-nothing-scalar": "the output is the graph input itself",
+    "avgpool2d-ceil-excl": "AveragePool pads asymmetrically",
+    "upsample-nearest-size": "Resize to a computed size",
+    "upsample-bilinear-size": "Resize to a computed size",
+    "flatten-symbolic-tail": "Reshape with two -1",
+    "flatten-two-symbolic-tail": "Reshape to a computed shape",
+    "unflatten": "Reshape to a computed shape",
+    "unflatten-minus1": "Reshape to a computed shape",
+    "mix": "Softmax of a parameter",
+    "mix-3": "Softmax of a parameter",
+    # come back as other ops computing the same
+    "maxpool2d-ceil-pad": "pad, maxpool2d",
+    "maxpool2d-ceil-dil": "pad, maxpool2d",
+    "adaptive_avgpool2d-7x2": "avgpool2d",
+    "flatten-all-known": "reshape",
+    "add-3": "two adds",
+    "mul-3": "two muls",
+    "add-broadcast-3": "two adds",
+    "mean-spatial": "global_avgpool",
+    "mean-keep": "adaptive_avgpool2d",
+    "transpose": "permute",
+}
+"""Cases of tests/test_onnx_ops.py whose ONNX form ``from_onnx`` does not read back as
+the same graph yet, and what it does instead."""
 COMPOSED = ("attention", "rmsnorm", "linear")
-"""The ops ``to_onnx`` writes as several ONNX nodes that the per-op rules alone do not read."""
+"""Ops that ``to_onnx`` writes as several ONNX nodes and come back exactly: attributes
+and parameters too."""
 
 
 def _attrs(graph: Graph, name: str) -> dict:
@@ -48,18 +80,22 @@ def _kept(graph: Graph) -> list[tuple]:
     ]
 
 
-def assert_same_graph(back: Graph, graph: Graph) -> None:
-    """``back`` has ``graph``'s nodes (names, ops, inputs, attributes, ties; dropout,
-    which an ONNX file in eval mode does not hold, left out), inputs, outputs and
-    parameters (bitwise), and computes the same outputs on random inputs."""
+def assert_same_graph(back: Graph, graph: Graph, *, exact: bool = True) -> None:
+    """``back`` has ``graph``'s nodes (names, ops, inputs, ties; dropout, which an ONNX
+    file in eval mode does not hold, left out), inputs and outputs, and computes the same
+    outputs on random inputs; ``exact``: also the same attributes and parameters
+    (bitwise). Without it, attributes may be other spellings of the same (``padding``
+    ``"same"`` comes back as its number, a batchnorm without affine parameters as one
+    with ones and zeros)."""
     assert [(n.name, n.op, n.inputs, n.share) for n in back.nodes] == _kept(graph)
-    for n in back.nodes:
-        assert _attrs(back, n.name) == _attrs(graph, n.name), n.name
     assert dict(back.inputs) == dict(graph.inputs)
     assert back.outputs == graph.outputs
-    assert set(back.params) == set(graph.params)
-    for key, value in graph.params.items():
-        assert torch.equal(back.params[key], value), key
+    if exact:
+        for n in back.nodes:
+            assert _attrs(back, n.name) == _attrs(graph, n.name), n.name
+        assert set(back.params) == set(graph.params)
+        for key, value in graph.params.items():
+            assert torch.equal(back.params[key], value), key
     for seed in (1, 2):
         feed = random_inputs(graph, seed=seed)
         with torch.no_grad():
@@ -80,13 +116,15 @@ def with_random_biases(graph: Graph) -> Graph:
 
 @pytest.mark.parametrize(
     "case",
-    [c for c in CASES if c[2] in COMPOSED],
+    [c for c in CASES if c[0] not in NOT_YET],
     ids=lambda c: c[0] if isinstance(c, tuple) else c,
 )
-def test_every_composed_op_comes_back_from_our_file(case) -> None:
+def test_every_op_comes_back_from_our_file(case) -> None:
+    """Each case of tests/test_onnx_ops.py (every op, in several attribute variants) but
+    :data:`NOT_YET`: attention in all its layouts, RMSNorm, rank-3 linear among them."""
     _, inputs, op, attrs, arity = case
     graph = with_random_biases(single_op_graph(inputs, op, attrs, arity))
-    assert_same_graph(gi.from_onnx(gi.to_onnx(graph)), graph)
+    assert_same_graph(gi.from_onnx(gi.to_onnx(graph)), graph, exact=op in COMPOSED)
 
 
 @pytest.mark.parametrize("example", ["transformer", "gpt_bytes"])

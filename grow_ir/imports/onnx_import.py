@@ -14,6 +14,7 @@ module names); stateless nodes after their output value.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from grow_ir.backends.onnx import PRODUCER
 from grow_ir.errors import CheckFailed, GrowError, ShapeError
 from grow_ir.imports.builder import GraphBuilder, folded_axes, ident
 from grow_ir.imports.onnx_patterns import Region, float32_decimal, scope
@@ -95,6 +97,7 @@ class _Context:
     done: set[int] = field(default_factory=set)  # ids of nodes a pattern already consumed
     reshaped: dict[str, str] = field(default_factory=dict)  # a reshape node -> its input
     leaves: frozenset[str] = frozenset()  # stateless leaf modules (see _leaf_scopes)
+    ours: bool = False  # written by grow-ir's to_onnx
 
     def value(self, name: str) -> str:
         if name in self.consts:
@@ -120,6 +123,17 @@ class _Context:
         return (
             bound.type(self.builder) if isinstance(bound, KeptMean) else self.builder.types[bound]
         )
+
+    @functools.cached_property
+    def producers(self) -> dict[str, onnx.NodeProto]:
+        """Value name -> the node computing it."""
+        return {o: n for n in self.model.graph.node for o in n.output if o}
+
+    def hint(self, value: str, op: str) -> str:
+        """A name for the stateless ``op`` node computing ONNX value ``value`` (see
+        :func:`_hint`)."""
+        node = self.producers.get(value)
+        return value if node is None else _hint(self, node, op)
 
     def only_consumer(self, output: str) -> onnx.NodeProto | None:
         users = self.consumers.get(output, [])
@@ -157,7 +171,12 @@ def _convert(proto: onnx.ModelProto, label: str) -> tuple[Graph, Evaluation | No
         for i in node.input:
             consumers.setdefault(i, []).append(node)
     ctx = _Context(
-        builder=builder, consts=consts, consumers=consumers, model=proto, leaves=_leaf_scopes(g)
+        builder=builder,
+        consts=consts,
+        consumers=consumers,
+        model=proto,
+        leaves=_leaf_scopes(g),
+        ours=proto.producer_name == PRODUCER,
     )
     found, live, evaluation = find_regions(proto, consts, set(RULES))
     regions = {r.output: r for r in found.regions}
@@ -265,7 +284,9 @@ def _hint(ctx: _Context, node: onnx.NodeProto, op: str) -> str:
     module list have the same local names): the path of the module the file records for
     ``node`` when that is a leaf module without parameters (``model.layers.0.mlp.act_fn``),
     else ``SCOPE.OP`` inside it (``transformer.h.0.add``); its output value's name in a
-    file that records no module."""
+    file that records no module; in a file grow-ir wrote, the IR node it lowers."""
+    if ctx.ours and node.name:  # the IR node it lowers (a graph output names the value)
+        return node.name.split("/")[0]
     path = scope(node)
     if not path:
         return node.output[0]
@@ -607,7 +628,7 @@ def _pool(op: str) -> Rule:
 
 
 def _global_avgpool(ctx: _Context, node: onnx.NodeProto) -> None:
-    ctx.env[node.output[0]] = KeptMean(ctx.value(node.input[0]), node.output[0])
+    ctx.env[node.output[0]] = KeptMean(ctx.value(node.input[0]), ctx.hint(node.output[0], "mean"))
 
 
 def _reduce_mean(ctx: _Context, node: onnx.NodeProto) -> None:
@@ -623,7 +644,9 @@ def _reduce_mean(ctx: _Context, node: onnx.NodeProto) -> None:
         _bind_add(ctx, node, "mean", [ctx.value(node.input[0])], attrs)
         return
     if a.get("keepdims", 1):
-        ctx.env[node.output[0]] = KeptMean(ctx.value(node.input[0]), node.output[0])
+        ctx.env[node.output[0]] = KeptMean(
+            ctx.value(node.input[0]), ctx.hint(node.output[0], "mean")
+        )
     elif a.get("keepdims", 1):
         raise Unsupported("keeps the axis of a 1-d mean")
     else:

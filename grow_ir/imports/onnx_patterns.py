@@ -360,8 +360,8 @@ def linear_regions(model: Model, found: Found) -> None:
             continue
         p = projection(model, i)
         # a bare linear is the rules' (named after its initializer), unless the file
-        # names its module: the exporter's transposed copies have no name of their own
-        if p is None or p.nodes & claimed or (len(p.nodes) < 3 and not model.scope(n)):
+        # records its module: the exporter's transposed copies have no name of their own
+        if p is None or p.nodes & claimed or (len(p.nodes) < 3 and not scope(n)):
             continue
         params = {"weight": p.weight} | ({} if p.bias is None else {"bias": p.bias})
         attrs = {"out_features": int(p.weight.shape[0]), "bias": p.bias is not None}
