@@ -1,8 +1,10 @@
 """Attention in an ONNX model found at its heads' core and imported as one ``attention``.
 
-The anchor is a ``Softmax`` over the last axis of 4-D scores between two ``MatMul``\\ s:
-``Softmax(MatMul(q, k^T) * scale [+ mask]) @ v`` (what ``torch.onnx.export`` writes for
-Hugging Face's eager and SDPA attention alike). From the core the walk goes back from q,
+The anchor is a ``Softmax`` over the last axis of 4-D (or, grouped-query, 5-D) scores
+between two ``MatMul``\\ s: ``Softmax(MatMul(q, k^T) * scale [+ masks]) @ v`` (what
+``torch.onnx.export`` writes for Hugging Face's eager and SDPA attention alike, and
+``to_onnx`` for grow-ir's, its scale folded into the in-projection's stored weights, small
+heads multiplied as ``v^T @ p^T``). From the core the walk goes back from q,
 k^T and v through what rearranges heads (``Reshape``, ``Transpose``, ``Split``,
 ``Unsqueeze``/``Expand`` of grouped keys…) and what rotates them (rotary embedding:
 ``Mul``, ``Add``, ``Neg``, ``Concat``, ``Slice`` with constant tables) to the projections

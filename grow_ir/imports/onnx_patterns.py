@@ -9,9 +9,10 @@ transposed copy of the table. A :class:`Region` names the ONNX nodes it replaces
 values it reads and the IR node that computes what they compute; each is accepted only
 after that node, run on onnxruntime's values of its inputs (:mod:`onnx_values`, every
 run), gives onnxruntime's value of its output within the import tolerance
-(:func:`~grow_ir.imports.torch_patterns.fits`, shared with ``from_torch``). Nodes are
-named after the module path the exporter records (``pkg.torch.onnx.name_scopes``) when
-the file has it, else after their weight initializer.
+(:func:`~grow_ir.imports.torch_patterns.first_fits`, shared with ``from_torch``: the
+candidates of every region of one kind lowered together, once). Nodes are named after the
+module path the exporter records (``pkg.torch.onnx.name_scopes``) when the file has it,
+after the IR node in a file grow-ir wrote, else after their weight initializer.
 """
 
 from __future__ import annotations
