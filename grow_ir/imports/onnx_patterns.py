@@ -154,12 +154,19 @@ def scope(node: onnx.NodeProto) -> str:
     '' when the file records none (or the node ran in the root module)."""
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = ast.literal_eval(prop.value)
-            except (ValueError, SyntaxError):
-                return ""
-            return str(scopes[-2]) if len(scopes) >= 2 else ""
+            return _module_path(prop.value)
     return ""
+
+
+@functools.lru_cache(maxsize=4096)
+def _module_path(scopes_text: str) -> str:
+    """The module path in the text of a ``name_scopes`` list (parsed once per text: the
+    patterns ask for a node's scope many times)."""
+    try:
+        scopes = ast.literal_eval(scopes_text)
+    except (ValueError, SyntaxError):
+        return ""
+    return str(scopes[-2]) if len(scopes) >= 2 else ""
 
 
 def float32_decimal(v: float) -> float:
