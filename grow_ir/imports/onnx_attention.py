@@ -145,8 +145,12 @@ def _core(model: Model, si: int) -> _Core | None:
     masks = []
     while (add := model.made_by(scores, "Add")) is not None:
         a, b = add.input
-        scores, mask = (a, b) if model.made_by(a, "Add", "Mul", "Div", "MatMul") else (b, a)
-        masks.append(mask)
+        product = [v for v in (a, b) if model.made_by(v, "Mul", "Div", "MatMul")]
+        if product:  # the scores themselves, else the next mask added (a mask may be a sum)
+            scores = product[0]
+        else:
+            scores = a if model.made_by(a, "Add") else b
+        masks.append(b if scores == a else a)
         nodes.add(model.producer[add.output[0]])
     scale = None
     mul = model.made_by(scores, "Mul", "Div")
