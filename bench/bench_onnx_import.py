@@ -1,6 +1,7 @@
 """Importing Hugging Face ONNX files: ``from_onnx`` versus onnxruntime loading the file.
 
-Usage: ``.venv/bin/python bench/bench_onnx_import.py [--rounds 5] [--models NAME,...]``
+Usage: ``.venv/bin/python bench/bench_onnx_import.py [--rounds 5] [--models NAME,...]
+[--threads 1]``
 
 Models (random init, nothing downloaded): GPT-2 (2 layers, 128 wide, tied head) and Llama
 (2 layers, 128 wide, 4 query / 2 key-value heads), exported once with
@@ -10,6 +11,9 @@ session for the file and running it once (what any consumer of the file pays),
 ``from_onnx(check=False)`` (evaluating every value in onnxruntime on two draws, finding
 and verifying the regions, building the graph) and ``from_onnx()`` (which also lowers the
 graph and compares it with onnxruntime). Printed: medians and ratios to onnxruntime's.
+torch runs on ``--threads`` threads (1 by default, as the other benchmarks: the import's
+checks run small tensors, where a second thread on a shared machine only waits);
+onnxruntime with its default options, as a consumer of the file would.
 """
 
 from __future__ import annotations
@@ -79,7 +83,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     folder = Path(tempfile.mkdtemp(prefix="bench_onnx_import_"))

@@ -34,7 +34,7 @@ from grow_ir.backends.torch import to_torch
 from grow_ir.imports.builder import ImportRefused
 from grow_ir.ir.graph import Graph
 from tests import hf_models as hf
-from tests.test_hf_transformers import bert_inputs, relative, tokens
+from tests.test_hf_transformers import bert_inputs, grows_exactly, relative, tokens
 from tests.test_transformer_growth import run
 
 TOL = 1e-5
@@ -213,6 +213,43 @@ def test_widening_the_model_2x_is_exact(name: str) -> None:
     grown = to_onnx(result.graph)
     check_model(grown)
     assert check_parity(result.graph, grown) <= TOL
+
+
+@pytest.mark.parametrize(
+    "name", ["gpt2-dynamic", "llama-tied-dynamic", "llama-untied-eager", "bert-dynamic"]
+)
+def test_the_nodes_are_the_ones_from_torch_gives(name: str) -> None:
+    """Named from the module scopes the file records, the graph has ``from_torch``'s
+    nodes, names and ops (dropout, which an eval-mode file does not hold, left out); a
+    static export differs only in GPT-2's folded position table."""
+    model, _ = exported(name)
+    torch_graph = gi.from_torch(model, inputs(name, 0))
+    want = [(n.name, n.op) for n in torch_graph.nodes if n.op != "dropout"]
+    assert [(n.name, n.op) for n in imported(name).nodes] == want
+
+
+STAGE = {"gpt2": "transformer.h", "llama": "model.layers"}
+"""The ``nn.ModuleList`` of each decoder's blocks, read from the file's module scopes."""
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["gpt2-sdpa", "gpt2-dynamic", "llama-tied-sdpa", "llama-untied-eager", "llama-tied-dynamic"],
+)
+@pytest.mark.parametrize("grow", ["insert_block", "stack_blocks"])
+def test_the_blocks_are_a_stage_that_grows_exactly(name: str, grow: str) -> None:
+    """Nodes are named after the module scopes the exporter records (stateless ones
+    ``SCOPE.OP``, as ``from_torch`` names them), so the blocks of the module list match
+    one template and become a stage; growing it is exact and keeps the tie."""
+    graph = imported(name)
+    stage = STAGE[family(name)]
+    assert graph.stages[stage].depth == 2 and graph.stages[stage].prefix == ""
+    assert {f"{stage}.1.add", f"{stage}.1.add_1"} <= set(graph.node_map)
+    kwargs = {"stage": stage} | ({"mode": "interpolate"} if grow == "stack_blocks" else {})
+    grown = grows_exactly(graph, grow, kwargs)
+    depth = 3 if grow == "insert_block" else 4
+    assert grown.stages[stage].depth == depth
+    assert f"{stage}.{depth - 1}.add_1" in grown.node_map
 
 
 # ---- what is refused ------------------------------------------------------------------------

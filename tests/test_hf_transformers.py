@@ -121,9 +121,9 @@ def test_growth_on_hugging_face_models_is_exact(name: str, pass_name: str, kwarg
     grows_exactly(BERT_GRAPH if name == "bert" else GRAPHS[name], pass_name, kwargs)
 
 
-def grows_exactly(graph: Graph, pass_name: str, kwargs: dict) -> None:
+def grows_exactly(graph: Graph, pass_name: str, kwargs: dict) -> Graph:
     """Assert that the pass keeps ``graph``'s function (measured), keeps a tied head tied,
-    and that the grown graph exports to ONNX with parity."""
+    and that the grown graph exports to ONNX with parity; return the grown graph."""
     result = run(pass_name, graph, **kwargs)
     assert result.preserved, result.summary
     grown = result.graph
@@ -132,6 +132,7 @@ def grows_exactly(graph: Graph, pass_name: str, kwargs: dict) -> None:
     model = to_onnx(grown)
     check_model(model)
     assert check_parity(grown, model) <= TOL
+    return grown
 
 
 def test_bert_refuses_to_widen_the_hidden_state_it_returns() -> None:

@@ -1,8 +1,10 @@
 """Attention in an ONNX model found at its heads' core and imported as one ``attention``.
 
-The anchor is a ``Softmax`` over the last axis of 4-D scores between two ``MatMul``\\ s:
-``Softmax(MatMul(q, k^T) * scale [+ mask]) @ v`` (what ``torch.onnx.export`` writes for
-Hugging Face's eager and SDPA attention alike). From the core the walk goes back from q,
+The anchor is a ``Softmax`` over the last axis of 4-D (or, grouped-query, 5-D) scores
+between two ``MatMul``\\ s: ``Softmax(MatMul(q, k^T) * scale [+ masks]) @ v`` (what
+``torch.onnx.export`` writes for Hugging Face's eager and SDPA attention alike, and
+``to_onnx`` for grow-ir's, its scale folded into the in-projection's stored weights, small
+heads multiplied as ``v^T @ p^T``). From the core the walk goes back from q,
 k^T and v through what rearranges heads (``Reshape``, ``Transpose``, ``Split``,
 ``Unsqueeze``/``Expand`` of grouped keys…) and what rotates them (rotary embedding:
 ``Mul``, ``Add``, ``Neg``, ``Concat``, ``Slice`` with constant tables) to the projections
@@ -16,7 +18,10 @@ evaluation run, else the construct is left to the per-op rules with its reason.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 import torch
@@ -30,18 +35,19 @@ from grow_ir.imports.onnx_patterns import (
     core,
     projection_ending_at,
     region_name,
+    stored_rows,
     tensor,
     where,
 )
 from grow_ir.imports.torch_attention import mask_causal
-from grow_ir.imports.torch_patterns import fits
+from grow_ir.imports.torch_patterns import first_fits
 from grow_ir.imports.torch_rules import Unsupported
 from grow_ir.imports.torch_values import RUNS
 
 _LAYOUT = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Expand", "Identity"})
 """Ops that move head values without computing."""
 
-_ROTARY = frozenset({"Mul", "Add", "Neg", "Concat", "Slice"})
+_ROTARY = frozenset({"Mul", "Add", "Neg", "Concat", "Slice", "Split"})
 """What rotary embedding computes with (its tables are constants)."""
 
 _ELEMENTWISE = frozenset({"Mul", "Add", "Neg", "Concat"})
@@ -58,55 +64,93 @@ class _Side:
 
 def attention_regions(model: Model, found: Found) -> None:
     """One ``attention`` region per Softmax between two MatMuls that is grow-ir's
-    attention; a fallback line naming the node for each that is not."""
+    attention; a fallback line naming the node for each that is not. Every candidate
+    node is checked by value, all in one lowering (:func:`first_fits`)."""
+    pending: list[tuple[onnx.NodeProto, Region, list[dict[str, Any]]]] = []
     for i, n in enumerate(model.graph.node):
         if n.op_type != "Softmax":
             continue
         try:
-            region = _attention(model, i)
+            shell = _attention(model, i)
         except Unsupported as exc:
-            what = f"attention (MatMul, Softmax, MatMul) not recognised: {exc.reason}"
-            found.fallbacks.append((where(n), what))
+            found.fallbacks.append((where(n), f"{_NOT_ATTENTION}: {exc.reason}"))
             continue
-        if region is not None:
-            found.regions.append(region)
+        if shell is not None:
+            pending.append((n, *shell))
+    checks = [
+        (
+            [("attention", attrs, region.params) for attrs in tried],
+            model.runs(region.inputs, region.output),
+        )
+        for _, region, tried in pending
+    ]
+    for (n, region, tried), (k, problem) in zip(pending, first_fits(checks)):
+        if k is None:
+            why = f"is no grow-ir attention ({tried[0]}): {problem}"
+            found.fallbacks.append((where(n), f"{_NOT_ATTENTION}: {why}"))
+        else:
+            found.regions.append(dataclasses.replace(region, attrs=tried[k]))
+
+
+_NOT_ATTENTION = "attention (MatMul, Softmax, MatMul) not recognised"
 
 
 @dataclass(frozen=True)
 class _Core:
-    """The heads' part of one attention: q, k^T and v ``[N, H, L, D]`` values, the mask
-    value (or None), the score scale, the heads' output value and the nodes between."""
+    """The heads' part of one attention: q ``[N, H..., L, D]`` and k^T ``[N, H..., D, L]``
+    values (``H...``: the heads, or key-value heads and their groups), v (or v^T where the
+    weights are transposed before the product), the mask values added to the scores, the
+    score scale (None where the scores are not scaled), the heads' output value and the
+    nodes between."""
 
     q: str
     kt: str
     v: str
-    mask: str | None
-    scale: float
+    masks: tuple[str, ...]
+    scale: float | None
     out: str
     nodes: frozenset[int]
 
 
 def _core(model: Model, si: int) -> _Core | None:
-    """``Softmax(MatMul(q, k^T) * scale [+ mask]) @ v`` around the Softmax at node ``si``
-    (the scale perhaps split as ``sqrt(scale)`` on q and on k^T, a NaN guard after the
-    Softmax), or None when the Softmax is not the middle of one."""
+    """``Softmax(MatMul(q, k^T) * scale [+ masks]) @ v`` around the Softmax at node
+    ``si`` (the scale perhaps split as ``sqrt(scale)`` on q and on k^T, or folded into the
+    projections, a NaN guard after the Softmax, or the weights transposed and multiplied
+    from the left: ``v^T @ p^T``, as ``to_onnx`` lays out small heads), or None when the
+    Softmax is not the middle of one."""
     softmax = model.node(si)
     scores = softmax.input[0]
+    rank = len(model.shape(scores))
     axis = next((a.i for a in softmax.attribute if a.name == "axis"), -1)
-    if len(model.shape(scores)) != 4 or axis % 4 != 3:
+    if rank < 4 or axis % rank != rank - 1:
         return None
     weights, guard = softmax.output[0], _nan_guard(model, softmax.output[0])
     if guard is not None:
         weights = model.node(guard[-1]).output[0]
+    nodes = {si, *(guard or ())}
     mi = model.only_user(weights)
-    if mi is None or model.node(mi).op_type != "MatMul" or model.node(mi).input[0] != weights:
+    left = mi is not None and model.node(mi).op_type == "MatMul"
+    if left and model.node(mi).input[0] == weights:
+        v = model.node(mi).input[1]
+    elif mi is not None and _swaps_last(model.node(mi), rank):
+        nodes.add(mi)
+        swapped = model.node(mi).output[0]
+        mi = model.only_user(swapped)
+        if mi is None or model.node(mi).op_type != "MatMul" or model.node(mi).input[1] != swapped:
+            return None
+        v = model.node(mi).input[0]
+    else:
         return None
-    nodes = {si, mi, *(guard or ())}
-    mask = None
-    add = model.made_by(scores, "Add")
-    if add is not None:
+    nodes.add(mi)
+    masks = []
+    while (add := model.made_by(scores, "Add")) is not None:
         a, b = add.input
-        scores, mask = (a, b) if model.made_by(a, "Mul", "Div", "MatMul") else (b, a)
+        product = [v for v in (a, b) if model.made_by(v, "Mul", "Div", "MatMul")]
+        if product:  # the scores themselves, else the next mask added (a mask may be a sum)
+            scores = product[0]
+        else:
+            scores = a if model.made_by(a, "Add") else b
+        masks.append(b if scores == a else a)
         nodes.add(model.producer[add.output[0]])
     scale = None
     mul = model.made_by(scores, "Mul", "Div")
@@ -130,27 +174,39 @@ def _core(model: Model, si: int) -> _Core | None:
             scale = float(factors[0].reshape(())) * float(factors[1].reshape(()))
             nodes |= {model.producer[q], model.producer[kt]}
             q, kt = halves[0].input[0], halves[1].input[0]
-    if scale is None:
-        raise Unsupported("does not scale its scores (grow-ir: 1/sqrt(head_dim))")
-    v, out = model.node(mi).input[1], model.node(mi).output[0]
-    return _Core(q, kt, v, mask, scale, out, frozenset(nodes))
+    out = model.node(mi).output[0]
+    return _Core(q, kt, v, tuple(masks), scale, out, frozenset(nodes))
 
 
-def _attention(model: Model, si: int) -> Region | None:
+def _swaps_last(node: onnx.NodeProto, rank: int) -> bool:
+    """Whether ``node`` is a ``Transpose`` of a rank-``rank`` value that swaps its last
+    two axes."""
+    perm = [list(a.ints) for a in node.attribute if a.name == "perm"]
+    swapped = [*range(rank - 2), rank - 1, rank - 2]
+    return node.op_type == "Transpose" and perm == [swapped]
+
+
+def _attention(model: Model, si: int) -> tuple[Region, list[dict[str, Any]]] | None:
+    """The attention region around the Softmax at node ``si`` and the attributes its
+    node might have (rotary: each candidate ``rope_theta``), to be checked by value;
+    None when the Softmax is no attention's core; raises Unsupported saying why one is
+    not grow-ir's attention."""
     found = _core(model, si)
     if found is None:
         return None
-    q, kt, v, scale, nodes = found.q, found.kt, found.v, found.scale, set(found.nodes)
-    _, heads, _, dim = model.shape(q)
-    check_scale(scale, dim)
+    q, kt, v, nodes = found.q, found.kt, found.v, set(found.nodes)
+    shape = model.shape(q)
+    heads, dim = math.prod(shape[1:-2]), shape[-1]
     sides = {
         role: _trace_back(model, value, role) for role, value in (("q", q), ("k", kt), ("v", v))
     }
+    scale, sides = _scale(model, found.scale, sides)
+    check_scale(scale, dim)
     check_sides(sides, heads, dim)
     x = sides["q"].proj.x
     out_nodes, out_proj = _trace_forward(model, found.out)
     x, out, swaps = _batch_first(model, x, out_proj.out)
-    causal, pad = _mask(model, found.mask, q, v)
+    causal, pad = _mask(model, found.masks, q, kt)
     width = model.shape(x)[-1]
     attrs, params = attention_node(sides, out_proj, heads, dim, width, causal)
     nodes |= out_nodes | swaps
@@ -174,14 +230,36 @@ def _attention(model: Model, si: int) -> Region | None:
     thetas = [None]
     if sides["q"].tables:
         thetas = _thetas(model, sides["q"].tables + sides["k"].tables, dim)
-    problem = None
-    for theta in thetas:
-        tried = attrs if theta is None else {**attrs, "rope_theta": theta}
-        problem = fits("attention", tried, params, model.runs(inputs, out))
-        if problem is None:
-            name = region_name(model, {model.producer[found.out]}, out_proj.weight_init)
-            return Region(name, frozenset(nodes), out, inputs, "attention", tried, params)
-    raise Unsupported(f"is no grow-ir attention ({attrs}): {problem}")
+    tried = [attrs if theta is None else {**attrs, "rope_theta": theta} for theta in thetas]
+    name = region_name(model, {model.producer[found.out]}, out_proj.weight_init)
+    return Region(name, frozenset(nodes), out, inputs, "attention", attrs, params), tried
+
+
+def _scale(
+    model: Model, scale: float | None, sides: dict[str, _Side]
+) -> tuple[float | None, dict[str, _Side]]:
+    """The score scale and the sides to build the node from: where the file multiplies
+    the projections' stored weights (and biases) by a constant per row (``to_onnx``
+    folds the query scale into the in-projection), the scale is the product of the q
+    and k rows' factors (each one number) and the sides hold the stored values; v's rows
+    must be unscaled. Otherwise ``scale`` and ``sides`` as they are; refused when there
+    is no scale at all."""
+    stored = {role: stored_rows(model, s.proj) for role, s in sides.items()}
+    factors = {}
+    for role, hit in stored.items():
+        if hit is not None:
+            rows = hit[1][sides[role].rows]
+            factors[role] = float(rows[0]) if bool((rows == rows[0]).all()) else None
+    if stored["q"] is not None and None not in factors.values() and factors.get("v", 1.0) == 1.0:
+        folded = factors.get("q", 1.0) * factors.get("k", 1.0)
+        scale = folded if scale is None else scale * folded
+        sides = {
+            role: s if stored[role] is None else dataclasses.replace(s, proj=stored[role][0])
+            for role, s in sides.items()
+        }
+    if scale is None:
+        raise Unsupported("does not scale its scores (grow-ir: 1/sqrt(head_dim))")
+    return scale, sides
 
 
 def _batch_first(model: Model, x: str, out: str) -> tuple[str, str, set[int]]:
@@ -221,45 +299,66 @@ def _nan_guard(model: Model, weights: str) -> tuple[int, int] | None:
 
 
 def _rows(model: Model, value: str) -> tuple[Projection, slice, set[int]] | None:
-    """A projection ending at ``value``, or one part of one split along its last axis."""
+    """A projection ending at ``value``, or one part of one split along its last axis,
+    or one part split off (or picked by :func:`_picked_rows`) along another axis of a
+    value the projection's output is laid out into."""
     p = projection_ending_at(model, value)
     if p is not None:
         return p, slice(0, int(p.weight.shape[0])), set()
     split = model.made_by(value, "Split")
     if split is None:
         return _picked_rows(model, value)
-    p = projection_ending_at(model, split.input[0])
     axis = next((a.i for a in split.attribute if a.name == "axis"), 0)
-    if p is None or axis % len(model.shape(split.input[0])) != len(model.shape(p.out)) - 1:
-        return None
+    rank = len(model.shape(split.input[0]))
     sizes = [model.shape(o)[axis] for o in split.output]
     index = list(split.output).index(value)
     start = sum(sizes[:index])
-    return p, slice(start, start + sizes[index]), {model.producer[value]}
+    p = projection_ending_at(model, split.input[0])
+    if p is not None:
+        if axis % rank != len(model.shape(p.out)) - 1:
+            return None
+        return p, slice(start, start + sizes[index]), {model.producer[value]}
+    if axis % rank == rank - 1:  # the halves of a head (rotary), not parts of the heads
+        return None
+    return _part_rows(
+        model, split.input[0], start, sizes[index], sum(sizes), {model.producer[value]}
+    )
 
 
 def _picked_rows(model: Model, value: str) -> tuple[Projection, slice, set[int]] | None:
     """One part picked by a constant index (``Gather`` on axis 0) from a projection whose
     last axis is reshaped into parts and moved first (``nn.MultiheadAttention``'s packed
-    q, k, v): part ``k`` of ``P`` holds rows ``k*E/P .. (k+1)*E/P``; the region's check by
-    value decides whether the layout ops in between really do that."""
+    q, k, v)."""
     gather = model.made_by(value, "Gather")
     if gather is None or next((a.i for a in gather.attribute if a.name == "axis"), 0) != 0:
         return None
     index = model.const(gather.input[1])
     if index is None or index.size != 1:
         return None
-    nodes, source = {model.producer[value]}, gather.input[0]
-    parts = model.shape(source)[0]
+    parts = model.shape(gather.input[0])[0]
+    k = int(index.reshape(())) % parts
+    return _part_rows(model, gather.input[0], k, 1, parts, {model.producer[value]})
+
+
+def _part_rows(
+    model: Model, source: str, start: int, size: int, total: int, nodes: set[int]
+) -> tuple[Projection, slice, set[int]] | None:
+    """Parts ``start .. start + size`` of ``total`` along an axis of ``source``, which
+    layout ops (:data:`_LAYOUT`) make of a projection's output: the same fraction of the
+    projection's rows (part ``k`` of ``P`` holds rows ``k*R/P .. (k+1)*R/P``); the
+    region's check by value decides whether the layout ops in between really do that."""
+    nodes = set(nodes)
     while (p := projection_ending_at(model, source)) is None:
         n = model.made_by(source, *_LAYOUT)
         if n is None:
             return None
         nodes.add(model.producer[source])
         source = n.input[0]
-    width = int(p.weight.shape[0]) // parts
-    k = int(index.reshape(())) % parts
-    return p, slice(k * width, (k + 1) * width), nodes
+    rows = int(p.weight.shape[0])
+    if (rows * start) % total or (rows * size) % total:
+        return None
+    first = rows * start // total
+    return p, slice(first, first + rows * size // total), nodes
 
 
 def _trace_back(model: Model, start: str, role: str) -> _Side:
@@ -299,7 +398,12 @@ def _trace_forward(model: Model, heads: str) -> tuple[set[int], Projection]:
     nodes: set[int] = set()
     value = heads
     while True:
-        i = model.only_user(value)
+        users = [
+            u
+            for u in model.consumers.get(value, [])
+            if u < 0 or model.node(u).op_type != "Shape"  # a Shape reads no value
+        ]
+        i = users[0] if len(users) == 1 and users[0] >= 0 else None
         if i is None:
             raise Unsupported("gives its heads to several ops (grow-ir: one projection)")
         n = model.node(i)
@@ -322,34 +426,45 @@ def _merged_projection(model: Model, i: int) -> Projection | None:
     flattened to a matrix), with the reshape after it that restores ``[N, L, E]`` when it
     gives a matrix."""
     try:
-        x, w, b, nodes, out, init = core(model, i)
+        x, w, b, nodes, out, init, b_value = core(model, i)
     except LookupError:
         return None
     j = model.only_user(out)
     if len(model.shape(out)) == 2 and j is not None and model.node(j).op_type == "Reshape":
         nodes, out = nodes | {j}, model.node(j).output[0]
     bias = None if b is None else tensor(b)
-    return Projection(x, tensor(w), bias, frozenset(nodes), out, init)
+    return Projection(x, tensor(w), bias, frozenset(nodes), out, init, b_value)
 
 
-def _mask(model: Model, mask: str | None, q: str, v: str) -> tuple[bool, str | None]:
-    if mask is None:
+def _mask(model: Model, masks: tuple[str, ...], q: str, kt: str) -> tuple[bool, str | None]:
+    """``(causal, key padding input)`` of the masks added to the scores (their sum, by
+    value on every run; several heads' axes, as in grouped-query scores, are one)."""
+    if not masks:
         return False, None
     ev = model.evaluation
-    deps = ev.depends.get(mask, frozenset())
+    deps = frozenset().union(*(ev.depends.get(m, frozenset()) for m in masks))
     pad = None
     if len(deps) > 1:
         raise Unsupported(f"builds its mask from {len(deps)} inputs (grow-ir: one padding mask)")
+    shape = model.shape(q)
     if deps:
         (pad,) = deps
-        n, _, length, _ = model.shape(q)
-        if model.shape(pad) != (n, length):
+        if model.shape(pad) != (shape[0], shape[-2]):
             raise Unsupported(f"builds its mask from input '{pad}', which is not [N, L]")
-    masks = [ev.value(mask, r) for r in range(RUNS)]
-    queries = [tuple(ev.value(q, r).shape) for r in range(RUNS)]
-    keys = [int(ev.value(v, r).shape[2]) for r in range(RUNS)]
+    values, queries, keys = [], [], []
+    for r in range(RUNS):
+        qs, lk = tuple(ev.value(q, r).shape), int(ev.value(kt, r).shape[-1])
+        value = ev.value(masks[0], r)
+        if len(masks) > 1 or len(qs) > 4:
+            for m in masks[1:]:
+                value = value + ev.value(m, r)
+            full = torch.broadcast_shapes(value.shape, (*qs[:-1], lk))
+            value = value.expand(full).reshape(full[0], -1, full[-2], full[-1])
+        values.append(value)
+        queries.append((qs[0], math.prod(qs[1:-2]), qs[-2], qs[-1]))
+        keys.append(lk)
     pads = None if pad is None else [ev.value(pad, r) for r in range(RUNS)]
-    return mask_causal(masks, queries, keys, pads), pad
+    return mask_causal(values, queries, keys, pads), pad
 
 
 def _table(model: Model, value: str) -> bool:

@@ -9,11 +9,15 @@ head, positions built from the shapes) are found first by evaluating the file
 (:mod:`grow_ir.imports.onnx_regions`), and what only they read is not imported. Layers
 are named after their weight initializers (``layer1.0.conv1.weight`` gives node
 ``layer1.0.conv1``, so files that ``to_onnx`` and ``torch.onnx.export`` write keep the
-module names); stateless nodes after their output value.
+module names); stateless nodes as ``from_torch`` names them where the file records module
+scopes (``transformer.h.0.add``), after the IR node in a file grow-ir wrote, else after
+their output value. Numbered blocks that are copies of one block become a stage
+(:func:`~grow_ir.imports.torch_stages.numbered_stages`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +28,16 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from grow_ir.backends.onnx import PRODUCER
 from grow_ir.errors import CheckFailed, GrowError, ShapeError
 from grow_ir.imports.builder import GraphBuilder, folded_axes, ident
-from grow_ir.imports.onnx_patterns import Region
+from grow_ir.imports.onnx_patterns import Region, float32_decimal, scope
 from grow_ir.imports.onnx_pooling import averaging_matmul, gathered_pooling
 from grow_ir.imports.onnx_regions import find_regions
 from grow_ir.imports.onnx_shapes import Dims, dims_rule, expand_rule, range_rule, shape
+from grow_ir.imports.onnx_values import Evaluation
 from grow_ir.imports.torch_rules import KeptMean, Unsupported, split_axis
+from grow_ir.imports.torch_stages import numbered_stages
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.types import TensorType
 
@@ -61,9 +68,9 @@ def from_onnx(model: str | Path | onnx.ModelProto, *, check: bool = True) -> Gra
         GrowError: the file cannot be read or is not a valid ONNX model.
     """
     proto, label = _load(model)
-    graph = _convert(proto, label)
+    graph, evaluation = _convert(proto, label)
     if check:
-        _check(graph, proto)
+        _check(graph, proto, evaluation)
     return graph
 
 
@@ -92,6 +99,8 @@ class _Context:
     env: dict[str, str | KeptMean] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)  # ids of nodes a pattern already consumed
     reshaped: dict[str, str] = field(default_factory=dict)  # a reshape node -> its input
+    leaves: frozenset[str] = frozenset()  # stateless leaf modules (see _leaf_scopes)
+    ours: bool = False  # written by grow-ir's to_onnx
 
     def value(self, name: str) -> str:
         if name in self.consts:
@@ -118,6 +127,17 @@ class _Context:
             bound.type(self.builder) if isinstance(bound, KeptMean) else self.builder.types[bound]
         )
 
+    @functools.cached_property
+    def producers(self) -> dict[str, onnx.NodeProto]:
+        """Value name -> the node computing it."""
+        return {o: n for n in self.model.graph.node for o in n.output if o}
+
+    def hint(self, value: str, op: str) -> str:
+        """A name for the stateless ``op`` node computing ONNX value ``value`` (see
+        :func:`_hint`)."""
+        node = self.producers.get(value)
+        return value if node is None else _hint(self, node, op)
+
     def only_consumer(self, output: str) -> onnx.NodeProto | None:
         users = self.consumers.get(output, [])
         return users[0] if len(users) == 1 else None
@@ -125,11 +145,6 @@ class _Context:
 
 def _text(v: str | bytes) -> str:
     return v.decode() if isinstance(v, bytes) else v
-
-
-def _float32(v: float) -> float:
-    """The shortest decimal of a float32 attribute (1e-05, not 9.99999974e-06)."""
-    return float(str(np.float32(v)))
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -146,7 +161,8 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(a, copy=True))
 
 
-def _convert(proto: onnx.ModelProto, label: str) -> Graph:
+def _convert(proto: onnx.ModelProto, label: str) -> tuple[Graph, Evaluation | None]:
+    """The graph, and the evaluation of the file its regions were found by (if any)."""
     g = proto.graph
     consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     for node in g.node:
@@ -157,8 +173,15 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
     for node in g.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
-    ctx = _Context(builder=builder, consts=consts, consumers=consumers, model=proto)
-    found, live = find_regions(proto, consts, set(RULES))
+    ctx = _Context(
+        builder=builder,
+        consts=consts,
+        consumers=consumers,
+        model=proto,
+        leaves=_leaf_scopes(g),
+        ours=proto.producer_name == PRODUCER,
+    )
+    found, live, evaluation = find_regions(proto, consts, set(RULES))
     regions = {r.output: r for r in found.regions}
     claimed = found.claimed
     for inp in g.input:
@@ -206,7 +229,8 @@ def _convert(proto: onnx.ModelProto, label: str) -> Graph:
         if isinstance(bound, KeptMean):
             bound = bound.kept(builder)
         outputs[ident(out.name)] = bound
-    return builder.finish(outputs, Path(label).stem if g.name == "" else g.name)
+    graph = builder.finish(outputs, Path(label).stem if g.name == "" else g.name)
+    return numbered_stages(graph), evaluation
 
 
 def _found(
@@ -258,10 +282,43 @@ def _vtype(info: onnx.ValueInfoProto) -> TensorType:
 Rule = Callable[[_Context, onnx.NodeProto], None]
 
 
+def _hint(ctx: _Context, node: onnx.NodeProto, op: str) -> str:
+    """A stateless node's name, as ``from_torch`` names it (so that the blocks of a
+    module list have the same local names): the path of the module the file records for
+    ``node`` when that is a leaf module without parameters (``model.layers.0.mlp.act_fn``),
+    else ``SCOPE.OP`` inside it (``transformer.h.0.add``); its output value's name in a
+    file that records no module; in a file grow-ir wrote, the IR node it lowers."""
+    if ctx.ours and node.name:  # the IR node it lowers (a graph output names the value)
+        return node.name.split("/")[0]
+    path = scope(node)
+    if not path:
+        return node.output[0]
+    return path if path in ctx.leaves else f"{path}.{op}"
+
+
+def _part_hint(ctx: _Context, node: onnx.NodeProto, op: str, i: int, parts: int) -> str:
+    """The name of part ``i`` of ``parts`` IR nodes that one ONNX node becomes: the last
+    is named as :func:`_hint` says, the others after it with ``_i`` (or, inside a
+    recorded module, uniquified alike)."""
+    if scope(node) or i == parts - 1:
+        return _hint(ctx, node, op)
+    return f"{node.output[0]}_{i}"
+
+
+def _leaf_scopes(g: onnx.GraphProto) -> frozenset[str]:
+    """The module paths the file records that hold no other recorded module and no
+    initializer (stateless leaf modules: an activation, a dropout)."""
+    paths = {scope(n) for n in g.node} - {""}
+    inits = [i.name for i in g.initializer]
+    inner = {p for p in paths if any(q.startswith(p + ".") for q in paths)}
+    held = {p for p in paths if any(name.startswith(p + ".") for name in inits)}
+    return frozenset(paths - inner - held)
+
+
 def _bind_add(
     ctx: _Context, node: onnx.NodeProto, op: str, inputs: list[str], attrs=None, **layer: Any
 ) -> str:
-    hint = layer.pop("hint", None) or node.output[0]
+    hint = layer.pop("hint", None) or _hint(ctx, node, op)
     name = ctx.builder.add(op, inputs, hint, attrs, **layer)
     ctx.env[node.output[0]] = name
     return name
@@ -440,9 +497,9 @@ def _batchnorm(ctx: _Context, node: onnx.NodeProto) -> None:
         "running_var": _tensor(var),
         "num_batches_tracked": torch.tensor(0, dtype=torch.int64),
     }
-    attrs: dict[str, Any] = {"eps": _float32(a.get("epsilon", 1e-5))}
+    attrs: dict[str, Any] = {"eps": float32_decimal(a.get("epsilon", 1e-5))}
     if "momentum" in a:  # ONNX's momentum weighs the old statistics, PyTorch's the new
-        attrs["momentum"] = _float32(1.0 - a["momentum"])
+        attrs["momentum"] = float32_decimal(1.0 - a["momentum"])
     _bind_add(ctx, node, "batchnorm", [x], attrs, params=params, hint=_layer_name(node.input[3]))
 
 
@@ -457,7 +514,7 @@ def _layernorm(ctx: _Context, node: onnx.NodeProto) -> None:
     params = {"weight": _tensor(scale)}
     if bias is not None:
         params["bias"] = _tensor(bias)
-    attrs = {"eps": _float32(a.get("epsilon", 1e-5)), "bias": bias is not None}
+    attrs = {"eps": float32_decimal(a.get("epsilon", 1e-5)), "bias": bias is not None}
     _bind_add(ctx, node, "layernorm", [x], attrs, params=params, hint=_layer_name(node.input[1]))
 
 
@@ -537,7 +594,7 @@ def _sigmoid(ctx: _Context, node: onnx.NodeProto) -> None:
         and set(mul.input) == {node.input[0], node.output[0]}
     ):
         ctx.done.add(id(mul))
-        name = ctx.builder.add("silu", [ctx.value(node.input[0])], mul.output[0])
+        name = ctx.builder.add("silu", [ctx.value(node.input[0])], _hint(ctx, mul, "silu"))
         ctx.env[mul.output[0]] = name
         return
     _bind_add(ctx, node, "sigmoid", [ctx.value(node.input[0])])
@@ -574,7 +631,7 @@ def _pool(op: str) -> Rule:
 
 
 def _global_avgpool(ctx: _Context, node: onnx.NodeProto) -> None:
-    ctx.env[node.output[0]] = KeptMean(ctx.value(node.input[0]), node.output[0])
+    ctx.env[node.output[0]] = KeptMean(ctx.value(node.input[0]), ctx.hint(node.output[0], "mean"))
 
 
 def _reduce_mean(ctx: _Context, node: onnx.NodeProto) -> None:
@@ -590,7 +647,9 @@ def _reduce_mean(ctx: _Context, node: onnx.NodeProto) -> None:
         _bind_add(ctx, node, "mean", [ctx.value(node.input[0])], attrs)
         return
     if a.get("keepdims", 1):
-        ctx.env[node.output[0]] = KeptMean(ctx.value(node.input[0]), node.output[0])
+        ctx.env[node.output[0]] = KeptMean(
+            ctx.value(node.input[0]), ctx.hint(node.output[0], "mean")
+        )
     elif a.get("keepdims", 1):
         raise Unsupported("keeps the axis of a 1-d mean")
     else:
@@ -731,7 +790,7 @@ def _unsqueeze(ctx: _Context, node: onnx.NodeProto) -> None:
     axes = _axes_of(ctx, node, ctx.type(node.input[0]).rank + 1) or []
     value = ctx.value(node.input[0])
     for i, axis in enumerate(axes):
-        hint = node.output[0] if i == len(axes) - 1 else f"{node.output[0]}_{i}"
+        hint = _part_hint(ctx, node, "unsqueeze", i, len(axes))
         value = ctx.builder.add("unsqueeze", [value], hint, {"dim": axis})
     ctx.env[node.output[0]] = value
 
@@ -787,8 +846,9 @@ def _slice(ctx: _Context, node: onnx.NodeProto) -> None:
         size = x.shape[int(axis) % x.rank]
         stop = None if isinstance(size, int) and int(end) >= size else int(end)
         attrs = {"dim": int(axis), "start": int(start), "end": stop, "step": int(step)}
-        hint = node.output[0] if i == len(cuts) - 1 else f"{node.output[0]}_{i}"
-        value = ctx.builder.add("slice", [value], hint, attrs)
+        value = ctx.builder.add(
+            "slice", [value], _part_hint(ctx, node, "slice", i, len(cuts)), attrs
+        )
     ctx.env[node.output[0]] = value
 
 
@@ -840,8 +900,10 @@ RULES: dict[str, Rule] = {
     "Clip": _clip,
     "HardSwish": _unary("hardswish"),
     "HardSigmoid": _hard_sigmoid,
-    "LeakyRelu": _unary("leaky_relu", negative_slope=lambda a: _float32(a.get("alpha", 0.01))),
-    "Elu": _unary("elu", alpha=lambda a: _float32(a.get("alpha", 1.0))),
+    "LeakyRelu": _unary(
+        "leaky_relu", negative_slope=lambda a: float32_decimal(a.get("alpha", 0.01))
+    ),
+    "Elu": _unary("elu", alpha=lambda a: float32_decimal(a.get("alpha", 1.0))),
     "Sigmoid": _sigmoid,
     "Gelu": _unary("gelu", approximate=lambda a: _text(a.get("approximate", "none"))),
     "Softmax": _softmax,
@@ -872,7 +934,9 @@ RULES: dict[str, Rule] = {
 """ONNX op type -> rule."""
 
 
-def _check(graph: Graph, proto: onnx.ModelProto) -> None:
+def _check(graph: Graph, proto: onnx.ModelProto, evaluation: Evaluation | None) -> None:
+    """Raise CheckFailed unless ``graph`` computes the file's outputs on random inputs
+    (the file run by the session that evaluated it, else by a new one)."""
     import onnxruntime as ort
 
     from grow_ir.backends.torch import to_torch
@@ -882,9 +946,13 @@ def _check(graph: Graph, proto: onnx.ModelProto) -> None:
     names = [
         i.name for i in proto.graph.input if i.name not in {x.name for x in proto.graph.initializer}
     ]
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     feed = {n: inputs[g].numpy() for n, g in zip(names, graph.inputs)}
-    want = session.run(None, feed)
+    if evaluation is not None:
+        want = evaluation.run([o.name for o in proto.graph.output], feed)
+    else:
+        options = ["CPUExecutionProvider"]
+        session = ort.InferenceSession(proto.SerializeToString(), providers=options)
+        want = session.run(None, feed)
     with torch.no_grad():
         got = to_torch(graph).eval()(**inputs)
     got_list = list(got.values()) if isinstance(got, dict) else [got]

@@ -9,14 +9,16 @@ transposed copy of the table. A :class:`Region` names the ONNX nodes it replaces
 values it reads and the IR node that computes what they compute; each is accepted only
 after that node, run on onnxruntime's values of its inputs (:mod:`onnx_values`, every
 run), gives onnxruntime's value of its output within the import tolerance
-(:func:`~grow_ir.imports.torch_patterns.fits`, shared with ``from_torch``). Nodes are
-named after the module path the exporter records (``pkg.torch.onnx.name_scopes``) when
-the file has it, else after their weight initializer.
+(:func:`~grow_ir.imports.torch_patterns.first_fits`, shared with ``from_torch``: the
+candidates of every region of one kind lowered together, once). Nodes are named after the
+module path the exporter records (``pkg.torch.onnx.name_scopes``) when the file has it,
+after the IR node in a file grow-ir wrote, else after their weight initializer.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ import onnx
 import torch
 
 from grow_ir.imports.onnx_values import Evaluation
-from grow_ir.imports.torch_patterns import fit_candidates, fits
+from grow_ir.imports.torch_patterns import Candidate, first_fits, fit_candidates, fits
 from grow_ir.imports.torch_values import RUNS
 
 
@@ -89,11 +91,21 @@ def identity_reshapes(model: Model, found: Found) -> None:
 
 @dataclass(frozen=True)
 class Model:
-    """What the patterns read: the file's graph, its constants and the evaluation."""
+    """What the patterns read: the file's graph, its constants and the evaluation;
+    ``ours`` when grow-ir's ``to_onnx`` wrote the file (its node names say which IR node
+    each ONNX node lowers: ``attn/scores`` is part of ``attn``)."""
 
     graph: onnx.GraphProto
     consts: Mapping[str, np.ndarray]
     evaluation: Evaluation
+    ours: bool = False
+
+    def scope(self, node: onnx.NodeProto) -> str:
+        """The module path the exporter recorded for ``node`` (:func:`scope`); in a file
+        grow-ir wrote, the IR node it lowers (its name up to the first ``/``)."""
+        if self.ours:
+            return node.name.split("/")[0]
+        return scope(node)
 
     @functools.cached_property
     def producer(self) -> dict[str, int]:
@@ -142,12 +154,24 @@ def scope(node: onnx.NodeProto) -> str:
     '' when the file records none (or the node ran in the root module)."""
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = ast.literal_eval(prop.value)
-            except (ValueError, SyntaxError):
-                return ""
-            return str(scopes[-2]) if len(scopes) >= 2 else ""
+            return _module_path(prop.value)
     return ""
+
+
+@functools.lru_cache(maxsize=4096)
+def _module_path(scopes_text: str) -> str:
+    """The module path in the text of a ``name_scopes`` list (parsed once per text: the
+    patterns ask for a node's scope many times)."""
+    try:
+        scopes = ast.literal_eval(scopes_text)
+    except (ValueError, SyntaxError):
+        return ""
+    return str(scopes[-2]) if len(scopes) >= 2 else ""
+
+
+def float32_decimal(v: float) -> float:
+    """The shortest decimal of a float32 number (1e-05, not 9.99999974e-06)."""
+    return float(str(np.float32(v)))
 
 
 def layer_name(init: str) -> str:
@@ -183,12 +207,15 @@ class Projection:
     nodes: frozenset[int]
     out: str
     weight_init: str
+    bias_value: str | None = None
 
 
-def core(model: Model, i: int) -> tuple[str, np.ndarray, np.ndarray | None, set[int], str, str]:
+def core(
+    model: Model, i: int
+) -> tuple[str, np.ndarray, np.ndarray | None, set[int], str, str, str | None]:
     """A Gemm or MatMul with a constant matrix at node ``i`` (and the bias ``Add`` after a
-    MatMul): ``(x, weight [out, in], bias, nodes, output value, weight init)``; raises
-    LookupError when node ``i`` is none."""
+    MatMul): ``(x, weight [out, in], bias, nodes, output value, weight value, bias value)``;
+    raises LookupError when node ``i`` is none."""
     n = model.node(i)
     if n.op_type == "Gemm":
         a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
@@ -201,20 +228,28 @@ def core(model: Model, i: int) -> tuple[str, np.ndarray, np.ndarray | None, set[
         weight = w if a.get("transB", 0) else w.T
         if b is not None and b.shape != (weight.shape[0],):
             raise LookupError
-        return n.input[0], weight, b, {i}, n.output[0], n.input[1]
+        return (
+            n.input[0],
+            weight,
+            b,
+            {i},
+            n.output[0],
+            n.input[1],
+            n.input[2] if b is not None else None,
+        )
     if n.op_type == "MatMul":
         w = model.const(n.input[1])
         if w is None or w.ndim != 2:
             raise LookupError
-        nodes, out, b = {i}, n.output[0], None
+        nodes, out, b, b_value = {i}, n.output[0], None, None
         j = model.only_user(out)
         if j is not None and model.node(j).op_type == "Add":
             add = model.node(j)
             other = add.input[1] if add.input[0] == out else add.input[0]
             bias = model.const(other)
             if bias is not None and bias.shape == (w.shape[1],):
-                nodes, out, b = {i, j}, add.output[0], bias
-        return n.input[0], w.T, b, nodes, out, n.input[1]
+                nodes, out, b, b_value = {i, j}, add.output[0], bias, other
+        return n.input[0], w.T, b, nodes, out, n.input[1], b_value
     raise LookupError
 
 
@@ -223,7 +258,7 @@ def projection(model: Model, i: int) -> Projection | None:
     with the reshapes around it that flatten ``x`` to a matrix and restore its leading
     axes after (``Conv1D``'s ``view``, ``addmm``, ``view``), else None."""
     try:
-        x, w, b, nodes, out, init = core(model, i)
+        x, w, b, nodes, out, init, b_value = core(model, i)
     except LookupError:
         return None
     nodes = set(nodes)
@@ -245,7 +280,55 @@ def projection(model: Model, i: int) -> Projection | None:
             x, out = src, after.output[0]
     if model.shape(out) != (*model.shape(x)[:-1], w.shape[0]) or x in model.consts:
         return None
-    return Projection(x, tensor(w), None if b is None else tensor(b), frozenset(nodes), out, init)
+    bias = None if b is None else tensor(b)
+    return Projection(x, tensor(w), bias, frozenset(nodes), out, init, b_value)
+
+
+def stored_rows(model: Model, p: Projection) -> tuple[Projection, torch.Tensor] | None:
+    """``(q, factors)`` when the file computes ``p``'s weight (and bias) from initializers
+    times a constant per output row (``to_onnx`` folds attention's query scale into the
+    in-projection so): ``q`` is ``p`` with the initializers' values, bitwise, and
+    ``factors`` ``[out]`` the rows' factors. None when it does not."""
+    weight = _stored(model, p.weight_init, p.weight)
+    if weight is None:
+        return None
+    w, f = weight
+    if not bool((f == f[:, :1]).all()):
+        return None
+    factors = f[:, 0]
+    bias = p.bias
+    if p.bias_value is not None:
+        stored_bias = _stored(model, p.bias_value, p.bias)
+        if stored_bias is not None:
+            if not torch.equal(stored_bias[1], factors):
+                return None
+            bias = stored_bias[0]
+        elif not bool((factors == 1).all()):
+            return None
+    return dataclasses.replace(p, weight=w, bias=bias), factors
+
+
+def _stored(
+    model: Model, value: str, want: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(stored, factor)``, laid out as ``want`` (``value`` or its transpose), with
+    ``stored * factor`` equal to ``want`` bitwise, when ``value`` is computed in the file
+    as ``Mul`` of an initializer by a constant, then perhaps transposed; else None."""
+    source = value
+    while (t := model.made_by(source, "Transpose")) is not None and t.input[0] in model.consts:
+        source = t.input[0]
+    mul = model.made_by(source, "Mul")
+    if mul is None or not all(v in model.consts for v in mul.input):
+        return None
+    if model.producer.get(mul.input[0]) is not None:  # the stored values: an initializer
+        return None
+    a, b = (model.consts[v] for v in mul.input)
+    stored, factor = tensor(a), tensor(np.broadcast_to(b, a.shape))
+    layouts = [(stored, factor)] + ([(stored.T, factor.T)] if stored.dim() == 2 else [])
+    for s, f in layouts:
+        if s.shape == want.shape and torch.equal(s * f, want):
+            return s.contiguous(), f.contiguous()
+    return None
 
 
 def projection_ending_at(model: Model, value: str) -> Projection | None:
@@ -268,7 +351,9 @@ def projection_ending_at(model: Model, value: str) -> Projection | None:
 
 
 def region_name(model: Model, nodes: frozenset[int] | set[int], init: str) -> str:
-    paths = {scope(model.node(i)) for i in nodes} - {""}
+    """The module path (or IR node) the region's nodes share, the shortest of several;
+    else the layer of initializer ``init``."""
+    paths = {model.scope(model.node(i)) for i in nodes} - {""}
     return min(paths, key=len) if paths else layer_name(init)
 
 
@@ -277,19 +362,22 @@ def linear_regions(model: Model, found: Found) -> None:
     flatten and restore its input's leading axes becomes one ``linear`` node on the
     unflattened value (GPT-2's ``Conv1D``)."""
     claimed = found.claimed
+    regions = []
     for i, n in enumerate(model.graph.node):
         if n.op_type not in ("Gemm", "MatMul") or i in claimed:
             continue
         p = projection(model, i)
         # a bare linear is the rules' (named after its initializer), unless the file
-        # names its module: the exporter's transposed copies have no name of their own
+        # records its module: the exporter's transposed copies have no name of their own
         if p is None or p.nodes & claimed or (len(p.nodes) < 3 and not scope(n)):
             continue
         params = {"weight": p.weight} | ({} if p.bias is None else {"bias": p.bias})
         attrs = {"out_features": int(p.weight.shape[0]), "bias": p.bias is not None}
         name = region_name(model, p.nodes, p.weight_init)
-        region = Region(name, p.nodes, p.out, (p.x,), "linear", attrs, params)
-        if fits("linear", attrs, params, model.runs((p.x,), p.out)) is None:
+        regions.append(Region(name, p.nodes, p.out, (p.x,), "linear", attrs, params))
+    checks = [([(r.op, r.attrs, r.params)], model.runs(r.inputs, r.output)) for r in regions]
+    for region, (k, _) in zip(regions, first_fits(checks)):  # verified in one lowering
+        if k is not None:
             found.regions.append(region)
 
 
@@ -325,7 +413,7 @@ def tied_head_regions(model: Model, found: Found) -> None:
             continue
         attrs = {"num_embeddings": int(w.shape[1]), "embedding_dim": int(w.shape[0])}
         embedding = Region(
-            scope(gather) or layer_name(table),
+            model.scope(gather) or layer_name(table),
             frozenset({same[0]}),
             gather.output[0],
             (gather.input[1],),
@@ -334,7 +422,7 @@ def tied_head_regions(model: Model, found: Found) -> None:
             {"weight": tensor(model.consts[table])},
         )
         head_attrs = {"out_features": int(w.shape[1]), "bias": False}
-        head_name = scope(n) or f"{layer_name(table)}_head"
+        head_name = model.scope(n) or f"{layer_name(table)}_head"
         head = Region(
             head_name,
             frozenset({i}),
@@ -359,18 +447,26 @@ def module_regions(model: Model, found: Found, has_rule: set[str]) -> None:
     claimed = found.claimed
     calls: dict[str, list[int]] = {}
     for i, n in enumerate(model.graph.node):
-        path = scope(n)
+        path = model.scope(n)
         if path and i not in claimed and n.op_type != "Constant":
             calls.setdefault(path, []).append(i)
-    for path, call in calls.items():
-        if all(model.node(i).op_type in has_rule for i in call):
-            continue
-        region = _fit(model, path, call)
-        if region is not None:
-            found.regions.append(region)
+    fits = [
+        fit
+        for path, call in calls.items()
+        if not all(model.node(i).op_type in has_rule for i in call)
+        and (fit := _fit(model, path, call)) is not None
+    ]
+    checks = [(candidates, model.runs(shell.inputs, shell.output)) for shell, candidates in fits]
+    for (shell, candidates), (k, _) in zip(fits, first_fits(checks)):  # one lowering
+        if k is not None:
+            op, attrs, params = candidates[k]
+            found.regions.append(dataclasses.replace(shell, op=op, attrs=attrs, params=params))
 
 
-def _fit(model: Model, path: str, call: list[int]) -> Region | None:
+def _fit(model: Model, path: str, call: list[int]) -> tuple[Region, list[Candidate]] | None:
+    """The region one module's call would be (its op still to be chosen) and the IR
+    nodes it might be; None when the call is no leaf-module shape (one value in, one
+    out, at most one weight)."""
     inside = set(call)
     made = {o for i in call for o in model.node(i).output}
     reads, weights, added = [], {}, []
@@ -386,17 +482,16 @@ def _fit(model: Model, path: str, call: list[int]) -> Region | None:
             elif c.ndim == 1 and c.size > 1 and n.op_type == "Mul":
                 weights[v] = c
             elif c.size == 1 and n.op_type == "Add":
-                added.append(float(c.reshape(())))
+                scalar = float(c.reshape(()))
+                added.append(float32_decimal(scalar) if c.dtype == np.float32 else scalar)
     outs = [o for o in made if any(u not in inside for u in model.consumers.get(o, []))]
     if len(reads) != 1 or len(outs) != 1 or len(weights) > 1:
         return None
     (x,), (out,) = reads, outs
     params = {"weight": tensor(next(iter(weights.values())))} if weights else {}
     width = model.shape(x)[-1]
-    for op, attrs, p in fit_candidates(width, params, added):
-        if fits(op, attrs, p, model.runs((x,), out)) is None:
-            return Region(path, frozenset(inside), out, (x,), op, attrs, p)
-    return None
+    candidates = list(fit_candidates(width, params, added))
+    return Region(path, frozenset(inside), out, (x,), "", {}), candidates
 
 
 # ---- positions ---------------------------------------------------------------------------------
@@ -441,7 +536,8 @@ def position_regions(model: Model, found: Found) -> None:
             if axis is None:
                 continue
             attrs = {"dim": axis, "batch_axis": batch_axis}
-            name = f"{scope(n)}.positions" if scope(n) else "positions"
+            path = model.scope(n)
+            name = path if model.ours else f"{path}.positions" if path else "positions"
             found.regions.append(Region(name, frozenset({i}), value, (x,), "positions", attrs))
 
 

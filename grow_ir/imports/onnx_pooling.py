@@ -192,7 +192,8 @@ def _bind_pool(ctx: _Context, value: str, size: list[int], output: str) -> None:
     if size == list(ctx.builder.types[value].shape[2:]):
         ctx.env[output] = value
     elif size == [1, 1]:
-        ctx.env[output] = KeptMean(value, output)
+        ctx.env[output] = KeptMean(value, ctx.hint(output, "mean"))
     else:
         attrs = {"output_size": size}  # a pair, as from_torch gives it
-        ctx.env[output] = ctx.builder.add("adaptive_avgpool2d", [value], output, attrs)
+        hint = ctx.hint(output, "adaptive_avgpool2d")
+        ctx.env[output] = ctx.builder.add("adaptive_avgpool2d", [value], hint, attrs)

@@ -23,41 +23,48 @@ from grow_ir.imports.onnx_patterns import (
     position_regions,
     tied_head_regions,
 )
-from grow_ir.imports.onnx_values import evaluate
+from grow_ir.imports.onnx_values import Evaluation, evaluate
 
 PATTERN_OPS = frozenset({"Softmax", "Gemm", "MatMul", "Pow", "Reciprocal", "Sqrt", "Split"})
 """Op types whose presence makes the import evaluate the model to look for regions (a
 file without them is imported by the per-op rules alone, with no onnxruntime run)."""
 
 
-FOLDED = frozenset({"Transpose"})
-"""Op types whose node, reading only constants, is folded to the constant it gives."""
+FOLDED = frozenset({"Transpose", "Mul"})
+"""Op types whose node, reading only constants, is folded to the constant it gives (the
+exporter's transposed copy of a weight; ``to_onnx``'s query scale folded into the
+in-projection, whose stored values :func:`~grow_ir.imports.onnx_patterns.stored_rows`
+reads back)."""
 
 
 def find_regions(
     proto: onnx.ModelProto, consts: dict[str, np.ndarray], has_rule: set[str]
-) -> tuple[Found, set[int]]:
-    """The regions found in ``proto`` (verified by value) and the indices of live nodes;
-    none when onnxruntime cannot evaluate the file. Adds to ``consts`` the transposes of
-    initializers (the exporter's copy of a weight it multiplies by, transposed)."""
+) -> tuple[Found, set[int], Evaluation | None]:
+    """The regions found in ``proto`` (verified by value), the indices of live nodes and
+    the evaluation they were found by (None where the file has no op of
+    :data:`PATTERN_OPS`); no regions when onnxruntime cannot evaluate the file. Adds to
+    ``consts`` what :data:`FOLDED` nodes of constants give."""
     g = proto.graph
     found = Found()
+    evaluation = None
     if {n.op_type for n in g.node} & PATTERN_OPS:
         try:
             evaluation = evaluate(proto, consts)
         except GrowError:  # a file onnxruntime cannot run: the per-op rules say why
-            return found, _live(g, found)
+            return found, _live(g, found), None
         for node in g.node:
             if node.op_type in FOLDED and all(i in consts for i in node.input):
                 consts[node.output[0]] = evaluation.value(node.output[0]).numpy()
-        model = Model(g, consts, evaluation)
+        from grow_ir.backends.onnx import PRODUCER
+
+        model = Model(g, consts, evaluation, ours=proto.producer_name == PRODUCER)
         attention_regions(model, found)
         tied_head_regions(model, found)
         linear_regions(model, found)
         module_regions(model, found, has_rule)
         position_regions(model, found)
         identity_reshapes(model, found)
-    return found, _live(g, found)
+    return found, _live(g, found), evaluation
 
 
 def _live(g: onnx.GraphProto, found: Found) -> set[int]:

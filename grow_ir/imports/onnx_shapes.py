@@ -146,7 +146,7 @@ def range_rule(ctx: _Context, node: onnx.NodeProto) -> None:
             ctx.done.add(id(after))
             attrs["batch_axis"] = True
             out = after.output[0]
-    ctx.env[out] = ctx.builder.add("positions", [value], out, attrs)
+    ctx.env[out] = ctx.builder.add("positions", [value], ctx.hint(out, "positions"), attrs)
 
 
 def expand_rule(ctx: _Context, node: onnx.NodeProto) -> None:

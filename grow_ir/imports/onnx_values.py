@@ -12,6 +12,7 @@ inputs each value depends on (a ``Shape`` reads none: its value is the shape's).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -41,10 +42,17 @@ class Evaluation:
     Attributes:
         runs: per run, value name -> tensor (graph inputs, initializers and node outputs).
         depends: value name -> names of the graph inputs it is computed from.
+        session: the onnxruntime session that computed them.
     """
 
     runs: list[dict[str, torch.Tensor]]
     depends: dict[str, frozenset[str]]
+    session: Any = None  # the onnxruntime session of the copy: runs the file again
+
+    def run(self, outputs: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The file's values ``outputs`` on ``feed`` (its graph inputs), from the session
+        that evaluated it (every node output of the copy is one of its outputs)."""
+        return self.session.run(outputs, feed)
 
     def value(self, name: str, run: int = 0) -> torch.Tensor:
         """The tensor ``name`` held in run ``run``."""
@@ -107,7 +115,7 @@ def evaluate(proto: onnx.ModelProto, consts: dict[str, np.ndarray]) -> Evaluatio
             reads = frozenset()
         for out in node.output:
             depends[out] = reads
-    return Evaluation(runs=runs, depends=depends)
+    return Evaluation(runs=runs, depends=depends, session=session)
 
 
 def _index_bounds(g: onnx.GraphProto, consts: dict[str, np.ndarray]) -> dict[str, int]:

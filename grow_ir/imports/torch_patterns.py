@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +160,10 @@ def matches(program: Program, region: Region) -> str | None:
     return fits(region.op, region.attrs, region.params, runs)
 
 
+Candidate = tuple[str, Mapping[str, Any], Mapping[str, torch.Tensor]]
+"""An IR node a region might be: ``(op, attrs, params)``."""
+
+
 def fits(
     op: str,
     attrs: Mapping[str, Any],
@@ -169,12 +173,117 @@ def fits(
     """None when the IR node ``op`` computes ``want`` from ``inputs`` within
     :data:`TOLERANCE` for every ``(inputs, want)`` of ``runs``, else the largest relative
     error found (as text), or why it could not run. What every importer's regions are
-    accepted by."""
+    accepted by (:func:`first_fit` of one candidate)."""
+    return first_fit([(op, attrs, params)], runs)[1]
+
+
+def first_fit(
+    candidates: Sequence[Candidate], runs: list[tuple[list[Any], Any]]
+) -> tuple[int | None, str | None]:
+    """``(index, None)`` of the first candidate that computes ``want`` from ``inputs``
+    within :data:`TOLERANCE` for every ``(inputs, want)`` of ``runs``, else ``(None,
+    why the last one does not)`` (:func:`first_fits` of one group)."""
+    return first_fits([(candidates, runs)])[0]
+
+
+def first_fits(
+    groups: Sequence[tuple[Sequence[Candidate], list[tuple[list[Any], Any]]]],
+) -> list[tuple[int | None, str | None]]:
+    """For each group ``(candidates, runs)`` (one region each), what :func:`first_fit`
+    says of it.
+
+    Every candidate of every group is lowered together, once, as one graph whose dims
+    that differ between runs are symbolic (as an imported graph's are), and run on each
+    run's inputs; where that graph cannot be built or run (a candidate its op refuses),
+    each candidate is lowered alone for each run. Either way every candidate is judged
+    by the torch backend's output on every run of its group.
+    """
+    outputs = _run_together(groups)
+    found = []
+    for g, (candidates, runs) in enumerate(groups):
+        problem: str | None = "no candidate"
+        for k, candidate in enumerate(candidates):
+            if outputs is None:
+                problem = _problem_alone(candidate, runs)
+            else:
+                got = [out[(g, k)] for out in outputs]
+                problem = _problem([(y, want) for y, (_, want) in zip(got, runs)])
+            if problem is None:
+                found.append((k, None))
+                break
+        else:
+            found.append((None, problem))
+    return found
+
+
+def _run_together(
+    groups: Sequence[tuple[Sequence[Candidate], list[tuple[list[Any], Any]]]],
+) -> list[dict[tuple[int, int], torch.Tensor]] | None:
+    """Per run, every ``(group, candidate)``'s output, from one lowering; None when it
+    fails."""
+    from grow_ir.backends.torch import to_torch
+    from grow_ir.ir.verify import verify
+
+    if not any(candidates for candidates, _ in groups):
+        return [{} for _ in range(RUNS)]
+    try:
+        types: dict[str, TensorType] = {}
+        nodes, params, outputs = [], {}, {}
+        for g, (candidates, runs) in enumerate(groups):
+            if not candidates:
+                continue
+            reads = tuple(f"x{g}_{i}" for i in range(len(runs[0][0])))
+            for i, name in enumerate(reads):
+                types[name] = _run_type([inputs[i] for inputs, _ in runs])
+            for k, (op, attrs, p) in enumerate(candidates):
+                nodes.append(Node(f"n{g}_{k}", op, dict(attrs), reads))
+                params |= {f"n{g}_{k}.{name}": t for name, t in p.items()}
+                outputs[f"y{g}_{k}"] = (g, k)
+        graph = Graph(
+            inputs=types,
+            nodes=tuple(nodes),
+            outputs={y: f"n{g}_{k}" for y, (g, k) in outputs.items()},
+            params=params,
+        )
+        module = to_torch(verify(graph)).eval()
+        got = []
+        with torch.no_grad():
+            for run in range(len(groups[0][1])):
+                feed = [v for candidates, runs in groups if candidates for v in runs[run][0]]
+                out = module(*feed)
+                out = out if isinstance(out, dict) else {next(iter(outputs)): out}
+                got.append({outputs[y]: t for y, t in out.items()})
+        return got
+    except Exception:  # a candidate its op refuses: each is tried alone, saying why
+        return None
+
+
+def _run_type(values: list[torch.Tensor]) -> TensorType:
+    """The type of one input over the runs: a dim that differs between runs is
+    symbolic, named after its sizes (so that inputs sharing a dim share its name)."""
+    shapes = [tuple(v.shape) for v in values]
+    dims: list[int | str] = []
+    for axis, size in enumerate(shapes[0]):
+        sizes = [int(s[axis]) for s in shapes]
+        same = len(set(sizes)) == 1
+        dims.append(int(size) if same else "s" + "_".join(str(d) for d in sizes))
+    return TensorType(tuple(dims), _type(values[0]).dtype)
+
+
+def _problem_alone(candidate: Candidate, runs: list[tuple[list[Any], Any]]) -> str | None:
+    op, attrs, params = candidate
+    pairs = []
     for inputs, want in runs:
         try:
-            got = run_op(op, attrs, params, inputs)
+            pairs.append((run_op(op, attrs, params, inputs), want))
         except Exception as exc:  # a candidate the op refuses is simply not this construct
             return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return _problem(pairs)
+
+
+def _problem(pairs: list[tuple[torch.Tensor, Any]]) -> str | None:
+    """None when every ``got`` equals its ``want`` within :data:`TOLERANCE`, else why not."""
+    for got, want in pairs:
         if not isinstance(want, torch.Tensor) or got.shape != want.shape:
             return f"shape {list(got.shape)} for {list(getattr(want, 'shape', []))}"
         w = want.double()
@@ -287,14 +396,17 @@ def fit_candidates(
     width: int, params: Mapping[str, torch.Tensor], added: list[float]
 ) -> Iterator[tuple[str, dict[str, Any], dict[str, torch.Tensor]]]:
     """IR ops a leaf module's call might be: an activation (every op whose facts call it
-    one) when it holds no parameters; a normalisation over the last axis (of ``width``)
-    with its one ``weight`` and one of the scalars it adds (``added``) as ``eps`` when it
-    holds that. Each is only a candidate: the values decide (:func:`fits`)."""
+    one), or a normalisation over the last axis without parameters, when it holds no
+    parameters; a normalisation over the last axis (of ``width``) with its one ``weight``
+    when it holds that; a normalisation's ``eps`` is one of the scalars the call adds
+    (``added``). Each is only a candidate: the values decide (:func:`fits`)."""
     if not params:
         for name, opdef in OPS.items():
             if opdef.facts is not None and opdef.facts.activation:
                 for attrs in _literal_variants(opdef.attrs):
                     yield name, attrs, {}
+        for eps in added:
+            yield "rmsnorm", {"eps": eps, "elementwise_affine": False}, {}
         return
     if set(params) != {"weight"} or tuple(params["weight"].shape) != (width,):
         return
@@ -352,8 +464,11 @@ def _fit(program: Program, path: str, module: nn.Module, call: list[fx.Node]) ->
         return None
     (x,) = reads.values()
     params = dict(module.named_parameters(recurse=False))
-    for op, attrs, p in _candidates(program, nodes, x, params):
-        region = Region(path, frozenset(names), outs[0], (x,), op, attrs, p)
-        if matches(program, region) is None:
-            return region
-    return None
+    candidates = list(_candidates(program, nodes, x, params))
+    ev = program.evaluation
+    runs = [([ev.value(x, r)], ev.value(outs[0], r)) for r in range(RUNS)]
+    k, _ = first_fit(candidates, runs)
+    if k is None:
+        return None
+    op, attrs, p = candidates[k]
+    return Region(path, frozenset(names), outs[0], (x,), op, attrs, p)

@@ -1,4 +1,4 @@
-"""Stages of an imported graph: the blocks of an ``nn.ModuleList``, when they are one.
+"""Stages of an imported graph: the numbered blocks of a list, when they are one.
 
 A transformer keeps its blocks in an ``nn.ModuleList`` (``transformer.h``,
 ``model.layers``), so the imported nodes of block ``i`` are the ones named
@@ -6,7 +6,9 @@ A transformer keeps its blocks in an ``nn.ModuleList`` (``transformer.h``,
 wiring), reads one value from outside it, the previous block's last node (block 0: any
 value), the list becomes a stage (:class:`~grow_ir.ir.stages.Stage` with prefix ``""``,
 its blocks keep the module's names) whose template is block 0: what ``insert_block`` and
-``stack_blocks`` grow.
+``stack_blocks`` grow. ``from_torch`` reads the lists from the module
+(:func:`module_list_stages`); ``from_onnx``, which has no modules, from the node names
+(:func:`numbered_stages`: a file that records module paths names its nodes after them).
 """
 
 from __future__ import annotations
@@ -24,17 +26,39 @@ LIST_PREFIX = ""
 def module_list_stages(graph: Graph, root: nn.Module) -> Graph:
     """``graph`` with a stage (and its template) for every ``nn.ModuleList`` of ``root``
     whose items are chained copies of one block; the nodes are unchanged."""
+    lists = [
+        (clean_name(path), len(module))
+        for path, module in root.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) and path
+    ]
+    return list_stages(graph, lists)
+
+
+def numbered_stages(graph: Graph) -> Graph:
+    """``graph`` with a stage for every path ``P`` whose nodes are numbered ``P.0...``
+    to ``P.{k-1}...`` (every number from 0 on) when those are chained copies of one
+    block; the nodes are unchanged."""
+    numbers: dict[str, set[int]] = {}
+    for n in graph.nodes:
+        parts = n.name.split(".")
+        for i in range(1, len(parts) - 1):
+            if parts[i].isdigit():
+                numbers.setdefault(".".join(parts[:i]), set()).add(int(parts[i]))
+    lists = [(path, len(got)) for path, got in numbers.items() if got == set(range(len(got)))]
+    return list_stages(graph, lists)
+
+
+def list_stages(graph: Graph, lists: list[tuple[str, int]]) -> Graph:
+    """``graph`` with a stage (and its template) for every ``(path, depth)`` of ``lists``
+    whose blocks ``path.0`` .. ``path.{depth-1}`` are chained copies of one block."""
     blocks, stages = dict(graph.blocks), dict(graph.stages)
-    for path, module in root.named_modules():
-        if not isinstance(module, nn.ModuleList) or not len(module) or not path:
-            continue
-        stage = clean_name(path)
-        template = _template(graph, stage, len(module))
+    for stage, depth in lists:
+        template = _template(graph, stage, depth)
         if template is None or stage in stages:
             continue
         name = ident(stage)
         blocks[name] = template
-        stages[stage] = Stage(name, len(module), {}, LIST_PREFIX)
+        stages[stage] = Stage(name, depth, {}, LIST_PREFIX)
     if stages == dict(graph.stages):
         return graph
     return graph.replace(blocks=blocks, stages=stages)
