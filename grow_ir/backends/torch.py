@@ -804,11 +804,14 @@ def _nest(gm: nn.Module, built: Mapping[str, torch_reuse.Built], old: Scopes) ->
         table = tables[path] = {}
         return table
 
+    last_path, table = "", tables[""]
     for target, b in built.items():
         path, _, leaf = target.rpartition(".")
-        table = tables.get(path)
-        if table is None:
-            table = open_scope(path)
+        if path != last_path:  # siblings come in runs: one scope look-up per run
+            last_path = path
+            table = tables.get(path)
+            if table is None:
+                table = open_scope(path)
         table[leaf] = b.module
     scopes: Scopes = {}
     for path in reversed(tables):  # inner scopes (opened after their outer one) first
