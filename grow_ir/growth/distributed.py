@@ -348,8 +348,8 @@ def launch(nproc: int, argv: Sequence[str], *, grace_s: float = 30.0) -> int:
 
 
 def _first_failure(procs: list[subprocess.Popen]) -> tuple[int, int] | None:
-    for rank, p in enumerate(procs):
-        code = p.poll()
-        if code is not None and code != 0:
-            return rank, code
-    return None
+    """The failed rank to report: one killed by a signal first (the cause; the others
+    stop because of it and may exit as soon), else the lowest failed rank."""
+    failed = [(rank, code) for rank, p in enumerate(procs) if (code := p.poll())]
+    killed = [f for f in failed if f[1] < 0]
+    return (killed or failed or [None])[0]
