@@ -6,7 +6,7 @@ First the spec's growth run (AutoGrow on digits by default) grows the network, w
 checkpoints written, and the trainer prints where its time went (data, step, validation,
 checkpoint, growth). Then, on the grown (final) architecture re-initialised from the
 spec seed, the same data and batch size, side by side and alternating (``--repeats``
-times, which runs first flipping every time; medians reported):
+times, which runs first flipping every time; the medians and the fastest runs reported):
 
 - ``grow-ir train``: the :class:`~grow_ir.growth.Trainer` with policy ``none``, writing a
   checkpoint after every epoch into a fresh directory, validating every epoch, scoring
@@ -143,18 +143,21 @@ def main(argv: list[str] | None = None) -> int:
             split.append(run_log[-1])
     print(
         f"final architecture, {args.epochs} epochs of {len(data.y_train)} samples, batch "
-        f"{fixed.batch_size}, {args.threads} thread(s), {args.repeats} repeats (medians):"
+        f"{fixed.batch_size}, {args.threads} thread(s), {args.repeats} repeats:"
     )
     # wall time is the figure; CPU time (this process, all threads) shows the same work
-    # without the time other processes took from it on a shared machine
-    for i, clock in enumerate(("wall", "CPU")):
-        a = statistics.median(samples / t[i] for t in ours)
-        b = statistics.median(samples / t[i] for t in plain)
-        verdict = "met" if a / b >= GOAL else "MISSED"
-        print(
-            f"  by {clock} time: grow-ir train {a:>7,.0f} samples/s, plain PyTorch loop "
-            f"{b:>7,.0f} samples/s, ratio {a / b:.3f} (goal >= {GOAL}: {verdict})"
-        )
+    # without the time other processes took from it on a shared machine; the fastest run
+    # of each is the one other processes disturbed least
+    for summary, pick in (("median", statistics.median), ("fastest", max)):
+        for i, clock in enumerate(("wall", "CPU")):
+            a = pick(samples / t[i] for t in ours)
+            b = pick(samples / t[i] for t in plain)
+            verdict = "met" if a / b >= GOAL else "MISSED"
+            print(
+                f"  {summary}, by {clock} time: grow-ir train {a:>7,.0f} samples/s, plain "
+                f"PyTorch loop {b:>7,.0f} samples/s, ratio {a / b:.3f} (goal >= {GOAL}: "
+                f"{verdict})"
+            )
     print(f"  grow-ir train's split: {split[len(split) // 2]}")
     return 0
 
