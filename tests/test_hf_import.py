@@ -319,3 +319,21 @@ def test_a_written_out_cross_attention_is_refused_saying_why() -> None:
         "<root> (WrittenOut): eager attention (matmul, softmax, matmul) not recognised: "
         "projects q, k and v from different values (grow-ir: self-attention)"
     ) in lines
+
+
+@pytest.mark.parametrize("name", ["gpt2-tied", "llama-untied"])
+def test_a_model_with_its_kv_cache_on_imports_and_keeps_its_config(name: str) -> None:
+    """Hugging Face's default ``use_cache=True`` returns a ``DynamicCache`` that
+    torch.export cannot return; the import captures the model with the cache off (the
+    cache is not part of what it computes) and gives ``config.use_cache`` back."""
+    model = built(MAKERS[name])
+    model.config.use_cache = True
+    x = tokens(0)
+    with torch.no_grad():
+        assert model(x).past_key_values is not None  # the cache is really on
+    graph = gi.from_torch(model, x)
+    assert model.config.use_cache is True
+    assert list(graph.outputs) == ["logits"]
+    with torch.no_grad():
+        want = model(tokens(1)).logits
+        assert relative(to_torch(graph).eval()(tokens(1)), want) <= TOL

@@ -7,7 +7,10 @@ resolved instead of failing the trace; every op arrives as one canonical ATen ov
 value carries its real shape and dtype; and every node keeps the module path that produced
 it (``nn_module_stack``) and every parameter its ``state_dict()`` key, which is where the
 imported node names come from. The module is captured in eval mode (the mode imported
-graphs are checked in); its own mode is restored afterwards.
+graphs are checked in); its own mode is restored afterwards. A Hugging Face model is
+captured with its key/value cache off (``config.use_cache``, restored afterwards): the
+cache is an inference-time shortcut, not part of the function a grown network computes,
+and a ``DynamicCache`` in the outputs is not a tensor torch.export can return.
 
 The ATen-to-op rules live in :mod:`grow_ir.imports.torch_rules`. Before them, the program
 is evaluated (:mod:`grow_ir.imports.torch_values`) and regions that grow-ir has as one op
@@ -70,7 +73,9 @@ def from_torch(
     projections stacked; GPT-2's ``Conv1D`` is a ``linear`` holding its weight transposed
     (a copy); an ``nn.ModuleList`` of chained identical blocks is a stage; with
     ``check`` the lowered graph's outputs on ``example_inputs`` equal the module's within
-    :data:`TOLERANCE` (relative). ``module`` and its mode are unchanged.
+    :data:`TOLERANCE` (relative). ``module``, its mode and its ``config.use_cache`` (a
+    Hugging Face model's key/value cache, off while it is captured: the cache is not part
+    of what it computes) are unchanged.
 
     Raises:
         ImportRefused: one line per construct grow-ir has no op for, each naming the module
@@ -95,8 +100,12 @@ def from_torch(
             )
     source = f"{type(module).__name__} (torch)"
     was_training = module.training
+    config = getattr(module, "config", None)
+    cached = getattr(config, "use_cache", None)
     module.eval()
     try:
+        if cached:
+            config.use_cache = False  # type: ignore[union-attr]
         with torch.no_grad():
             expected = module(*args, **kwargs)
         try:
@@ -112,6 +121,8 @@ def from_torch(
         graph = _convert(program, module, args, expected, source, names, batch_dim)
     finally:
         module.train(was_training)
+        if cached:
+            config.use_cache = cached  # type: ignore[union-attr]
     if check:
         _check(graph, module, args, expected, was_training)
     return graph
