@@ -369,3 +369,49 @@ def test_a_parameter_aliased_unchanged_is_a_value():
     graph = gi.from_torch(module, x)
     assert [n.op for n in graph.nodes] == ["linear", "parameter", "mul"]
     assert relative_error(lowered_outputs(graph, x)[0], outputs_of(module, x)[0]) <= 1e-5
+
+
+class _Residual(nn.Module):
+    """x + conv(relu(bn(x))), channels kept."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(width)
+        self.conv = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(torch.relu(self.bn(x)))
+
+
+class _Tower(nn.Module):
+    """A stem, a Sequential of three chained identical blocks, a Sequential of blocks that
+    differ (a strided conv, then a residual block), a pooled head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(*[_Residual(8) for _ in range(3)])
+        self.down = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), _Residual(8))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.down(self.body(self.stem(x)))
+        return self.head(y.mean((2, 3)))
+
+
+def test_a_sequential_of_identical_blocks_becomes_a_stage_that_grows_exactly() -> None:
+    """``nn.Sequential(*[Block() for _ in range(n)])`` is a stage like a ModuleList of
+    blocks (named ``body.0``.. as the module numbers them); a Sequential whose items
+    differ is not; ``insert_block`` into the stage is exact and names the new block
+    ``body.3``."""
+    module = randomized(_Tower()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph = gi.from_torch(module, x)
+    assert list(graph.stages) == ["body"] and graph.stages["body"].depth == 3
+    grown = passes.insert_block(graph, stage="body")
+    assert "body.3.conv" in grown.node_map and grown.stages["body"].depth == 4
+    other = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        want = module(other)
+    (got,) = lowered_outputs(grown, other)
+    assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())

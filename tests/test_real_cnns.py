@@ -244,3 +244,14 @@ def widen_every_group(graph: Graph, error: Callable[[Graph], float]) -> None:
         wider = result.graph
     assert wider.num_params() > graph.num_params()
     assert error(wider) <= TOL
+
+
+def test_resnet18s_first_layer_is_a_stage_and_grows_a_block_exactly() -> None:
+    """torchvision's ``layer1`` (an ``nn.Sequential`` of two identical BasicBlocks) is a
+    stage; ``layer2``..``layer4`` are not (their first block downsamples); inserting a
+    block into ``layer1`` keeps the outputs."""
+    m = imported("resnet18")
+    assert list(m.graph.stages) == ["layer1"] and m.graph.stages["layer1"].depth == 2
+    grown = gi.passes.insert_block(m.graph, stage="layer1")
+    assert "layer1.2.conv2" in grown.node_map
+    assert relative_error(run(grown, m.x), m.y) <= TOL

@@ -71,7 +71,8 @@ def from_torch(
     attention (SDPA or eager, with its projections, head layout, rotary embedding and
     mask) is one ``attention`` node named after its module, holding copies of its
     projections stacked; GPT-2's ``Conv1D`` is a ``linear`` holding its weight transposed
-    (a copy); an ``nn.ModuleList`` of chained identical blocks is a stage; with
+    (a copy); an ``nn.ModuleList`` or ``nn.Sequential`` of chained identical blocks is a
+    stage; with
     ``check`` the lowered graph's outputs on ``example_inputs`` equal the module's within
     :data:`TOLERANCE` (relative). ``module``, its mode and its ``config.use_cache`` (a
     Hugging Face model's key/value cache, off while it is captured: the cache is not part

@@ -1,13 +1,14 @@
 """Stages of an imported graph: the numbered blocks of a list, when they are one.
 
 A transformer keeps its blocks in an ``nn.ModuleList`` (``transformer.h``,
-``model.layers``), so the imported nodes of block ``i`` are the ones named
-``{path}.{i}...``. Where every block has the same nodes (local names, ops, attributes and
-wiring), reads one value from outside it, the previous block's last node (block 0: any
-value), the list becomes a stage (:class:`~grow_ir.ir.stages.Stage` with prefix ``""``,
-its blocks keep the module's names) whose template is block 0: what ``insert_block`` and
-``stack_blocks`` grow. ``from_torch`` reads the lists from the module
-(:func:`module_list_stages`); ``from_onnx``, which has no modules, from the node names
+``model.layers``), a CNN often in an ``nn.Sequential`` (torchvision ResNet's ``layer1``),
+so the imported nodes of block ``i`` are the ones named ``{path}.{i}...``. Where every
+block has the same nodes (local names, ops, attributes and wiring), reads one value from
+outside it, the previous block's last node (block 0: any value), the list becomes a stage
+(:class:`~grow_ir.ir.stages.Stage` with prefix ``""``, its blocks keep the module's names)
+whose template is block 0: what ``insert_block`` and ``stack_blocks`` grow. ``from_torch``
+reads the lists from the module (:func:`module_list_stages`); ``from_onnx``, which has no
+modules, from the node names
 (:func:`numbered_stages`: a file that records module paths names its nodes after them).
 """
 
@@ -24,12 +25,13 @@ LIST_PREFIX = ""
 
 
 def module_list_stages(graph: Graph, root: nn.Module) -> Graph:
-    """``graph`` with a stage (and its template) for every ``nn.ModuleList`` of ``root``
-    whose items are chained copies of one block; the nodes are unchanged."""
+    """``graph`` with a stage (and its template) for every ``nn.ModuleList`` or
+    ``nn.Sequential`` of ``root`` whose items are chained copies of one block; the nodes
+    are unchanged."""
     lists = [
         (clean_name(path), len(module))
         for path, module in root.named_modules()
-        if isinstance(module, nn.ModuleList) and len(module) and path
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) and path
     ]
     return list_stages(graph, lists)
 
