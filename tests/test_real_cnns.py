@@ -246,12 +246,31 @@ def widen_every_group(graph: Graph, error: Callable[[Graph], float]) -> None:
     assert error(wider) <= TOL
 
 
-def test_resnet18s_first_layer_is_a_stage_and_grows_a_block_exactly() -> None:
-    """torchvision's ``layer1`` (an ``nn.Sequential`` of two identical BasicBlocks) is a
-    stage; ``layer2``..``layer4`` are not (their first block downsamples); inserting a
-    block into ``layer1`` keeps the outputs."""
-    m = imported("resnet18")
-    assert list(m.graph.stages) == ["layer1"] and m.graph.stages["layer1"].depth == 2
-    grown = gi.passes.insert_block(m.graph, stage="layer1")
-    assert "layer1.2.conv2" in grown.node_map
+@pytest.mark.parametrize(
+    ("name", "stages"),
+    [
+        ("resnet18", {"layer1": (0, 2)}),
+        ("resnet50", {f"layer{i}": (1, d) for i, d in ((1, 2), (2, 3), (3, 5), (4, 2))}),
+    ],
+)
+def test_a_resnets_layers_are_stages_that_grow_a_block_exactly(
+    name: str, stages: dict[str, tuple[int, int]], tmp_path
+) -> None:
+    """torchvision's ``layerK`` (an ``nn.Sequential`` of blocks) is a stage of the blocks
+    that are chained copies: ResNet-18's ``layer1`` whole (two identical BasicBlocks; its
+    other layers have one block after the downsampling one, too few), ResNet-50's layers
+    from block 1 on (``Stage.first`` 1: block 0 downsamples). Inserting a block into the
+    last stage keeps the outputs, names it after the module's numbering, and the grown
+    graph saves and loads with its stages."""
+    m = imported(name)
+    found = {s: (st.first, st.depth) for s, st in m.graph.stages.items()}
+    assert found == stages
+    last = list(stages)[-1]
+    first, depth = stages[last]
+    grown = gi.passes.insert_block(m.graph, stage=last)
+    template = grown.blocks[grown.stages[last].block]
+    assert f"{last}.{first + depth}.{template.output}" in grown.node_map
     assert relative_error(run(grown, m.x), m.y) <= TOL
+    gi.save(grown, tmp_path / "grown")
+    back = gi.load(tmp_path / "grown")
+    assert back.stages == grown.stages and relative_error(run(back, m.x), m.y) <= TOL

@@ -102,6 +102,24 @@ def test_recorded_stage_needs_each_block_output():
     assert info.value.field == "stages.s.depth" and "s.block2.sum" in info.value.expected
 
 
+def test_a_recorded_stage_may_start_after_the_lists_first_blocks():
+    """``first: 1`` (an imported list whose block 0 is another block): the stage is blocks
+    1.. (``s.block1``, ``s.block2``), its records say so, and a block it lacks is named."""
+    spec = dump_spec(load_spec(staged(depth=3)))
+    spec["stages"]["s"].update(depth=2, first=1)
+    g = load_spec(spec)
+    assert g.stages["s"].first == 1 and g.stages["s"].scope("s", 0) == "s.block1"
+    assert dump_spec(g)["stages"]["s"]["first"] == 1
+    spec["stages"]["s"]["first"] = 2
+    with pytest.raises(SpecError, match="no output node for block 1") as info:
+        load_spec(spec)
+    assert "s.block3.sum" in info.value.expected
+    spec["stages"]["s"]["first"] = -1
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert info.value.field == "stages.s.first"
+
+
 def test_stage_defined_twice():
     g = load_spec(staged())
     spec = staged()

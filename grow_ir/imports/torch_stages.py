@@ -52,26 +52,31 @@ def numbered_stages(graph: Graph) -> Graph:
 
 def list_stages(graph: Graph, lists: list[tuple[str, int]]) -> Graph:
     """``graph`` with a stage (and its template) for every ``(path, depth)`` of ``lists``
-    whose blocks ``path.0`` .. ``path.{depth-1}`` are chained copies of one block."""
+    whose blocks ``path.0`` .. ``path.{depth-1}`` are chained copies of one block, or, where
+    the first blocks differ (a ResNet layer's downsampling block 0), whose last two or more
+    blocks are: the stage is then those (``Stage.first`` the index of the first)."""
     blocks, stages = dict(graph.blocks), dict(graph.stages)
     for stage, depth in lists:
-        template = _template(graph, stage, depth)
-        if template is None or stage in stages:
+        if stage in stages:
             continue
-        name = ident(stage)
-        blocks[name] = template
-        stages[stage] = Stage(name, depth, {}, LIST_PREFIX)
+        for first in range(depth - 1 if depth > 2 else 1):
+            template = _template(graph, stage, first, depth)
+            if template is not None:
+                name = ident(stage)
+                blocks[name] = template
+                stages[stage] = Stage(name, depth - first, {}, LIST_PREFIX, first)
+                break
     if stages == dict(graph.stages):
         return graph
     return graph.replace(blocks=blocks, stages=stages)
 
 
-def _template(graph: Graph, stage: str, depth: int) -> BlockTemplate | None:
-    """Block 0 as a template when every block is that template instantiated after the
-    previous block; else None."""
-    first: tuple[TemplateNode, ...] | None = None
+def _template(graph: Graph, stage: str, first: int, depth: int) -> BlockTemplate | None:
+    """Block ``first`` as a template when every block from ``first`` to ``depth - 1`` is
+    that template instantiated after the previous block; else None."""
+    made_first: tuple[TemplateNode, ...] | None = None
     block_input = None
-    for i in range(depth):
+    for i in range(first, depth):
         scope = block_name(stage, i, LIST_PREFIX)
         nodes = [n for n in graph.nodes if n.name.startswith(scope + ".")]
         local = _locals(nodes, scope)
@@ -80,13 +85,13 @@ def _template(graph: Graph, stage: str, depth: int) -> BlockTemplate | None:
         made, outside = local
         if len(outside) != 1 or (block_input is not None and outside != {block_input}):
             return None
-        if first is None:
-            first = made
-        elif made != first:
+        if made_first is None:
+            made_first = made
+        elif made != made_first:
             return None
         block_input = nodes[-1].name
-    assert first is not None
-    return BlockTemplate(first, first[-1].name)
+    assert made_first is not None
+    return BlockTemplate(made_first, made_first[-1].name)
 
 
 def _locals(nodes: list[Node], scope: str) -> tuple[tuple[TemplateNode, ...], set[str]] | None:

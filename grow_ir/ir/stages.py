@@ -144,12 +144,14 @@ class BlockTemplate:
 @dataclass(frozen=True)
 class Stage:
     """A stage: ``depth`` chained copies of template ``block`` with parameters ``with_``,
-    block ``i`` named ``{stage}.{prefix}{i}``."""
+    block ``i`` named ``{stage}.{prefix}{first + i}`` (``first`` > 0: an imported list
+    whose first items are other blocks, as a ResNet layer's downsampling block 0)."""
 
     block: str
     depth: int
     with_: Mapping[str, Any] = field(default_factory=dict)
     prefix: str = BLOCK_PREFIX
+    first: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "with_", MappingProxyType(copy.deepcopy(dict(self.with_))))
@@ -168,6 +170,7 @@ class Stage:
             value["depth"],
             value.get("with") or {},
             BLOCK_PREFIX if prefix is None else str(prefix),
+            int(value.get("first") or 0),
         )
 
     def replace(self, **changes: Any) -> Stage:
@@ -177,19 +180,23 @@ class Stage:
             "depth": self.depth,
             "with_": self.with_,
             "prefix": self.prefix,
+            "first": self.first,
             **changes,
         }
         return Stage(**fields)
 
     def scope(self, stage: str, index: int) -> str:
-        """The scope of block ``index`` of this stage, called ``stage``."""
-        return block_name(stage, index, self.prefix)
+        """The scope of block ``index`` (0 .. depth-1) of this stage, called ``stage``."""
+        return block_name(stage, self.first + index, self.prefix)
 
     def entry(self) -> dict[str, Any]:
-        """The spec record: ``{block, depth, with}`` (and ``prefix`` when not ``block``)."""
+        """The spec record: ``{block, depth, with}`` (and ``prefix`` when not ``block``,
+        ``first`` when not 0)."""
         out = {"block": self.block, "depth": self.depth, "with": copy.deepcopy(dict(self.with_))}
         if self.prefix != BLOCK_PREFIX:
             out["prefix"] = self.prefix
+        if self.first:
+            out["first"] = self.first
         return out
 
 
@@ -205,21 +212,16 @@ class BlockNode:
 
 
 def block_nodes(
-    template: BlockTemplate,
-    stage: str,
-    index: int,
-    with_: Mapping[str, Any],
-    block_input: str,
-    prefix: str = BLOCK_PREFIX,
+    template: BlockTemplate, scope: str, with_: Mapping[str, Any], block_input: str
 ) -> list[BlockNode]:
-    """The nodes of block ``index`` of ``stage`` reading ``block_input``.
+    """The nodes of a block of ``template`` in ``scope`` (a stage's :meth:`Stage.scope`
+    or :func:`block_name`) reading ``block_input``.
 
-    Guarantees: names are ``{stage}.{prefix}{index}.{local}``; implicit inputs are the previous
+    Guarantees: names are ``{scope}.{local}``; implicit inputs are the previous
     template node (``block_input`` for the first); ``input`` reads ``block_input``; every
     ``"$param"`` is replaced by a copy of ``with_[param]`` (KeyError when ``with_`` lacks
     it: callers check :meth:`BlockTemplate.params` first).
     """
-    scope = block_name(stage, index, prefix)
 
     def full(local: str) -> str:
         return block_input if local == BLOCK_INPUT else f"{scope}.{local}"

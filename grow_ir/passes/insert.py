@@ -261,7 +261,7 @@ def _instantiate(
             found=repr(taken[0]),
         )
     adds = Additions(graph)
-    for draft in block_nodes(template, stage, depth, entry.with_, prev_out, entry.prefix):
+    for draft in block_nodes(template, scope, entry.with_, prev_out):
         old = graph.node_map.get(prev + draft.name.removeprefix(scope))
         # the previous block's attributes carry any growth (widening) since the spec
         attrs = old.attrs if old is not None and old.op == draft.op else draft.attrs

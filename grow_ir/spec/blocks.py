@@ -138,7 +138,7 @@ def expand_stage(
                 where=where,
                 origin=origin,
             )
-            for n in block_nodes(template, entry.name, i, entry.with_, previous)
+            for n in block_nodes(template, block_name(entry.name, i), entry.with_, previous)
         )
         previous = f"{block_name(entry.name, i)}.{template.output}"
     return drafts, Stage(entry.stage, entry.depth, entry.with_)
@@ -169,8 +169,9 @@ def check_stage_record(
         field=f"{where}.with",
     )
     prefix = record.prefix if record.prefix is not None else BLOCK_PREFIX
+    stage = Stage(record.block, record.depth, record.with_, prefix, record.first)
     for i in range(record.depth):
-        out = f"{block_name(name, i, prefix)}.{template.output}"
+        out = f"{stage.scope(name, i)}.{template.output}"
         if out not in node_names:
             raise SpecError(
                 f"stage '{name}' has no output node for block {i}",
@@ -179,7 +180,7 @@ def check_stage_record(
                 expected=f"a node '{out}' (depth {record.depth})",
                 found="none",
             )
-    return Stage(record.block, record.depth, record.with_, prefix)
+    return stage
 
 
 def _template(

@@ -53,6 +53,7 @@ Dim = Annotated[
     ),
 ]
 PositiveStrictInt = Annotated[StrictInt, Field(gt=0)]
+NonNegativeStrictInt = Annotated[StrictInt, Field(ge=0)]
 
 
 class _Strict(BaseModel):
@@ -121,6 +122,11 @@ class StageRecord(_Strict):
         default=None,
         description="what block i's index follows in its scope: 'block' (STAGE.block0, the "
         "default) or '' (STAGE.0, a stage imported from an nn.ModuleList)",
+    )
+    first: NonNegativeStrictInt = Field(
+        default=0,
+        description="the index of the stage's first block (an imported list whose first "
+        "items are other blocks: 1 for a ResNet layer after its downsampling block)",
     )
 
 
