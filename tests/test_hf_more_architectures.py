@@ -1,0 +1,100 @@
+"""Hugging Face architectures beyond the three of issue 11's acceptance, imported with
+``from_torch`` from tiny configs (random init, random norms and biases, nothing
+downloaded, each config's defaults otherwise: the key/value cache on, SDPA attention):
+Qwen2 (q/k/v biases, grouped-query rotary attention), Mistral (Llama's layout under
+another name) and DistilBERT (post-norm, learned positions, no token types). Each
+computes what Hugging Face computes on other tokens and batch sizes, and grows exactly
+(widened net2net, a head added, a block inserted into a decoder's layer list); a block
+inserted into DistilBERT's post-norm layers is reported as not preserving, and is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import transformers
+from torch import nn
+
+import grow_ir as gi
+from grow_ir.backends.torch import to_torch
+from grow_ir.ir.graph import Graph
+from tests.hf_models import randomized_hf
+from tests.test_hf_transformers import grows_exactly, relative, tokens
+
+TOL = 1e-5
+DECODER = {
+    "vocab_size": 100,
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
+
+MAKERS: dict[str, Callable[[], nn.Module]] = {
+    "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**DECODER)),
+    "mistral": lambda: transformers.MistralForCausalLM(
+        transformers.MistralConfig(**DECODER, sliding_window=None)
+    ),
+    "distilbert": lambda: transformers.DistilBertModel(
+        transformers.DistilBertConfig(vocab_size=100, dim=32, hidden_dim=64, n_layers=2, n_heads=4)
+    ),
+}
+MODELS = {name: randomized_hf(make()) for name, make in MAKERS.items()}
+GRAPHS: dict[str, Graph] = {name: gi.from_torch(m, tokens(0)) for name, m in MODELS.items()}
+
+
+def output_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's first output: logits of a language model, an encoder's hidden states."""
+    with torch.no_grad():
+        out = model(x)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_the_imported_graph_computes_what_hugging_face_computes(name: str) -> None:
+    graph = GRAPHS[name]
+    for seed, n in ((1, 3), (2, 5)):
+        x = tokens(seed, n=n)
+        with torch.no_grad():
+            got = to_torch(graph).eval()(x)
+        got = got if isinstance(got, torch.Tensor) else next(iter(got.values()))
+        assert relative(got, output_of(MODELS[name], x)) <= TOL
+    assert [n.op for n in graph.nodes].count("attention") == 2
+
+
+GROWTH = [
+    ("qwen2", "widen", {"node": "model.embed_tokens", "width": 64, "init": "net2net"}),
+    ("qwen2", "add_heads", {"node": "model.layers.0.self_attn", "heads": 8}),
+    ("qwen2", "insert_block", {"stage": "model.layers"}),
+    ("mistral", "grow_kv_heads", {"node": "model.layers.1.self_attn", "kv_heads": 4}),
+    ("mistral", "insert_block", {"stage": "model.layers"}),
+    ("distilbert", "widen", {"node": "transformer.layer.0.ffn.lin1", "width": 80}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "pass_name", "kwargs"),
+    GROWTH,
+    ids=[f"{m}-{p}-{i}" for i, (m, p, _) in enumerate(GROWTH)],
+)
+def test_growth_on_the_imported_graphs_is_exact(name: str, pass_name: str, kwargs: dict) -> None:
+    grows_exactly(GRAPHS[name], pass_name, kwargs)
+
+
+def test_a_block_inserted_into_a_post_norm_encoder_is_reported_as_not_preserving() -> None:
+    """A post-norm block ends in a layernorm of ``x + f(x)``, which no zero init makes the
+    identity: the pass says so, and the outputs do change."""
+    from tests.test_transformer_growth import run
+
+    graph = GRAPHS["distilbert"]
+    result = run("insert_block", graph, stage="transformer.layer")
+    assert not result.preserved and result.reason
+    x = tokens(1)
+    with torch.no_grad():
+        before = to_torch(graph).eval()(x)
+        after = to_torch(result.graph).eval()(x)
+    assert relative(after, before) > 1e-3
