@@ -357,5 +357,6 @@ def test_range_and_expand_that_grow_ir_cannot_express_are_refused():
         inits={"one": one, "zero": np.array([0], dtype=np.int64)},
     )
     assert _refusal(summed) == (
-        "node 'more' (Add): Add computes with a shape (grow-ir: shapes only size Range and Expand)"
+        "node 'more' (Add): Add computes with a shape (grow-ir: shapes only size Expand, Range, "
+        "Reshape, Resize)"
     )
