@@ -476,34 +476,49 @@ def test_a_torch_onnx_export_whose_output_is_its_input_imports_as_identity(make)
         assert torch.equal(gi.to_torch(graph)(x), x)
 
 
-def _pool_model(pads: list[int], count_include_pad: int) -> onnx.ModelProto:
-    """``x[N, 2, 7, 6]`` average-pooled by 3 with stride 2 and ``pads``."""
+def _pool_model(
+    pads: list[int], count_include_pad: int = 0, op: str = "AveragePool", padded: int = 0
+) -> onnx.ModelProto:
+    """``x[N, 2, 7, 6]`` pooled by 3 with stride 2 and ``pads``; with ``padded``, after a
+    ``Pad`` of ``-inf`` adding that many at the end of the height and width."""
+    make = onnx.helper.make_node
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 2, 7, 6])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
-    pool = onnx.helper.make_node(
-        "AveragePool",
-        ["x"],
-        ["y"],
-        name="pool",
-        kernel_shape=[3, 3],
-        strides=[2, 2],
-        pads=pads,
-        count_include_pad=count_include_pad,
-    )
-    graph = onnx.helper.make_graph([pool], "pool", [x], [y])
+    counted = {"count_include_pad": count_include_pad} if op == "AveragePool" else {}
+    source = "p" if padded else "x"
+    window = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": pads, **counted}
+    nodes = [make(op, [source], ["y"], name="pool", **window)]
+    inits = []
+    if padded:
+        ends = np.array([0, 0, 0, 0, 0, 0, padded, padded], dtype=np.int64)
+        inits = [
+            onnx.numpy_helper.from_array(ends, "ends"),
+            onnx.numpy_helper.from_array(np.array(-np.inf, dtype=np.float32), "low"),
+        ]
+        nodes.insert(0, make("Pad", ["x", "ends", "low"], ["p"], name="pad", mode="constant"))
+    graph = onnx.helper.make_graph(nodes, "pool", [x], [y], inits)
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 19)])
 
 
 def test_asymmetric_pool_pads_are_ceil_mode_or_refused():
-    """More padding at the end, not counted, giving PyTorch's ceil-mode size: ceil mode.
-    Counted, more than ceil mode adds, or more at the start: refused, naming the node."""
-    (node,) = gi.from_onnx(_pool_model([1, 1, 1, 2], 0)).nodes
-    assert (node.attrs.padding, node.attrs.ceil_mode) == (1, True)
+    """More padding at the end, not counted, giving PyTorch's ceil-mode size: ceil mode
+    (also a max pool after a ``Pad`` of ``-inf`` at the end, as ``to_onnx`` writes ceil
+    mode: one node). Counted, more than ceil mode adds, or more at the start: refused,
+    naming the node; a ``Pad`` that is no ceil mode stays a pad before the pool."""
+    (node,) = gi.from_onnx(_pool_model([1, 1, 1, 2])).nodes
+    assert (node.op, node.attrs.padding, node.attrs.ceil_mode) == ("avgpool2d", 1, True)
     for pads, counted in (([1, 1, 1, 2], 1), ([0, 0, 2, 2], 0), ([1, 1, 0, 1], 0)):
         assert _refusal(_pool_model(pads, counted)) == (
             f"node 'pool' (AveragePool): AveragePool pads asymmetrically ({pads}) other than "
             "as PyTorch's ceil mode"
         )
+    (node,) = gi.from_onnx(_pool_model([1, 1, 1, 1], op="MaxPool", padded=1)).nodes
+    assert (node.op, node.attrs.padding, node.attrs.ceil_mode) == ("maxpool2d", 1, True)
+    graph = gi.from_onnx(_pool_model([0, 0, 0, 0], op="MaxPool", padded=2))
+    assert [(n.op, n.attr_dict()) for n in graph.nodes] == [
+        ("pad", {"pad": [0, 2, 0, 2], "value": -np.inf}),
+        ("maxpool2d", {"kernel_size": 3, "stride": 2}),
+    ]
 
 
 def test_a_reshape_to_a_computed_shape_that_moves_symbolic_axes_is_refused():

@@ -39,8 +39,6 @@ from tests.test_onnx_ops import CASES, single_op_graph
 TOL = 1e-5
 NOT_YET = {
     "pad-nothing-scalar": ("identity",),  # an ONNX Identity: a pad of nothing
-    "maxpool2d-ceil-pad": ("pad", "maxpool2d"),
-    "maxpool2d-ceil-dil": ("pad", "maxpool2d"),
     "adaptive_avgpool2d-7x2": ("avgpool2d",),
     "flatten-all-known": ("reshape",),
     "add-3": ("add", "add"),

@@ -18,7 +18,7 @@ their output value. Numbered blocks that are copies of one block become a stage
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -623,48 +623,56 @@ def _softmax(ctx: _Context, node: onnx.NodeProto) -> None:
 
 def _pool(op: str) -> Rule:
     def rule(ctx: _Context, node: onnx.NodeProto) -> None:
-        a = _attrs(node)
-        if _text(a.get("auto_pad", "NOTSET")) != "NOTSET":
-            raise Unsupported(f"uses auto_pad={a['auto_pad']!r}")
-        if len(node.output) > 1 and node.output[1]:
-            raise Unsupported("returns indices")
-        k = list(a["kernel_shape"])
-        if len(k) != 2:
-            raise Unsupported(f"pools over {len(k)} axes (grow-ir: 2)")
-        strides, dilations = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
-        pads = list(a.get("pads", [0] * 4))
-        attrs: dict[str, Any] = {
-            "kernel_size": _pair(k),
-            "stride": _pair(strides),
-            "padding": _pair(pads[:2]),
-            "ceil_mode": bool(a.get("ceil_mode", 0)),
-        }
-        if op == "maxpool2d":
-            attrs["dilation"] = _pair(dilations)
-        else:
-            attrs["count_include_pad"] = bool(a.get("count_include_pad", 0))
-        if pads[:2] != pads[2:]:
-            _ceil_mode_pads(ctx, node, attrs, (k, strides, pads, dilations))
-        _bind_add(ctx, node, op, [ctx.value(node.input[0])], attrs)
+        _add_pool(ctx, node, op, node.input[0])
 
     return rule
 
 
-def _ceil_mode_pads(
-    ctx: _Context, node: onnx.NodeProto, attrs: dict[str, Any], geometry: tuple[list[int], ...]
+def _add_pool(
+    ctx: _Context, node: onnx.NodeProto, op: str, source: str, extra: Sequence[int] = (0, 0)
 ) -> None:
-    """Read a floor-mode pool with more padding at the end than at the start as PyTorch's
-    ceil mode (``to_onnx`` writes PyTorch's ceil mode so, since ONNX's own keeps a last
-    window that starts in the right padding, which PyTorch drops): ``ceil_mode`` set in
-    ``attrs`` when PyTorch's ceil-mode output has the file's size on both axes (then the
-    windows are the same: window ``i`` starts at ``i * stride - pad``). An average that
-    counts the padding would count the extra end padding too, which PyTorch does not.
+    """Bind the pool ``node`` as an ``op`` node reading ONNX value ``source``, its end pads
+    grown by ``extra`` (a ``Pad`` before it that only pads the end: :func:`_pad`)."""
+    a = _attrs(node)
+    if _text(a.get("auto_pad", "NOTSET")) != "NOTSET":
+        raise Unsupported(f"uses auto_pad={a['auto_pad']!r}")
+    if len(node.output) > 1 and node.output[1]:
+        raise Unsupported("returns indices")
+    k = list(a["kernel_shape"])
+    if len(k) != 2:
+        raise Unsupported(f"pools over {len(k)} axes (grow-ir: 2)")
+    strides, dilations = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
+    pads = list(a.get("pads", [0] * 4))
+    pads[2:] = [p + e for p, e in zip(pads[2:], extra)]
+    attrs: dict[str, Any] = {
+        "kernel_size": _pair(k),
+        "stride": _pair(strides),
+        "padding": _pair(pads[:2]),
+        "ceil_mode": bool(a.get("ceil_mode", 0)),
+    }
+    if op == "maxpool2d":
+        attrs["dilation"] = _pair(dilations)
+    else:
+        attrs["count_include_pad"] = bool(a.get("count_include_pad", 0))
+    if pads[:2] != pads[2:]:
+        _ceil_mode_pads(ctx.type(source), attrs, (k, strides, pads, dilations))
+    _bind_add(ctx, node, op, [ctx.value(source)], attrs)
+
+
+def _ceil_mode_pads(t: TensorType, attrs: dict[str, Any], geometry: tuple[list[int], ...]) -> None:
+    """Read a floor-mode pool of a value of type ``t`` with more padding at the end than
+    at the start as PyTorch's ceil mode (``to_onnx`` writes PyTorch's ceil mode so, since
+    ONNX's own keeps a last window that starts in the right padding, which PyTorch drops):
+    ``ceil_mode`` set in ``attrs`` when PyTorch's ceil-mode output has the file's size on
+    both axes (then the windows are the same: window ``i`` starts at ``i * stride - pad``).
+    An average that counts the padding would count the extra end padding too, which
+    PyTorch does not.
 
     Raises:
         Unsupported: the pads are no such ceil mode.
     """
     k, strides, pads, dilations = geometry
-    extent = ctx.type(node.input[0]).shape[2:]
+    extent = t.shape[2:]
     why = f"pads asymmetrically ({pads}) other than as PyTorch's ceil mode"
     if attrs["ceil_mode"] or attrs.get("count_include_pad") or len(extent) != 2:
         raise Unsupported(why)
@@ -941,6 +949,22 @@ def _pad(ctx: _Context, node: onnx.NodeProto) -> None:
     if len(node.input) > 2 and node.input[2]:
         value = float(ctx.const(node.input[2], "value").reshape(-1)[0])
     rank = len(pads) // 2
+    pool = ctx.only_consumer(node.output[0])
+    if (
+        value == -np.inf
+        and pool is not None
+        and pool.op_type == "MaxPool"
+        and rank == 4
+        and not any(pads[: rank + 2])
+        and node.output[0] not in {o.name for o in ctx.model.graph.output}
+    ):  # padded at the end for the pool alone: to_onnx's ceil-mode max pool
+        try:
+            _add_pool(ctx, pool, "maxpool2d", node.input[0], pads[rank + 2 :])
+        except Unsupported:  # a pad and a pool, as the file has them
+            pass
+        else:
+            ctx.done.add(id(pool))
+            return
     pairs: list[int] = []
     for axis in reversed(range(rank)):  # PyTorch's order: the last axis first
         pairs += [pads[axis], pads[rank + axis]]
