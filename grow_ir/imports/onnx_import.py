@@ -4,15 +4,18 @@ Each ONNX node maps onto IR ops by one rule of :data:`RULES` (keyed by op type);
 multi-node forms that exporters write for one layer are recognised where they start:
 ``MatMul`` + ``Add`` of initializers is a biased linear, ``Sigmoid`` then ``Mul`` by the
 same value is silu, ``GlobalAveragePool``/``ReduceMean`` (keepdims) then ``Flatten`` is
-global_avgpool. Larger compositions (attention, a written-out GELU or RMSNorm, a tied
-head, positions built from the shapes) are found first by evaluating the file
+global_avgpool, a ``Pad`` of ``-inf`` at the end that only a ``MaxPool`` reads is a
+ceil-mode maxpool2d. Larger compositions (attention, a written-out GELU or RMSNorm, a tied
+head, ``mix``, positions built from the shapes) are found first by evaluating the file
 (:mod:`grow_ir.imports.onnx_regions`), and what only they read is not imported. Layers
 are named after their weight initializers (``layer1.0.conv1.weight`` gives node
 ``layer1.0.conv1``, so files that ``to_onnx`` and ``torch.onnx.export`` write keep the
 module names); stateless nodes as ``from_torch`` names them where the file records module
 scopes (``transformer.h.0.add``), after the IR node in a file grow-ir wrote, else after
 their output value. Numbered blocks that are copies of one block become a stage
-(:func:`~grow_ir.imports.torch_stages.numbered_stages`).
+(:func:`~grow_ir.imports.torch_stages.numbered_stages`). A graph output that the file
+computes as a graph input (through an ``Identity``: a dropout, ``nn.Identity``) is an
+``identity`` node, since IR outputs name nodes.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ The per-op rules of :mod:`grow_ir.imports.onnx_import` import one ONNX node at a
 ``Conv1D`` (``Reshape``, ``Gemm``, ``Reshape``), a GELU written out with ``Pow`` and
 ``Tanh``, RMSNorm (``Pow``, ``ReduceMean``, ``Sqrt``, ``Reciprocal``, ``Mul``), attention
 (:mod:`grow_ir.imports.onnx_attention`), and a head tied to the embedding stored as a
-transposed copy of the table. A :class:`Region` names the ONNX nodes it replaces, the
+transposed copy of the table; ``to_onnx`` writes ``mix`` so (``Softmax`` of its ``alpha``,
+``Gather``, ``Mul``, ``Add``). A :class:`Region` names the ONNX nodes it replaces, the
 values it reads and the IR node that computes what they compute; each is accepted only
 after that node, run on onnxruntime's values of its inputs (:mod:`onnx_values`, every
 run), gives onnxruntime's value of its output within the import tolerance
