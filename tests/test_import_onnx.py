@@ -477,10 +477,14 @@ def test_a_torch_onnx_export_whose_output_is_its_input_imports_as_identity(make)
 
 
 def _pool_model(
-    pads: list[int], count_include_pad: int = 0, op: str = "AveragePool", padded: int = 0
+    pads: list[int],
+    count_include_pad: int = 0,
+    op: str = "AveragePool",
+    padded: list[int] | None = None,
+    fill: float = -np.inf,
 ) -> onnx.ModelProto:
     """``x[N, 2, 7, 6]`` pooled by 3 with stride 2 and ``pads``; with ``padded``, after a
-    ``Pad`` of ``-inf`` adding that many at the end of the height and width."""
+    ``Pad`` of ``fill`` by those (begin, end) pads of the height and width."""
     make = onnx.helper.make_node
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 2, 7, 6])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
@@ -490,35 +494,71 @@ def _pool_model(
     nodes = [make(op, [source], ["y"], name="pool", **window)]
     inits = []
     if padded:
-        ends = np.array([0, 0, 0, 0, 0, 0, padded, padded], dtype=np.int64)
+        ends = np.array([0, 0, *padded[:2], 0, 0, *padded[2:]], dtype=np.int64)
         inits = [
             onnx.numpy_helper.from_array(ends, "ends"),
-            onnx.numpy_helper.from_array(np.array(-np.inf, dtype=np.float32), "low"),
+            onnx.numpy_helper.from_array(np.array(fill, dtype=np.float32), "fill"),
         ]
-        nodes.insert(0, make("Pad", ["x", "ends", "low"], ["p"], name="pad", mode="constant"))
+        nodes.insert(0, make("Pad", ["x", "ends", "fill"], ["p"], name="pad", mode="constant"))
     graph = onnx.helper.make_graph(nodes, "pool", [x], [y], inits)
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 19)])
 
 
 def test_asymmetric_pool_pads_are_ceil_mode_or_refused():
-    """More padding at the end, not counted, giving PyTorch's ceil-mode size: ceil mode
-    (also a max pool after a ``Pad`` of ``-inf`` at the end, as ``to_onnx`` writes ceil
-    mode: one node). Counted, more than ceil mode adds, or more at the start: refused,
-    naming the node; a ``Pad`` that is no ceil mode stays a pad before the pool."""
+    """More padding at the end, not counted, giving PyTorch's ceil-mode size: ceil mode.
+    Counted, more than ceil mode adds, or more at the start: refused, naming the node."""
     (node,) = gi.from_onnx(_pool_model([1, 1, 1, 2])).nodes
     assert (node.op, node.attrs.padding, node.attrs.ceil_mode) == ("avgpool2d", 1, True)
+    assert not node.attrs.count_include_pad
     for pads, counted in (([1, 1, 1, 2], 1), ([0, 0, 2, 2], 0), ([1, 1, 0, 1], 0)):
         assert _refusal(_pool_model(pads, counted)) == (
             f"node 'pool' (AveragePool): AveragePool pads asymmetrically ({pads}) other than "
             "as PyTorch's ceil mode"
         )
-    (node,) = gi.from_onnx(_pool_model([1, 1, 1, 1], op="MaxPool", padded=1)).nodes
-    assert (node.op, node.attrs.padding, node.attrs.ceil_mode) == ("maxpool2d", 1, True)
-    graph = gi.from_onnx(_pool_model([0, 0, 0, 0], op="MaxPool", padded=2))
-    assert [(n.op, n.attr_dict()) for n in graph.nodes] == [
-        ("pad", {"pad": [0, 2, 0, 2], "value": -np.inf}),
-        ("maxpool2d", {"kernel_size": 3, "stride": 2}),
-    ]
+
+
+@pytest.mark.parametrize(
+    ("op", "pads", "padded", "fill", "want"),
+    [
+        ("MaxPool", [1, 1, 1, 1], [0, 0, 1, 1], -np.inf, {"padding": 1, "ceil_mode": True}),
+        (
+            "AveragePool",
+            [0, 0, 0, 1],
+            [1, 1, 1, 1],
+            0.0,
+            {"padding": 1, "ceil_mode": True},  # count_include_pad: its default, True
+        ),
+        ("AveragePool", [0, 0, 0, 0], [1, 1, 1, 1], 0.0, {"padding": 1}),
+        ("MaxPool", [0, 0, 0, 0], [0, 0, 2, 2], -np.inf, None),  # more than ceil mode adds
+        ("MaxPool", [0, 0, 0, 0], [1, 1, 1, 1], -np.inf, None),  # padded at the start
+        ("AveragePool", [0, 0, 0, 0], [2, 2, 2, 2], 0.0, None),  # over half the kernel
+        ("AveragePool", [0, 0, 0, 0], [0, 0, 1, 1], 0.0, None),  # at the end, counted
+    ],
+    ids=[
+        "max-ceil",
+        "avg-ceil-counted",
+        "avg-counted",
+        "max-more",
+        "max-start",
+        "avg-wide",
+        "avg-end",
+    ],
+)
+def test_a_pad_only_a_pool_reads_is_its_padding_where_pytorch_pools_so(
+    op, pads, padded, fill, want
+):
+    """``to_onnx``'s ceil-mode pools: a max pool after a ``Pad`` of ``-inf`` at the end,
+    an average counting the padding after a ``Pad`` of zeros on both sides (its own pads
+    at the end, not counted): one pool node with PyTorch's attributes. Any other pad
+    stays a ``pad`` node before the pool. Both compute the file (the import's check)."""
+    graph = gi.from_onnx(_pool_model(pads, 0, op, padded, fill))
+    pool = "maxpool2d" if op == "MaxPool" else "avgpool2d"
+    if want is None:
+        assert [n.op for n in graph.nodes] == ["pad", pool]
+        return
+    (node,) = graph.nodes
+    assert node.op == pool
+    assert node.attr_dict() == {"kernel_size": 3, "stride": 2, **want}
 
 
 def test_a_reshape_to_a_computed_shape_that_moves_symbolic_axes_is_refused():

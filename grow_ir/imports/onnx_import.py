@@ -632,10 +632,16 @@ def _pool(op: str) -> Rule:
 
 
 def _add_pool(
-    ctx: _Context, node: onnx.NodeProto, op: str, source: str, extra: Sequence[int] = (0, 0)
+    ctx: _Context,
+    node: onnx.NodeProto,
+    op: str,
+    source: str,
+    extra: Sequence[int] = (0, 0),
+    counted: Sequence[int] = (0, 0),
 ) -> None:
-    """Bind the pool ``node`` as an ``op`` node reading ONNX value ``source``, its end pads
-    grown by ``extra`` (a ``Pad`` before it that only pads the end: :func:`_pad`)."""
+    """Bind the pool ``node`` as an ``op`` node reading ONNX value ``source``: its end pads
+    grown by ``extra``, its pads on both sides by ``counted``, counted in the average (a
+    ``Pad`` that only the pool reads: :func:`_padded_pool`)."""
     a = _attrs(node)
     if _text(a.get("auto_pad", "NOTSET")) != "NOTSET":
         raise Unsupported(f"uses auto_pad={a['auto_pad']!r}")
@@ -646,6 +652,7 @@ def _add_pool(
         raise Unsupported(f"pools over {len(k)} axes (grow-ir: 2)")
     strides, dilations = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
     pads = list(a.get("pads", [0] * 4))
+    pads = [p + c for p, c in zip(pads, [*counted, *counted])]
     pads[2:] = [p + e for p, e in zip(pads[2:], extra)]
     attrs: dict[str, Any] = {
         "kernel_size": _pair(k),
@@ -653,23 +660,26 @@ def _add_pool(
         "padding": _pair(pads[:2]),
         "ceil_mode": bool(a.get("ceil_mode", 0)),
     }
+    counts_end = op == "avgpool2d" and bool(a.get("count_include_pad", 0))
     if op == "maxpool2d":
         attrs["dilation"] = _pair(dilations)
     else:
-        attrs["count_include_pad"] = bool(a.get("count_include_pad", 0))
+        attrs["count_include_pad"] = counts_end or any(counted)
     if pads[:2] != pads[2:]:
-        _ceil_mode_pads(ctx.type(source), attrs, (k, strides, pads, dilations))
+        _ceil_mode_pads(ctx.type(source), attrs, (k, strides, pads, dilations), counts_end)
     _bind_add(ctx, node, op, [ctx.value(source)], attrs)
 
 
-def _ceil_mode_pads(t: TensorType, attrs: dict[str, Any], geometry: tuple[list[int], ...]) -> None:
+def _ceil_mode_pads(
+    t: TensorType, attrs: dict[str, Any], geometry: tuple[list[int], ...], counts_end: bool
+) -> None:
     """Read a floor-mode pool of a value of type ``t`` with more padding at the end than
     at the start as PyTorch's ceil mode (``to_onnx`` writes PyTorch's ceil mode so, since
     ONNX's own keeps a last window that starts in the right padding, which PyTorch drops):
     ``ceil_mode`` set in ``attrs`` when PyTorch's ceil-mode output has the file's size on
     both axes (then the windows are the same: window ``i`` starts at ``i * stride - pad``).
-    An average that counts the padding would count the extra end padding too, which
-    PyTorch does not.
+    An average whose count includes the end padding (``counts_end``) would count the
+    extra end padding too, which PyTorch does not.
 
     Raises:
         Unsupported: the pads are no such ceil mode.
@@ -677,7 +687,7 @@ def _ceil_mode_pads(t: TensorType, attrs: dict[str, Any], geometry: tuple[list[i
     k, strides, pads, dilations = geometry
     extent = t.shape[2:]
     why = f"pads asymmetrically ({pads}) other than as PyTorch's ceil mode"
-    if attrs["ceil_mode"] or attrs.get("count_include_pad") or len(extent) != 2:
+    if attrs["ceil_mode"] or counts_end or len(extent) != 2:
         raise Unsupported(why)
     for i, size in enumerate(extent):
         begin, end = pads[i], pads[2 + i]
@@ -952,28 +962,44 @@ def _pad(ctx: _Context, node: onnx.NodeProto) -> None:
     if len(node.input) > 2 and node.input[2]:
         value = float(ctx.const(node.input[2], "value").reshape(-1)[0])
     rank = len(pads) // 2
-    pool = ctx.only_consumer(node.output[0])
-    if (
-        value == -np.inf
-        and pool is not None
-        and pool.op_type == "MaxPool"
-        and rank == 4
-        and not any(pads[: rank + 2])
-        and node.output[0] not in {o.name for o in ctx.model.graph.output}
-    ):  # padded at the end for the pool alone: to_onnx's ceil-mode max pool
-        try:
-            _add_pool(ctx, pool, "maxpool2d", node.input[0], pads[rank + 2 :])
-        except Unsupported:  # a pad and a pool, as the file has them
-            pass
-        else:
-            ctx.done.add(id(pool))
-            return
+    if _padded_pool(ctx, node, pads, value):
+        return
     pairs: list[int] = []
     for axis in reversed(range(rank)):  # PyTorch's order: the last axis first
         pairs += [pads[axis], pads[rank + axis]]
     while pairs[-2:] == [0, 0] and len(pairs) > 2:
         pairs = pairs[:-2]
     _bind_add(ctx, node, "pad", [ctx.value(node.input[0])], {"pad": pairs, "value": value})
+
+
+def _padded_pool(ctx: _Context, node: onnx.NodeProto, pads: list[int], value: float) -> bool:
+    """Bind a ``Pad`` of the height and width of ``[N, C, H, W]`` that only a pool reads,
+    and the pool, as one pool as ``to_onnx`` writes PyTorch's ceil mode: a ``MaxPool``
+    after a ``Pad`` of ``-inf`` at the end; an ``AveragePool`` not counting its own pads
+    (at the end only) after a ``Pad`` of zeros on both sides, which it counts (a
+    ``count_include_pad`` average). False, binding nothing, for any other pad or where the
+    pool is no PyTorch pool of the unpadded value."""
+    pool = ctx.only_consumer(node.output[0])
+    if pool is None or len(pads) != 8 or any(pads[:2]) or any(pads[4:6]):
+        return False
+    if node.output[0] in {o.name for o in ctx.model.graph.output}:
+        return False
+    begin, end = pads[2:4], pads[6:8]
+    counts = _attrs(pool).get("count_include_pad", 0)
+    if pool.op_type == "MaxPool" and value == -np.inf and not any(begin):
+        op, extra, counted = "maxpool2d", end, [0, 0]
+    elif pool.op_type == "AveragePool" and value == 0.0 and begin == end and not counts:
+        if any(list(_attrs(pool).get("pads", [0] * 4))[:2]):
+            return False
+        op, extra, counted = "avgpool2d", [0, 0], begin
+    else:
+        return False
+    try:
+        _add_pool(ctx, pool, op, node.input[0], extra, counted)
+    except (Unsupported, ShapeError):  # a pad and a pool, as the file has them
+        return False
+    ctx.done.add(id(pool))
+    return True
 
 
 def _log_softmax(ctx: _Context, node: onnx.NodeProto) -> None:
