@@ -4,10 +4,11 @@ Each ONNX node maps onto IR ops by one rule of :data:`RULES` (keyed by op type);
 multi-node forms that exporters write for one layer are recognised where they start:
 ``MatMul`` + ``Add`` of initializers is a biased linear, ``Sigmoid`` then ``Mul`` by the
 same value is silu, ``GlobalAveragePool``/``ReduceMean`` (keepdims) then ``Flatten`` is
-global_avgpool, a ``Pad`` of ``-inf`` at the end that only a ``MaxPool`` reads is a
-ceil-mode maxpool2d. Larger compositions (attention, a written-out GELU or RMSNorm, a tied
-head, ``mix``, positions built from the shapes) are found first by evaluating the file
-(:mod:`grow_ir.imports.onnx_regions`), and what only they read is not imported. Layers
+global_avgpool, a ``Pad`` that only a pool reads is its padding where that is how
+``to_onnx`` writes PyTorch's ceil mode (:func:`_padded_pool`). Larger compositions
+(attention, a written-out GELU or RMSNorm, a tied head, ``mix``, positions built from the
+shapes) are found first by evaluating the file (:mod:`grow_ir.imports.onnx_regions`), and
+what only they read is not imported. Layers
 are named after their weight initializers (``layer1.0.conv1.weight`` gives node
 ``layer1.0.conv1``, so files that ``to_onnx`` and ``torch.onnx.export`` write keep the
 module names); stateless nodes as ``from_torch`` names them where the file records module
