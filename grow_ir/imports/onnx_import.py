@@ -8,15 +8,14 @@ global_avgpool, a ``Pad`` that only a pool reads is its padding where that is ho
 ``to_onnx`` writes PyTorch's ceil mode (:func:`_padded_pool`). Larger compositions
 (attention, a written-out GELU or RMSNorm, a tied head, ``mix``, positions built from the
 shapes) are found first by evaluating the file (:mod:`grow_ir.imports.onnx_regions`), and
-what only they read is not imported. Layers
-are named after their weight initializers (``layer1.0.conv1.weight`` gives node
-``layer1.0.conv1``, so files that ``to_onnx`` and ``torch.onnx.export`` write keep the
-module names); stateless nodes as ``from_torch`` names them where the file records module
-scopes (``transformer.h.0.add``), after the IR node in a file grow-ir wrote, else after
-their output value. Numbered blocks that are copies of one block become a stage
-(:func:`~grow_ir.imports.torch_stages.numbered_stages`). A graph output that the file
-computes as a graph input (through an ``Identity``: a dropout, ``nn.Identity``) is an
-``identity`` node, since IR outputs name nodes.
+what only they read is not imported. Layers are named after their weight initializers
+(``layer1.0.conv1.weight`` gives node ``layer1.0.conv1``, so files that ``to_onnx`` and
+``torch.onnx.export`` write keep the module names); stateless nodes as ``from_torch``
+names them where the file records module scopes (``transformer.h.0.add``), after the IR
+node in a file grow-ir wrote, else after their output value. Numbered blocks that are
+copies of one block become a stage (:func:`~grow_ir.imports.torch_stages.numbered_stages`).
+A graph output that the file computes as a graph input (through an ``Identity``: a
+dropout, ``nn.Identity``) is an ``identity`` node, since IR outputs name nodes.
 """
 
 from __future__ import annotations
