@@ -268,14 +268,16 @@ class ClassToken(torch.nn.Module):
         return self.fc(h[:, 0] + h[:, -1])
 
 
-def _dynamic_onnx(module: torch.nn.Module, ids: torch.Tensor, axis: int) -> onnx.ModelProto:
+def _dynamic_onnx(module: torch.nn.Module, x: torch.Tensor, axis: int) -> onnx.ModelProto:
+    """What ``torch.onnx.export`` writes for ``module`` with axis ``axis`` of its one
+    input dynamic (``batch`` for axis 0, else ``seq``)."""
     import warnings
 
     dim = torch.export.Dim("batch" if axis == 0 else "seq", max=16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         export = torch.onnx.export(
-            module, (ids,), dynamo=True, verbose=False, dynamic_shapes={"ids": {axis: dim}}
+            module, (x,), dynamo=True, verbose=False, dynamic_shapes=({axis: dim},)
         )
     return export.model_proto
 
@@ -357,5 +359,218 @@ def test_range_and_expand_that_grow_ir_cannot_express_are_refused():
         inits={"one": one, "zero": np.array([0], dtype=np.int64)},
     )
     assert _refusal(summed) == (
-        "node 'more' (Add): Add computes with a shape (grow-ir: shapes only size Range and Expand)"
+        "node 'more' (Add): Add computes with a shape (grow-ir: shapes only size Expand, Range, "
+        "Reshape, Resize)"
+    )
+
+
+class Resized(torch.nn.Module):
+    """A conv, then ``F.interpolate`` to the size ``9 x 13``."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(self.conv(x), size=(9, 13), mode=self.mode)
+
+
+class Unflattened(torch.nn.Module):
+    """A linear, then ``nn.Unflatten`` of its features into ``2 x 4``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+        self.split = torch.nn.Unflatten(-1, (2, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.split(self.fc(x))
+
+
+class CeilPool(torch.nn.Module):
+    """A conv, then ``AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+        self.pool = torch.nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.conv(x))
+
+
+class Flattened(torch.nn.Module):
+    """A conv, then ``torch.flatten(x, 1, 2)`` (channels with rows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.conv(x), 1, 2)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic-batch"])
+@pytest.mark.parametrize(
+    ("make", "shape", "op", "attrs"),
+    [
+        (lambda: Resized("nearest"), (2, 3, 7, 6), "upsample", {"size": [9, 13]}),
+        (
+            lambda: Resized("bilinear"),
+            (2, 3, 7, 6),
+            "upsample",
+            {"mode": "bilinear", "size": [9, 13]},
+        ),
+        (Unflattened, (2, 5, 8), "unflatten", {"dim": 2, "sizes": [2, 4]}),
+        (
+            CeilPool,
+            (2, 3, 7, 6),
+            "avgpool2d",
+            {
+                "kernel_size": 3,
+                "stride": 2,
+                "padding": 1,
+                "ceil_mode": True,
+                "count_include_pad": False,
+            },
+        ),
+        (Flattened, (2, 3, 5, 6), "flatten", {"end_dim": 2}),
+    ],
+    ids=["interpolate-nearest", "interpolate-bilinear", "unflatten", "avgpool-ceil", "flatten"],
+)
+def test_torch_onnx_export_of_sizes_and_ceil_pools_imports_as_the_op(
+    make, shape, op, attrs, dynamic
+):
+    """``F.interpolate(size=...)``, ``nn.Unflatten``, a ceil-mode average pool that does
+    not count the padding and ``flatten(1, 2)``, exported with static shapes and with a
+    dynamic batch (the resize's sizes then a ``Shape`` of the batch and channels
+    concatenated with the size, the reshapes' a ``-1`` for the batch): each is one node
+    of its op with the module's attributes, and the graph gives the module's outputs, at
+    another batch size too when the batch is dynamic."""
+    module = randomized(make())
+    x = torch.randn(shape)
+    proto = _dynamic_onnx(module, x, 0) if dynamic else torch_onnx(module, x)
+    graph = gi.from_onnx(proto)  # checked against onnxruntime
+    (node,) = [n for n in graph.nodes if n.op == op]
+    assert node.attr_dict() == attrs
+    assert len(graph.nodes) == 2  # the layer before it, and it
+    for batch in (2, 5) if dynamic else (2,):
+        x = torch.randn(batch, *shape[1:])
+        with torch.no_grad():
+            got = gi.to_torch(graph).eval()(x)
+        assert relative_error(got, outputs_of(module, x)[0]) <= 1e-5
+
+
+@pytest.mark.parametrize("make", [torch.nn.Identity, lambda: torch.nn.Dropout(0.3)])
+def test_a_torch_onnx_export_whose_output_is_its_input_imports_as_identity(make):
+    """``nn.Identity`` and ``nn.Dropout`` (eval) alone: the file's output is its input
+    (through an ``Identity``); IR outputs name nodes, so it comes back as one
+    ``identity`` node."""
+    module = make().eval()
+    x = torch.randn(2, 4)
+    graph = gi.from_onnx(torch_onnx(module, x))
+    assert [(n.op, n.inputs) for n in graph.nodes] == [("identity", tuple(graph.inputs))]
+    assert list(graph.outputs.values()) == [graph.nodes[0].name]
+    with torch.no_grad():
+        assert torch.equal(gi.to_torch(graph)(x), x)
+
+
+def _pool_model(
+    pads: list[int],
+    count_include_pad: int = 0,
+    op: str = "AveragePool",
+    padded: list[int] | None = None,
+    fill: float = -np.inf,
+) -> onnx.ModelProto:
+    """``x[N, 2, 7, 6]`` pooled by 3 with stride 2 and ``pads``; with ``padded``, after a
+    ``Pad`` of ``fill`` by those (begin, end) pads of the height and width."""
+    make = onnx.helper.make_node
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 2, 7, 6])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    counted = {"count_include_pad": count_include_pad} if op == "AveragePool" else {}
+    source = "p" if padded else "x"
+    window = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": pads, **counted}
+    nodes = [make(op, [source], ["y"], name="pool", **window)]
+    inits = []
+    if padded:
+        ends = np.array([0, 0, *padded[:2], 0, 0, *padded[2:]], dtype=np.int64)
+        inits = [
+            onnx.numpy_helper.from_array(ends, "ends"),
+            onnx.numpy_helper.from_array(np.array(fill, dtype=np.float32), "fill"),
+        ]
+        nodes.insert(0, make("Pad", ["x", "ends", "fill"], ["p"], name="pad", mode="constant"))
+    graph = onnx.helper.make_graph(nodes, "pool", [x], [y], inits)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 19)])
+
+
+def test_asymmetric_pool_pads_are_ceil_mode_or_refused():
+    """More padding at the end, not counted, giving PyTorch's ceil-mode size: ceil mode.
+    Counted, more than ceil mode adds, or more at the start: refused, naming the node."""
+    (node,) = gi.from_onnx(_pool_model([1, 1, 1, 2])).nodes
+    assert (node.op, node.attrs.padding, node.attrs.ceil_mode) == ("avgpool2d", 1, True)
+    assert not node.attrs.count_include_pad
+    for pads, counted in (([1, 1, 1, 2], 1), ([0, 0, 2, 2], 0), ([1, 1, 0, 1], 0)):
+        assert _refusal(_pool_model(pads, counted)) == (
+            f"node 'pool' (AveragePool): AveragePool pads asymmetrically ({pads}) other than "
+            "as PyTorch's ceil mode"
+        )
+
+
+@pytest.mark.parametrize(
+    ("op", "pads", "padded", "fill", "want"),
+    [
+        ("MaxPool", [1, 1, 1, 1], [0, 0, 1, 1], -np.inf, {"padding": 1, "ceil_mode": True}),
+        (
+            "AveragePool",
+            [0, 0, 0, 1],
+            [1, 1, 1, 1],
+            0.0,
+            {"padding": 1, "ceil_mode": True},  # count_include_pad: its default, True
+        ),
+        ("AveragePool", [0, 0, 0, 0], [1, 1, 1, 1], 0.0, {"padding": 1}),
+        ("MaxPool", [0, 0, 0, 0], [0, 0, 2, 2], -np.inf, None),  # more than ceil mode adds
+        ("MaxPool", [0, 0, 0, 0], [1, 1, 1, 1], -np.inf, None),  # padded at the start
+        ("AveragePool", [0, 0, 0, 0], [2, 2, 2, 2], 0.0, None),  # over half the kernel
+        ("AveragePool", [0, 0, 0, 0], [0, 0, 1, 1], 0.0, None),  # at the end, counted
+    ],
+    ids=[
+        "max-ceil",
+        "avg-ceil-counted",
+        "avg-counted",
+        "max-more",
+        "max-start",
+        "avg-wide",
+        "avg-end",
+    ],
+)
+def test_a_pad_only_a_pool_reads_is_its_padding_where_pytorch_pools_so(
+    op, pads, padded, fill, want
+):
+    """``to_onnx``'s ceil-mode pools: a max pool after a ``Pad`` of ``-inf`` at the end,
+    an average counting the padding after a ``Pad`` of zeros on both sides (its own pads
+    at the end, not counted): one pool node with PyTorch's attributes. Any other pad
+    stays a ``pad`` node before the pool. Both compute the file (the import's check)."""
+    graph = gi.from_onnx(_pool_model(pads, 0, op, padded, fill))
+    pool = "maxpool2d" if op == "MaxPool" else "avgpool2d"
+    if want is None:
+        assert [n.op for n in graph.nodes] == ["pad", pool]
+        return
+    (node,) = graph.nodes
+    assert node.op == pool
+    assert node.attr_dict() == {"kernel_size": 3, "stride": 2, **want}
+
+
+def test_a_reshape_to_a_computed_shape_that_moves_symbolic_axes_is_refused():
+    make = onnx.helper.make_node
+    moved = _shape_model(
+        make("Shape", ["r"], ["tail"], start=2),
+        make("Shape", ["r"], ["head"], end=2),
+        make("Concat", ["tail", "head"], ["shape"], axis=0),
+        make("Reshape", ["r", "shape"], ["y"], name="move"),
+        inits={},
+    )
+    assert _refusal(moved) == (
+        "node 'move' (Reshape): Reshape reshapes ['batch', 4, 3] to [3, 'batch', 4] (grow-ir: "
+        "sizes known after axis 0)"
     )

@@ -177,6 +177,15 @@ CASES: list[Case] = [
     case(
         "avgpool2d-ceil-incl", IMG, "avgpool2d", kernel_size=2, stride=3, padding=1, ceil_mode=True
     ),
+    case(  # ceil mode adds a window on the width: to_onnx pads explicitly, counted
+        "avgpool2d-ceil-incl-extra",
+        IMG,
+        "avgpool2d",
+        kernel_size=3,
+        stride=2,
+        padding=1,
+        ceil_mode=True,
+    ),
     case(
         "avgpool2d-ceil-excl",
         IMG,

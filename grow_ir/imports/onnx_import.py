@@ -4,21 +4,24 @@ Each ONNX node maps onto IR ops by one rule of :data:`RULES` (keyed by op type);
 multi-node forms that exporters write for one layer are recognised where they start:
 ``MatMul`` + ``Add`` of initializers is a biased linear, ``Sigmoid`` then ``Mul`` by the
 same value is silu, ``GlobalAveragePool``/``ReduceMean`` (keepdims) then ``Flatten`` is
-global_avgpool. Larger compositions (attention, a written-out GELU or RMSNorm, a tied
-head, positions built from the shapes) are found first by evaluating the file
-(:mod:`grow_ir.imports.onnx_regions`), and what only they read is not imported. Layers
-are named after their weight initializers (``layer1.0.conv1.weight`` gives node
-``layer1.0.conv1``, so files that ``to_onnx`` and ``torch.onnx.export`` write keep the
-module names); stateless nodes as ``from_torch`` names them where the file records module
-scopes (``transformer.h.0.add``), after the IR node in a file grow-ir wrote, else after
-their output value. Numbered blocks that are copies of one block become a stage
-(:func:`~grow_ir.imports.torch_stages.numbered_stages`).
+global_avgpool, a ``Pad`` that only a pool reads is its padding where that is how
+``to_onnx`` writes PyTorch's ceil mode (:func:`_padded_pool`). Larger compositions
+(attention, a written-out GELU or RMSNorm, a tied head, ``mix``, positions built from the
+shapes) are found first by evaluating the file (:mod:`grow_ir.imports.onnx_regions`), and
+what only they read is not imported. Layers are named after their weight initializers
+(``layer1.0.conv1.weight`` gives node ``layer1.0.conv1``, so files that ``to_onnx`` and
+``torch.onnx.export`` write keep the module names); stateless nodes as ``from_torch``
+names them where the file records module scopes (``transformer.h.0.add``), after the IR
+node in a file grow-ir wrote, else after their output value. Numbered blocks that are
+copies of one block become a stage (:func:`~grow_ir.imports.torch_stages.numbered_stages`).
+A graph output that the file computes as a graph input (through an ``Identity``: a
+dropout, ``nn.Identity``) is an ``identity`` node, since IR outputs name nodes.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +37,20 @@ from grow_ir.imports.builder import GraphBuilder, folded_axes, ident
 from grow_ir.imports.onnx_patterns import Region, float32_decimal, scope
 from grow_ir.imports.onnx_pooling import averaging_matmul, gathered_pooling
 from grow_ir.imports.onnx_regions import find_regions
-from grow_ir.imports.onnx_shapes import Dims, dims_rule, expand_rule, range_rule, shape
+from grow_ir.imports.onnx_shapes import (
+    SIZES_ONLY,
+    Dims,
+    dims_rule,
+    expand_rule,
+    range_rule,
+    shape,
+    sizes,
+)
 from grow_ir.imports.onnx_values import Evaluation
 from grow_ir.imports.torch_rules import KeptMean, Unsupported, split_axis
 from grow_ir.imports.torch_stages import numbered_stages
 from grow_ir.ir.graph import Graph
+from grow_ir.ir.ops.elementwise import pool_out_size
 from grow_ir.ir.types import TensorType
 
 TOLERANCE = 1e-5
@@ -109,9 +121,7 @@ class _Context:
         if isinstance(bound, KeptMean):
             return bound.kept(self.builder)
         if isinstance(bound, Dims):
-            raise Unsupported(
-                f"takes the shape '{name}' as a value (grow-ir: shapes only size Range and Expand)"
-            )
+            raise Unsupported(f"takes the shape '{name}' as a value {SIZES_ONLY}")
         if bound is None:
             raise Unsupported(f"reads '{name}', which has no grow-ir value")
         return bound
@@ -228,6 +238,8 @@ def _convert(proto: onnx.ModelProto, label: str) -> tuple[Graph, Evaluation | No
             continue
         if isinstance(bound, KeptMean):
             bound = bound.kept(builder)
+        if bound in builder.inputs:  # an IR output names a node: the pass-through is one
+            bound = builder.add("identity", [bound], ctx.hint(out.name, "identity"))
         outputs[ident(out.name)] = bound
     graph = builder.finish(outputs, Path(label).stem if g.name == "" else g.name)
     return numbered_stages(graph), evaluation
@@ -415,7 +427,12 @@ def _resize(ctx: _Context, node: onnx.NodeProto) -> None:
     t = ctx.builder.types[x]
     axes = [int(v) % t.rank for v in a.get("axes", range(t.rank))]
     scales = node.input[2] if len(node.input) > 2 else ""
-    given = ctx.const(scales or node.input[3], "scales or sizes").reshape(-1).tolist()
+    if scales:
+        given: list = ctx.const(scales, "scales").reshape(-1).tolist()
+    elif (computed := sizes(ctx, node.input[3])) is not None:  # constant or from the shape
+        given = computed
+    else:
+        raise Unsupported("takes its sizes from a computed value that is not a shape")
     by_axis = dict(zip(axes, given))
     unchanged = [1.0, 1.0] if scales else list(t.shape[:2])
     if t.rank != 4 or [by_axis.get(i, unchanged[i]) for i in (0, 1)] != unchanged:
@@ -423,8 +440,10 @@ def _resize(ctx: _Context, node: onnx.NodeProto) -> None:
     h, w = by_axis[2], by_axis[3]
     if scales:
         attrs["scale_factor"] = float(h) if h == w else (float(h), float(w))
+    elif isinstance(h, int) and isinstance(w, int):
+        attrs["size"] = _pair([h, w])
     else:
-        attrs["size"] = _pair([int(h), int(w)])
+        raise Unsupported(f"resizes to the symbolic size {[h, w]} (grow-ir: a size known)")
     _bind_add(ctx, node, "upsample", [x], attrs)
 
 
@@ -607,27 +626,82 @@ def _softmax(ctx: _Context, node: onnx.NodeProto) -> None:
 
 def _pool(op: str) -> Rule:
     def rule(ctx: _Context, node: onnx.NodeProto) -> None:
-        a = _attrs(node)
-        if _text(a.get("auto_pad", "NOTSET")) != "NOTSET":
-            raise Unsupported(f"uses auto_pad={a['auto_pad']!r}")
-        if len(node.output) > 1 and node.output[1]:
-            raise Unsupported("returns indices")
-        k = list(a["kernel_shape"])
-        if len(k) != 2:
-            raise Unsupported(f"pools over {len(k)} axes (grow-ir: 2)")
-        attrs: dict[str, Any] = {
-            "kernel_size": _pair(k),
-            "stride": _pair(list(a.get("strides", [1, 1]))),
-            "padding": _pair(_symmetric(list(a.get("pads", [0] * 4)), "")),
-            "ceil_mode": bool(a.get("ceil_mode", 0)),
-        }
-        if op == "maxpool2d":
-            attrs["dilation"] = _pair(list(a.get("dilations", [1, 1])))
-        else:
-            attrs["count_include_pad"] = bool(a.get("count_include_pad", 0))
-        _bind_add(ctx, node, op, [ctx.value(node.input[0])], attrs)
+        _add_pool(ctx, node, op, node.input[0])
 
     return rule
+
+
+def _add_pool(
+    ctx: _Context,
+    node: onnx.NodeProto,
+    op: str,
+    source: str,
+    extra: Sequence[int] = (0, 0),
+    counted: Sequence[int] = (0, 0),
+) -> None:
+    """Bind the pool ``node`` as an ``op`` node reading ONNX value ``source``: its end pads
+    grown by ``extra``, its pads on both sides by ``counted``, counted in the average (a
+    ``Pad`` that only the pool reads: :func:`_padded_pool`)."""
+    a = _attrs(node)
+    if _text(a.get("auto_pad", "NOTSET")) != "NOTSET":
+        raise Unsupported(f"uses auto_pad={a['auto_pad']!r}")
+    if len(node.output) > 1 and node.output[1]:
+        raise Unsupported("returns indices")
+    k = list(a["kernel_shape"])
+    if len(k) != 2:
+        raise Unsupported(f"pools over {len(k)} axes (grow-ir: 2)")
+    strides, dilations = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
+    pads = list(a.get("pads", [0] * 4))
+    pads = [p + c for p, c in zip(pads, [*counted, *counted])]
+    pads[2:] = [p + e for p, e in zip(pads[2:], extra)]
+    attrs: dict[str, Any] = {
+        "kernel_size": _pair(k),
+        "stride": _pair(strides),
+        "padding": _pair(pads[:2]),
+        "ceil_mode": bool(a.get("ceil_mode", 0)),
+    }
+    counts_end = op == "avgpool2d" and bool(a.get("count_include_pad", 0))
+    if op == "maxpool2d":
+        attrs["dilation"] = _pair(dilations)
+    else:
+        attrs["count_include_pad"] = counts_end or any(counted)
+    if pads[:2] != pads[2:]:
+        _ceil_mode_pads(ctx.type(source), attrs, (k, strides, pads, dilations), counts_end)
+    _bind_add(ctx, node, op, [ctx.value(source)], attrs)
+
+
+def _ceil_mode_pads(
+    t: TensorType, attrs: dict[str, Any], geometry: tuple[list[int], ...], counts_end: bool
+) -> None:
+    """Read a floor-mode pool of a value of type ``t`` with more padding at the end than
+    at the start as PyTorch's ceil mode (``to_onnx`` writes PyTorch's ceil mode so, since
+    ONNX's own keeps a last window that starts in the right padding, which PyTorch drops):
+    ``ceil_mode`` set in ``attrs`` when PyTorch's ceil-mode output has the file's size on
+    both axes (then the windows are the same: window ``i`` starts at ``i * stride - pad``).
+    An average whose count includes the end padding (``counts_end``) would count the
+    extra end padding too, which PyTorch does not.
+
+    Raises:
+        Unsupported: the pads are no such ceil mode.
+    """
+    k, strides, pads, dilations = geometry
+    extent = t.shape[2:]
+    why = f"pads asymmetrically ({pads}) other than as PyTorch's ceil mode"
+    if attrs["ceil_mode"] or counts_end or len(extent) != 2:
+        raise Unsupported(why)
+    for i, size in enumerate(extent):
+        begin, end = pads[i], pads[2 + i]
+        if not isinstance(size, int) or end < begin:
+            raise Unsupported(why)
+        span = dilations[i] * (k[i] - 1) + 1
+        want = (size + begin + end - span) // strides[i] + 1
+        try:
+            got = pool_out_size(size, k[i], strides[i], begin, dilations[i], True, "")
+        except ShapeError:
+            raise Unsupported(why) from None
+        if got != want:
+            raise Unsupported(why)
+    attrs["ceil_mode"] = True
 
 
 def _global_avgpool(ctx: _Context, node: onnx.NodeProto) -> None:
@@ -656,10 +730,11 @@ def _reduce_mean(ctx: _Context, node: onnx.NodeProto) -> None:
         _bind_add(ctx, node, "global_avgpool", [ctx.value(node.input[0])])
 
 
-def _fold(ctx: _Context, node: onnx.NodeProto, after: list) -> None:
+def _fold(ctx: _Context, node: onnx.NodeProto, after: list, rest: int | None = None) -> None:
     """Bind a reshape of the node's first input to ``after``: a kept mean's flatten, an
     alias (also of the value a reshape came from: Reshape to ``[-1]``, then back), or a
-    flatten, unflatten or reshape node."""
+    flatten, unflatten or reshape node. ``rest``: the axis the file sizes with ``-1``,
+    kept as ``-1`` in an unflatten's ``sizes`` (as the file says it)."""
     source = node.input[0]
     bound = ctx.env.get(source)
     before = list(ctx.type(source).shape)
@@ -676,10 +751,13 @@ def _fold(ctx: _Context, node: onnx.NodeProto, after: list) -> None:
     axes = folded_axes(before, after)
     if axes is not None:
         op, attrs = "flatten", {"start_dim": axes[0], "end_dim": axes[1]}
+    elif (split := split_axis(tuple(before), tuple(after))) is not None:
+        dim, parts = split
+        if rest is not None and dim <= rest < dim + len(parts):
+            parts[rest - dim] = -1
+        op, attrs = "unflatten", {"dim": dim, "sizes": parts}
     elif any(not isinstance(d, int) for d in after[1:]) or "?" in after:
         raise Unsupported(f"reshapes {before} to {after} (grow-ir: sizes known after axis 0)")
-    elif (split := split_axis(tuple(before), tuple(after))) is not None:
-        op, attrs = "unflatten", {"dim": split[0], "sizes": split[1]}
     else:
         shape = [-1 if i == 0 and not isinstance(d, int) else d for i, d in enumerate(after)]
         op, attrs = "reshape", {"shape": shape}
@@ -701,19 +779,40 @@ def _flatten(ctx: _Context, node: onnx.NodeProto) -> None:
 
 
 def _reshape(ctx: _Context, node: onnx.NodeProto) -> None:
-    target = [int(v) for v in ctx.const(node.input[1], "shape").reshape(-1)]
+    """``Reshape`` to a constant shape or to one computed from the shapes (``Shape``
+    slices and constants, as ``to_onnx`` writes ``unflatten`` and a flatten of several
+    symbolic trailing dims): the sizes it gives, read as a fold (:func:`_fold`)."""
+    target = sizes(ctx, node.input[1]) if node.input[1] not in ctx.consts else None
+    if target is None:
+        target = [int(v) for v in ctx.const(node.input[1], "shape").reshape(-1)]
     before = list(ctx.type(node.input[0]).shape)
     allowzero = int(_attrs(node).get("allowzero", 0))
     after: list = [before[i] if v == 0 and not allowzero else v for i, v in enumerate(target)]
-    if after.count(-1) == 1:
-        # -1 takes what is left: the known sizes divide out, and symbolic dims must cancel
-        known = [d for d in after if d != -1]
-        symbols = sorted(str(d) for d in before if not isinstance(d, int))
-        if symbols == sorted(str(d) for d in known if not isinstance(d, int)):
-            total = int(np.prod([d for d in before if isinstance(d, int)]))
-            part = int(np.prod([d for d in known if isinstance(d, int)]))
-            after[after.index(-1)] = total // max(1, part)
-    _fold(ctx, node, after)
+    rest = after.index(-1) if after.count(-1) == 1 else None
+    if rest is not None:
+        after[rest] = _rest(before, [d for i, d in enumerate(after) if i != rest])
+    _fold(ctx, node, after, rest)
+
+
+def _rest(before: list, known: list) -> int | str:
+    """The size a reshape's ``-1`` takes: the element count of ``before`` over that of
+    the ``known`` sizes, when the known symbolic dims are among ``before``'s and what is
+    left is a number or one symbolic dim; else ``-1`` (unknown)."""
+    left = [str(d) for d in before if not isinstance(d, int)]
+    for d in known:
+        if not isinstance(d, int):
+            if str(d) not in left:
+                return -1
+            left.remove(str(d))
+    total = int(np.prod([d for d in before if isinstance(d, int)]))
+    part = int(np.prod([d for d in known if isinstance(d, int)]))
+    if part <= 0 or total % part:
+        return -1
+    if not left:
+        return total // part
+    if len(left) == 1 and total == part:
+        return next(d for d in before if str(d) == left[0])
+    return -1
 
 
 def _squeeze(ctx: _Context, node: onnx.NodeProto) -> None:
@@ -863,12 +962,44 @@ def _pad(ctx: _Context, node: onnx.NodeProto) -> None:
     if len(node.input) > 2 and node.input[2]:
         value = float(ctx.const(node.input[2], "value").reshape(-1)[0])
     rank = len(pads) // 2
+    if _padded_pool(ctx, node, pads, value):
+        return
     pairs: list[int] = []
     for axis in reversed(range(rank)):  # PyTorch's order: the last axis first
         pairs += [pads[axis], pads[rank + axis]]
     while pairs[-2:] == [0, 0] and len(pairs) > 2:
         pairs = pairs[:-2]
     _bind_add(ctx, node, "pad", [ctx.value(node.input[0])], {"pad": pairs, "value": value})
+
+
+def _padded_pool(ctx: _Context, node: onnx.NodeProto, pads: list[int], value: float) -> bool:
+    """Bind a ``Pad`` of the height and width of ``[N, C, H, W]`` that only a pool reads,
+    and the pool, as one pool as ``to_onnx`` writes PyTorch's ceil mode: a ``MaxPool``
+    after a ``Pad`` of ``-inf`` at the end; an ``AveragePool`` not counting its own pads
+    (at the end only) after a ``Pad`` of zeros on both sides, which it counts (a
+    ``count_include_pad`` average). False, binding nothing, for any other pad or where the
+    pool is no PyTorch pool of the unpadded value."""
+    pool = ctx.only_consumer(node.output[0])
+    if pool is None or len(pads) != 8 or any(pads[:2]) or any(pads[4:6]):
+        return False
+    if node.output[0] in {o.name for o in ctx.model.graph.output}:
+        return False
+    begin, end = pads[2:4], pads[6:8]
+    counts = _attrs(pool).get("count_include_pad", 0)
+    if pool.op_type == "MaxPool" and value == -np.inf and not any(begin):
+        op, extra, counted = "maxpool2d", end, [0, 0]
+    elif pool.op_type == "AveragePool" and value == 0.0 and begin == end and not counts:
+        if any(list(_attrs(pool).get("pads", [0] * 4))[:2]):
+            return False
+        op, extra, counted = "avgpool2d", [0, 0], begin
+    else:
+        return False
+    try:
+        _add_pool(ctx, pool, op, node.input[0], extra, counted)
+    except (Unsupported, ShapeError):  # a pad and a pool, as the file has them
+        return False
+    ctx.done.add(id(pool))
+    return True
 
 
 def _log_softmax(ctx: _Context, node: onnx.NodeProto) -> None:

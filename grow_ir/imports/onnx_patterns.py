@@ -5,7 +5,8 @@ The per-op rules of :mod:`grow_ir.imports.onnx_import` import one ONNX node at a
 ``Conv1D`` (``Reshape``, ``Gemm``, ``Reshape``), a GELU written out with ``Pow`` and
 ``Tanh``, RMSNorm (``Pow``, ``ReduceMean``, ``Sqrt``, ``Reciprocal``, ``Mul``), attention
 (:mod:`grow_ir.imports.onnx_attention`), and a head tied to the embedding stored as a
-transposed copy of the table. A :class:`Region` names the ONNX nodes it replaces, the
+transposed copy of the table; ``to_onnx`` writes ``mix`` so (``Softmax`` of its ``alpha``,
+``Gather``, ``Mul``, ``Add``). A :class:`Region` names the ONNX nodes it replaces, the
 values it reads and the IR node that computes what they compute; each is accepted only
 after that node, run on onnxruntime's values of its inputs (:mod:`onnx_values`, every
 run), gives onnxruntime's value of its output within the import tolerance
@@ -379,6 +380,67 @@ def linear_regions(model: Model, found: Found) -> None:
     for region, (k, _) in zip(regions, first_fits(checks)):  # verified in one lowering
         if k is not None:
             found.regions.append(region)
+
+
+# ---- a learned mixing of values ----------------------------------------------------------------
+
+
+def mix_regions(model: Model, found: Found) -> None:
+    """A ``Softmax`` (axis 0) of a 1-d initializer ``alpha`` of ``k`` logits, its weights
+    picked one by one (``Gather`` of the indices ``0..k-1``), each times one value, the
+    ``k`` products summed by ``Add``s (``to_onnx``'s and ``Mix``'s ``Σ softmax(alpha)_i ·
+    x_i``), becomes one ``mix`` node of those values in index order, with ``alpha``
+    bitwise; verified by value."""
+    claimed = found.claimed
+    regions = []
+    for i, n in enumerate(model.graph.node):
+        alpha = model.const(n.input[0]) if n.op_type == "Softmax" and i not in claimed else None
+        axis = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}.get("axis", -1)
+        if alpha is None or alpha.ndim != 1 or alpha.dtype != np.float32 or axis not in (0, -1):
+            continue
+        region = _mix(model, i, alpha)
+        if region is not None and not region.nodes & claimed:
+            regions.append(region)
+    checks = [([(r.op, r.attrs, r.params)], model.runs(r.inputs, r.output)) for r in regions]
+    for region, (k, _) in zip(regions, first_fits(checks)):  # verified in one lowering
+        if k is not None:
+            found.regions.append(region)
+
+
+def _mix(model: Model, softmax: int, alpha: np.ndarray) -> Region | None:
+    """The ``mix`` region whose weights the ``Softmax`` at ``softmax`` computes, else None."""
+    weights = model.node(softmax).output[0]
+    users = model.consumers.get(weights, [])
+    if len(users) != len(alpha) or -1 in users:
+        return None
+    nodes, terms = {softmax}, {}
+    for u in users:
+        gather = model.node(u)
+        index = model.const(gather.input[1]) if gather.op_type == "Gather" else None
+        j = model.only_user(gather.output[0])
+        if index is None or index.ndim != 0 or gather.input[0] != weights or j is None:
+            return None
+        mul = model.node(j)
+        x = [v for v in mul.input if v != gather.output[0]]
+        if mul.op_type != "Mul" or len(x) != 1 or x[0] in model.consts:
+            return None
+        terms[int(index)] = (mul.output[0], x[0])
+        nodes |= {u, j}
+    if sorted(terms) != list(range(len(alpha))):
+        return None
+    pending = {t for t, _ in terms.values()}
+    while len(pending) > 1:  # the products and partial sums, each read by one Add of two
+        j = model.only_user(min(pending))
+        add = None if j is None else model.node(j)
+        if add is None or add.op_type != "Add" or len(set(add.input) & pending) != 2:
+            return None
+        pending = (pending - set(add.input)) | {add.output[0]}
+        nodes.add(j)
+    (out,) = pending
+    inputs = tuple(terms[i][1] for i in range(len(alpha)))
+    init = model.node(softmax).input[0]
+    name = region_name(model, nodes - {softmax}, init.removesuffix(".alpha"))
+    return Region(name, frozenset(nodes), out, inputs, "mix", {}, {"alpha": tensor(alpha)})
 
 
 # ---- a head tied to the embedding ------------------------------------------------------------

@@ -1,10 +1,10 @@
 """Every region of an ONNX model, found once before the per-op rules run.
 
 Order matters as in ``from_torch``: attention first (it takes its projections along),
-then a head tied to the embedding, then linear maps between reshapes, then leaf modules
-fitted whole, then position ids. Also which nodes are live: those an output depends on,
-a region reading only its inputs (so what only a region reads, such as a mask built
-from an input, is not imported).
+then a head tied to the embedding, then linear maps between reshapes, then learned
+mixings (``mix``), then leaf modules fitted whole, then position ids. Also which nodes
+are live: those an output depends on, a region reading only its inputs (so what only a
+region reads, such as a mask built from an input, is not imported).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from grow_ir.imports.onnx_patterns import (
     Model,
     identity_reshapes,
     linear_regions,
+    mix_regions,
     module_regions,
     position_regions,
     tied_head_regions,
@@ -61,6 +62,7 @@ def find_regions(
         attention_regions(model, found)
         tied_head_regions(model, found)
         linear_regions(model, found)
+        mix_regions(model, found)
         module_regions(model, found, has_rule)
         position_regions(model, found)
         identity_reshapes(model, found)

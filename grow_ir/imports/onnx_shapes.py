@@ -1,11 +1,16 @@
-"""Shapes an ONNX file computes, read as what they size: positions and expands to the batch.
+"""Shapes an ONNX file computes, read as what they size: positions, expands to the batch,
+reshapes and resizes.
 
-Exporters with dynamic dims write ``arange(L)`` as ``Shape`` → ``Squeeze`` → ``Range`` and
-``cls_token.expand(N, -1, -1)`` as ``Shape`` → ``Concat`` → ``Expand``. grow-ir has no shape
-values: its ``positions`` and batch-expanded ``parameter`` ops take the sizes from an input.
-So a computed shape is bound to :class:`Dims` (which axis of which value each entry is)
-until a ``Range`` or ``Expand`` reads it, and is refused where anything else reads it.
-Constant sizes (files with static shapes) are matched against the first input's axes.
+Exporters with dynamic dims write ``arange(L)`` as ``Shape`` → ``Squeeze`` → ``Range``,
+``cls_token.expand(N, -1, -1)`` as ``Shape`` → ``Concat`` → ``Expand``, and a reshape or a
+resize that keeps some axes (``unflatten``, a flatten of symbolic trailing dims,
+``interpolate(size=...)``) as ``Shape`` slices concatenated with constants. grow-ir has no
+shape values: its ``positions`` and batch-expanded ``parameter`` ops take the sizes from an
+input, and ``flatten``, ``unflatten`` and ``upsample`` have them as attributes. So a computed
+shape is bound to :class:`Dims` (which axis of which value each entry is) until a
+``Range``, ``Expand``, ``Reshape`` or ``Resize`` reads it (:data:`SIZED`), and is refused
+where anything else reads it. Constant sizes (files with static shapes) are matched against
+the first input's axes.
 """
 
 from __future__ import annotations
@@ -61,8 +66,11 @@ def _entries(ctx: _Context, name: str) -> Dims | None:
     return Dims(tuple(int(v) for v in array.reshape(-1)), scalar=array.ndim == 0)
 
 
-SIZED = frozenset({"Range", "Expand"})
+SIZED = frozenset({"Range", "Expand", "Reshape", "Resize"})
 """The ONNX ops whose rules read :class:`Dims` themselves."""
+
+SIZES_ONLY = f"(grow-ir: shapes only size {', '.join(sorted(SIZED))})"
+"""What a refusal of any other use of a computed shape says."""
 
 
 def dims_rule(ctx: _Context, node: onnx.NodeProto) -> bool:
@@ -92,9 +100,20 @@ def dims_rule(ctx: _Context, node: onnx.NodeProto) -> bool:
             raise Unsupported("joins a shape with values that are not sizes")
         out = Dims(tuple(e for p in parts for e in p.entries))  # type: ignore[union-attr]
     else:
-        raise Unsupported("computes with a shape (grow-ir: shapes only size Range and Expand)")
+        raise Unsupported(f"computes with a shape {SIZES_ONLY}")
     ctx.env[node.output[0]] = out
     return True
+
+
+def sizes(ctx: _Context, name: str) -> list[int | str] | None:
+    """The sizes a shape input ``name`` holds, an int or a symbolic dim each: a constant
+    (its values as written: ``0`` and ``-1`` for ``Reshape`` to read), or a shape computed
+    in the file (``Concat`` of ``Shape`` slices and constants: the sizes of those axes);
+    None when ``name`` is neither."""
+    dims = _entries(ctx, name)
+    if dims is None or dims.scalar:
+        return None
+    return [_size(ctx, e) for e in dims.entries]
 
 
 def _size(ctx: _Context, entry: Entry) -> int | str:

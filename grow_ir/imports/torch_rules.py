@@ -623,9 +623,12 @@ def _fold_to(ctx: Context, node: fx.Node, source: fx.Node, out_shape: tuple[int,
     ctx.add(node, "reshape", [x], {"shape": shape}, "reshape")
 
 
-def split_axis(before: tuple[int, ...], after: tuple[int, ...]) -> tuple[int, list[int]] | None:
+def split_axis(
+    before: tuple[int | str, ...], after: tuple[int | str, ...]
+) -> tuple[int, list[int]] | None:
     """``(dim, sizes)`` when reshaping ``before`` to ``after`` is ``unflatten(dim, sizes)``
-    of one axis after the batch axis, else None."""
+    of one axis after the batch axis, of a known size into known sizes (other axes may be
+    symbolic), else None."""
     extra = len(after) - len(before)
     if extra < 1:
         return None
@@ -634,7 +637,8 @@ def split_axis(before: tuple[int, ...], after: tuple[int, ...]) -> tuple[int, li
         if (
             before[:dim] == after[:dim]
             and before[dim + 1 :] == after[dim + extra + 1 :]
-            and math.prod(sizes) == before[dim]
+            and all(isinstance(d, int) for d in (before[dim], *sizes))
+            and math.prod(sizes) == before[dim]  # type: ignore[arg-type]
         ):
             return dim, sizes
     return None
