@@ -415,3 +415,32 @@ def test_a_sequential_of_identical_blocks_becomes_a_stage_that_grows_exactly() -
         want = module(other)
     (got,) = lowered_outputs(grown, other)
     assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+
+
+class _AlsoInput(nn.Module):
+    """A linear layer's output, and the input returned unchanged beside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fc(x), x
+
+
+@pytest.mark.parametrize("make", [nn.Identity, _AlsoInput])
+def test_an_output_that_is_an_input_unchanged_is_an_identity_node(make) -> None:
+    """IR outputs name nodes, so an output that is a graph input (``nn.Identity``, a model
+    returning its argument) imports as one ``identity`` node named after the output."""
+    module = make().eval()
+    x = torch.randn(2, 4)
+    graph = gi.from_torch(module, x)
+    last = graph.nodes[-1]
+    assert last.op == "identity" and last.inputs == tuple(graph.inputs)
+    assert list(graph.outputs.values())[-1] == last.name == list(graph.outputs)[-1]
+    other = torch.randn(5, 4)
+    with torch.no_grad():
+        want = module(other)
+    want = want if isinstance(want, tuple) else (want,)
+    for got, w in zip(lowered_outputs(graph, other), want, strict=True):
+        assert torch.equal(got, w)

@@ -170,16 +170,16 @@ class GraphBuilder:
     def finish(self, outputs: Mapping[str, str], name: str) -> Graph:
         """The verified Graph, or ImportRefused listing every construct refused.
 
-        ``outputs`` maps output names to values; an output that is a graph input (or the
-        alias of one) is refused, since every output names a node.
+        ``outputs`` maps output names to values; an output that is a graph input unchanged
+        (an ``nn.Identity``, a model returning one of its arguments) is an ``identity``
+        node named after the output, since every IR output names a node.
         """
         if self.refusals:
             raise ImportRefused(self.source, self.refusals)
-        for out, value in outputs.items():
-            if value in self.inputs:
-                self.refuse(out, "the output is a graph input unchanged (no node computes it)")
-        if self.refusals:
-            raise ImportRefused(self.source, self.refusals)
+        outputs = {
+            out: self.add("identity", [value], out) if value in self.inputs else value
+            for out, value in outputs.items()
+        }
         graph = Graph(
             inputs=self.inputs,
             nodes=tuple(self.nodes),
