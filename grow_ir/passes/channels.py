@@ -119,7 +119,6 @@ def _order_of(cls: type) -> Callable[[Any], tuple]:
 
 
 _SLOT_ORDER = _order_of(Slot)
-_AXIS_ORDER = _order_of(ParamAxis)
 _ROLE_RANK = {role: k for k, role in enumerate(Role)}
 
 
@@ -242,7 +241,9 @@ class _Walk:
         self.slots: set[Slot] = set()
         self.queue: deque[Slot] = deque()
         self.roles: dict[str, list[Role]] = {}
-        self.axes: dict[str, set[ParamAxis]] = {}
+        # (param, axis, offset, block, kind) per node: ParamAxis's fields, as plain tuples
+        # (hashed at C speed) until the members are made
+        self.axes: dict[str, set[tuple[str, int, int, int, str]]] = {}
         self.width: dict[str, dict[str, int]] = {}
         self.pins: dict[str, dict[str, object]] = {}
         self.norms: set[str] = set()
@@ -316,7 +317,7 @@ class _Walk:
             Member(
                 node=n,
                 roles=tuple(sorted(self.roles[n], key=rank)),
-                axes=tuple(sorted(axes[n], key=_AXIS_ORDER)) if n in axes else (),
+                axes=tuple(ParamAxis(*a) for a in sorted(axes[n])) if n in axes else (),
                 width_attrs=tuple(sorted(width[n].items())) if n in width else (),
                 pins=tuple(sorted(pins[n].items())) if n in pins else (),
             )
@@ -358,10 +359,12 @@ class _Walk:
             roles.append(role)
 
     def param_axes(self, node: Node, grown: dict[str, int], slot: Slot, kind: str) -> None:
+        if not grown:
+            return
         prefix = node.param_prefix
+        found = self.axes.setdefault(node.name, set())
         for local, axis in grown.items():
-            pa = ParamAxis(f"{prefix}.{local}", axis, slot.offset, slot.block, kind)
-            self.axes.setdefault(node.name, set()).add(pa)
+            found.add((f"{prefix}.{local}", axis, slot.offset, slot.block, kind))
 
     # ---- backward: from a value to the node that defines it -------------------------
 
@@ -432,11 +435,14 @@ class _Walk:
                 self.through(node, k, slot)
 
     def through(self, node: Node, k: int, slot: Slot) -> None:
-        """Handle ``node`` reading the group at input ``k`` in ``slot``."""
+        """Handle ``node`` reading the group at input ``k`` in ``slot`` (once: see ``edges``)."""
         edge = (node.name, k, slot)
-        if edge in self.edges:
-            return
-        self.edges.add(edge)
+        if edge not in self.edges:
+            self.edges.add(edge)
+            self.follow(node, k, slot)
+
+    def follow(self, node: Node, k: int, slot: Slot) -> None:
+        """What ``node`` reading the group at input ``k`` in ``slot`` adds to the walk."""
         graph = self.graph
         opdef = node.opdef
         ins = self.ins(node)
