@@ -109,7 +109,7 @@ class Member:
 
     def describe(self) -> str:
         """``name (role, role)``, for summaries."""
-        return f"{self.node} ({', '.join(r.value for r in self.roles)})"
+        return f"{self.node} ({', '.join(self.roles)})"  # a Role is the str of its value
 
 
 def _order_of(cls: type) -> Callable[[Any], tuple]:
@@ -272,7 +272,9 @@ class _Walk:
         """``compute()``, once per ``what``, op, attributes, input types and ``extra``."""
         kind = self.kind_of.get(node.name)
         if kind is None:
-            key = (node.op, node.attrs, tuple(self.ins(node)))
+            # the attribute values themselves (an op's model has its fields in one order):
+            # hashed and compared at C speed, unlike the pydantic model
+            key = (node.op, *vars(node.attrs).values(), *self.ins(node))
             kind = self.kind_of[node.name] = self.kinds.setdefault(key, len(self.kinds))
         key = (what, kind, *extra)
         got = self.memos.get(key, _MISSING)
@@ -632,9 +634,12 @@ class _Walk:
         """Refuse members sharing parameters across tasks; return the ties (``(head,
         scaler)``) that can follow the channels exactly, refusing the others."""
         graph = self.graph
+        sharing = sharers(graph.nodes)
+        if not sharing:  # no node shares parameters: nothing to refuse, no ties
+            return ()
         by_name = {m.node: m for m in members}
         ties = []
-        shared = {n.share for n in sharers(graph.nodes) if not n.tied(graph)}
+        shared = {n.share for n in sharing if not n.tied(graph)}
         for m in members:
             node = graph.node(m.node)
             if node.tied(graph) and m.axes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -358,10 +359,14 @@ class _Axis:
     scaled_all: bool  # every position is scaled (``scaled_at`` lists them all, in order)
     fill: torch.Tensor | None  # positions with no source (None: none)
     copied: torch.Tensor | None  # new positions copying a unit (None: none)
-    new_at: torch.Tensor  # the new positions, in order
     exact: dict[torch.dtype, torch.Tensor | None] = field(
         default_factory=dict, repr=False, compare=False
     )  # ``scale`` by dtype, where every factor is exact in it (see ``split``)
+
+    @cached_property
+    def new_at(self) -> torch.Tensor:
+        """The new positions, in order (made when an init gives their entries)."""
+        return torch.tensor([p for p, n in enumerate(self.plan.new) if n], dtype=torch.long)
 
     def gathered(self, t: torch.Tensor) -> torch.Tensor:
         """A new tensor: ``t`` laid out along the axis, zero where the entry is dropped."""
@@ -413,7 +418,11 @@ class _Axes:
     def steps(self, axes: Sequence[ParamAxis], shape: tuple[int, ...]) -> tuple[_Step, ...]:
         """The grown axes of one parameter of ``shape`` indexed at ``axes``, in axis order
         (made once per set of axes and shape)."""
-        key = (shape, *((a.axis, a.offset, a.block, a.kind) for a in axes))
+        if len(axes) == 1:  # most parameters grow along one axis
+            a = axes[0]
+            key: tuple = (shape, a.axis, a.offset, a.block, a.kind)
+        else:
+            key = (shape, *((a.axis, a.offset, a.block, a.kind) for a in axes))
         made = self._steps.get(key)
         if made is None:
             made = self._steps[key] = tuple(
@@ -457,7 +466,7 @@ class _Axes:
         return _Axis(
             axis=axis,
             plan=plan,
-            gather=torch.tensor(plan.index).clamp(min=0),
+            gather=torch.tensor([max(i, 0) for i in plan.index]),
             dropped=None if all(kept) else along([not k for k in kept], torch.bool),
             index=tuple(i if k else -1 for i, k in zip(plan.index, kept)),
             factors=factors,
@@ -466,7 +475,6 @@ class _Axes:
             scaled_all=factors is not None and len(scaled) == len(factors),
             fill=along(fill, torch.bool) if any(fill) else None,
             copied=along(copied, torch.bool) if any(copied) else None,
-            new_at=torch.tensor([p for p, n in enumerate(plan.new) if n], dtype=torch.long),
         )
 
 
@@ -491,6 +499,7 @@ def _grow_member(
             fresh = {k: _zero_fan_in(member, node, k, v) for k, v in fresh.items()}
     old_specs = old_graph.params_of(old_graph.node(member.node))
     old_params = old_graph.params
+    skip = len(node.param_prefix) + 1
     params, origins = {}, {}
     for param, axes in axes_by_param(member).items():
         spec = old_specs.get(param) or old_graph.param_specs[param]
@@ -502,12 +511,12 @@ def _grow_member(
         rescale = units.rescale.get(param)
         if rescale is not None:
             t = (t.double() * rescale).to(t.dtype)
-        local = param[len(node.param_prefix) + 1 :]
+        local = param[skip:]
         index: dict[int, tuple[int, ...]] = {}
         scale: dict[int, tuple[float, ...]] = {}
         fill: torch.Tensor | None = None
         copied: torch.Tensor | None = None
-        for kind, spans, plan in axes_of.steps(axes, tuple(t.shape)):
+        for kind, spans, plan in axes_of.steps(axes, t.shape):
             axis = plan.axis
             before = t
             t = plan.gathered(t)  # a new tensor: the steps below may change it in place
@@ -522,7 +531,7 @@ def _grow_member(
                 scale[axis] = tuple(rescale if i >= 0 else 1.0 for i in index[axis])
             if kind == "units" and units.fan_in == "mean":
                 t = _fill_means(t, before, axis, spans, old, plan.plan)
-            elif kind == "units":
+            elif kind == "units" and (plan.fill is not None or plan.copied is not None):
                 fill = _either(fill, plan.fill)
                 copied = _either(copied, plan.copied)
         if fill is not None:
