@@ -256,9 +256,9 @@ class _Walk:
         self.kinds: dict[tuple, int] = {}
         self.kind_of: dict[str, int] = {}
         self.types_in: dict[str, list[TensorType]] = {}
-        # ``through`` is a function of the node, the input and the slot, and only adds to
+        # ``follow`` is a function of the node, the input and the slot, and only adds to
         # the walk's sets: reached again (backward from its output after forward from its
-        # input), it has nothing left to add.
+        # input) it would add nothing, so ``through`` follows each (node, input, slot) once.
         self.edges: set[tuple[str, int, Slot]] = set()
 
     def ins(self, node: Node) -> list[TensorType]:
@@ -272,9 +272,9 @@ class _Walk:
         """``compute()``, once per ``what``, op, attributes, input types and ``extra``."""
         kind = self.kind_of.get(node.name)
         if kind is None:
-            # the attribute values themselves (an op's model has its fields in one order):
+            # the attribute values themselves (an op's model has its fields in one order),
             # hashed and compared at C speed, unlike the pydantic model
-            key = (node.op, *vars(node.attrs).values(), *self.ins(node))
+            key = (node.op, tuple(vars(node.attrs).values()), *self.ins(node))
             kind = self.kind_of[node.name] = self.kinds.setdefault(key, len(self.kinds))
         key = (what, kind, *extra)
         got = self.memos.get(key, _MISSING)
