@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import operator
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, count, islice
 from types import MappingProxyType
@@ -176,13 +176,16 @@ def infer_changed(graph: Graph, old: Graph) -> Mapping[str, TensorType] | None:
     heapq.heapify(todo)
     queued = set(todo)
     position = diff.position
+    # Inference is a function of the op, its attributes and its input types: alike nodes
+    # (a stage's convs reading the widened channels) are inferred once.
+    inferred: dict[tuple, TensorType] = {}
     try:
         while todo:
             n = nodes[heapq.heappop(todo)]
             kept = old_map.get(n.name) is n
             if not kept:  # a kept node's arity was checked in ``old``
                 check_arity(n)
-            t = n.opdef.infer(n.attrs, [types[i] for i in n.inputs])
+            t = _infer(n, [types[i] for i in n.inputs], inferred)
             prev = old_types.get(n.name)
             if prev is not None and prev == t:
                 t = prev  # the old object, so that the nodes reading it are not inferred again
@@ -206,6 +209,27 @@ def infer_changed(graph: Graph, old: Graph) -> Mapping[str, TensorType] | None:
     graph.__dict__["_node_params"] = memo
     graph.__dict__[DIFF] = diff
     return MappingProxyType(types)
+
+
+def kind_of(node: Node, ins: Sequence[TensorType]) -> tuple:
+    """What an op's answers about ``node`` (its type, its parameter specs, its channel
+    rules) depend on: its op, attribute values and input types ``ins``, as a key that is
+    hashed and compared at C speed, unlike the attribute model (an op's model has its
+    fields in one order). Hashing it raises TypeError for an unhashable attribute value."""
+    return (node.op, tuple(vars(node.attrs).values()), *ins)
+
+
+def _infer(node: Node, ins: list[TensorType], inferred: dict[tuple, TensorType]) -> TensorType:
+    """``node``'s type from its input types ``ins``, inferred once per kind (see
+    :func:`kind_of`) in ``inferred``."""
+    kind = kind_of(node, ins)
+    try:
+        t = inferred.get(kind)
+    except TypeError:  # an attribute value that cannot be hashed: inferred every time
+        return node.opdef.infer(node.attrs, ins)
+    if t is None:
+        t = inferred[kind] = node.opdef.infer(node.attrs, ins)
+    return t
 
 
 def output_deps_changed(graph: Graph, old: Graph, diff: Diff) -> Mapping[str, frozenset[str]]:

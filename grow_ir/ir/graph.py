@@ -21,7 +21,7 @@ import torch
 
 from grow_ir.errors import GrowError, ShapeError, VerifyError
 from grow_ir.ir.checks import check_arity
-from grow_ir.ir.delta import DIFF, NAME, infer_changed
+from grow_ir.ir.delta import DIFF, NAME, infer_changed, kind_of
 from grow_ir.ir.ops import OPS, Attrs, OpDef, ParamSpec
 from grow_ir.ir.ops.base import validate_attrs
 from grow_ir.ir.stages import BlockTemplate, Stage
@@ -354,7 +354,7 @@ class Graph:
         if named is not None and self.node_map.get(n.name) is n:
             return named
         ins = self.input_types(n)
-        kind = (n.op, tuple(vars(n.attrs).values()), *ins)
+        kind = kind_of(n, ins)
         try:
             specs = self._specs_by_kind.get(kind)
         except TypeError:  # an unhashable attribute value: asked every time

@@ -23,6 +23,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from grow_ir.errors import GrowError, PassError
+from grow_ir.ir.delta import kind_of
 from grow_ir.ir.graph import Graph, Node, sharers
 from grow_ir.ir.ops import OPS
 from grow_ir.ir.ops.base import Channels, OpDef, bump_attr
@@ -254,7 +255,7 @@ class _Walk:
         # once, as its *kind*; the memo is keyed by kind.
         self.memos: dict[tuple, Any] = {}
         self.kinds: dict[tuple, int] = {}
-        self.kind_of: dict[str, int] = {}
+        self.node_kind: dict[str, int] = {}
         self.types_in: dict[str, list[TensorType]] = {}
         # ``follow`` is a function of the node, the input and the slot, and only adds to
         # the walk's sets: reached again (backward from its output after forward from its
@@ -270,12 +271,10 @@ class _Walk:
 
     def memo(self, what: str, node: Node, compute: Callable[[], T], *extra: Hashable) -> T:
         """``compute()``, once per ``what``, op, attributes, input types and ``extra``."""
-        kind = self.kind_of.get(node.name)
+        kind = self.node_kind.get(node.name)
         if kind is None:
-            # the attribute values themselves (an op's model has its fields in one order),
-            # hashed and compared at C speed, unlike the pydantic model
-            key = (node.op, tuple(vars(node.attrs).values()), *self.ins(node))
-            kind = self.kind_of[node.name] = self.kinds.setdefault(key, len(self.kinds))
+            key = kind_of(node, self.ins(node))
+            kind = self.node_kind[node.name] = self.kinds.setdefault(key, len(self.kinds))
         key = (what, kind, *extra)
         got = self.memos.get(key, _MISSING)
         if got is _MISSING:

@@ -490,16 +490,17 @@ def _grow_member(
     if not member.axes:  # it passes the channels on, with no parameters they index
         return {}, {}
     units, old = axes_of.units, axes_of.old
-    node = graph.node(member.node)
+    old_node = old_graph.node(member.node)  # the same op and parameter names as the new one
     fresh: dict[str, torch.Tensor] = {}
     if units.fan_in in ("default", "zero") and any(a.kind == "units" for a in member.axes):
         # The op's own initialisation at the new shape supplies the new units' entries.
+        node = graph.node(member.node)
         fresh = init_layer(node, graph.input_types(node), "default", gen)
         if units.fan_in == "zero":
             fresh = {k: _zero_fan_in(member, node, k, v) for k, v in fresh.items()}
-    old_specs = old_graph.params_of(old_graph.node(member.node))
+    old_specs = old_graph.params_of(old_node)
     old_params = old_graph.params
-    skip = len(node.param_prefix) + 1
+    skip = len(old_node.param_prefix) + 1
     params, origins = {}, {}
     for param, axes in axes_by_param(member).items():
         spec = old_specs.get(param) or old_graph.param_specs[param]
