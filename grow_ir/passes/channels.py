@@ -305,11 +305,12 @@ class _Walk:
 
     def run(self, first: Slot) -> ChannelGroup:
         self.add(first)
-        while self.queue:
-            slot = self.queue.popleft()
+        queue, users, node_map = self.queue, self.graph.users, self.graph.node_map
+        while queue:
+            slot = queue.popleft()
             self.backward(slot)
-            for user in self.graph.users[slot.value]:
-                self.forward(self.graph.node(user), slot)
+            for user in users[slot.value]:
+                self.forward(node_map[user], slot)
         order = self.graph.positions
         names = sorted(self.roles, key=order.__getitem__)
         axes, width, pins = self.axes, self.width, self.pins
@@ -370,7 +371,7 @@ class _Walk:
     # ---- backward: from a value to the node that defines it -------------------------
 
     def backward(self, slot: Slot) -> None:
-        node = self.graph.node(slot.value)
+        node = self.graph.node_map[slot.value]  # a slot's value is a node (add checks)
         rule = node.opdef.channels
         if rule in (Channels.PRODUCE, Channels.SOURCE) and not _is_depthwise(self.graph, node):
             self.producer(node, slot)
