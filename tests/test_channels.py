@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from grow_ir.errors import PassError
 from grow_ir.ir import Graph, Node, TensorType, initialize, verify
-from grow_ir.passes import channel_group, widenable
-from grow_ir.passes.channels import ParamAxis, Role, Slot
+from grow_ir.passes import channel_group, channels, widenable
+from grow_ir.passes.channels import ChannelGroup, ParamAxis, Role, Slot
+from grow_ir.spec import load_spec
+from tests.graphgen import graphs
 
 
 def build(inputs: dict, nodes: list[tuple], outputs: dict) -> Graph:
@@ -217,3 +222,62 @@ def test_refusal_names_the_start_node_and_the_blocker() -> None:
 
 def test_widenable() -> None:
     assert widenable(RESIDUAL) == ["stem", "b1_conv"]
+
+
+# ---- the walk's memo --------------------------------------------------------------------
+
+
+class _EveryTime(channels._Walk):
+    """The walk asking every op rule every time it reaches a node, and following every
+    node again from every slot it is reached from: what the memo (by node kind) and the
+    skipped repeats must not change."""
+
+    def memo(self, what, node, compute, *extra):  # type: ignore[no-untyped-def]
+        return compute()
+
+    def through(self, node: Node, k: int, slot: Slot) -> None:
+        self.follow(node, k, slot)
+
+
+def groups_of(graph: Graph) -> dict[str, ChannelGroup | str]:
+    """Every width node's channel group, or the refusal's message."""
+    out: dict[str, ChannelGroup | str] = {}
+    for n in graph.nodes:
+        if n.opdef.facts.width_attr is not None:
+            try:
+                out[n.name] = channel_group(graph, n.name)
+            except PassError as exc:
+                out[n.name] = exc.message
+    return out
+
+
+def same_groups_every_time(graph: Graph, monkeypatch: pytest.MonkeyPatch) -> None:
+    memoised = groups_of(graph)
+    with monkeypatch.context() as m:
+        m.setattr(channels, "_Walk", _EveryTime)
+        assert groups_of(graph) == memoised
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "grow_ir" / "examples"
+
+
+@pytest.mark.parametrize("example", ["resnet", "transformer", "concat", "multitask"])
+def test_the_walks_memo_changes_no_group(example: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Groups of alike nodes (a stage's blocks, a transformer's layers), found with each
+    op rule asked once per node kind, are those found asking every time."""
+    graph = load_spec(EXAMPLES / f"{example}.yaml")
+    same_groups_every_time(graph, monkeypatch)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(graph=graphs())
+def test_the_walks_memo_changes_no_group_of_random_graphs(
+    graph: Graph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    same_groups_every_time(graph, monkeypatch)

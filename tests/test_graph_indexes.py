@@ -6,9 +6,12 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from hypothesis import HealthCheck, given, settings
 
 from grow_ir.ir import Graph, Node, TensorType, initialize, verify
 from grow_ir.ir.graph import STRUCTURAL_INDEXES
+from grow_ir.passes import channel_group, widen, widenable
+from tests.graphgen import graphs
 
 
 def mlp() -> Graph:
@@ -83,3 +86,25 @@ def test_a_new_structure_infers_again_only_what_changed() -> None:
         assert extended.types[name] is g.types[name]
     assert extended.params_of(extended.node("fc")) is g.params_of(g.node("fc"))
     assert "_prior" not in extended.__dict__  # no chain of old graphs kept alive
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(graph=graphs())
+def test_alike_nodes_share_their_ops_answer_and_get_their_own_specs(graph: Graph) -> None:
+    """``params_of`` asks an op once per kind of node (attributes, input types) in a graph:
+    every node still gets exactly the specs its op gives it, under its own names, in a
+    fresh graph and in a pass's result (made from the graph, its specs known)."""
+    grown = graph
+    for node in widenable(graph)[:1]:  # twice the width: exact through layernorms too
+        grown = widen(graph, node=node, width=2 * channel_group(graph, node).channels)
+    for g in (dataclasses.replace(graph), grown):
+        for n in g.nodes:
+            ins = [g.types[i] for i in n.inputs]
+            want = {f"{n.param_prefix}.{k}": v for k, v in n.opdef.params(n.attrs, ins).items()}
+            assert dict(g.params_of(n)) == want, n.name

@@ -332,6 +332,59 @@ def test_axis_plan_places_new_units_after_each_span() -> None:
     assert plan.new == (False, False, False, True, True, False, False, False, True, True, False)
 
 
+BITS = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
+
+def extreme_values(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Random values of every magnitude ``dtype`` holds, subnormals, zeros of both signs and
+    the largest finite values included."""
+    gen = torch.Generator().manual_seed(0)
+    info = torch.finfo(dtype)
+    exponents = torch.randint(-160, 128, shape, generator=gen).double()
+    t = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2.0**exponents).to(dtype)
+    flat = t.view(-1)
+    specials = [0.0, -0.0, info.tiny, -info.tiny, info.tiny / 4, info.max, -info.max]
+    flat[: len(specials)] = torch.tensor(specials, dtype=torch.float64).to(dtype)
+    return t
+
+
+@pytest.mark.parametrize("dtype", list(BITS), ids=str)
+@pytest.mark.parametrize(
+    ("copies", "exact"),
+    [
+        ((0, 1, 2, 3), True),  # every unit copied once: every column halved in place
+        ((2,), True),  # one unit copied: its two columns halved
+        ((1, 1, 1), True),  # four copies of one unit: quartered
+        ((0, 0), False),  # three copies: thirds, computed in float64
+        ((3, 3, 0, 1, 2, 3), True),  # halves and quarters
+        ((3, 3, 0, 1), False),  # halves and a third
+    ],
+)
+def test_split_columns_are_bitwise_the_float64_product(
+    dtype: torch.dtype, copies: tuple[int, ...], exact: bool
+) -> None:
+    """Split fan-out multiplied in the tensor's own dtype (where every factor is exact in
+    it) is bitwise the product taken in float64 and rounded, extreme values included."""
+    from grow_ir.passes.inits import NewUnits
+    from grow_ir.passes.widen import _Axes
+
+    axes = _Axes(4, NewUnits(copies, fan_in="copy", fan_out="split"))
+    plan = axes.get(6, ((1, 1),), "fan_out", 1, 2)  # 4 channels at offset 1 of 6 columns
+    t = extreme_values((9, 6), dtype)
+    gathered = plan.gathered(t)
+    assert plan.scaled_at is not None and plan.scale is not None
+    part = gathered.index_select(1, plan.scaled_at).double() * plan.scale
+    want = gathered.index_copy(1, plan.scaled_at, part.to(dtype))
+    got = plan.split(gathered.clone())
+    assert torch.equal(got.view(BITS[dtype]), want.view(BITS[dtype]))
+    assert (plan.exact[dtype] is not None) == (exact or dtype == torch.float64)
+
+
 # ---- refusals: one per reason -------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import operator
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, count, islice
 from types import MappingProxyType
@@ -95,12 +95,16 @@ class Diff:
         old_window = frozenset(map(NAME, old_nodes[start:old_stop]))
         old_map = old.node_map
         inputs = graph.inputs
-        if len(window) != len(inside) or any(
-            (name in old_map and name not in old_window) or name in inputs for name in window
+        if (
+            len(window) != len(inside)
+            or not window.keys().isdisjoint(inputs)
+            or not (window.keys() & old_map.keys()) <= old_window
         ):
             return None  # duplicate names
-        new = [n for n in inside if old_map.get(n.name) is not n]
-        kept_at = [old.positions[n.name] for n in inside if old_map.get(n.name) is n]
+        olds = list(map(old_map.get, names))
+        new = list(compress(inside, map(operator.is_not, inside, olds)))
+        kept = compress(names, map(operator.is_, inside, olds))
+        kept_at = list(map(old.positions.__getitem__, kept))
         if not all(map(operator.lt, kept_at, islice(kept_at, 1, None))):
             return None  # kept nodes reordered
         replaced = [n.name for n in new if n.name in old_window]
@@ -154,15 +158,16 @@ class Diff:
 
 def infer_changed(graph: Graph, old: Graph) -> Mapping[str, TensorType] | None:
     """``graph``'s types, inferred again only for the new nodes and the nodes reading a
-    changed type (in graph order), the rest taken from ``old`` (which has its types; the
-    mapping lists ``old``'s values first, then the names ``old`` lacks);
+    changed type (in graph order), the rest taken from ``old`` (a verified graph, which
+    has its types and has checked its nodes' arity; the mapping lists ``old``'s values
+    first, then the names ``old`` lacks);
     the parameter-spec memo of the nodes not inferred again carried over. ``None`` when
     the difference does not keep the order or a node's inference fails (the caller infers
     every node then, and raises the error at the first node at fault)."""
     diff = Diff.of(graph, old)
     if diff is None:
         return None
-    old_types, readers = old.types, old.users
+    old_types, readers, old_map = old.types, old.users, old.node_map
     nodes = graph.nodes
     types: dict[str, TensorType] = dict(old_types)
     for name in diff.removed:
@@ -170,23 +175,29 @@ def infer_changed(graph: Graph, old: Graph) -> Mapping[str, TensorType] | None:
     todo = [diff.position(n.name) for n in diff.new]
     heapq.heapify(todo)
     queued = set(todo)
+    position = diff.position
+    # Inference is a function of the op, its attributes and its input types: alike nodes
+    # (a stage's convs reading the widened channels) are inferred once.
+    inferred: dict[tuple, TensorType] = {}
     try:
         while todo:
             n = nodes[heapq.heappop(todo)]
-            check_arity(n)
-            t = n.opdef.infer(n.attrs, [types[i] for i in n.inputs])
+            kept = old_map.get(n.name) is n
+            if not kept:  # a kept node's arity was checked in ``old``
+                check_arity(n)
+            t = _infer(n, [types[i] for i in n.inputs], inferred)
             prev = old_types.get(n.name)
             if prev is not None and prev == t:
                 t = prev  # the old object, so that the nodes reading it are not inferred again
             types[n.name] = t
-            if diff.kept(n.name):
+            if kept:
                 diff.reinferred.append(n)
             if t is prev:
                 continue
             diff.retyped.add(n.name)
             for u in readers.get(n.name, ()):
-                k = diff.position(u)
-                if k >= 0 and k not in queued and diff.kept(u):
+                k = position(u)
+                if k >= 0 and k not in queued and nodes[k] is old_map[u]:  # kept
                     queued.add(k)
                     heapq.heappush(todo, k)
     except GrowError:
@@ -198,6 +209,27 @@ def infer_changed(graph: Graph, old: Graph) -> Mapping[str, TensorType] | None:
     graph.__dict__["_node_params"] = memo
     graph.__dict__[DIFF] = diff
     return MappingProxyType(types)
+
+
+def kind_of(node: Node, ins: Sequence[TensorType]) -> tuple:
+    """What an op's answers about ``node`` (its type, its parameter specs, its channel
+    rules) depend on: its op, attribute values and input types ``ins``, as a key that is
+    hashed and compared at C speed, unlike the attribute model (an op's model has its
+    fields in one order). Hashing it raises TypeError for an unhashable attribute value."""
+    return (node.op, tuple(vars(node.attrs).values()), *ins)
+
+
+def _infer(node: Node, ins: list[TensorType], inferred: dict[tuple, TensorType]) -> TensorType:
+    """``node``'s type from its input types ``ins``, inferred once per kind (see
+    :func:`kind_of`) in ``inferred``."""
+    kind = kind_of(node, ins)
+    try:
+        t = inferred.get(kind)
+    except TypeError:  # an attribute value that cannot be hashed: inferred every time
+        return node.opdef.infer(node.attrs, ins)
+    if t is None:
+        t = inferred[kind] = node.opdef.infer(node.attrs, ins)
+    return t
 
 
 def output_deps_changed(graph: Graph, old: Graph, diff: Diff) -> Mapping[str, frozenset[str]]:

@@ -21,7 +21,7 @@ import torch
 
 from grow_ir.errors import GrowError, ShapeError, VerifyError
 from grow_ir.ir.checks import check_arity
-from grow_ir.ir.delta import DIFF, NAME, infer_changed
+from grow_ir.ir.delta import DIFF, NAME, infer_changed, kind_of
 from grow_ir.ir.ops import OPS, Attrs, OpDef, ParamSpec
 from grow_ir.ir.ops.base import validate_attrs
 from grow_ir.ir.stages import BlockTemplate, Stage
@@ -154,6 +154,7 @@ STRUCTURAL_INDEXES = (
     "users",
     "nx",
     "_node_params",
+    "_specs_by_kind",
     "param_specs",
     "output_deps",
     "param_owners",
@@ -339,6 +340,12 @@ class Graph:
         n = self.node(node) if isinstance(node, str) else node
         return dict(self.params_of(n))
 
+    @cached_property
+    def _specs_by_kind(self) -> dict[tuple, dict[str, ParamSpec]]:
+        # An op's parameter specs are a function of its attributes and input types: alike
+        # nodes (a stage's batchnorms) ask the op once per graph.
+        return {}
+
     def params_of(self, n: Node) -> Mapping[str, ParamSpec]:
         """:meth:`node_params` of a Node, read-only and not copied (for loops over every
         node: the verifier, the backends)."""
@@ -346,7 +353,16 @@ class Graph:
         named = memo.get(n.name)
         if named is not None and self.node_map.get(n.name) is n:
             return named
-        specs = n.opdef.params(n.attrs, self.input_types(n))
+        ins = self.input_types(n)
+        kind = kind_of(n, ins)
+        try:
+            specs = self._specs_by_kind.get(kind)
+        except TypeError:  # an unhashable attribute value: asked every time
+            specs = kind = None
+        if specs is None:
+            specs = n.opdef.params(n.attrs, ins)
+            if kind is not None:
+                self._specs_by_kind[kind] = specs
         named = MappingProxyType({f"{n.param_prefix}.{k}": v for k, v in specs.items()})
         if self.node_map.get(n.name) is n:
             memo[n.name] = named

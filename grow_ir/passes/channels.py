@@ -13,7 +13,9 @@ op's own parameter-shape function by asking which axes grow when the channels gr
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import operator
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from grow_ir.errors import GrowError, PassError
+from grow_ir.ir.delta import kind_of
 from grow_ir.ir.graph import Graph, Node, sharers
 from grow_ir.ir.ops import OPS
 from grow_ir.ir.ops.base import Channels, OpDef, bump_attr
@@ -28,6 +31,8 @@ from grow_ir.ir.ops.facts import why_not
 from grow_ir.ir.types import TensorType
 
 T = TypeVar("T")
+
+_MISSING = object()
 
 
 def width_ops() -> tuple[str, ...]:
@@ -105,7 +110,17 @@ class Member:
 
     def describe(self) -> str:
         """``name (role, role)``, for summaries."""
-        return f"{self.node} ({', '.join(r.value for r in self.roles)})"
+        return f"{self.node} ({', '.join(self.roles)})"  # a Role is the str of its value
+
+
+def _order_of(cls: type) -> Callable[[Any], tuple]:
+    """A sort key ordering instances of the dataclass ``cls`` as its ``order=True`` does
+    (by its fields, in order), computed at C speed."""
+    return operator.attrgetter(*(f.name for f in dataclasses.fields(cls)))
+
+
+_SLOT_ORDER = _order_of(Slot)
+_ROLE_RANK = {role: k for k, role in enumerate(Role)}
 
 
 @dataclass(frozen=True)
@@ -192,7 +207,7 @@ def channel_group(graph: Graph, node: str) -> ChannelGroup:
             expected=f"a node of op {' / '.join(width_ops())} (groups 1)",
             found=f"{start.op} {start.attr_dict()}",
         )
-    if getattr(start.attrs, "groups", 1) > 1:
+    if _groups(start) > 1:
         raise _Walk.refusal(node, _grouped_reason(start))
     axis = _output_axis(graph, start)
     channels = graph.types[node].shape[axis]
@@ -226,22 +241,45 @@ class _Walk:
         self.channels = channels
         self.slots: set[Slot] = set()
         self.queue: deque[Slot] = deque()
-        self.roles: dict[str, set[Role]] = {}
-        self.axes: dict[str, set[ParamAxis]] = {}
+        self.roles: dict[str, list[Role]] = {}
+        # (param, axis, offset, block, kind) per node: ParamAxis's fields, as plain tuples
+        # (hashed at C speed) until the members are made
+        self.axes: dict[str, set[tuple[str, int, int, int, str]]] = {}
         self.width: dict[str, dict[str, int]] = {}
         self.pins: dict[str, dict[str, object]] = {}
         self.norms: set[str] = set()
         self.outputs = {v: k for k, v in graph.outputs.items()}
         # What an op's rules say of a node depends on its op, attributes and input types
-        # alone: in a group most nodes are alike (a stage's batchnorms), so each is asked once.
+        # alone: in a group most nodes are alike (a stage's batchnorms), so each is asked
+        # once. A node's op, attributes and input types are looked up (hashed, compared)
+        # once, as its *kind*; the memo is keyed by kind.
         self.memos: dict[tuple, Any] = {}
+        self.kinds: dict[tuple, int] = {}
+        self.node_kind: dict[str, int] = {}
+        self.types_in: dict[str, list[TensorType]] = {}
+        # ``follow`` is a function of the node, the input and the slot, and only adds to
+        # the walk's sets: reached again (backward from its output after forward from its
+        # input) it would add nothing, so ``through`` follows each (node, input, slot) once.
+        self.edges: set[tuple[str, int, Slot]] = set()
+
+    def ins(self, node: Node) -> list[TensorType]:
+        """The types of ``node``'s inputs (read from the graph once per node)."""
+        got = self.types_in.get(node.name)
+        if got is None:
+            got = self.types_in[node.name] = self.graph.input_types(node)
+        return got
 
     def memo(self, what: str, node: Node, compute: Callable[[], T], *extra: Hashable) -> T:
         """``compute()``, once per ``what``, op, attributes, input types and ``extra``."""
-        key = (what, node.op, node.attrs, tuple(self.graph.input_types(node)), *extra)
-        if key not in self.memos:
-            self.memos[key] = compute()
-        return self.memos[key]
+        kind = self.node_kind.get(node.name)
+        if kind is None:
+            key = kind_of(node, self.ins(node))
+            kind = self.node_kind[node.name] = self.kinds.setdefault(key, len(self.kinds))
+        key = (what, kind, *extra)
+        got = self.memos.get(key, _MISSING)
+        if got is _MISSING:
+            got = self.memos[key] = compute()
+        return got
 
     def grown_by_input(
         self, node: Node, axis: int, pins: dict[str, object] | None = None
@@ -267,20 +305,23 @@ class _Walk:
 
     def run(self, first: Slot) -> ChannelGroup:
         self.add(first)
-        while self.queue:
-            slot = self.queue.popleft()
+        queue, users, node_map = self.queue, self.graph.users, self.graph.node_map
+        while queue:
+            slot = queue.popleft()
             self.backward(slot)
-            for user in self.graph.users[slot.value]:
-                self.forward(self.graph.node(user), slot)
+            for user in users[slot.value]:
+                self.forward(node_map[user], slot)
         order = self.graph.positions
         names = sorted(self.roles, key=order.__getitem__)
+        axes, width, pins = self.axes, self.width, self.pins
+        rank = _ROLE_RANK.__getitem__
         members = tuple(
             Member(
                 node=n,
-                roles=tuple(r for r in Role if r in self.roles[n]),
-                axes=tuple(sorted(self.axes.get(n, ()))),
-                width_attrs=tuple(sorted(self.width.get(n, {}).items())),
-                pins=tuple(sorted(self.pins.get(n, {}).items())),
+                roles=tuple(sorted(self.roles[n], key=rank)),
+                axes=tuple(ParamAxis(*a) for a in sorted(axes[n])) if n in axes else (),
+                width_attrs=tuple(sorted(width[n].items())) if n in width else (),
+                pins=tuple(sorted(pins[n].items())) if n in pins else (),
             )
             for n in names
         )
@@ -288,7 +329,7 @@ class _Walk:
         return ChannelGroup(
             start=self.start,
             channels=self.channels,
-            slots=tuple(sorted(self.slots)),
+            slots=tuple(sorted(self.slots, key=_SLOT_ORDER)),
             members=members,
             norms=tuple(sorted(self.norms, key=order.__getitem__)),
             ties=ties,
@@ -313,18 +354,24 @@ class _Walk:
         self.queue.append(slot)
 
     def role(self, node: Node, role: Role) -> None:
-        self.roles.setdefault(node.name, set()).add(role)
+        roles = self.roles.get(node.name)
+        if roles is None:
+            self.roles[node.name] = [role]
+        elif role not in roles:
+            roles.append(role)
 
     def param_axes(self, node: Node, grown: dict[str, int], slot: Slot, kind: str) -> None:
+        if not grown:
+            return
         prefix = node.param_prefix
+        found = self.axes.setdefault(node.name, set())
         for local, axis in grown.items():
-            pa = ParamAxis(f"{prefix}.{local}", axis, slot.offset, slot.block, kind)
-            self.axes.setdefault(node.name, set()).add(pa)
+            found.add((f"{prefix}.{local}", axis, slot.offset, slot.block, kind))
 
     # ---- backward: from a value to the node that defines it -------------------------
 
     def backward(self, slot: Slot) -> None:
-        node = self.graph.node(slot.value)
+        node = self.graph.node_map[slot.value]  # a slot's value is a node (add checks)
         rule = node.opdef.channels
         if rule in (Channels.PRODUCE, Channels.SOURCE) and not _is_depthwise(self.graph, node):
             self.producer(node, slot)
@@ -333,7 +380,7 @@ class _Walk:
             self.through(node, k, in_slot)
 
     def producer(self, node: Node, slot: Slot) -> None:
-        if getattr(node.attrs, "groups", 1) > 1:
+        if _groups(node) > 1:
             raise self.refuse(_grouped_reason(node))
         axis = self.memo("out", node, lambda: _output_axis(self.graph, node))
         if slot.axis != axis:
@@ -351,7 +398,7 @@ class _Walk:
     def tie_output(self, node: Node, out: Slot) -> list[tuple[int, Slot]]:
         """The input slots tied to a slot of ``node``'s output."""
         rule = node.opdef.channels
-        ins = self.graph.input_types(node)
+        ins = self.ins(node)
         if rule is Channels.OPAQUE:
             raise self.refuse(_opaque_reason(node))
         if rule is Channels.CONCAT:
@@ -390,10 +437,17 @@ class _Walk:
                 self.through(node, k, slot)
 
     def through(self, node: Node, k: int, slot: Slot) -> None:
-        """Handle ``node`` reading the group at input ``k`` in ``slot``."""
+        """Handle ``node`` reading the group at input ``k`` in ``slot`` (once: see ``edges``)."""
+        edge = (node.name, k, slot)
+        if edge not in self.edges:
+            self.edges.add(edge)
+            self.follow(node, k, slot)
+
+    def follow(self, node: Node, k: int, slot: Slot) -> None:
+        """What ``node`` reading the group at input ``k`` in ``slot`` adds to the walk."""
         graph = self.graph
         opdef = node.opdef
-        ins = graph.input_types(node)
+        ins = self.ins(node)
         rule = opdef.channels
         self.add(slot)  # reached backward, the input slot is new
         if rule is Channels.OPAQUE:
@@ -492,7 +546,7 @@ class _Walk:
         self.add(Slot(node.name, slot.axis, slot.offset, slot.block))
 
     def consumer(self, node: Node, slot: Slot, ins: list[TensorType]) -> None:
-        if getattr(node.attrs, "groups", 1) > 1:
+        if _groups(node) > 1:
             raise self.refuse(_grouped_reason(node))
         axis = node.opdef.channel_axis(node.attrs, ins)
         if slot.axis != axis:
@@ -580,9 +634,12 @@ class _Walk:
         """Refuse members sharing parameters across tasks; return the ties (``(head,
         scaler)``) that can follow the channels exactly, refusing the others."""
         graph = self.graph
+        sharing = sharers(graph.nodes)
+        if not sharing:  # no node shares parameters: nothing to refuse, no ties
+            return ()
         by_name = {m.node: m for m in members}
         ties = []
-        shared = {n.share for n in sharers(graph.nodes) if not n.tied(graph)}
+        shared = {n.share for n in sharing if not n.tied(graph)}
         for m in members:
             node = graph.node(m.node)
             if node.tied(graph) and m.axes:
@@ -635,11 +692,19 @@ def _inputs(node: Node) -> list[tuple[int, str]]:
 
 def _is_depthwise(graph: Graph, node: Node) -> bool:
     """A conv with one filter per input channel: a per-channel map in channel terms."""
-    groups = getattr(node.attrs, "groups", 1)
-    if groups == 1 or node.opdef.channels is not Channels.PRODUCE:
+    if node.opdef.channels is not Channels.PRODUCE:
+        return False
+    groups = _groups(node)
+    if groups == 1:
         return False
     c_in = graph.input_types(node)[0].shape[1]
     return groups == c_in == node.attrs.out_channels
+
+
+def _groups(node: Node) -> int:
+    """The node's ``groups`` attribute, 1 for an op without one (read from the attribute
+    model's fields: ``getattr`` with a default raises and catches inside pydantic)."""
+    return vars(node.attrs).get("groups", 1)
 
 
 def _grouped_reason(node: Node) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from grow_ir.errors import ShapeError
 from grow_ir.ir.graph import Graph, Node
@@ -25,13 +26,21 @@ def resize_nodes(graph: Graph, group: ChannelGroup, delta: int) -> Graph:
     (negative to shrink) and every member's ``pins`` set (attention's ``head_dim``, so its
     heads keep their size); parameters are still the old ones (not verified)."""
     changed: dict[str, Node] = {}
+    # Alike members (a stage's convs) have equal attributes, resized alike: made once.
+    resized: dict[tuple, Any] = {}
     for m in group.members:
         if m.width_attrs or m.pins:
             n = graph.node(m.node)
-            attrs = n.attrs
-            for key, block in m.width_attrs:  # ``out_features`` or a shape entry ``shape[1]``
-                attrs = bump_attr(attrs, key, delta * block)
-            changed[m.node] = n.replace(attrs=attrs.model_copy(update=dict(m.pins)))
+            key = (n.op, n.attrs, m.width_attrs, m.pins)
+            attrs = resized.get(key)
+            if attrs is None:
+                attrs = n.attrs
+                for name, block in m.width_attrs:  # ``out_features`` or an entry ``shape[1]``
+                    attrs = bump_attr(attrs, name, delta * block)
+                if m.pins:
+                    attrs = attrs.model_copy(update=dict(m.pins))
+                resized[key] = attrs
+            changed[m.node] = n.replace(attrs=attrs)
     return _unpin_defaults(replace_nodes(graph, changed), group)
 
 

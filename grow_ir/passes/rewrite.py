@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 
 from grow_ir.errors import GrowError, PassError, ShapeError, VerifyError
+from grow_ir.ir.delta import NAME
 from grow_ir.ir.graph import Graph, Node, count_scopes
 from grow_ir.ir.init import check_bytes, spec_bytes
 from grow_ir.ir.ops import Attrs
@@ -96,8 +97,11 @@ def replace_nodes(
     drop_params: Iterable[str] = (),
 ) -> Graph:
     """Swap nodes by name (same position) and update parameters; returns an unverified Graph."""
-    nodes = tuple(changed.get(n.name, n) for n in graph.nodes)
-    merged = {k: v for k, v in graph.params.items() if k not in set(drop_params)}
+    nodes = tuple(map(changed.get, map(NAME, graph.nodes), graph.nodes))
+    drop = set(drop_params)
+    merged = dict(graph.params)
+    for key in drop & merged.keys():
+        del merged[key]
     merged.update(params or {})
     return graph.replace(nodes=nodes, params=merged)
 

@@ -11,7 +11,8 @@ by all of them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -346,17 +347,61 @@ class _Axis:
     """One re-laid-out axis of one size and set of spans, and the tensors widen applies
     along it (shaped to broadcast over a tensor of ``ndim`` dims)."""
 
+    axis: int  # the tensor axis it lays out
     plan: AxisPlan
     gather: torch.Tensor  # the source position of every new position (0 for a fresh one)
-    kept: torch.Tensor | None  # where the gathered entry stays (None: everywhere)
+    dropped: torch.Tensor | None  # where the gathered entry is zeroed (None: nowhere)
     index: tuple[int, ...]  # the Origin index: the source position, -1 for a new entry
     factors: tuple[float, ...] | None  # split fan-out's scale per position (None: all 1)
     scaled_at: torch.Tensor | None  # the positions whose factor is not 1
     scale: torch.Tensor | None  # their factors, float64: only they are computed (bitwise
     # the same as scaling every slice, and a split unit's few columns of a wide layer)
+    scaled_all: bool  # every position is scaled (``scaled_at`` lists them all, in order)
     fill: torch.Tensor | None  # positions with no source (None: none)
     copied: torch.Tensor | None  # new positions copying a unit (None: none)
-    new_at: torch.Tensor  # the new positions, in order
+    exact: dict[torch.dtype, torch.Tensor | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )  # ``scale`` by dtype, where every factor is exact in it (see ``split``)
+
+    @cached_property
+    def new_at(self) -> torch.Tensor:
+        """The new positions, in order (made when an init gives their entries)."""
+        return torch.tensor([p for p, n in enumerate(self.plan.new) if n], dtype=torch.long)
+
+    def gathered(self, t: torch.Tensor) -> torch.Tensor:
+        """A new tensor: ``t`` laid out along the axis, zero where the entry is dropped."""
+        out = t.index_select(self.axis, self.gather)
+        if self.dropped is not None:
+            out.masked_fill_(self.dropped, 0)
+        return out
+
+    def split(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (a tensor of the caller's own, changed in place where it can be) with the
+        positions of ``scaled_at`` multiplied by their factors in float64 and rounded to
+        ``t``'s dtype.
+
+        Where every factor is exact in that dtype (``1 / copies`` with a power-of-two
+        count, as any widening to at most twice the width has) the product is taken in
+        the dtype itself, bitwise the same: float64 holds the exact product of two
+        numbers of at most 24 bits (53 >= 2 * 24 + 2), so rounding it once to the dtype
+        is the correctly rounded product the dtype's own multiplication gives.
+        """
+        assert self.scaled_at is not None and self.scale is not None
+        dtype = t.dtype
+        if dtype not in self.exact:
+            exact = self.scale.to(dtype) if dtype.is_floating_point else None
+            ok = exact is not None and torch.equal(exact.double(), self.scale)
+            self.exact[dtype] = exact if ok else None
+        exact = self.exact[dtype]
+        if self.scaled_all:
+            return t.mul_(exact) if exact is not None else (t.double() * self.scale).to(dtype)
+        part = t.index_select(self.axis, self.scaled_at)
+        part = part.mul_(exact) if exact is not None else (part.double() * self.scale).to(dtype)
+        return t.index_copy_(self.axis, self.scaled_at, part)
+
+
+_Step = tuple[str, tuple[tuple[int, int], ...], _Axis]
+"""One grown axis of a parameter: its kind, its spans and its plan."""
 
 
 class _Axes:
@@ -368,6 +413,24 @@ class _Axes:
         self.layout = (*range(old), *units.copies)
         self.counts = units.counts(old)
         self._made: dict[tuple, _Axis] = {}
+        self._steps: dict[tuple, tuple[_Step, ...]] = {}
+
+    def steps(self, axes: Sequence[ParamAxis], shape: tuple[int, ...]) -> tuple[_Step, ...]:
+        """The grown axes of one parameter of ``shape`` indexed at ``axes``, in axis order
+        (made once per set of axes and shape)."""
+        if len(axes) == 1:  # most parameters grow along one axis
+            a = axes[0]
+            key: tuple = (shape, a.axis, a.offset, a.block, a.kind)
+        else:
+            key = (shape, *((a.axis, a.offset, a.block, a.kind) for a in axes))
+        made = self._steps.get(key)
+        if made is None:
+            made = self._steps[key] = tuple(
+                (on[0].kind, spans, self.get(shape[axis], spans, on[0].kind, axis, len(shape)))
+                for axis, on in spans_by_axis(axes).items()
+                for spans in [tuple((a.offset, a.block) for a in on)]
+            )
+        return made
 
     def get(
         self, size: int, spans: tuple[tuple[int, int], ...], kind: str, axis: int, ndim: int
@@ -401,16 +464,17 @@ class _Axes:
         fill = [i < 0 for i in plan.index]
         copied = [n and i >= 0 for n, i in zip(plan.new, plan.index)]
         return _Axis(
+            axis=axis,
             plan=plan,
-            gather=torch.tensor(plan.index).clamp(min=0),
-            kept=None if all(kept) else along(kept, torch.bool),
+            gather=torch.tensor([max(i, 0) for i in plan.index]),
+            dropped=None if all(kept) else along([not k for k in kept], torch.bool),
             index=tuple(i if k else -1 for i, k in zip(plan.index, kept)),
             factors=factors,
             scaled_at=None if factors is None else torch.tensor(scaled, dtype=torch.long),
             scale=None if factors is None else along([factors[p] for p in scaled], torch.float64),
+            scaled_all=factors is not None and len(scaled) == len(factors),
             fill=along(fill, torch.bool) if any(fill) else None,
             copied=along(copied, torch.bool) if any(copied) else None,
-            new_at=torch.tensor([p for p, n in enumerate(plan.new) if n], dtype=torch.long),
         )
 
 
@@ -423,52 +487,52 @@ def _grow_member(
     gen: torch.Generator,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Origin]]:
     """New tensors and origins for every parameter of ``member`` indexed by the channels."""
+    if not member.axes:  # it passes the channels on, with no parameters they index
+        return {}, {}
     units, old = axes_of.units, axes_of.old
-    by_param = axes_by_param(member)
-    node = graph.node(member.node)
+    old_node = old_graph.node(member.node)  # the same op and parameter names as the new one
     fresh: dict[str, torch.Tensor] = {}
     if units.fan_in in ("default", "zero") and any(a.kind == "units" for a in member.axes):
         # The op's own initialisation at the new shape supplies the new units' entries.
+        node = graph.node(member.node)
         fresh = init_layer(node, graph.input_types(node), "default", gen)
         if units.fan_in == "zero":
             fresh = {k: _zero_fan_in(member, node, k, v) for k, v in fresh.items()}
-    old_specs = old_graph.params_of(old_graph.node(member.node))
+    old_specs = old_graph.params_of(old_node)
+    old_params = old_graph.params
+    skip = len(old_node.param_prefix) + 1
     params, origins = {}, {}
-    for param, axes in by_param.items():
+    for param, axes in axes_by_param(member).items():
         spec = old_specs.get(param) or old_graph.param_specs[param]
         if spec.mask_of is not None:
-            mask = old_graph.params[param]
+            mask = old_params[param]
             params[param], origins[param] = _grow_mask(mask, param, axes, old, axes_of.layout)
             continue
-        t = source = old_graph.params[param]
-        if param in units.rescale:
-            t = (t.double() * units.rescale[param]).to(t.dtype)
-        local = param[len(node.param_prefix) + 1 :]
+        t = source = old_params[param]
+        rescale = units.rescale.get(param)
+        if rescale is not None:
+            t = (t.double() * rescale).to(t.dtype)
+        local = param[skip:]
         index: dict[int, tuple[int, ...]] = {}
         scale: dict[int, tuple[float, ...]] = {}
         fill: torch.Tensor | None = None
         copied: torch.Tensor | None = None
-        for axis, on_axis in spans_by_axis(axes).items():
-            kind = on_axis[0].kind
-            spans = tuple((a.offset, a.block) for a in on_axis)
-            plan = axes_of.get(t.shape[axis], spans, kind, axis, t.dim())
+        for kind, spans, plan in axes_of.steps(axes, t.shape):
+            axis = plan.axis
             before = t
-            t = t.index_select(axis, plan.gather)
-            if plan.kept is not None:
-                t = torch.where(plan.kept, t, torch.zeros((), dtype=t.dtype))
+            t = plan.gathered(t)  # a new tensor: the steps below may change it in place
             index[axis] = plan.index
             if kind == "fan_out" and units.fan_out == "given":
-                t = t.index_copy(axis, plan.new_at, units.columns[param].to(t.dtype))
+                t = t.index_copy_(axis, plan.new_at, units.columns[param].to(t.dtype))
             if plan.factors is not None:
                 scale[axis] = plan.factors
-                part = t.index_select(axis, plan.scaled_at).double() * plan.scale
-                t = t.index_copy(axis, plan.scaled_at, part.to(t.dtype))
-            if param in units.rescale and axis == min(a.axis for a in axes):
-                f = units.rescale[param]  # recorded once, on the first grown axis
-                scale[axis] = tuple(f if i >= 0 else 1.0 for i in index[axis])
+                t = plan.split(t)
+            if rescale is not None and axis == min(a.axis for a in axes):
+                # recorded once, on the first grown axis
+                scale[axis] = tuple(rescale if i >= 0 else 1.0 for i in index[axis])
             if kind == "units" and units.fan_in == "mean":
                 t = _fill_means(t, before, axis, spans, old, plan.plan)
-            elif kind == "units":
+            elif kind == "units" and (plan.fill is not None or plan.copied is not None):
                 fill = _either(fill, plan.fill)
                 copied = _either(copied, plan.copied)
         if fill is not None:
