@@ -19,6 +19,7 @@ import operator
 import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from itertools import compress, repeat
 from types import MappingProxyType
 from typing import Any
 
@@ -28,6 +29,7 @@ from torch import fx, nn
 from torch.fx.graph import PythonCode
 
 from grow_ir.backends import torch_build, torch_chunks, torch_reuse
+from grow_ir.backends.torch_build import untyped
 from grow_ir.backends.torch_chunks import Step, fx_graph
 from grow_ir.backends.torch_modules import (
     LearnedTensor,
@@ -50,8 +52,9 @@ from grow_ir.ir.ops.spatial import conv_transpose_geometry
 from grow_ir.ir.types import DTYPES, TensorType
 from grow_ir.ir.verify import verify
 
-ModuleFactory = Callable[[Any, Sequence[TensorType]], nn.Module]
-"""Builds a node's module (on the meta device) from its attributes and input types."""
+ModuleFactory = torch_build.Factory
+"""Builds a node's module (on the meta device) from its attributes and input types
+(declared :func:`~grow_ir.backends.torch_build.untyped` when it reads none of them)."""
 
 Call = Callable[..., fx.Node]
 """``call(target, args, kwargs=None, name=None)`` adds one call_function node named after
@@ -139,10 +142,12 @@ MODULES: dict[str, ModuleFactory] = {
     ),
     # from_pretrained skips nn.Embedding's normal_ init, which on the meta device goes
     # through a decomposition that imports torch._dynamo (seconds, on first use).
-    "embedding": lambda a, ins: nn.Embedding.from_pretrained(
-        torch.empty(a.num_embeddings, a.embedding_dim, device="meta"),
-        freeze=False,
-        padding_idx=a.padding_idx,
+    "embedding": untyped(
+        lambda a, ins: nn.Embedding.from_pretrained(
+            torch.empty(a.num_embeddings, a.embedding_dim, device="meta"),
+            freeze=False,
+            padding_idx=a.padding_idx,
+        )
     ),
     "attention": lambda a, ins: SelfAttention(
         ins[0].shape[2],
@@ -156,8 +161,8 @@ MODULES: dict[str, ModuleFactory] = {
         device="meta",
         dtype=ins[0].torch_dtype,
     ),
-    "dropout": lambda a, ins: nn.Dropout(p=a.p),
-    "stochastic_depth": lambda a, ins: StochasticDepth(a.p, a.mode),
+    "dropout": untyped(lambda a, ins: nn.Dropout(p=a.p)),
+    "stochastic_depth": untyped(lambda a, ins: StochasticDepth(a.p, a.mode)),
     "mix": lambda a, ins: Mix(len(ins), device="meta", dtype=ins[0].torch_dtype),
     "parameter": lambda a, ins: LearnedTensor(  # float even when expanded to int ids
         a.shape, device="meta", dtype=DTYPES[param_dtype(ins)]
@@ -307,7 +312,7 @@ def build_module(graph: Graph, node: Node) -> nn.Module:
     are exactly the node's parameter names, and its tensors share no storage with
     ``graph.params``.
     """
-    return torch_build.build(graph, node, MODULES[node.op])[0]
+    return torch_build.build(graph, node, MODULES[node.op]).module
 
 
 def selected_outputs(graph: Graph, task: str | None) -> dict[str, str]:
@@ -652,26 +657,44 @@ def _steps(
     graph: Graph, nodes: Sequence[Node], prior: Mapping[str, Step], changed: set[str] | None
 ) -> list[Step]:
     """How each node lowers: the step of ``prior`` (an earlier lowering's, by node) for the
-    very same node reading values whose types are unchanged, a new step otherwise.
+    very same node, if its emitter reads no input types or they are unchanged; a new
+    step otherwise.
 
     Raises:
         GrowError: a node (new or changed) has no lowering.
     """
-    steps: list[Step] = []
-    append = steps.append
-    for n in nodes:
-        s = prior.get(n.name)
-        # A share is rebuilt every time: whether it is a tie depends on its owner's op.
-        if (
-            s is not None
-            and s.node is n
-            and n.share is None
-            and (changed is not None and (not changed or changed.isdisjoint(n.inputs)))
-        ):
-            append(s)
-        else:
-            append(_step(graph, n))
+    if changed is None or not prior:
+        return [_step(graph, n) for n in nodes]
+    # C-level maps over every node; a Python loop only over the nodes to lower afresh
+    steps = list(map(prior.get, map(_NAME, nodes), repeat(_NO_STEP)))
+    ok = map(operator.is_, map(_NODE, steps), nodes)
+    # A share is rebuilt every time: whether it is a tie depends on its owner's op.
+    ok = map(operator.and_, ok, map(operator.is_, map(_SHARE, nodes), repeat(None)))
+    if changed:
+        # a step holds the input types its code reads (none for a module call or an
+        # untyped function): the same node's step stands unless those changed
+        untyped = map(operator.not_, map(_INPUT_TYPES, steps))
+        unchanged = map(changed.isdisjoint, map(_INPUTS, nodes))
+        ok = map(operator.and_, ok, map(operator.or_, untyped, unchanged))
+    for i in compress(range(len(steps)), map(operator.not_, list(ok))):
+        steps[i] = _step(graph, nodes[i])
     return steps
+
+
+class _NoStep:
+    """Stands for the step of a node that ``prior`` does not have."""
+
+    node = None
+    input_types = ()
+
+
+_NO_STEP = _NoStep()
+_NAME = operator.attrgetter("name")
+_NODE = operator.attrgetter("node")
+_SHARE = operator.attrgetter("share")
+_INPUTS = operator.attrgetter("inputs")
+_INPUT_TYPES = operator.attrgetter("input_types")
+_TARGET = operator.attrgetter("target")
 
 
 def _step(graph: Graph, n: Node) -> Step:
@@ -698,33 +721,43 @@ def _modules(
     first uses them: those of ``old`` that still match (see
     :mod:`grow_ir.backends.torch_reuse`), new ones for the rest; and how many were
     taken over."""
-    targets = dict.fromkeys(s.target for s in steps if s.target)
+    targets = dict.fromkeys(map(_TARGET, steps))
+    targets.pop("", None)  # the functions'
+    names = list(targets)
+    owners = list(map(graph.node_map.__getitem__, names))
+    records_now = list(map(old.get, names, repeat(_NO_STEP)))
     stale = records.stale(graph.params) if records is not None and old else set()
-    node_map = graph.node_map
-    built: dict[str, torch_reuse.Built] = {}
-    reused = 0
-    for target in targets:
-        owner = node_map[target]
-        b = old.get(target)
-        if b is not None and target not in stale:
+    # Taken over at C speed: the record of the very same node, not stale, reading values
+    # whose types equal the earlier lowering's (``changed`` is relative to it), so equal
+    # to the types it was built for. The others are looked at one by one.
+    ok = map(operator.is_, map(_NODE, records_now), owners)
+    if stale:
+        ok = map(operator.and_, ok, map(operator.not_, map(stale.__contains__, names)))
+    if changed is None:
+        ok = repeat(False, len(names))
+    elif changed:
+        ok = map(operator.and_, ok, map(changed.isdisjoint, map(_INPUTS, owners)))
+    ok = list(ok)
+    reused = ok.count(True)
+    for i in compress(range(len(names)), map(operator.not_, ok)):
+        target, owner, b = names[i], owners[i], records_now[i]
+        make = MODULES[owner.op]
+        if b is not _NO_STEP and target not in stale:
             if b.node is owner:
-                # the same node; its input types equal those it was built for when they
-                # equal the earlier lowering's types, which ``changed`` is relative to
-                if changed is not None and (not changed or changed.isdisjoint(owner.inputs)):
-                    built[target] = b
+                # input types changed (or unknown): the module is the same if its
+                # factory does not read them, or they are those it was built for
+                if changed is not None and not torch_build.reads_types(make):
                     reused += 1
                     continue
-                if changed is None and b.matches(graph, owner):
-                    built[target] = b
+                if changed is None and b.matches(graph, owner, torch_build.reads_types(make)):
                     reused += 1
                     continue
-            elif b.matches(graph, owner):
-                built[target] = b.for_node(owner)
+            elif b.matches(graph, owner, torch_build.reads_types(make)):
+                records_now[i] = b.for_node(owner)
                 reused += 1
                 continue
-        module, filled = torch_build.build(graph, owner, MODULES[owner.op])
-        built[target] = torch_reuse.record(graph, owner, module, filled)
-    return built, reused
+        records_now[i] = torch_reuse.record(owner, torch_build.build(graph, owner, make))
+    return dict(zip(names, records_now, strict=True)), reused
 
 
 def _emit(

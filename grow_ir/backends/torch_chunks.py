@@ -23,12 +23,13 @@ nodes of work).
 
 from __future__ import annotations
 
+import operator
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
-from itertools import chain
-from typing import Any, Literal
+from itertools import chain, compress, count, repeat
+from typing import Any, Literal, TypeVar
 
 from torch import fx
 from torch.fx.graph import _Namespace
@@ -82,6 +83,8 @@ def step(
     return Step(node, kind, target, weights, input_types, key, zlib.crc32(n.name.encode()))
 
 
+_D = TypeVar("_D")
+
 Emit = Callable[[fx.Graph, dict[str, fx.Node], dict[str, fx.Node], Step], fx.Node]
 """Adds one step's fx nodes to a graph: ``emit(fxg, env, scopes, step)`` reads its inputs
 from ``env`` (value name -> fx node), fetches scopes once through ``scopes`` and returns
@@ -132,11 +135,8 @@ class Chunk:
     source: str
     defs: frozenset[str]
     """The values it defines."""
-
-    @property
-    def keys(self) -> tuple[tuple[Any, ...], ...]:
-        """Its steps' keys: what its code depends on, with its live values."""
-        return tuple(s.key for s in self.steps)
+    keys: tuple[tuple[Any, ...], ...]
+    """Its steps' keys: what its code depends on, with its live values."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,14 +205,15 @@ def compile_chunk(
     source = code.src.replace("def forward(", f"def {name}(", 1)
     fn = _method_from_src(name, source, code.globals)
     defs = frozenset(s.node.name for s in steps)
-    return Chunk(tuple(steps), live_in, live_out, steps[0].node.name, name, fn, source, defs)
+    keys = tuple(map(_KEY, steps))
+    return Chunk(tuple(steps), live_in, live_out, steps[0].node.name, name, fn, source, defs, keys)
 
 
 def segments(steps: Sequence[Step]) -> list[tuple[Step, ...]]:
     """``steps`` cut after every node whose name's CRC-32 is 0 modulo :data:`AVERAGE`."""
     steps = tuple(steps)
-    average = AVERAGE
-    ends = [i + 1 for i, s in enumerate(steps) if not s.crc % average]
+    residues = map(operator.mod, map(_CRC, steps), repeat(AVERAGE))
+    ends = list(compress(count(1), map(operator.not_, residues)))
     starts = [0, *ends]
     if not ends or ends[-1] != len(steps):
         ends.append(len(steps))
@@ -256,7 +257,7 @@ def plan(
     live_ins: list[tuple[str, ...]] = []
     for part in parts:
         c = prior.get(part[0].node.name)
-        if c is not None and (c.steps == part or c.keys == tuple(s.key for s in part)):
+        if c is not None and (c.steps == part or c.keys == tuple(map(_KEY, part))):
             candidates.append(c)
             live_ins.append(c.live_in)  # a function of the steps' names and inputs
         else:
@@ -284,7 +285,19 @@ def plan(
 
 def _retarget(chunk: Chunk, steps: tuple[Step, ...]) -> Chunk:
     """``chunk`` (the same code) for ``steps`` of equal keys."""
-    return chunk if chunk.steps == steps else replace(chunk, steps=steps)
+    return chunk if chunk.steps == steps else _replaced(chunk, steps=steps)
+
+
+def _replaced(obj: _D, **changes: Any) -> _D:
+    """``dataclasses.replace(obj, **changes)`` of a frozen dataclass without slots or
+    ``__post_init__``: its fields copied at C speed, not passed through ``__init__``."""
+    new = object.__new__(type(obj))
+    object.__setattr__(new, "__dict__", {**obj.__dict__, **changes})
+    return new
+
+
+_KEY = operator.attrgetter("key")
+_CRC = operator.attrgetter("crc")
 
 
 SECTION = 16
@@ -321,11 +334,11 @@ def _sections(
     for group, f, s, ins in zip(groups, fns, found, live_ins, strict=True):
         if s is not None:
             if s.defs.isdisjoint(moved):
-                out.append(s if s.chunks == tuple(group) else replace(s, chunks=tuple(group)))
+                out.append(s if s.chunks == tuple(group) else _replaced(s, chunks=tuple(group)))
                 continue
             outs = tuple(v for c in group for v in c.live_out if v in crossing)
             if s.live_out == outs:
-                out.append(s if s.chunks == tuple(group) else replace(s, chunks=tuple(group)))
+                out.append(s if s.chunks == tuple(group) else _replaced(s, chunks=tuple(group)))
                 continue
         else:
             outs = tuple(v for c in group for v in c.live_out if v in crossing)
