@@ -172,6 +172,8 @@ class Plan:
     """The values read across chunks (or by the outputs)."""
     section_crossing: frozenset[str]
     """The values read across sections (or by the outputs)."""
+    fns: tuple[Callable[..., Any], ...]
+    """The sections' functions, that ``forward`` calls."""
 
     @cached_property
     def chunk_at(self) -> dict[str, Chunk]:
@@ -277,10 +279,16 @@ def plan(
             chunks.append(compile_chunk(part, ins, outs, emit))
     sections = _sections(chunks, outputs, old)
     section_crossing = _crossing((s.live_in for s in sections), outputs)
+    fns = tuple(s.fn for s in sections)
     forward, source = call_sequence(
-        "forward", tuple(inputs), sections, outputs=outputs, keep_names=True
+        "forward",
+        tuple(inputs),
+        sections,
+        outputs=outputs,
+        keep_names=True,
+        prior=(old.forward, old.source) if old is not None and old.fns == fns else None,
     )
-    return Plan(tuple(chunks), tuple(sections), forward, source, crossing, section_crossing)
+    return Plan(tuple(chunks), tuple(sections), forward, source, crossing, section_crossing, fns)
 
 
 def _retarget(chunk: Chunk, steps: tuple[Step, ...]) -> Chunk:
@@ -392,11 +400,14 @@ def call_sequence(
     returns: tuple[str, ...] = (),
     outputs: Mapping[str, str] | None = None,
     keep_names: bool = False,
+    prior: tuple[Callable[..., Any], str] | None = None,
 ) -> tuple[Callable[..., Any], str]:
     """``name(self, *params)`` calling ``calls`` in order and returning ``returns`` (one
     value or a tuple), or ``outputs`` (one output's value, or a dict by output name); and
     its source. ``keep_names``: the parameters keep their names (``forward``'s keyword
-    arguments, graph inputs that are identifiers already).
+    arguments, graph inputs that are identifiers already). ``prior``: a function an earlier
+    call made calling these very functions, and its source, returned again (not compiled)
+    when the source is the same.
 
     A value is dropped (set to None) after the call that reads it last, as fx's code drops
     its values, so eval-mode memory stays what the unchunked code uses, give or take the
@@ -438,5 +449,7 @@ def call_sequence(
         items = ", ".join(f"{out!r}: {var[node]}" for out, node in outputs.items())
         lines.append(f"    return {{{items}}}")
     source = "\n".join(lines) + "\n"
+    if prior is not None and prior[1] == source:
+        return prior
     fn = _method_from_src(name, source, dict(zip(callees, (c.fn for c in calls), strict=True)))
     return fn, source
