@@ -407,10 +407,29 @@ class LoweredModule(fx.GraphModule):
     def empty(cls, class_name: str) -> LoweredModule:
         """A lowered module with no submodules and no code yet (``to_torch`` sets them),
         without generating and compiling the code of an empty fx graph, as fx's
-        constructor otherwise does."""
+        constructor otherwise does: a copy of one that constructor made (attributes, every
+        dict, list and set copied), holding a new empty fx graph, of a class of its own
+        (``class_name``) as fx gives every GraphModule."""
+        shape = _EMPTY.get(cls)
+        if shape is None:
+            shape = _EMPTY[cls] = torch_build.Shape.of(cls._constructed())
+        gm = shape.copy()[0]
+        made = type(shape.parts[0][0])
+        own = type(made.__name__, (cls,), {"__module__": made.__module__})
+        own.__qualname__ = made.__qualname__  # fx finds the user class past it by name
+        own.__name__ = class_name
+        object.__setattr__(gm, "__class__", own)
+        fxg = fx.Graph()
+        fxg.owning_module = gm
+        gm.__dict__["_graph"] = fxg
+        return gm
+
+    @classmethod
+    def _constructed(cls) -> LoweredModule:
+        """An empty lowered module, as fx's constructor makes it (without code)."""
         gm = cls.__new__(cls)
         gm.__dict__["_no_code"] = True
-        fx.GraphModule.__init__(gm, nn.Module(), fx.Graph(), class_name=class_name)
+        fx.GraphModule.__init__(gm, nn.Module(), fx.Graph())
         del gm.__dict__["_no_code"]
         gm._prologue_start = 0
         return gm
@@ -442,6 +461,10 @@ class LoweredModule(fx.GraphModule):
         self.recompile()
         self.__dict__["chunks"] = {}
         return super().__reduce_package__(exporter)
+
+
+_EMPTY: dict[type[LoweredModule], torch_build.Shape] = {}
+"""How to copy an empty lowered module, by class (see ``LoweredModule.empty``)."""
 
 
 Scopes = dict[str, tuple[nn.Module, dict[str, nn.Module]]]
