@@ -19,7 +19,6 @@ import operator
 import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from itertools import compress, repeat
 from types import MappingProxyType
 from typing import Any
 
@@ -688,36 +687,22 @@ def _steps(
     """
     if changed is None or not prior:
         return [_step(graph, n) for n in nodes]
-    # C-level maps over every node; a Python loop only over the nodes to lower afresh
-    steps = list(map(prior.get, map(_NAME, nodes), repeat(_NO_STEP)))
-    ok = map(operator.is_, map(_NODE, steps), nodes)
-    # A share is rebuilt every time: whether it is a tie depends on its owner's op.
-    ok = map(operator.and_, ok, map(operator.is_, map(_SHARE, nodes), repeat(None)))
-    if changed:
-        # a step holds the input types its code reads (none for a module call or an
-        # untyped function): the same node's step stands unless those changed
-        untyped = map(operator.not_, map(_INPUT_TYPES, steps))
-        unchanged = map(changed.isdisjoint, map(_INPUTS, nodes))
-        ok = map(operator.and_, ok, map(operator.or_, untyped, unchanged))
-    for i in compress(range(len(steps)), map(operator.not_, list(ok))):
-        steps[i] = _step(graph, nodes[i])
+    steps: list[Step] = []
+    append = steps.append
+    get = prior.get
+    for n in nodes:
+        s = get(n.name)
+        # A share is rebuilt every time: whether it is a tie depends on its owner's op.
+        if (
+            s is not None
+            and s.node is n
+            and n.share is None
+            and (not changed or not s.input_types or changed.isdisjoint(n.inputs))
+        ):
+            append(s)
+        else:
+            append(_step(graph, n))
     return steps
-
-
-class _NoStep:
-    """Stands for the step of a node that ``prior`` does not have."""
-
-    node = None
-    input_types = ()
-
-
-_NO_STEP = _NoStep()
-_NAME = operator.attrgetter("name")
-_NODE = operator.attrgetter("node")
-_SHARE = operator.attrgetter("share")
-_INPUTS = operator.attrgetter("inputs")
-_INPUT_TYPES = operator.attrgetter("input_types")
-_TARGET = operator.attrgetter("target")
 
 
 def _step(graph: Graph, n: Node) -> Step:
@@ -744,43 +729,40 @@ def _modules(
     first uses them: those of ``old`` that still match (see
     :mod:`grow_ir.backends.torch_reuse`), new ones for the rest; and how many were
     taken over."""
-    targets = dict.fromkeys(map(_TARGET, steps))
-    targets.pop("", None)  # the functions'
-    names = list(targets)
-    owners = list(map(graph.node_map.__getitem__, names))
-    records_now = list(map(old.get, names, repeat(_NO_STEP)))
+    targets = dict.fromkeys(s.target for s in steps if s.target)
     stale = records.stale(graph.params) if records is not None and old else set()
-    # Taken over at C speed: the record of the very same node, not stale, reading values
-    # whose types equal the earlier lowering's (``changed`` is relative to it), so equal
-    # to the types it was built for. The others are looked at one by one.
-    ok = map(operator.is_, map(_NODE, records_now), owners)
-    if stale:
-        ok = map(operator.and_, ok, map(operator.not_, map(stale.__contains__, names)))
-    if changed is None:
-        ok = repeat(False, len(names))
-    elif changed:
-        ok = map(operator.and_, ok, map(changed.isdisjoint, map(_INPUTS, owners)))
-    ok = list(ok)
-    reused = ok.count(True)
-    for i in compress(range(len(names)), map(operator.not_, ok)):
-        target, owner, b = names[i], owners[i], records_now[i]
-        make = MODULES[owner.op]
-        if b is not _NO_STEP and target not in stale:
+    node_map = graph.node_map
+    built: dict[str, torch_reuse.Built] = {}
+    reused = 0
+    for target in targets:
+        owner = node_map[target]
+        b = old.get(target)
+        if b is not None and target not in stale:
             if b.node is owner:
-                # input types changed (or unknown): the module is the same if its
-                # factory does not read them, or they are those it was built for
-                if changed is not None and not torch_build.reads_types(make):
+                # the same node; its input types equal those it was built for when they
+                # equal the earlier lowering's types, which ``changed`` is relative to,
+                # and matter only if its factory reads them
+                if changed is not None and (
+                    not changed
+                    or changed.isdisjoint(owner.inputs)
+                    or not torch_build.reads_types(MODULES[owner.op])
+                ):
+                    built[target] = b
                     reused += 1
                     continue
-                if changed is None and b.matches(graph, owner, torch_build.reads_types(make)):
+                if changed is None and b.matches(
+                    graph, owner, torch_build.reads_types(MODULES[owner.op])
+                ):
+                    built[target] = b
                     reused += 1
                     continue
-            elif b.matches(graph, owner, torch_build.reads_types(make)):
-                records_now[i] = b.for_node(owner)
+            elif b.matches(graph, owner, torch_build.reads_types(MODULES[owner.op])):
+                built[target] = b.for_node(owner)
                 reused += 1
                 continue
-        records_now[i] = torch_reuse.record(owner, torch_build.build(graph, owner, make))
-    return dict(zip(names, records_now, strict=True)), reused
+        made = torch_build.build(graph, owner, MODULES[owner.op])
+        built[target] = torch_reuse.record(owner, made)
+    return built, reused
 
 
 def _emit(

@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from itertools import chain, compress, count, repeat
+from itertools import chain
 from typing import Any, Literal, TypeVar
 
 from torch import fx
@@ -214,8 +214,8 @@ def compile_chunk(
 def segments(steps: Sequence[Step]) -> list[tuple[Step, ...]]:
     """``steps`` cut after every node whose name's CRC-32 is 0 modulo :data:`AVERAGE`."""
     steps = tuple(steps)
-    residues = map(operator.mod, map(_CRC, steps), repeat(AVERAGE))
-    ends = list(compress(count(1), map(operator.not_, residues)))
+    average = AVERAGE
+    ends = [i + 1 for i, s in enumerate(steps) if not s.crc % average]
     starts = [0, *ends]
     if not ends or ends[-1] != len(steps):
         ends.append(len(steps))
@@ -305,7 +305,6 @@ def _replaced(obj: _D, **changes: Any) -> _D:
 
 
 _KEY = operator.attrgetter("key")
-_CRC = operator.attrgetter("crc")
 
 
 SECTION = 16
