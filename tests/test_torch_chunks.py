@@ -27,8 +27,9 @@ from tests.graphgen import PASS_NAMES, graphs, pass_arguments
 CONV = {"op": "conv2d", "kernel_size": 3, "padding": 1}
 
 
-def resnet(depth: int = 6) -> Graph:
-    """A stem, one stage of ``depth`` residual blocks, pooling and a linear head."""
+def resnet(depth: int = 6, neck: int | None = None) -> Graph:
+    """A stem, one stage of ``depth`` residual blocks, (with ``neck``, a 1×1 conv to that
+    many channels,) pooling and a linear head."""
     block = {
         "nodes": [
             {"name": "conv1", "inputs": ["input"], **CONV, "out_channels": "$c"},
@@ -51,6 +52,11 @@ def resnet(depth: int = 6) -> Graph:
             {"name": "stem_bn", "op": "batchnorm"},
             {"name": "stem_act", "op": "relu"},
             {"name": "stage1", "stage": "basic", "depth": depth, "with": {"c": 4}},
+            *(
+                [{"name": "neck", **CONV, "kernel_size": 1, "padding": 0, "out_channels": neck}]
+                if neck
+                else []
+            ),
             {"name": "pool", "op": "global_avgpool"},
             {"name": "head", "op": "linear", "out_features": 3},
         ],
@@ -183,6 +189,26 @@ def test_widening_regenerates_only_the_chunks_whose_code_reads_a_changed_type() 
     )
     assert sources(new) == sources(to_torch(grown))
     assert_bitwise_equal(new, one_function(grown), grown)
+
+
+def test_forward_is_taken_over_when_it_would_call_the_very_same_sections() -> None:
+    """Widening the stem regenerates no section here (the pooling reads the neck's
+    unchanged output): ``forward`` is the earlier lowering's function, not compiled again;
+    a step that changes a section gets a new one. Either way the module computes bitwise
+    what a full rebuild computes."""
+    graph = resnet(neck=5)
+    old = to_torch(graph)
+    grown = passes.widen(graph, node="stem", width=8)
+    new = to_torch(grown, reuse=old)
+    assert new.lowering.plan.fns == old.lowering.plan.fns
+    assert type(new).forward is type(old).forward
+    assert_bitwise_equal(new, one_function(grown), grown)
+    deeper = passes.insert_block(grown, stage="stage1")
+    newer = to_torch(deeper, reuse=new)
+    assert newer.lowering.plan.fns != new.lowering.plan.fns
+    assert type(newer).forward is not type(new).forward
+    assert newer.lowering.plan.source == to_torch(deeper).lowering.plan.source
+    assert_bitwise_equal(newer, one_function(deeper), deeper)
 
 
 def test_the_whole_fx_graph_is_built_on_first_use() -> None:

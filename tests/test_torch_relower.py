@@ -23,6 +23,7 @@ from grow_ir.errors import PassError
 from grow_ir.ir import Graph, Node, TensorType
 from grow_ir.passes import PASSES
 from grow_ir.probes import random_inputs
+from grow_ir.spec import load_spec
 from tests.graphgen import PASS_NAMES, graphs, pass_arguments
 from tests.test_ops_lowering import single
 from tests.test_torch_chunks import assert_bitwise_equal, one_function, resnet
@@ -319,17 +320,28 @@ def test_a_module_from_a_prototype_is_what_its_factory_builds(
     state = {k.removeprefix("n."): v.clone() for k, v in graph.params.items()}
     if state:
         reference.load_state_dict(state, strict=True, assign=True)
-    built, filled = torch_build.build(graph, node, MODULES[op])
-    again, _ = torch_build.build(graph, node, MODULES[op])
+    made = torch_build.build(graph, node, MODULES[op])
+    built, links = made.module, made.links
+    again = torch_build.build(graph, node, MODULES[op]).module
     assert _state(built) == _state(reference)
     assert built.state_dict().keys() == reference.state_dict().keys()
     for k, v in reference.state_dict().items():
         assert torch.equal(built.state_dict()[k], v) and built.state_dict()[k].dtype == v.dtype
-    assert [f.name for f in filled] == [f"n.{k}" for k in reference.state_dict()]
+    assert [lk.name for lk in links] == [f"n.{k}" for k in reference.state_dict()]
     assert all(
-        f.tensor.untyped_storage().data_ptr() != graph.params[f.name].untyped_storage().data_ptr()
-        for f in filled
+        lk.module_tensor.untyped_storage().data_ptr()
+        != graph.params[lk.name].untyped_storage().data_ptr()
+        and lk.graph_tensor is graph.params[lk.name]
+        and lk.table[lk.attr] is lk.module_tensor
+        for lk in links
     )
+    placed = {(id(t), name, id(child)) for t, name, child in made.parts}
+    assert len(made.parts) == len(placed) == len(list(built.modules())) - 1
+    assert placed == {
+        (id(parent._modules), name, id(child))
+        for parent in built.modules()
+        for name, child in parent._modules.items()
+    }
     ids = {id(v) for v in _mutables(again)}
     assert not [v for v in _mutables(built) if id(v) in ids]
     x = [
@@ -337,6 +349,80 @@ def test_a_module_from_a_prototype_is_what_its_factory_builds(
     ]
     with torch.no_grad():
         assert torch.equal(built.eval()(*x), reference.eval()(*x))
+
+
+def _other_types(types: tuple[TensorType, ...]) -> tuple[TensorType, ...]:
+    """``types`` with every axis one longer."""
+    return tuple(TensorType(tuple(d + 1 for d in t.shape), t.dtype) for t in types)
+
+
+@pytest.mark.parametrize(
+    ("op", "types", "attrs"),
+    [
+        (op, t, a)
+        for op, cases in MODULE_CASES.items()
+        for t, a in cases
+        if not torch_build.reads_types(MODULES[op])
+    ],
+)
+def test_a_factory_declared_untyped_builds_the_same_module_whatever_its_input_types(
+    op: str, types: tuple[TensorType, ...], attrs: dict[str, Any]
+) -> None:
+    """What lets a node keep its module when only its input types change: the factory
+    builds, for no input types and for others, the module it builds for the node's."""
+    node = single(op, *types, **attrs).node("n")
+    make = MODULES[op]
+    built = make(node.attrs, types)
+    for other in ((), _other_types(types)):
+        again = make(node.attrs, other)
+        assert _state(again) == _state(built)
+        assert {k: (v.shape, v.dtype) for k, v in again.state_dict().items()} == {
+            k: (v.shape, v.dtype) for k, v in built.state_dict().items()
+        }
+
+
+def test_some_module_factories_are_declared_untyped() -> None:
+    """The test above checks something: dropout's module reads no types, a conv's does."""
+    assert not torch_build.reads_types(MODULES["dropout"])
+    assert torch_build.reads_types(MODULES["conv2d"])
+
+
+def _mlp_with_dropout() -> Graph:
+    spec = {
+        "version": 1,
+        "name": "mlp",
+        "seed": 0,
+        "inputs": {"x": {"shape": ["batch", 5]}},
+        "nodes": [
+            {"name": "fc1", "op": "linear", "inputs": ["x"], "out_features": 4},
+            {"name": "act", "op": "relu"},
+            {"name": "drop", "op": "dropout", "p": 0.5},
+            {"name": "depth", "op": "stochastic_depth", "p": 0.3, "mode": "row"},
+            {"name": "fc2", "op": "linear", "out_features": 3},
+        ],
+        "outputs": {"y": "fc2"},
+    }
+    return load_spec(spec)
+
+
+def test_a_module_that_reads_no_types_is_kept_across_a_widen() -> None:
+    """Widening ``fc1`` changes the types the dropouts read but not their modules: they
+    are taken over, while the linears (new parameters) are rebuilt and not shared; the
+    result computes bitwise what a full lowering computes, in eval and train mode (the
+    same dropout masks)."""
+    graph = _mlp_with_dropout()
+    old = to_torch(graph)
+    grown = passes.widen(graph, node="fc1", width=8)
+    assert grown.types["drop"] != graph.types["drop"]
+    new = to_torch(grown, reuse=old)
+    assert {"drop", "depth"} <= kept(old, new)
+    assert not {"fc1", "fc2"} & kept(old, new)
+    assert_like_fresh(new, grown)
+    # and again from the result (the kept modules' records still match)
+    again = passes.widen(grown, node="fc1", width=12)
+    newer = to_torch(again, reuse=new)
+    assert {"drop", "depth"} <= kept(new, newer)
+    assert_like_fresh(newer, again)
 
 
 def test_a_copy_not_verified_yet_is_checked_against_the_graph_reuse_was_lowered_from() -> None:

@@ -28,6 +28,7 @@ from torch import fx, nn
 from torch.fx.graph import PythonCode
 
 from grow_ir.backends import torch_build, torch_chunks, torch_reuse
+from grow_ir.backends.torch_build import untyped
 from grow_ir.backends.torch_chunks import Step, fx_graph
 from grow_ir.backends.torch_modules import (
     LearnedTensor,
@@ -50,8 +51,9 @@ from grow_ir.ir.ops.spatial import conv_transpose_geometry
 from grow_ir.ir.types import DTYPES, TensorType
 from grow_ir.ir.verify import verify
 
-ModuleFactory = Callable[[Any, Sequence[TensorType]], nn.Module]
-"""Builds a node's module (on the meta device) from its attributes and input types."""
+ModuleFactory = torch_build.Factory
+"""Builds a node's module (on the meta device) from its attributes and input types
+(declared :func:`~grow_ir.backends.torch_build.untyped` when it reads none of them)."""
 
 Call = Callable[..., fx.Node]
 """``call(target, args, kwargs=None, name=None)`` adds one call_function node named after
@@ -139,10 +141,12 @@ MODULES: dict[str, ModuleFactory] = {
     ),
     # from_pretrained skips nn.Embedding's normal_ init, which on the meta device goes
     # through a decomposition that imports torch._dynamo (seconds, on first use).
-    "embedding": lambda a, ins: nn.Embedding.from_pretrained(
-        torch.empty(a.num_embeddings, a.embedding_dim, device="meta"),
-        freeze=False,
-        padding_idx=a.padding_idx,
+    "embedding": untyped(
+        lambda a, ins: nn.Embedding.from_pretrained(
+            torch.empty(a.num_embeddings, a.embedding_dim, device="meta"),
+            freeze=False,
+            padding_idx=a.padding_idx,
+        )
     ),
     "attention": lambda a, ins: SelfAttention(
         ins[0].shape[2],
@@ -156,8 +160,8 @@ MODULES: dict[str, ModuleFactory] = {
         device="meta",
         dtype=ins[0].torch_dtype,
     ),
-    "dropout": lambda a, ins: nn.Dropout(p=a.p),
-    "stochastic_depth": lambda a, ins: StochasticDepth(a.p, a.mode),
+    "dropout": untyped(lambda a, ins: nn.Dropout(p=a.p)),
+    "stochastic_depth": untyped(lambda a, ins: StochasticDepth(a.p, a.mode)),
     "mix": lambda a, ins: Mix(len(ins), device="meta", dtype=ins[0].torch_dtype),
     "parameter": lambda a, ins: LearnedTensor(  # float even when expanded to int ids
         a.shape, device="meta", dtype=DTYPES[param_dtype(ins)]
@@ -307,7 +311,7 @@ def build_module(graph: Graph, node: Node) -> nn.Module:
     are exactly the node's parameter names, and its tensors share no storage with
     ``graph.params``.
     """
-    return torch_build.build(graph, node, MODULES[node.op])[0]
+    return torch_build.build(graph, node, MODULES[node.op]).module
 
 
 def selected_outputs(graph: Graph, task: str | None) -> dict[str, str]:
@@ -402,10 +406,29 @@ class LoweredModule(fx.GraphModule):
     def empty(cls, class_name: str) -> LoweredModule:
         """A lowered module with no submodules and no code yet (``to_torch`` sets them),
         without generating and compiling the code of an empty fx graph, as fx's
-        constructor otherwise does."""
+        constructor otherwise does: a copy of one that constructor made (attributes, every
+        dict, list and set copied), holding a new empty fx graph, of a class of its own
+        (``class_name``) as fx gives every GraphModule."""
+        shape = _EMPTY.get(cls)
+        if shape is None:
+            shape = _EMPTY[cls] = torch_build.Shape.of(cls._constructed())
+        gm = shape.copy()[0]
+        made = type(shape.parts[0][0])
+        own = type(made.__name__, (cls,), {"__module__": made.__module__})
+        own.__qualname__ = made.__qualname__  # fx finds the user class past it by name
+        own.__name__ = class_name
+        object.__setattr__(gm, "__class__", own)
+        fxg = fx.Graph()
+        fxg.owning_module = gm
+        gm.__dict__["_graph"] = fxg
+        return gm
+
+    @classmethod
+    def _constructed(cls) -> LoweredModule:
+        """An empty lowered module, as fx's constructor makes it (without code)."""
         gm = cls.__new__(cls)
         gm.__dict__["_no_code"] = True
-        fx.GraphModule.__init__(gm, nn.Module(), fx.Graph(), class_name=class_name)
+        fx.GraphModule.__init__(gm, nn.Module(), fx.Graph())
         del gm.__dict__["_no_code"]
         gm._prologue_start = 0
         return gm
@@ -437,6 +460,10 @@ class LoweredModule(fx.GraphModule):
         self.recompile()
         self.__dict__["chunks"] = {}
         return super().__reduce_package__(exporter)
+
+
+_EMPTY: dict[type[LoweredModule], torch_build.Shape] = {}
+"""How to copy an empty lowered module, by class (see ``LoweredModule.empty``)."""
 
 
 Scopes = dict[str, tuple[nn.Module, dict[str, nn.Module]]]
@@ -652,21 +679,25 @@ def _steps(
     graph: Graph, nodes: Sequence[Node], prior: Mapping[str, Step], changed: set[str] | None
 ) -> list[Step]:
     """How each node lowers: the step of ``prior`` (an earlier lowering's, by node) for the
-    very same node reading values whose types are unchanged, a new step otherwise.
+    very same node, if its emitter reads no input types or they are unchanged; a new
+    step otherwise.
 
     Raises:
         GrowError: a node (new or changed) has no lowering.
     """
+    if changed is None or not prior:
+        return [_step(graph, n) for n in nodes]
     steps: list[Step] = []
     append = steps.append
+    get = prior.get
     for n in nodes:
-        s = prior.get(n.name)
+        s = get(n.name)
         # A share is rebuilt every time: whether it is a tie depends on its owner's op.
         if (
             s is not None
             and s.node is n
             and n.share is None
-            and (changed is not None and (not changed or changed.isdisjoint(n.inputs)))
+            and (not changed or not s.input_types or changed.isdisjoint(n.inputs))
         ):
             append(s)
         else:
@@ -709,21 +740,28 @@ def _modules(
         if b is not None and target not in stale:
             if b.node is owner:
                 # the same node; its input types equal those it was built for when they
-                # equal the earlier lowering's types, which ``changed`` is relative to
-                if changed is not None and (not changed or changed.isdisjoint(owner.inputs)):
+                # equal the earlier lowering's types, which ``changed`` is relative to,
+                # and matter only if its factory reads them
+                if changed is not None and (
+                    not changed
+                    or changed.isdisjoint(owner.inputs)
+                    or not torch_build.reads_types(MODULES[owner.op])
+                ):
                     built[target] = b
                     reused += 1
                     continue
-                if changed is None and b.matches(graph, owner):
+                if changed is None and b.matches(
+                    graph, owner, torch_build.reads_types(MODULES[owner.op])
+                ):
                     built[target] = b
                     reused += 1
                     continue
-            elif b.matches(graph, owner):
+            elif b.matches(graph, owner, torch_build.reads_types(MODULES[owner.op])):
                 built[target] = b.for_node(owner)
                 reused += 1
                 continue
-        module, filled = torch_build.build(graph, owner, MODULES[owner.op])
-        built[target] = torch_reuse.record(graph, owner, module, filled)
+        made = torch_build.build(graph, owner, MODULES[owner.op])
+        built[target] = torch_reuse.record(owner, made)
     return built, reused
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -29,6 +29,10 @@ MUTABLE = (dict, list, set)
 """Attribute types copied (shallowly) into every copy of a module (``OrderedDict`` hook
 tables are dicts): everything else a torch.nn module holds in ``__dict__`` is immutable
 (ints, floats, strings, tuples, dtypes)."""
+
+Factory = Callable[[Any, Sequence[TensorType]], nn.Module]
+"""Builds a node's module (on the meta device) from its attributes and input types."""
+
 
 PROTOTYPES_MAX = 1024
 """Prototypes kept (one per op, attributes and input types); the cache starts over when
@@ -77,16 +81,28 @@ class Shape:
         """A copy of the module sharing no mutable attribute with it (its submodules
         copied likewise, tensors kept as they are), then its submodules, in order."""
         out: list[nn.Module] = []
+        new_object = object.__new__
+        set_dict = object.__setattr__
         for sub, mutable, parent, name in self.parts:
-            new = object.__new__(type(sub))
+            new = new_object(type(sub))
             state = sub.__dict__.copy()
             for k in mutable:
                 state[k] = state[k].copy()
-            object.__setattr__(new, "__dict__", state)
+            set_dict(new, "__dict__", state)
             if parent >= 0:
                 out[parent]._modules[name] = new
             out.append(new)
         return out
+
+    def placed(
+        self, copies: Sequence[nn.Module]
+    ) -> tuple[tuple[dict[str, Any], str, nn.Module], ...]:
+        """Where each submodule of a :meth:`copy` sits: ``(parent._modules, name,
+        submodule)`` for every one below the module itself."""
+        parts = self.parts
+        return tuple(
+            (copies[parts[i][2]]._modules, parts[i][3], copies[i]) for i in range(1, len(parts))
+        )
 
 
 @dataclass(frozen=True)
@@ -97,24 +113,57 @@ class Prototype:
     slots: tuple[SlotSpec, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Filled:
-    """One tensor slot of a built module, filled: what :mod:`torch_reuse` links."""
+class Link(NamedTuple):
+    """A module tensor known to hold exactly a graph tensor's values (see
+    :mod:`grow_ir.backends.torch_reuse`)."""
 
     name: str
     """The graph parameter name."""
+    graph_tensor: torch.Tensor
     table: dict[str, Any]
-    """The owner's ``_parameters`` or ``_buffers``."""
+    """The slot: the owner's ``_parameters`` or ``_buffers``..."""
     attr: str
+    """... and the key in it."""
     buffer: bool
-    tensor: torch.Tensor
+    module_tensor: torch.Tensor
+    version: int
+    data_ptr: int
+
+
+_new_tuple = tuple.__new__  # a NamedTuple's own __new__ is Python code: a tuple's is C
+
+
+class Made(NamedTuple):
+    """A module just built for a node, and what it was built from."""
+
+    module: nn.Module
+    input_types: tuple[TensorType, ...]
+    """The node's input types (what the factory read)."""
+    links: tuple[Link, ...]
+    """Its filled tensor slots, in state_dict order, each linked to its graph tensor."""
+    parts: tuple[tuple[dict[str, Any], str, nn.Module], ...]
+    """Every submodule below ``module``, as ``(parent._modules, name, submodule)``."""
 
 
 _PROTOTYPES: dict[Any, Prototype] = {}
 
 
+def untyped(factory: Factory) -> Factory:
+    """Declares that the module ``factory`` builds reads nothing of its input types (a
+    dropout, an embedding): a node keeps its module when a pass changes only the types it
+    reads (a dropout after a widened layer), and the factory is called with none."""
+    factory.reads_types = False  # type: ignore[attr-defined]
+    return factory
+
+
+def reads_types(factory: Factory) -> bool:
+    """Whether the modules ``factory`` builds depend on their input types (unless
+    declared :func:`untyped`)."""
+    return getattr(factory, "reads_types", True)
+
+
 def prototype(
-    factory: Callable[[Any, Sequence[TensorType]], nn.Module],
+    factory: Factory,
     op: str,
     attrs: Any,
     input_types: tuple[TensorType, ...],
@@ -159,31 +208,57 @@ def container() -> nn.Module:
     return _EMPTY.copy()[0]
 
 
-def build(
-    graph: Graph, node: Node, factory: Callable[[Any, Sequence[TensorType]], nn.Module]
-) -> tuple[nn.Module, list[Filled]]:
-    """The module of ``node`` (``factory``'s, for the node's attributes and input types)
-    holding clones of the graph's tensors for it, and its filled slots.
+def build(graph: Graph, node: Node, factory: Factory) -> Made:
+    """The module of ``node`` (``factory``'s, for the node's attributes and input types,
+    or none if it is :func:`untyped`) holding clones of the graph's tensors for it, with
+    its links and parts.
 
     Guarantees: the module is what ``factory`` builds, with ``load_state_dict(...,
     assign=True)`` of those clones; its ``state_dict()`` keys, prefixed with
-    ``node.param_prefix``, are exactly the node's parameter names; its tensors share no
-    storage with ``graph.params``.
+    ``node.param_prefix``, are exactly the node's parameter names, and ``links`` name them
+    in that order; its tensors share no storage with ``graph.params``.
     """
-    proto = prototype(factory, node.op, node.attrs, tuple(graph.input_types(node)))
+    types = graph.types
+    input_types = tuple([types[i] for i in node.inputs]) if reads_types(factory) else ()
+    proto = prototype(factory, node.op, node.attrs, input_types)
     owners = proto.shape.copy()
     prefix = node.param_prefix + "."
     params = graph.params
-    filled = []
+    links = []
+    tensor_type, parameter = torch.Tensor, nn.Parameter
+    make_parameter = tensor_type._make_subclass
     for spec in proto.slots:
         owner = owners[spec.owner]
         name = prefix + spec.local
-        value = params[name].detach().clone()
+        source = params[name]
+        # one copy, and no autograd record of it (a graph tensor that requires grad is
+        # detached first)
+        value = (source.detach() if source.requires_grad else source).clone()
         if spec.buffer:
             table = owner._buffers
         else:
             table = owner._parameters
-            value = nn.Parameter(value, requires_grad=spec.requires_grad)
+            # what nn.Parameter(value, requires_grad) does with a plain tensor, without
+            # its Python-level __new__
+            if type(value) is tensor_type:
+                value = make_parameter(parameter, value, spec.requires_grad)
+            else:
+                value = parameter(value, requires_grad=spec.requires_grad)
         table[spec.attr] = value
-        filled.append(Filled(name, table, spec.attr, spec.buffer, value))
-    return owners[0], filled
+        links.append(
+            _new_tuple(
+                Link,
+                (
+                    name,
+                    source,
+                    table,
+                    spec.attr,
+                    spec.buffer,
+                    value,
+                    value._version,
+                    value.data_ptr(),
+                ),
+            )
+        )
+    parts = proto.shape.placed(owners) if len(owners) > 1 else ()
+    return _new_tuple(Made, (owners[0], input_types, tuple(links), parts))

@@ -23,12 +23,13 @@ nodes of work).
 
 from __future__ import annotations
 
+import operator
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from torch import fx
 from torch.fx.graph import _Namespace
@@ -82,6 +83,8 @@ def step(
     return Step(node, kind, target, weights, input_types, key, zlib.crc32(n.name.encode()))
 
 
+_D = TypeVar("_D")
+
 Emit = Callable[[fx.Graph, dict[str, fx.Node], dict[str, fx.Node], Step], fx.Node]
 """Adds one step's fx nodes to a graph: ``emit(fxg, env, scopes, step)`` reads its inputs
 from ``env`` (value name -> fx node), fetches scopes once through ``scopes`` and returns
@@ -132,11 +135,8 @@ class Chunk:
     source: str
     defs: frozenset[str]
     """The values it defines."""
-
-    @property
-    def keys(self) -> tuple[tuple[Any, ...], ...]:
-        """Its steps' keys: what its code depends on, with its live values."""
-        return tuple(s.key for s in self.steps)
+    keys: tuple[tuple[Any, ...], ...]
+    """Its steps' keys: what its code depends on, with its live values."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,6 +172,8 @@ class Plan:
     """The values read across chunks (or by the outputs)."""
     section_crossing: frozenset[str]
     """The values read across sections (or by the outputs)."""
+    fns: tuple[Callable[..., Any], ...]
+    """The sections' functions, that ``forward`` calls."""
 
     @cached_property
     def chunk_at(self) -> dict[str, Chunk]:
@@ -205,7 +207,8 @@ def compile_chunk(
     source = code.src.replace("def forward(", f"def {name}(", 1)
     fn = _method_from_src(name, source, code.globals)
     defs = frozenset(s.node.name for s in steps)
-    return Chunk(tuple(steps), live_in, live_out, steps[0].node.name, name, fn, source, defs)
+    keys = tuple(map(_KEY, steps))
+    return Chunk(tuple(steps), live_in, live_out, steps[0].node.name, name, fn, source, defs, keys)
 
 
 def segments(steps: Sequence[Step]) -> list[tuple[Step, ...]]:
@@ -256,7 +259,7 @@ def plan(
     live_ins: list[tuple[str, ...]] = []
     for part in parts:
         c = prior.get(part[0].node.name)
-        if c is not None and (c.steps == part or c.keys == tuple(s.key for s in part)):
+        if c is not None and (c.steps == part or c.keys == tuple(map(_KEY, part))):
             candidates.append(c)
             live_ins.append(c.live_in)  # a function of the steps' names and inputs
         else:
@@ -276,15 +279,32 @@ def plan(
             chunks.append(compile_chunk(part, ins, outs, emit))
     sections = _sections(chunks, outputs, old)
     section_crossing = _crossing((s.live_in for s in sections), outputs)
+    fns = tuple(s.fn for s in sections)
     forward, source = call_sequence(
-        "forward", tuple(inputs), sections, outputs=outputs, keep_names=True
+        "forward",
+        tuple(inputs),
+        sections,
+        outputs=outputs,
+        keep_names=True,
+        prior=(old.forward, old.source) if old is not None and old.fns == fns else None,
     )
-    return Plan(tuple(chunks), tuple(sections), forward, source, crossing, section_crossing)
+    return Plan(tuple(chunks), tuple(sections), forward, source, crossing, section_crossing, fns)
 
 
 def _retarget(chunk: Chunk, steps: tuple[Step, ...]) -> Chunk:
     """``chunk`` (the same code) for ``steps`` of equal keys."""
-    return chunk if chunk.steps == steps else replace(chunk, steps=steps)
+    return chunk if chunk.steps == steps else _replaced(chunk, steps=steps)
+
+
+def _replaced(obj: _D, **changes: Any) -> _D:
+    """``dataclasses.replace(obj, **changes)`` of a frozen dataclass without slots or
+    ``__post_init__``: its fields copied at C speed, not passed through ``__init__``."""
+    new = object.__new__(type(obj))
+    object.__setattr__(new, "__dict__", {**obj.__dict__, **changes})
+    return new
+
+
+_KEY = operator.attrgetter("key")
 
 
 SECTION = 16
@@ -321,11 +341,11 @@ def _sections(
     for group, f, s, ins in zip(groups, fns, found, live_ins, strict=True):
         if s is not None:
             if s.defs.isdisjoint(moved):
-                out.append(s if s.chunks == tuple(group) else replace(s, chunks=tuple(group)))
+                out.append(s if s.chunks == tuple(group) else _replaced(s, chunks=tuple(group)))
                 continue
             outs = tuple(v for c in group for v in c.live_out if v in crossing)
             if s.live_out == outs:
-                out.append(s if s.chunks == tuple(group) else replace(s, chunks=tuple(group)))
+                out.append(s if s.chunks == tuple(group) else _replaced(s, chunks=tuple(group)))
                 continue
         else:
             outs = tuple(v for c in group for v in c.live_out if v in crossing)
@@ -379,11 +399,14 @@ def call_sequence(
     returns: tuple[str, ...] = (),
     outputs: Mapping[str, str] | None = None,
     keep_names: bool = False,
+    prior: tuple[Callable[..., Any], str] | None = None,
 ) -> tuple[Callable[..., Any], str]:
     """``name(self, *params)`` calling ``calls`` in order and returning ``returns`` (one
     value or a tuple), or ``outputs`` (one output's value, or a dict by output name); and
     its source. ``keep_names``: the parameters keep their names (``forward``'s keyword
-    arguments, graph inputs that are identifiers already).
+    arguments, graph inputs that are identifiers already). ``prior``: a function an earlier
+    call made calling these very functions, and its source, returned again (not compiled)
+    when the source is the same.
 
     A value is dropped (set to None) after the call that reads it last, as fx's code drops
     its values, so eval-mode memory stays what the unchunked code uses, give or take the
@@ -425,5 +448,7 @@ def call_sequence(
         items = ", ".join(f"{out!r}: {var[node]}" for out, node in outputs.items())
         lines.append(f"    return {{{items}}}")
     source = "\n".join(lines) + "\n"
+    if prior is not None and prior[1] == source:
+        return prior
     fn = _method_from_src(name, source, dict(zip(callees, (c.fn for c in calls), strict=True)))
     return fn, source

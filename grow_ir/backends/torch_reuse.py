@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import operator
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import accumulate, chain, compress
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 
-from grow_ir.backends.torch_build import Filled
+from grow_ir.backends.torch_build import Link, Made
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.types import TensorType
 
@@ -43,22 +43,6 @@ _VERSION = operator.attrgetter("_version")
 _REQUIRES_GRAD = operator.attrgetter("requires_grad")
 _GRAD = operator.attrgetter("grad")
 _TRAINING = operator.attrgetter("training")
-
-
-class Link(NamedTuple):
-    """A module tensor known to hold exactly a graph tensor's values."""
-
-    name: str
-    """The graph parameter name."""
-    graph_tensor: torch.Tensor
-    table: dict[str, Any]
-    """The slot: the owner's ``_parameters`` or ``_buffers``..."""
-    attr: str
-    """... and the key in it."""
-    buffer: bool
-    module_tensor: torch.Tensor
-    version: int
-    data_ptr: int
 
 
 def link(
@@ -81,6 +65,7 @@ class Built:
     node: Node
     """The node it was built for (or one of equal op and attributes)."""
     input_types: tuple[TensorType, ...]
+    """The input types its factory read (none for one that reads none)."""
     links: tuple[Link, ...]
     parts: tuple[tuple[dict[str, Any], str, nn.Module], ...]
     """Every submodule below ``module``, as ``(parent._modules, name, submodule)``."""
@@ -95,13 +80,15 @@ class Built:
         """The graph parameter names of its tensors."""
         return tuple(lk.name for lk in self.links)
 
-    def matches(self, graph: Graph, node: Node) -> bool:
+    def matches(self, graph: Graph, node: Node, typed: bool = True) -> bool:
         """True when lowering ``node`` of ``graph`` would build this same module with the
-        same values (checked one by one: the slow path of :meth:`Records.stale`)."""
+        same values (checked one by one: the slow path of :meth:`Records.stale`);
+        ``typed``: the module's factory reads its input types (else they are not
+        compared)."""
         attrs = self.node.attrs
         if node.op != self.op or not (node.attrs is attrs or node.attrs == attrs):
             return False
-        if tuple(graph.input_types(node)) != self.input_types:
+        if typed and tuple(graph.input_types(node)) != self.input_types:
             return False
         if set(graph.params_of(node)) != set(self.names):
             return False
@@ -112,31 +99,10 @@ class Built:
         return self if node is self.node else replace(self, node=node)
 
 
-def record(graph: Graph, node: Node, module: nn.Module, filled: Sequence[Filled]) -> Built:
-    """The record of ``module``, just built for ``node`` from ``graph``'s tensors (its
-    slots ``filled``)."""
-    params = graph.params
-    links = tuple(
-        Link(
-            f.name,
-            params[f.name],
-            f.table,
-            f.attr,
-            f.buffer,
-            f.tensor,
-            f.tensor._version,
-            f.tensor.data_ptr(),
-        )
-        for f in filled
-    )
-    return Built(module, node, tuple(graph.input_types(node)), links, tuple(_parts(module)))
-
-
-def _parts(module: nn.Module) -> Iterable[tuple[dict[str, Any], str, nn.Module]]:
-    for name, child in module._modules.items():
-        if child is not None:
-            yield module._modules, name, child
-            yield from _parts(child)
+def record(node: Node, made: Made) -> Built:
+    """The record of a module just built for ``node`` (see
+    :func:`grow_ir.backends.torch_build.build`)."""
+    return Built(made.module, node, made.input_types, made.links, made.parts)
 
 
 def relink(built: Built, params: Mapping[str, torch.Tensor], exact: set[str]) -> Built | None:
