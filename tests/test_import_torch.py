@@ -385,13 +385,13 @@ class _Residual(nn.Module):
 
 class _Tower(nn.Module):
     """A stem, a Sequential of three chained identical blocks, a Sequential of blocks that
-    differ (a strided conv, then a residual block), a pooled head."""
+    differ (a residual block, then a strided conv), a pooled head."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.body = nn.Sequential(*[_Residual(8) for _ in range(3)])
-        self.down = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), _Residual(8))
+        self.down = nn.Sequential(_Residual(8), nn.Conv2d(8, 8, 3, stride=2, padding=1))
         self.head = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

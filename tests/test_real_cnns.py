@@ -249,7 +249,7 @@ def widen_every_group(graph: Graph, error: Callable[[Graph], float]) -> None:
 @pytest.mark.parametrize(
     ("name", "stages"),
     [
-        ("resnet18", {"layer1": (0, 2)}),
+        ("resnet18", {"layer1": (0, 2), "layer2": (1, 1), "layer3": (1, 1), "layer4": (1, 1)}),
         ("resnet50", {f"layer{i}": (1, d) for i, d in ((1, 2), (2, 3), (3, 5), (4, 2))}),
     ],
 )
@@ -257,9 +257,10 @@ def test_a_resnets_layers_are_stages_that_grow_a_block_exactly(
     name: str, stages: dict[str, tuple[int, int]], tmp_path
 ) -> None:
     """torchvision's ``layerK`` (an ``nn.Sequential`` of blocks) is a stage of the blocks
-    that are chained copies: ResNet-18's ``layer1`` whole (two identical BasicBlocks; its
-    other layers have one block after the downsampling one, too few), ResNet-50's layers
-    from block 1 on (``Stage.first`` 1: block 0 downsamples). Inserting a block into the
+    that are chained copies: ResNet-18's ``layer1`` whole (two identical BasicBlocks), its
+    other layers' one block after the downsampling one (a residual block that can be
+    copied exactly), ResNet-50's layers from block 1 on (``Stage.first`` 1: block 0
+    downsamples). Inserting a block into the
     last stage keeps the outputs, names it after the module's numbering, and the grown
     graph saves and loads with its stages."""
     m = imported(name)

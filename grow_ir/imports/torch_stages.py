@@ -19,6 +19,7 @@ from torch import nn
 from grow_ir.imports.builder import clean_name, ident
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.stages import BLOCK_INPUT, BlockTemplate, Stage, TemplateNode, block_name
+from grow_ir.passes.insert import branch_ends
 
 LIST_PREFIX = ""
 """Block ``i`` of an imported stage is named ``{path}.{i}``, as the module list numbers it."""
@@ -54,14 +55,18 @@ def list_stages(graph: Graph, lists: list[tuple[str, int]]) -> Graph:
     """``graph`` with a stage (and its template) for every ``(path, depth)`` of ``lists``
     whose blocks ``path.0`` .. ``path.{depth-1}`` are chained copies of one block, or, where
     the first blocks differ (a ResNet layer's downsampling block 0), whose last two or more
-    blocks are: the stage is then those (``Stage.first`` the index of the first)."""
+    blocks are, or whose last block alone is a residual block that ``insert_block`` can copy
+    exactly (ResNet-18's ``layer2``: one block after the downsampling one): the stage is
+    then those (``Stage.first`` the index of the first)."""
     blocks, stages = dict(graph.blocks), dict(graph.stages)
     for stage, depth in lists:
         if stage in stages:
             continue
-        for first in range(depth - 1 if depth > 2 else 1):
+        for first in range(depth):
             template = _template(graph, stage, first, depth)
-            if template is not None:
+            alone = first == depth - 1 > 0
+            scope = block_name(stage, first, LIST_PREFIX)
+            if template is not None and (not alone or _insertable(graph, scope)):
                 name = ident(stage)
                 blocks[name] = template
                 stages[stage] = Stage(name, depth - first, {}, LIST_PREFIX, first)
@@ -69,6 +74,16 @@ def list_stages(graph: Graph, lists: list[tuple[str, int]]) -> Graph:
     if stages == dict(graph.stages):
         return graph
     return graph.replace(blocks=blocks, stages=stages)
+
+
+def _insertable(graph: Graph, scope: str) -> bool:
+    """Whether a copy of the block in ``scope`` can be inserted after it exactly (a chain of
+    residual joins whose branches end in layers that can be zeroed: what ``insert_block``
+    checks)."""
+    nodes = {n.name: n for n in graph.nodes if n.name.startswith(scope + ".")}
+    last = next(reversed(nodes))
+    (block_in,) = {v for n in nodes.values() for v in n.inputs if v not in nodes}
+    return not branch_ends(graph, nodes, block_in, last)[1]
 
 
 def _template(graph: Graph, stage: str, first: int, depth: int) -> BlockTemplate | None:
