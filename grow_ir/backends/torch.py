@@ -738,26 +738,17 @@ def _modules(
         owner = node_map[target]
         b = old.get(target)
         if b is not None and target not in stale:
-            if b.node is owner:
+            typed = torch_build.reads_types(MODULES[owner.op])
+            same = b.node is owner
+            if same and changed is not None:
                 # the same node; its input types equal those it was built for when they
                 # equal the earlier lowering's types, which ``changed`` is relative to,
                 # and matter only if its factory reads them
-                if changed is not None and (
-                    not changed
-                    or changed.isdisjoint(owner.inputs)
-                    or not torch_build.reads_types(MODULES[owner.op])
-                ):
-                    built[target] = b
-                    reused += 1
-                    continue
-                if changed is None and b.matches(
-                    graph, owner, torch_build.reads_types(MODULES[owner.op])
-                ):
-                    built[target] = b
-                    reused += 1
-                    continue
-            elif b.matches(graph, owner, torch_build.reads_types(MODULES[owner.op])):
-                built[target] = b.for_node(owner)
+                keep = not changed or not typed or changed.isdisjoint(owner.inputs)
+            else:
+                keep = b.matches(graph, owner, typed)
+            if keep:
+                built[target] = b if same else b.for_node(owner)
                 reused += 1
                 continue
         made = torch_build.build(graph, owner, MODULES[owner.op])

@@ -167,17 +167,23 @@ class GraphBuilder:
 
     # ---- the result -------------------------------------------------------------------
 
-    def finish(self, outputs: Mapping[str, str], name: str) -> Graph:
+    def finish(
+        self, outputs: Mapping[str, str], name: str, hints: Mapping[str, str] | None = None
+    ) -> Graph:
         """The verified Graph, or ImportRefused listing every construct refused.
 
         ``outputs`` maps output names to values; an output that is a graph input unchanged
         (an ``nn.Identity``, a model returning one of its arguments) is an ``identity``
-        node named after the output, since every IR output names a node.
+        node named after ``hints[output]`` (default: the output), since every IR output
+        names a node.
         """
         if self.refusals:
             raise ImportRefused(self.source, self.refusals)
+        hints = hints or {}
         outputs = {
-            out: self.add("identity", [value], out) if value in self.inputs else value
+            out: self.add("identity", [value], hints.get(out, out))
+            if value in self.inputs
+            else value
             for out, value in outputs.items()
         }
         graph = Graph(

@@ -238,10 +238,10 @@ def _convert(proto: onnx.ModelProto, label: str) -> tuple[Graph, Evaluation | No
             continue
         if isinstance(bound, KeptMean):
             bound = bound.kept(builder)
-        if bound in builder.inputs:  # an IR output names a node: the pass-through is one
-            bound = builder.add("identity", [bound], ctx.hint(out.name, "identity"))
         outputs[ident(out.name)] = bound
-    graph = builder.finish(outputs, Path(label).stem if g.name == "" else g.name)
+    # a pass-through output's identity node is named as the file names the node
+    hints = {ident(o.name): ctx.hint(o.name, "identity") for o in g.output}
+    graph = builder.finish(outputs, Path(label).stem if g.name == "" else g.name, hints)
     return numbered_stages(graph), evaluation
 
 

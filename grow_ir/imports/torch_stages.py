@@ -62,15 +62,15 @@ def list_stages(graph: Graph, lists: list[tuple[str, int]]) -> Graph:
     for stage, depth in lists:
         if stage in stages:
             continue
-        for first in range(depth):
-            template = _template(graph, stage, first, depth)
-            alone = first == depth - 1 > 0
-            scope = block_name(stage, first, LIST_PREFIX)
-            if template is not None and (not alone or _insertable(graph, scope)):
-                name = ident(stage)
-                blocks[name] = template
-                stages[stage] = Stage(name, depth - first, {}, LIST_PREFIX, first)
-                break
+        found = _copies(graph, stage, depth)
+        if found is None:
+            continue
+        first, template = found
+        if 0 < first == depth - 1 and not _insertable(graph, block_name(stage, first, LIST_PREFIX)):
+            continue
+        name = ident(stage)
+        blocks[name] = template
+        stages[stage] = Stage(name, depth - first, {}, LIST_PREFIX, first)
     if stages == dict(graph.stages):
         return graph
     return graph.replace(blocks=blocks, stages=stages)
@@ -86,27 +86,27 @@ def _insertable(graph: Graph, scope: str) -> bool:
     return not branch_ends(graph, nodes, block_in, last)[1]
 
 
-def _template(graph: Graph, stage: str, first: int, depth: int) -> BlockTemplate | None:
-    """Block ``first`` as a template when every block from ``first`` to ``depth - 1`` is
-    that template instantiated after the previous block; else None."""
-    made_first: tuple[TemplateNode, ...] | None = None
-    block_input = None
-    for i in range(first, depth):
+def _copies(graph: Graph, stage: str, depth: int) -> tuple[int, BlockTemplate] | None:
+    """``(first, template)``: the longest run of the list's last blocks, from block
+    ``first`` on, that are ``template`` (block ``first``) each instantiated after the
+    previous block; None when the last block is no block (each read once)."""
+    read = []
+    for i in range(depth):
         scope = block_name(stage, i, LIST_PREFIX)
         nodes = [n for n in graph.nodes if n.name.startswith(scope + ".")]
         local = _locals(nodes, scope)
-        if local is None:
-            return None
-        made, outside = local
-        if len(outside) != 1 or (block_input is not None and outside != {block_input}):
-            return None
-        if made_first is None:
-            made_first = made
-        elif made != made_first:
-            return None
-        block_input = nodes[-1].name
-    assert made_first is not None
-    return BlockTemplate(made_first, made_first[-1].name)
+        read.append(None if local is None or len(local[1]) != 1 else (nodes[-1].name, *local))
+    if read[-1] is None:
+        return None
+    first = depth - 1
+    while first > 0:
+        before, this = read[first - 1], read[first]
+        assert this is not None
+        if before is None or before[1] != this[1] or this[2] != {before[0]}:
+            break
+        first -= 1
+    made = read[first][1]  # type: ignore[index]
+    return first, BlockTemplate(made, made[-1].name)
 
 
 def _locals(nodes: list[Node], scope: str) -> tuple[tuple[TemplateNode, ...], set[str]] | None:
