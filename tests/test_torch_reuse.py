@@ -127,6 +127,32 @@ def test_trained_values_are_carried_through_update_params() -> None:
     assert_same_as_fresh(grown, new)
 
 
+DIRTY = {
+    "frozen": lambda m: m.get_submodule("stem").weight.requires_grad_(False),
+    "grad": lambda m: setattr(
+        m.get_submodule("stem_bn").bias, "grad", torch.ones_like(m.get_submodule("stem_bn").bias)
+    ),
+    "eval": lambda m: m.get_submodule("stage1.block0.bn2").eval(),
+}
+"""One way each a reused submodule can differ from a fresh build (besides its values)."""
+
+
+@pytest.mark.parametrize("dirty", sorted(DIRTY))
+def test_reused_submodules_come_back_as_fresh_ones(dirty: str) -> None:
+    """A submodule taken over frozen, with a gradient or in eval mode is put back in the
+    state a fresh build has (train mode, requiring gradients, none held), whichever one
+    thing differs."""
+    graph = cnn()
+    old = to_torch(graph)
+    DIRTY[dirty](old)
+    grown = passes.insert_layer(graph, after="stage1.block0.out", op="conv2d")
+    new = to_torch(grown, reuse=old)
+    assert new.get_submodule("stem") is old.get_submodule("stem")
+    assert all(m.training for m in new.modules())
+    assert all(p.requires_grad and p.grad is None for p in new.parameters())
+    assert_same_as_fresh(grown, new)
+
+
 def test_a_module_changed_after_lowering_is_rebuilt() -> None:
     """An optimizer step (and a batchnorm forward in train mode) after the lowering breaks
     the link: the re-lowering holds the graph's values, not the trained ones."""

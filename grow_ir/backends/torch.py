@@ -485,19 +485,19 @@ class Lowering:
         steps: dict[str, Step],
         plan: torch_chunks.Plan,
         scopes: Scopes,
-        records: torch_reuse.Records,
     ) -> None:
         self.graph = weakref.ref(graph)
         self.types = types
         self.steps = steps
         self.plan = plan
         self.scopes = scopes
-        self.records = records
+        self.records: torch_reuse.Records | None = None
 
     def records_of(self, built: Mapping[str, torch_reuse.Built]) -> torch_reuse.Records:
-        """``built`` as :class:`~grow_ir.backends.torch_reuse.Records` (the ones made with
-        the lowering while ``built`` is the same mapping: ``update_params`` relinks)."""
-        if self.records.built is not built:
+        """``built`` as :class:`~grow_ir.backends.torch_reuse.Records`, made on first use
+        and kept while ``built`` is the same mapping (``update_params`` relinks, and a
+        module relinked before its next growth step never needs the first ones)."""
+        if self.records is None or self.records.built is not built:
             self.records = torch_reuse.Records(built)
         return self.records
 
@@ -572,7 +572,6 @@ def to_torch(
     changed = _changed_types(prior.types if prior is not None else None, graph.types)
     steps = _steps(graph, nodes, prior.steps if prior is not None else {}, changed)
     built, reused = _modules(graph, steps, old_built, records, changed)
-    new_records = torch_reuse.Records(built)
     if task is None:
         inputs = list(graph.inputs)
     else:
@@ -588,7 +587,7 @@ def to_torch(
     gm.chunks = plan.chunk_at
     gm.built = built
     by_node = {s.node.name: s for s in steps}
-    gm.lowering = Lowering(graph, graph.types, by_node, plan, scopes, new_records)
+    gm.lowering = lowering = Lowering(graph, graph.types, by_node, plan, scopes)
     if task is not None:
         owners = graph.param_owners
         mine = frozenset({task})
@@ -605,9 +604,14 @@ def to_torch(
         )
         return gm.train()
     # Everything built afresh is in train mode, requires gradients and has none: only
-    # the reused modules and scopes may differ (checked together, in flat C-level maps).
+    # the reused modules and scopes may differ (checked together, in flat C-level maps:
+    # when the records they were taken from are all fresh, so are they).
     if reused:
-        new_records.reset([c for c, _ in scopes.values()])
+        containers = [c for c, _ in scopes.values()]
+        if records is not None and records.fresh():
+            torch_reuse.Records({}).reset(containers)
+        else:
+            lowering.records_of(built).reset(containers)
     return gm
 
 

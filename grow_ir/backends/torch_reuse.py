@@ -179,6 +179,17 @@ class Records:
             )
         return out
 
+    def fresh(self) -> bool:
+        """Whether every module is in the state a fresh build has (train mode, parameters
+        that require gradients and have none): then :meth:`reset` would change nothing of
+        them, nor of any subset of them. Reads, never writes."""
+        params = self.parameters
+        return (
+            all(map(_REQUIRES_GRAD, params))
+            and list(map(_GRAD, params)).count(None) == len(params)
+            and all(map(_TRAINING, self.modules))
+        )
+
     def reset(self, containers: Sequence[nn.Module] = ()) -> None:
         """Put every module (and ``containers``) in the state a fresh build has: train
         mode, parameters that require gradients and have none (only the ones that differ
