@@ -25,7 +25,7 @@ from grow_ir.ir.delta import DIFF, NAME, infer_changed, kind_of
 from grow_ir.ir.ops import OPS, Attrs, OpDef, ParamSpec
 from grow_ir.ir.ops.base import validate_attrs
 from grow_ir.ir.stages import BlockTemplate, Stage
-from grow_ir.ir.types import DTYPES, TensorType
+from grow_ir.ir.types import TensorType
 
 
 def _frozen(mapping: Mapping | None) -> Mapping:
@@ -62,7 +62,7 @@ def spec_totals(specs: Iterable[ParamSpec]) -> tuple[int, int]:
     (buffers excluded), from the shapes alone."""
     nbytes = numel = 0
     for s in specs:
-        nbytes += s.numel * DTYPES[s.dtype].itemsize
+        nbytes += s.nbytes
         if not s.buffer:
             numel += s.numel
     return nbytes, numel

@@ -9,7 +9,6 @@ import torch
 from grow_ir.errors import GrowError
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.ops import ParamSpec
-from grow_ir.ir.types import DTYPES
 
 MAX_PARAM_BYTES = 8 * 2**30
 """Refuse to allocate more than this many bytes of parameters (8 GiB)."""
@@ -17,7 +16,7 @@ MAX_PARAM_BYTES = 8 * 2**30
 
 def spec_bytes(specs: Iterable[ParamSpec]) -> int:
     """Bytes the parameters and buffers of ``specs`` take, computed from shapes alone."""
-    return sum(s.numel * DTYPES[s.dtype].itemsize for s in specs)
+    return sum(s.nbytes for s in specs)
 
 
 def param_bytes(graph: Graph) -> int:

@@ -404,6 +404,23 @@ _Step = tuple[str, tuple[tuple[int, int], ...], _Axis]
 """One grown axis of a parameter: its kind, its spans and its plan."""
 
 
+@dataclass(frozen=True)
+class _Recipe:
+    """How a parameter of one shape, indexed at one set of axes, grows: its steps in axis
+    order, and what follows from them alone (the same for every parameter alike: a
+    stage's batchnorm statistics, its convs' columns).
+
+    ``index`` and ``scale`` become the parameters' ``Origin`` maps: shared by all the
+    origins made from the recipe, never changed.
+    """
+
+    steps: tuple[_Step, ...]
+    index: dict[int, tuple[int, ...]]  # the Origin index, by grown axis
+    scale: dict[int, tuple[float, ...]]  # the Origin scale of split fan-out, by axis
+    fill: torch.Tensor | None  # where the new units' entries come from the op's own init
+    copied: torch.Tensor | None  # where the new units copy an old one (for noise)
+
+
 class _Axes:
     """Every axis plan of one widening, made once per (size, spans, kind, ndim): in a
     residual group most members' axes are alike, and a plan is a loop over positions."""
@@ -413,24 +430,40 @@ class _Axes:
         self.layout = (*range(old), *units.copies)
         self.counts = units.counts(old)
         self._made: dict[tuple, _Axis] = {}
-        self._steps: dict[tuple, tuple[_Step, ...]] = {}
+        self._recipes: dict[tuple, _Recipe] = {}
 
-    def steps(self, axes: Sequence[ParamAxis], shape: tuple[int, ...]) -> tuple[_Step, ...]:
-        """The grown axes of one parameter of ``shape`` indexed at ``axes``, in axis order
-        (made once per set of axes and shape)."""
+    def recipe(self, axes: Sequence[ParamAxis], shape: tuple[int, ...]) -> _Recipe:
+        """How one parameter of ``shape`` indexed at ``axes`` grows (made once per set of
+        axes and shape)."""
         if len(axes) == 1:  # most parameters grow along one axis
             a = axes[0]
             key: tuple = (shape, a.axis, a.offset, a.block, a.kind)
         else:
             key = (shape, *((a.axis, a.offset, a.block, a.kind) for a in axes))
-        made = self._steps.get(key)
+        made = self._recipes.get(key)
         if made is None:
-            made = self._steps[key] = tuple(
-                (on[0].kind, spans, self.get(shape[axis], spans, on[0].kind, axis, len(shape)))
-                for axis, on in spans_by_axis(axes).items()
-                for spans in [tuple((a.offset, a.block) for a in on)]
-            )
+            made = self._recipes[key] = self._make_recipe(axes, shape)
         return made
+
+    def _make_recipe(self, axes: Sequence[ParamAxis], shape: tuple[int, ...]) -> _Recipe:
+        steps = tuple(
+            (on[0].kind, spans, self.get(shape[axis], spans, on[0].kind, axis, len(shape)))
+            for axis, on in spans_by_axis(axes).items()
+            for spans in [tuple((a.offset, a.block) for a in on)]
+        )
+        fill: torch.Tensor | None = None
+        copied: torch.Tensor | None = None
+        if self.units.fan_in != "mean":  # means are computed from the old units instead
+            for kind, _, plan in steps:
+                if kind == "units":
+                    fill, copied = _either(fill, plan.fill), _either(copied, plan.copied)
+        return _Recipe(
+            steps=steps,
+            index={plan.axis: plan.index for _, _, plan in steps},
+            scale={plan.axis: plan.factors for _, _, plan in steps if plan.factors is not None},
+            fill=fill,
+            copied=copied,
+        )
 
     def get(
         self, size: int, spans: tuple[tuple[int, int], ...], kind: str, axis: int, ndim: int
@@ -501,6 +534,7 @@ def _grow_member(
     old_specs = old_graph.params_of(old_node)
     old_params = old_graph.params
     skip = len(old_node.param_prefix) + 1
+    given, mean = units.fan_out == "given", units.fan_in == "mean"
     params, origins = {}, {}
     for param, axes in axes_by_param(member).items():
         spec = old_specs.get(param) or old_graph.param_specs[param]
@@ -509,39 +543,33 @@ def _grow_member(
             params[param], origins[param] = _grow_mask(mask, param, axes, old, axes_of.layout)
             continue
         t = source = old_params[param]
+        recipe = axes_of.recipe(axes, t.shape)
+        scale = recipe.scale
         rescale = units.rescale.get(param)
         if rescale is not None:
             t = (t.double() * rescale).to(t.dtype)
-        local = param[skip:]
-        index: dict[int, tuple[int, ...]] = {}
-        scale: dict[int, tuple[float, ...]] = {}
-        fill: torch.Tensor | None = None
-        copied: torch.Tensor | None = None
-        for kind, spans, plan in axes_of.steps(axes, t.shape):
-            axis = plan.axis
+            # recorded once, on the first grown axis, in place of its split factors
+            first, index = next(iter(recipe.index.items()))
+            scale = {first: tuple(rescale if i >= 0 else 1.0 for i in index)}
+            scale.update((k, v) for k, v in recipe.scale.items() if k != first)
+        for kind, spans, plan in recipe.steps:
             before = t
             t = plan.gathered(t)  # a new tensor: the steps below may change it in place
-            index[axis] = plan.index
-            if kind == "fan_out" and units.fan_out == "given":
-                t = t.index_copy_(axis, plan.new_at, units.columns[param].to(t.dtype))
+            if given and kind == "fan_out":
+                t = t.index_copy_(plan.axis, plan.new_at, units.columns[param].to(t.dtype))
             if plan.factors is not None:
-                scale[axis] = plan.factors
                 t = plan.split(t)
-            if rescale is not None and axis == min(a.axis for a in axes):
-                # recorded once, on the first grown axis
-                scale[axis] = tuple(rescale if i >= 0 else 1.0 for i in index[axis])
-            if kind == "units" and units.fan_in == "mean":
-                t = _fill_means(t, before, axis, spans, old, plan.plan)
-            elif kind == "units" and (plan.fill is not None or plan.copied is not None):
-                fill = _either(fill, plan.fill)
-                copied = _either(copied, plan.copied)
-        if fill is not None:
-            t = torch.where(fill, fresh[local], t)
+            if mean and kind == "units":
+                t = _fill_means(t, before, plan.axis, spans, old, plan.plan)
+        local = param[skip:]
+        if recipe.fill is not None:
+            t = torch.where(recipe.fill, fresh[local], t)
+        copied = recipe.copied
         if noise and Role.PRODUCER in member.roles and local == "weight" and copied is not None:
             std = noise * source.double().std(unbiased=False).item()
             t = t + gauss(t, std, gen) * copied
         params[param] = t.contiguous()
-        origins[param] = Origin(source=param, index=index, scale=scale)
+        origins[param] = Origin(source=param, index=recipe.index, scale=scale)
     return params, origins
 
 

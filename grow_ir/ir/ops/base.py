@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from grow_ir.errors import ShapeError
 from grow_ir.ir.ops.facts import No, OpFacts
-from grow_ir.ir.types import Dim, TensorType
+from grow_ir.ir.types import DTYPES, Dim, TensorType
 
 
 class Attrs(BaseModel):
@@ -64,10 +65,15 @@ class ParamSpec:
     buffer: bool = False
     mask_of: str | None = None
 
-    @property
+    @cached_property
     def numel(self) -> int:
-        """Number of elements."""
+        """Number of elements (computed once: alike nodes share their specs)."""
         return math.prod(self.shape)
+
+    @cached_property
+    def nbytes(self) -> int:
+        """Bytes the tensor takes."""
+        return self.numel * DTYPES[self.dtype].itemsize
 
 
 @dataclass(frozen=True)
