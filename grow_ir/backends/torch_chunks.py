@@ -35,6 +35,7 @@ from torch import fx
 from torch.fx.graph import _Namespace
 from torch.fx.graph_module import _method_from_src
 
+from grow_ir.backends.torch_codegen import Writer
 from grow_ir.ir.graph import Node
 from grow_ir.ir.types import TensorType
 
@@ -106,16 +107,30 @@ def fx_graph(
     its nodes (no builtin or global shadowed), except that graph inputs, already
     identifiers that shadow nothing (``verify``), keep their names when ``inputs`` is set.
     """
-    fxg, ns = fx.Graph(), _Namespace()
+    fxg = fx.Graph()
+    _record(fxg, steps, placeholders, emit, output, inputs)
+    return fxg
+
+
+def _record(
+    graph: Any,
+    steps: Sequence[Step],
+    placeholders: Sequence[str],
+    emit: Emit,
+    output: Callable[[dict[str, Any]], Any],
+    inputs: bool,
+) -> None:
+    """Add the nodes of ``steps`` to ``graph`` (an ``fx.Graph`` or a
+    :class:`~grow_ir.backends.torch_codegen.Writer`), as :func:`fx_graph` says."""
+    ns = _Namespace()
     env = {
-        name: fxg.placeholder(name if inputs else ns.create_name(name, None))
+        name: graph.placeholder(name if inputs else ns.create_name(name, None))
         for name in placeholders
     }
-    scopes: dict[str, fx.Node] = {}
+    scopes: dict[str, Any] = {}
     for step in steps:
-        env[step.node.name] = emit(fxg, env, scopes, step)
-    fxg.output(output(env))
-    return fxg
+        env[step.node.name] = emit(graph, env, scopes, step)
+    graph.output(output(env))
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,19 +211,41 @@ def compile_chunk(
     steps: Sequence[Step], live_in: tuple[str, ...], live_out: tuple[str, ...], emit: Emit
 ) -> Chunk:
     """Generate and compile the function of ``steps`` (fx's code for them)."""
-
-    def returned(env: dict[str, fx.Node]) -> Any:
-        values = tuple(env[v] for v in live_out)
-        return values[0] if len(values) == 1 else values
-
-    fxg = fx_graph(steps, live_in, emit, returned)
-    code = fxg.python_code(root_module="self")
     name = "chunk_" + steps[0].node.name.replace(".", "_")
-    source = code.src.replace("def forward(", f"def {name}(", 1)
-    fn = _method_from_src(name, source, code.globals)
+    source, globals_ = chunk_source(steps, live_in, live_out, emit, name)
+    fn = _method_from_src(name, source, globals_)
     defs = frozenset(s.node.name for s in steps)
     keys = tuple(map(_KEY, steps))
     return Chunk(tuple(steps), live_in, live_out, steps[0].node.name, name, fn, source, defs, keys)
+
+
+def chunk_source(
+    steps: Sequence[Step],
+    live_in: tuple[str, ...],
+    live_out: tuple[str, ...],
+    emit: Emit,
+    name: str,
+    *,
+    by_fx: bool = False,
+) -> tuple[str, dict[str, Any]]:
+    """The source of function ``name`` of ``steps`` (reading ``live_in``, returning
+    ``live_out``) and its globals: the code fx generates for them, written by
+    :class:`~grow_ir.backends.torch_codegen.Writer` (a fraction of fx's cost), or by fx
+    itself with ``by_fx`` or for a node the writer does not follow."""
+
+    def returned(env: dict[str, Any]) -> Any:
+        values = tuple(env[v] for v in live_out)
+        return values[0] if len(values) == 1 else values
+
+    if not by_fx:
+        try:
+            writer = Writer()
+            _record(writer, steps, live_in, emit, returned, False)
+            return writer.source(name)
+        except NotImplementedError:
+            pass
+    code = fx_graph(steps, live_in, emit, returned).python_code(root_module="self")
+    return code.src.replace("def forward(", f"def {name}(", 1), code.globals
 
 
 def segments(steps: Sequence[Step]) -> list[tuple[Step, ...]]:
