@@ -13,14 +13,12 @@ op's own parameter-shape function by asking which axes grow when the channels gr
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import operator
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from grow_ir.errors import GrowError, PassError
 from grow_ir.ir.delta import kind_of
@@ -33,6 +31,7 @@ from grow_ir.ir.types import TensorType
 T = TypeVar("T")
 
 _MISSING = object()
+_new_tuple = tuple.__new__  # a named tuple from a plain one, at C speed
 
 
 def width_ops() -> tuple[str, ...]:
@@ -57,13 +56,13 @@ class Role(str, Enum):
     PASS = "pass"  # channels flow through without parameters (activations, add, concat...)
 
 
-@dataclass(frozen=True, order=True)
-class Slot:
+class Slot(NamedTuple):
     """Where the group's channels sit in one value.
 
     Channel ``c`` occupies positions ``offset + c * block`` up to ``offset + (c + 1) * block``
     (exclusive) along ``axis``: ``offset`` comes from concatenation, ``block`` from a flatten
-    that folds trailing axes into the channel axis.
+    that folds trailing axes into the channel axis. (A named tuple: the walk hashes and
+    compares slots thousands of times, at C speed.)
     """
 
     value: str
@@ -72,9 +71,9 @@ class Slot:
     block: int = 1
 
 
-@dataclass(frozen=True, order=True)
-class ParamAxis:
-    """One axis of one parameter indexed by the group's channels.
+class ParamAxis(NamedTuple):
+    """One axis of one parameter indexed by the group's channels (a named tuple, ordered
+    by its fields).
 
     Attributes:
         param: the full parameter name (``fc2.weight``).
@@ -92,9 +91,9 @@ class ParamAxis:
     kind: str
 
 
-@dataclass(frozen=True)
-class Member:
-    """A node of the group: its roles, its parameter axes and its width attributes.
+class Member(NamedTuple):
+    """A node of the group: its roles, its parameter axes and its width attributes (a
+    named tuple: a group of a large network has hundreds).
 
     ``width_attrs`` maps an attribute that counts the group's channels to the number of its
     units per channel (it grows by ``block`` times the number of new channels); ``pins``
@@ -113,13 +112,6 @@ class Member:
         return f"{self.node} ({', '.join(self.roles)})"  # a Role is the str of its value
 
 
-def _order_of(cls: type) -> Callable[[Any], tuple]:
-    """A sort key ordering instances of the dataclass ``cls`` as its ``order=True`` does
-    (by its fields, in order), computed at C speed."""
-    return operator.attrgetter(*(f.name for f in dataclasses.fields(cls)))
-
-
-_SLOT_ORDER = _order_of(Slot)
 _ROLE_RANK = {role: k for k, role in enumerate(Role)}
 
 
@@ -319,7 +311,9 @@ class _Walk:
             Member(
                 node=n,
                 roles=tuple(sorted(self.roles[n], key=rank)),
-                axes=tuple(ParamAxis(*a) for a in sorted(axes[n])) if n in axes else (),
+                axes=tuple([_new_tuple(ParamAxis, a) for a in sorted(axes[n])])
+                if n in axes
+                else (),
                 width_attrs=tuple(sorted(width[n].items())) if n in width else (),
                 pins=tuple(sorted(pins[n].items())) if n in pins else (),
             )
@@ -329,7 +323,7 @@ class _Walk:
         return ChannelGroup(
             start=self.start,
             channels=self.channels,
-            slots=tuple(sorted(self.slots, key=_SLOT_ORDER)),
+            slots=tuple(sorted(self.slots)),
             members=members,
             norms=tuple(sorted(self.norms, key=order.__getitem__)),
             ties=ties,
