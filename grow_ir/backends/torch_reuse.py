@@ -101,7 +101,17 @@ class Built:
 def record(node: Node, made: Made) -> Built:
     """The record of a module just built for ``node`` (see
     :func:`grow_ir.backends.torch_build.build`)."""
-    return Built(made.module, node, made.input_types, made.links, made.parts)
+    # the frozen dataclass's fields set at C speed, not one by one through its __init__
+    built = object.__new__(Built)
+    fields = {
+        "module": made.module,
+        "node": node,
+        "input_types": made.input_types,
+        "links": made.links,
+        "parts": made.parts,
+    }
+    object.__setattr__(built, "__dict__", fields)
+    return built
 
 
 def relink(built: Built, params: Mapping[str, torch.Tensor], exact: set[str]) -> Built | None:
