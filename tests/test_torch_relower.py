@@ -198,13 +198,14 @@ def test_shared_scopes_leave_the_earlier_module_as_it_was() -> None:
     assert_like_fresh(new.train(), grown)
 
 
-def test_a_widen_shares_exactly_the_scopes_holding_only_modules_it_kept() -> None:
+@pytest.mark.parametrize("node", ["stem", "stage1.block1.conv1"])
+def test_a_widen_shares_exactly_the_scopes_holding_only_modules_it_kept(node: str) -> None:
     """Same targets in the same order (a widen): a scope is the earlier module's container
     exactly when every module below it is the earlier module's, and each scope lists its
     names in a fresh lowering's order."""
     graph = resnet(depth=4)
     old = to_torch(graph)
-    widened = passes.widen(graph, node="stage1.block1.conv1", width=12)
+    widened = passes.widen(graph, node=node, width=12)
     new = to_torch(widened, reuse=old)
     before = dict(old.named_modules())
     fresh = dict(to_torch(widened).named_modules())
