@@ -198,6 +198,28 @@ def test_shared_scopes_leave_the_earlier_module_as_it_was() -> None:
     assert_like_fresh(new.train(), grown)
 
 
+@pytest.mark.parametrize("node", ["stem", "stage1.block1.conv1"])
+def test_a_widen_shares_exactly_the_scopes_holding_only_modules_it_kept(node: str) -> None:
+    """Same targets in the same order (a widen): a scope is the earlier module's container
+    exactly when every module below it is the earlier module's, and each scope lists its
+    names in a fresh lowering's order."""
+    graph = resnet(depth=4)
+    old = to_torch(graph)
+    widened = passes.widen(graph, node=node, width=12)
+    new = to_torch(widened, reuse=old)
+    before = dict(old.named_modules())
+    fresh = dict(to_torch(widened).named_modules())
+    for name, module in new.named_modules():
+        if not name or module._parameters or module._buffers:
+            continue  # the root, or a node's module
+        below = [m for n, m in new.named_modules() if n.startswith(name + ".")]
+        kept_all = all(any(m is b for b in before.values()) for m in below)
+        assert (module is before.get(name)) == kept_all, name
+        assert list(module._modules) == list(fresh[name]._modules), name
+    assert any(module is before.get(name) for name, module in new.named_modules() if name)
+    assert_like_fresh(new, widened)
+
+
 # ---- random pass sequences, with changes made to break reuse in between ----------------
 
 

@@ -3,6 +3,7 @@ and the result is bitwise the fresh lowering."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -105,6 +106,15 @@ def test_untouched_submodules_are_the_same_objects(step: str) -> None:
         changed |= {name} - kept
     assert kept and (changed or step == "fork_task")
     assert_same_as_fresh(grown, new)
+
+
+def test_a_record_has_every_field_of_a_built() -> None:
+    """``record`` fills the dataclass's fields directly: all of them, as its __init__."""
+    graph = cnn()
+    for target, built in to_torch(graph).built.items():
+        fields = {f.name: getattr(built, f.name) for f in dataclasses.fields(built)}
+        assert vars(built) == fields, target
+        assert built.node is graph.node_map[target]
 
 
 def test_trained_values_are_carried_through_update_params() -> None:

@@ -19,6 +19,7 @@ import operator
 import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from itertools import compress
 from types import MappingProxyType
 from typing import Any
 
@@ -474,9 +475,9 @@ copy of the container's ``_modules`` as the lowering left it."""
 class Lowering:
     """What one lowering was made from, for the next ``to_torch(..., reuse=...)`` to
     compare against: the graph lowered (weakly: the module does not keep its tensors
-    alive) and its types, the steps by node, the generated code, the scopes, and the
-    build records flattened. Neither copied nor pickled (a copy's modules are other
-    objects: it reuses nothing)."""
+    alive) and its types, the steps by node, the generated code, the scopes and the build
+    records placed in them, and those records flattened. Neither copied nor pickled (a
+    copy's modules are other objects: it reuses nothing)."""
 
     def __init__(
         self,
@@ -485,12 +486,15 @@ class Lowering:
         steps: dict[str, Step],
         plan: torch_chunks.Plan,
         scopes: Scopes,
+        placed: Mapping[str, torch_reuse.Built],
     ) -> None:
         self.graph = weakref.ref(graph)
         self.types = types
         self.steps = steps
         self.plan = plan
         self.scopes = scopes
+        self.placed = placed
+        """The build records whose modules the scopes hold, in the order they were placed."""
         self.records: torch_reuse.Records | None = None
 
     def records_of(self, built: Mapping[str, torch_reuse.Built]) -> torch_reuse.Records:
@@ -579,7 +583,10 @@ def to_torch(
         inputs = [i for i in graph.inputs if i in used_inputs]
     plan = torch_chunks.plan(steps, inputs, outputs, _emit, prior.plan if prior else None)
     gm = LoweredModule.empty(_class_name(graph.name))
-    scopes = _nest(gm, built, prior.scopes if prior is not None and in_place else {})
+    if prior is not None and in_place:
+        scopes = _nest(gm, built, prior.scopes, prior.placed)
+    else:
+        scopes = _nest(gm, built, {}, {})
     type(gm).forward = plan.forward
     gm._code = None  # the chunks' code, joined on first use (see ``code``)
     gm._lineno_map = None  # no map from lines of the chunks' code to graph nodes
@@ -587,7 +594,7 @@ def to_torch(
     gm.chunks = plan.chunk_at
     gm.built = built
     by_node = {s.node.name: s for s in steps}
-    gm.lowering = lowering = Lowering(graph, graph.types, by_node, plan, scopes)
+    gm.lowering = lowering = Lowering(graph, graph.types, by_node, plan, scopes, built)
     if task is not None:
         owners = graph.param_owners
         mine = frozenset({task})
@@ -815,15 +822,22 @@ def _caller(fxg: fx.Graph, node: Node) -> Call:
     return call
 
 
-def _nest(gm: nn.Module, built: Mapping[str, torch_reuse.Built], old: Scopes) -> Scopes:
+def _nest(
+    gm: nn.Module,
+    built: Mapping[str, torch_reuse.Built],
+    old: Scopes,
+    placed: Mapping[str, torch_reuse.Built],
+) -> Scopes:
     """Put each module at its dotted target, registered in graph order (so that
     state_dict() and parameters() list scopes in the order the graph first uses them).
 
     A scope of ``old`` (an earlier lowering's, every one of them as that lowering left
-    it) that would hold exactly the same modules under the same names, in the same order,
-    is that very container, now shared like the modules it holds; the others are new.
-    Returns the scopes (see :data:`Scopes`).
+    it, holding the modules of ``placed``) that would hold exactly the same modules under
+    the same names, in the same order, is that very container, now shared like the
+    modules it holds; the others are new. Returns the scopes (see :data:`Scopes`).
     """
+    if old and list(built) == list(placed):
+        return _renest(gm, built, old, placed)
     tables: dict[str, dict[str, Any]] = {"": {}}
     inner: dict[str, list[tuple[str, str]]] = {}
 
@@ -856,15 +870,65 @@ def _nest(gm: nn.Module, built: Mapping[str, torch_reuse.Built], old: Scopes) ->
         was = old.get(path)
         if was is not None and was[1] == table and list(was[1]) == list(table):
             scopes[path] = was
-            continue
-        # Straight into _modules: add_module's checks (a name clashing with an attribute)
-        # cost a failed getattr per module, and ``verify`` already rejects such names.
-        container = torch_build.container()
-        container.__dict__["_modules"] = table
-        scopes[path] = (container, dict(table))
+        else:
+            scopes[path] = _scope(table)
     gm._modules.update(tables[""])
     scopes[""] = (gm, dict(tables[""]))
     return scopes
+
+
+def _renest(
+    gm: nn.Module,
+    built: Mapping[str, torch_reuse.Built],
+    old: Scopes,
+    placed: Mapping[str, torch_reuse.Built],
+) -> Scopes:
+    """What :func:`_nest` makes of ``built`` when its targets are those of ``placed``, in
+    the same order (so every scope holds the same names, in the same order, as in
+    ``old``): the scopes holding a module of ``built`` that is not ``placed``'s, and those
+    holding them, are new; the others are taken over. It costs the modules that changed."""
+    tables: dict[str, dict[str, Any]] = {}  # the new scopes' entries, by path
+
+    def table_of(path: str) -> dict[str, Any]:
+        table = tables.get(path)
+        if table is None:
+            table = tables[path] = dict(old[path][1])
+        return table
+
+    other = map(operator.is_not, map(_MODULE, built.values()), map(_MODULE, placed.values()))
+    for target in compress(built, other):
+        path, _, leaf = target.rpartition(".")
+        table_of(path)[leaf] = built[target].module
+    for path in list(tables):  # the scopes holding a new scope are new
+        while path:
+            path = path.rpartition(".")[0]
+            table_of(path)
+    scopes = dict(old)
+    for path in sorted(tables, key=_depth, reverse=True):  # inner scopes first
+        if path:
+            scopes[path] = _scope(tables[path])
+            outer, _, name = path.rpartition(".")
+            tables[outer][name] = scopes[path][0]
+    root = table_of("")
+    gm._modules.update(root)
+    scopes[""] = (gm, dict(root))
+    return scopes
+
+
+def _depth(path: str) -> int:
+    return path.count(".") + 1 if path else 0
+
+
+_MODULE = operator.attrgetter("module")
+
+
+def _scope(table: dict[str, nn.Module]) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """A new container holding ``table`` (see :data:`Scopes`)."""
+    # Straight into _modules: add_module's checks (a name clashing with an attribute)
+    # cost a failed getattr per module, and ``verify`` already rejects such names.
+    container = torch_build.container()
+    container.__dict__["_modules"] = table
+    return container, dict(table)
 
 
 def _class_name(name: str) -> str:

@@ -26,10 +26,9 @@ where a Python loop over every module costs a few.
 from __future__ import annotations
 
 import operator
-from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from itertools import accumulate, chain, compress
+from itertools import chain, compress, count, repeat
 from typing import Any
 
 import torch
@@ -102,7 +101,17 @@ class Built:
 def record(node: Node, made: Made) -> Built:
     """The record of a module just built for ``node`` (see
     :func:`grow_ir.backends.torch_build.build`)."""
-    return Built(made.module, node, made.input_types, made.links, made.parts)
+    # the frozen dataclass's fields set at C speed, not one by one through its __init__
+    built = object.__new__(Built)
+    fields = {
+        "module": made.module,
+        "node": node,
+        "input_types": made.input_types,
+        "links": made.links,
+        "parts": made.parts,
+    }
+    object.__setattr__(built, "__dict__", fields)
+    return built
 
 
 def relink(built: Built, params: Mapping[str, torch.Tensor], exact: set[str]) -> Built | None:
@@ -129,7 +138,8 @@ class Records:
         self._targets = list(built)
         records = list(built.values())
         per_record = list(map(_LINKS, records))
-        self._ends = list(accumulate(map(len, per_record)))
+        # the target of each tensor (and of each submodule): what a failed check names
+        self._tensor_targets = _repeated(self._targets, per_record)
         rows = list(chain.from_iterable(per_record))
         columns = list(map(list, zip(*rows, strict=True))) if rows else [[] for _ in Link._fields]
         (
@@ -145,7 +155,7 @@ class Records:
         self.parameters = list(compress(self._tensors, map(operator.not_, buffers)))
         """Every parameter (not buffer) of the modules."""
         parts_per_record = list(map(_PARTS, records))
-        self._part_ends = list(accumulate(map(len, parts_per_record)))
+        self._part_targets = _repeated(self._targets, parts_per_record)
         parts = list(chain.from_iterable(parts_per_record))
         self._part_tables = [p[0] for p in parts]
         self._part_names = [p[1] for p in parts]
@@ -157,26 +167,20 @@ class Records:
         """The targets some link of which no longer holds for a graph of these ``params``:
         a graph tensor that is not the linked object, a slot that no longer holds the
         linked tensor, a tensor changed since (version or storage), a submodule replaced."""
-        is_ = operator.is_
-        graph_ok = list(map(is_, map(params.get, self._names), self._graph_tensors))
-        slot_ok = list(map(is_, map(dict.get, self._tables, self._attrs), self._tensors))
-        versions = list(map(_VERSION, self._tensors))
-        ptrs = list(map(torch.Tensor.data_ptr, self._tensors))
-        bad: list[int] = []
-        if False in graph_ok or False in slot_ok or versions != self._versions:
-            checks = zip(graph_ok, slot_ok, versions, self._versions, strict=True)
-            bad += [i for i, (a, b, v, w) in enumerate(checks) if not (a and b and v == w)]
-        if ptrs != self._data_ptrs:
-            bad += [i for i, (p, q) in enumerate(zip(ptrs, self._data_ptrs)) if p != q]
-        out = {self._targets[bisect_right(self._ends, i)] for i in bad}
+        # Each check yields the indices where it fails and each index its target, all
+        # at C level: no Python code runs per tensor, not even per failing one.
+        is_not, ne = operator.is_not, operator.ne
+        tensors = self._tensors
+        failed = chain(
+            compress(count(), map(is_not, map(params.get, self._names), self._graph_tensors)),
+            compress(count(), map(is_not, map(dict.get, self._tables, self._attrs), tensors)),
+            compress(count(), map(ne, map(_VERSION, tensors), self._versions)),
+            compress(count(), map(ne, map(torch.Tensor.data_ptr, tensors), self._data_ptrs)),
+        )
+        out = set(map(self._tensor_targets.__getitem__, failed))
         now = map(dict.get, self._part_tables, self._part_names)
-        placed = list(map(is_, now, self._part_modules))
-        if False in placed:
-            out.update(
-                self._targets[bisect_right(self._part_ends, i)]
-                for i, ok in enumerate(placed)
-                if not ok
-            )
+        moved = compress(count(), map(is_not, now, self._part_modules))
+        out.update(map(self._part_targets.__getitem__, moved))
         return out
 
     def fresh(self) -> bool:
@@ -204,6 +208,11 @@ class Records:
         for modules in (self.modules, containers):
             for m in compress(modules, list(map(operator.not_, map(_TRAINING, modules)))):
                 m.training = True
+
+
+def _repeated(targets: list[str], per_record: list[Any]) -> list[str]:
+    """Each target repeated once per item of its record's entry of ``per_record``."""
+    return list(chain.from_iterable(map(repeat, targets, map(len, per_record))))
 
 
 _LINKS = operator.attrgetter("links")
