@@ -7,7 +7,8 @@ into *chunks* at content-defined boundaries: after every node whose name hashes 
 modulo :data:`AVERAGE` (as rsync and content-defined chunking cut a file), so a pass that
 inserts, removes or changes nodes moves no boundary outside the chunks it touches. Each
 chunk is one generated function ``chunk_<first node>(self, *live_in) -> live_out``, the
-code fx would generate for its nodes. The chunks are grouped the same way, by other bits
+code fx would generate for its nodes (written by :mod:`grow_ir.backends.torch_codegen`
+without building an fx graph). The chunks are grouped the same way, by other bits
 of their first node's hash, into *sections* (:data:`SECTION` chunks on average), each a
 few generated lines calling its chunks in order; ``forward`` calls the sections. A chunk
 is keyed by what its code reads (:class:`Step` keys: names, inputs, ops, attributes of

@@ -14,7 +14,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import cached_property
 from typing import Any
 
 import torch
@@ -65,15 +64,17 @@ class ParamSpec:
     buffer: bool = False
     mask_of: str | None = None
 
-    @cached_property
-    def numel(self) -> int:
-        """Number of elements (computed once: alike nodes share their specs)."""
-        return math.prod(self.shape)
+    numel: int = field(init=False, repr=False, compare=False)
+    """Number of elements."""
+    nbytes: int = field(init=False, repr=False, compare=False)
+    """Bytes the tensor takes."""
 
-    @cached_property
-    def nbytes(self) -> int:
-        """Bytes the tensor takes."""
-        return self.numel * DTYPES[self.dtype].itemsize
+    def __post_init__(self) -> None:
+        # computed once, as the spec is made: alike nodes share their specs, and the size
+        # totals read them for every node a pass changes
+        numel = math.prod(self.shape)
+        object.__setattr__(self, "numel", numel)
+        object.__setattr__(self, "nbytes", numel * DTYPES[self.dtype].itemsize)
 
 
 @dataclass(frozen=True)
