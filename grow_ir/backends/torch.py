@@ -616,7 +616,7 @@ def to_torch(
     if reused:
         containers = [c for c, _ in scopes.values()]
         if records is not None and records.fresh():
-            torch_reuse.Records({}).reset(containers)
+            torch_reuse.train_mode(containers)
         else:
             lowering.records_of(built).reset(containers)
     return gm

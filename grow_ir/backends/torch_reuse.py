@@ -205,9 +205,15 @@ class Records:
         if grads.count(None) != len(grads):
             for p in compress(params, [g is not None for g in grads]):
                 p.grad = None
-        for modules in (self.modules, containers):
-            for m in compress(modules, list(map(operator.not_, map(_TRAINING, modules)))):
-                m.training = True
+        train_mode(self.modules)
+        train_mode(containers)
+
+
+def train_mode(modules: Sequence[nn.Module]) -> None:
+    """Put ``modules`` (each one alone, not its children) in train mode, touching only
+    those in eval mode."""
+    for m in compress(modules, list(map(operator.not_, map(_TRAINING, modules)))):
+        m.training = True
 
 
 def _repeated(targets: list[str], per_record: list[Any]) -> list[str]:
