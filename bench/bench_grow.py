@@ -14,24 +14,28 @@ indexes warm, as after training on it), each to a fresh result:
 
 - ``widen``: the stem to twice its width, which widens stage 1's whole channel group (every
   residual add of the stage, its batchnorms, its blocks' input columns);
+- ``widen_block``: the first conv of stage 1's first block to twice its width (its
+  batchnorm, relu and the next conv's input columns: the inner width GradMax grows);
 - ``insert_block``: one more basic block at the end of stage 1 (ZeroInit);
 - ``insert_layer``: an identity 3×3 conv after stage 1's first block.
 
 Each is reported alone, with a full ``to_torch`` of the result (``+full``: every module
 rebuilt, as before incremental lowering) and with ``to_torch(result, reuse=module)``
 (``+reuse``: the modules of unchanged nodes taken over from the input graph's lowering,
-as the trainer's growth step does), side by side in one run, over repetitions (at least
-5, about ``--seconds`` per cell), garbage collected between runs; ``×`` is full ÷ reuse.
-``relower`` is ``to_torch(result, reuse=module)`` alone, on a fresh result of the pass
-each run (as the pass returns it: verified, types inferred; the pass itself untimed): the
-re-lowering a growth step pays. The targets (ResNet-20 ≤ 5 ms, 2,000 nodes ≤ 20 ms) are
-checked against it and against the whole step (``+reuse``: the pass, then re-lowering),
-each step marked MISSED where it is over. ``cold`` is the same with the result's
-indexes cold (a copy of it without its derived indexes or verified mark: verification and
-type inference included). ``to_torch`` lowers the input graph with its indexes cold. ``gc`` is the
-full collection that frees a dropped lowering (fx modules are freed only by the cyclic
-collector), ``frozen`` the same after ``gc.freeze()``. Two tables: the median of the runs,
-and their minimum (the least disturbed by other processes). torch runs single-threaded.
+as the trainer's growth step does), side by side in one run: in rounds that run every
+cell of a graph once, in turn (at least 5, about ``--seconds`` per step), garbage
+collected between runs; ``×`` is full ÷ reuse. ``relower`` is ``to_torch(result,
+reuse=module)`` alone, on a fresh result of the pass each run (as the pass returns it:
+verified, types inferred; the pass itself untimed): the re-lowering a growth step pays.
+The targets (ResNet-20 ≤ 5 ms, 2,000 nodes ≤ 20 ms) are checked against it and against
+the whole step (``+reuse``: the pass, then re-lowering), each step marked MISSED where it
+is over. ``cold`` is the same with the result's indexes cold (a copy of it without its
+derived indexes or verified mark: verification and type inference included).
+``to_torch`` lowers the input graph with its indexes cold. ``gc`` is the full collection
+that frees a dropped lowering (fx modules are freed only by the cyclic collector),
+``frozen`` the same after ``gc.freeze()``. Two tables: the median of the runs, and their
+minimum (the least disturbed by other processes); a third says how many nodes each step
+changes and how many modules its re-lowering builds. torch runs single-threaded.
 ``verify`` is the verification of the result alone (indexes cold), the part of ``cold``
 that checks the graph. ``--profile`` prints cProfile's top functions for each step with
 re-lowering, on ResNet-20 and on the largest graph timed.
@@ -60,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grow_ir.backends.torch import to_torch
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.verify import verify
+from grow_ir.ir.verify_delta import changes
 from grow_ir.passes import insert_block, insert_layer, widen
 from grow_ir.spec import load_spec
 
@@ -135,6 +140,7 @@ SIZES: list[tuple[int, int]] = [(1, 1), (2, 3), (3, 3), (10, 3), (24, 3), (47, 3
 
 STEPS: dict[str, Callable[[Graph], Graph]] = {
     "widen": lambda g: widen(g, node="stem", width=32),
+    "widen_block": lambda g: widen(g, node="stage1.block0.conv1", width=32),
     "insert_block": lambda g: insert_block(g, stage="stage1"),
     "insert_layer": lambda g: insert_layer(g, after="stage1.block0.out", op="conv2d"),
 }
@@ -167,6 +173,8 @@ class Row:
     to_torch: list[float]
     gc: list[float]
     gc_frozen: list[float]
+    changed: dict[str, tuple[int, int]]
+    """What each step changes: (nodes new, replaced or retyped; modules built afresh)."""
 
 
 STATS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
@@ -174,28 +182,35 @@ STATS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median,
 least disturbed by other processes on a shared machine)."""
 
 
-def run_ms(
-    fn: Callable[..., object], seconds: float, setup: Callable[[], Any] | None = None
-) -> list[float]:
-    """Wall times of ``fn()`` in ms (``fn(setup())`` with ``setup``, untimed, run before
-    each run): at least 5 runs, about ``seconds`` in all, after a warm-up run (first-call
-    imports and caches).
+Timed = tuple[Callable[..., object], Callable[[], Any] | None]
+"""What one cell times: ``fn``, and ``setup`` (untimed, its result passed to ``fn``) or None."""
+
+
+def run_rounds(cells: dict[str, Timed], seconds: float) -> dict[str, list[float]]:
+    """Wall times in ms of every cell's ``fn()`` (``fn(setup())`` with a ``setup``, run
+    untimed before each run), in rounds that run each cell once, in turn: at least 5
+    rounds, about ``seconds`` in all, after a warm-up round (first-call imports and
+    caches). Taking turns spreads whatever else the machine is doing over every cell
+    alike, so the ratios between cells hold even when the absolute figures move.
 
     The garbage of the previous run is collected before each run, untimed: a lowered
     module is an fx.GraphModule, which its fx.Graph refers back to (``owning_module``),
     so only the cyclic collector frees it, and that collection would otherwise land in a
     random later run (see :func:`collect_ms`).
     """
-    args = () if setup is None else (setup(),)
-    fn(*args)
+    for fn, setup in cells.values():
+        fn(*(() if setup is None else (setup(),)))
+    times: dict[str, list[float]] = {name: [] for name in cells}
     start = time.perf_counter()
-    times: list[float] = []
-    while len(times) < 5 or (time.perf_counter() - start < seconds and len(times) < 200):
-        args = () if setup is None else (setup(),)
-        gc.collect()
-        t0 = time.perf_counter()
-        fn(*args)
-        times.append((time.perf_counter() - t0) * 1e3)
+    rounds = 0
+    while rounds < 5 or (time.perf_counter() - start < seconds and rounds < 200):
+        for name, (fn, setup) in cells.items():
+            args = () if setup is None else (setup(),)
+            gc.collect()
+            t0 = time.perf_counter()
+            fn(*args)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
     return times
 
 
@@ -223,31 +238,66 @@ def time_graph(graph: Graph, seconds: float) -> Row:
     (with its derived indexes cold, as right after a pass)."""
     verify(graph)  # warm the input's derived indexes, as after training on it
     module = to_torch(graph)
-    cells = {}
+    cells: dict[str, Timed] = {}
     for name, step in STEPS.items():
         grown = step(graph)
-        cells[name] = Cell(
-            alone=run_ms(lambda step=step: step(graph), seconds / 4),
-            lowered=run_ms(lambda step=step: to_torch(step(graph)), seconds / 4),
-            reused=run_ms(lambda step=step: to_torch(step(graph), reuse=module), seconds / 4),
-            relower=run_ms(
+        cells |= {
+            f"{name}.alone": (lambda step=step: step(graph), None),
+            f"{name}.lowered": (lambda step=step: to_torch(step(graph)), None),
+            f"{name}.reused": (lambda step=step: to_torch(step(graph), reuse=module), None),
+            f"{name}.relower": (
                 lambda result: to_torch(result, reuse=module),
-                seconds / 4,
-                setup=lambda step=step: step(graph),
+                lambda step=step: step(graph),
             ),
-            cold=run_ms(
+            f"{name}.cold": (
                 lambda grown=grown: to_torch(dataclasses.replace(grown), reuse=module),
-                seconds / 4,
+                None,
             ),
-            verify=run_ms(lambda grown=grown: verify(dataclasses.replace(grown)), seconds / 8),
-        )
+            f"{name}.verify": (lambda grown=grown: verify(dataclasses.replace(grown)), None),
+        }
+    cells["to_torch"] = (lambda: to_torch(dataclasses.replace(graph)), None)
+    times = run_rounds(cells, seconds * (len(STEPS) + 0.5))
+    steps = {
+        name: Cell(**{f.name: times[f"{name}.{f.name}"] for f in dataclasses.fields(Cell)})
+        for name in STEPS
+    }
     return Row(
         graph,
-        cells,
-        to_torch=run_ms(lambda: to_torch(dataclasses.replace(graph)), seconds / 2),
+        steps,
+        to_torch=times["to_torch"],
         gc=collect_ms(graph, frozen=False),
         gc_frozen=collect_ms(graph, frozen=True),
+        changed={name: what_changed(graph, module, step) for name, step in STEPS.items()},
     )
+
+
+def what_changed(graph: Graph, module: Any, step: Callable[[Graph], Graph]) -> tuple[int, int]:
+    """How many nodes ``step`` changes in ``graph`` (new, replaced, or reading a changed
+    type: what its verification re-checked) and how many modules re-lowering with
+    ``module`` (``graph``'s lowering) builds afresh."""
+    grown = step(graph)
+    found = changes(grown)
+    assert found is not None and found.parent() is graph, "the pass result is not a delta"
+    old = {t: b.module for t, b in module.built.items()}
+    new = to_torch(grown, reuse=module)
+    built = sum(1 for t, b in new.built.items() if old.get(t) is not b.module)
+    return len(found.nodes) + len(found.retyped), built
+
+
+def changed_table(rows: list[Row]) -> list[str]:
+    """Nodes changed and modules built by each step, per graph."""
+    names = list(STEPS)
+    lines = [
+        "what each step changes: nodes new or retyped / modules built afresh",
+        f"{'nodes':>6} {'graph':<12}" + "".join(f" | {n:>12}" for n in names),
+    ]
+    for row in rows:
+        line = f"{len(row.graph.nodes):>6} {row.graph.name:<12}"
+        for name in names:
+            nodes, modules = row.changed[name]
+            line += f" | {f'{nodes} / {modules}':>12}"
+        lines.append(line)
+    return lines
 
 
 def table(rows: list[Row], stat: str) -> list[str]:
@@ -313,7 +363,9 @@ def profile(graph: Graph, top: int, runs: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its tables (median, then minimum)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=1.5, help="time per cell (default 1.5)")
+    parser.add_argument(
+        "--seconds", type=float, default=1.5, help="seconds per step and graph (default 1.5)"
+    )
     parser.add_argument("--max-nodes", type=int, default=2100, help="skip larger graphs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--profile", action="store_true", help="cProfile the steps")
@@ -330,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"timed {graph.name} ({len(graph.nodes)} nodes)", file=sys.stderr, flush=True)
     for stat in STATS:
         print("\n".join(table(rows, stat)), end="\n\n")
+    print("\n".join(changed_table(rows)), end="\n\n")
     if args.profile:  # ResNet-20 and the largest graph timed
         for graph in {row.graph.name: row.graph for row in rows[-1:] + rows[2:3]}.values():
             print(profile(graph, args.top, runs=20 if len(graph.nodes) < 500 else 3))
