@@ -211,6 +211,36 @@ def test_forward_is_taken_over_when_it_would_call_the_very_same_sections() -> No
     assert_bitwise_equal(newer, one_function(deeper), deeper)
 
 
+def test_a_section_or_forward_of_unchanged_code_is_bound_to_the_new_chunks_not_compiled() -> None:
+    """A section (or ``forward``) whose source is the earlier lowering's but which calls
+    a regenerated chunk (section) keeps the earlier function's compiled code, bound to the
+    new callees: every function whose source is unchanged shares its code object, and
+    those calling other functions are new function objects computing what a full rebuild
+    computes."""
+    graph = resnet()
+    old = to_torch(graph)
+    rebound = 0
+    for k in range(6):
+        grown = passes.insert_layer(graph, after=f"stage1.block{k}.out", op="conv2d")
+        new = to_torch(grown, reuse=old)
+        before, after = old.lowering.plan, new.lowering.plan
+        pairs = [((before.forward, before.source), (after.forward, after.source))]
+        pairs += [
+            ((s.fn, s.source), (after.section_at[first].fn, after.section_at[first].source))
+            for first, s in before.section_at.items()
+            if first in after.section_at
+        ]
+        for (old_fn, old_source), (fn, source) in pairs:
+            if source == old_source:
+                assert fn.__code__ is old_fn.__code__
+                rebound += fn is not old_fn
+            else:
+                assert fn.__code__ is not old_fn.__code__
+        assert after.source == to_torch(grown).lowering.plan.source
+        assert_bitwise_equal(new, one_function(grown), grown)
+    assert rebound  # some step kept a function's code and gave it new callees
+
+
 def test_the_whole_fx_graph_is_built_on_first_use() -> None:
     graph = resnet(depth=2)
     module = to_torch(graph)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain
+from types import FunctionType
 from typing import Any, Literal, TypeVar
 
 from torch import fx
@@ -324,7 +325,7 @@ def plan(
         sections,
         outputs=outputs,
         keep_names=True,
-        prior=(old.forward, old.source) if old is not None and old.fns == fns else None,
+        prior=(old.forward, old.source) if old is not None else None,
     )
     return Plan(tuple(chunks), tuple(sections), forward, source, crossing, section_crossing, fns)
 
@@ -388,7 +389,14 @@ def _sections(
         else:
             outs = tuple(v for c in group for v in c.live_out if v in crossing)
         name = "section_" + group[0].first.replace(".", "_")
-        fn, source = call_sequence(name, ins, group, returns=outs)
+        before = prior.get(group[0].first)
+        fn, source = call_sequence(
+            name,
+            ins,
+            group,
+            returns=outs,
+            prior=(before.fn, before.source) if before is not None else None,
+        )
         defs = frozenset(chain.from_iterable(c.live_out for c in group))
         out.append(Section(tuple(group), ins, outs, group[0].first, name, fn, source, defs, f))
     return out
@@ -443,8 +451,8 @@ def call_sequence(
     value or a tuple), or ``outputs`` (one output's value, or a dict by output name); and
     its source. ``keep_names``: the parameters keep their names (``forward``'s keyword
     arguments, graph inputs that are identifiers already). ``prior``: a function an earlier
-    call made calling these very functions, and its source, returned again (not compiled)
-    when the source is the same.
+    call made, and its source: when the source is the same it is returned again if it
+    calls these very functions, else its code is bound to them (not compiled again).
 
     A value is dropped (set to None) after the call that reads it last, as fx's code drops
     its values, so eval-mode memory stays what the unchunked code uses, give or take the
@@ -486,7 +494,12 @@ def call_sequence(
         items = ", ".join(f"{out!r}: {var[node]}" for out, node in outputs.items())
         lines.append(f"    return {{{items}}}")
     source = "\n".join(lines) + "\n"
+    functions = dict(zip(callees, (c.fn for c in calls), strict=True))
     if prior is not None and prior[1] == source:
-        return prior
-    fn = _method_from_src(name, source, dict(zip(callees, (c.fn for c in calls), strict=True)))
-    return fn, source
+        fn = prior[0]
+        bound = fn.__globals__
+        if all(bound.get(k) is v for k, v in functions.items()):
+            return prior
+        # the same code calling other functions of the same names: no compile
+        return FunctionType(fn.__code__, {**bound, **functions}, fn.__name__), source
+    return _method_from_src(name, source, functions), source
