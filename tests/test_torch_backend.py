@@ -183,6 +183,8 @@ def test_update_params_round_trip() -> None:
     assert set(trained.params) == set(graph.params)
     for key, value in trained.params.items():
         assert torch.equal(value, state[key]) and value.data_ptr() != state[key].data_ptr()
+        # a plain tensor outside autograd, like every graph tensor
+        assert type(value) is torch.Tensor and not value.requires_grad and value.grad_fn is None
     assert trained.params["stem_bn.num_batches_tracked"].item() == 2
     assert graph.params["stem_bn.num_batches_tracked"].item() == 0
     x = random_inputs(graph, seed=2)

@@ -968,28 +968,33 @@ def update_params(graph: Graph, module: nn.Module) -> Graph:
         GrowError: a key is not a parameter of the graph, or its shape differs.
     """
     specs = graph.param_specs
-    params = dict(graph.params)
+    old_params = graph.params
+    params = dict(old_params)
     root = _unwrap(module)
     exact: set[str] = set()
-    for key, value in root.state_dict().items():
-        if key not in specs:
-            raise GrowError(
-                "the module has a tensor the graph does not",
-                field=key,
-                expected="a parameter name of the graph",
-                found=repr(key),
-            )
-        old = graph.params[key]
-        if tuple(value.shape) != tuple(old.shape):
-            raise GrowError(
-                "the module's tensor has another shape",
-                field=key,
-                expected=str(list(old.shape)),
-                found=str(list(value.shape)),
-            )
-        params[key] = value.detach().to("cpu", old.dtype, copy=True)
-        if value.dtype == old.dtype:
-            exact.add(key)
+    cpu = torch.device("cpu")
+    with torch.no_grad():  # copies that autograd does not record, no detach needed
+        for key, value in root.state_dict(keep_vars=True).items():
+            if key not in specs:
+                raise GrowError(
+                    "the module has a tensor the graph does not",
+                    field=key,
+                    expected="a parameter name of the graph",
+                    found=repr(key),
+                )
+            old = old_params[key]
+            if value.shape != old.shape:
+                raise GrowError(
+                    "the module's tensor has another shape",
+                    field=key,
+                    expected=str(list(old.shape)),
+                    found=str(list(value.shape)),
+                )
+            if value.dtype == old.dtype:
+                params[key] = value.clone() if value.is_cpu else value.to(cpu, copy=True)
+                exact.add(key)
+            else:
+                params[key] = value.to(cpu, old.dtype, copy=True)
     if isinstance(root, LoweredModule) and root.built:
         # The new tensors are exact copies of the module's: link them, so that lowering
         # a graph grown from the result can take over the unchanged submodules.

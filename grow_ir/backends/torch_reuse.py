@@ -120,13 +120,20 @@ def relink(built: Built, params: Mapping[str, torch.Tensor], exact: set[str]) ->
     a slot is empty."""
     links = []
     for old in built.links:
-        if old.name not in exact:
+        name, table, attr = old.name, old.table, old.attr
+        t = table.get(attr)
+        if name not in exact or t is None:
             return None
-        new = link(old.name, params[old.name], old.table, old.attr, old.buffer)
-        if new is None:
-            return None
-        links.append(new)
-    return replace(built, links=tuple(links))
+        # a Link made at C speed (a NamedTuple's own __new__ is Python code)
+        row = (name, params[name], table, attr, old.buffer, t, t._version, t.data_ptr())
+        links.append(_new_tuple(Link, row))
+    fields = {**built.__dict__, "links": tuple(links)}
+    new = object.__new__(Built)
+    object.__setattr__(new, "__dict__", fields)
+    return new
+
+
+_new_tuple = tuple.__new__
 
 
 class Records:

@@ -228,13 +228,21 @@ class _Proof:
                 gone.update(parent.params_of(old))
         for key, (node, spec) in required.items():
             check_param(node, key, spec, have.get(key))
+        # A kept node's tensor changed (trained values taken back): its spec is the
+        # parent's, read from the parent's spec map when it has one (a check that fails
+        # is worded by the full verifier, which names the node).
+        parent_specs = parent.__dict__.get("param_specs", {})
         for key in changed:
             if key in required:
                 continue
             if key not in had or key in gone:
                 return False  # a parameter no node uses
-            owner, spec = _owner_spec(parent, key)
-            check_param(owner, key, spec, have[key])
+            spec = parent_specs.get(key)
+            if spec is None:
+                owner, spec = _owner_spec(parent, key)
+                check_param(owner, key, spec, have[key])
+            else:
+                check_param("", key, spec, have[key])
         if any(key in have for key in gone if key not in required):
             return False  # a parameter no node uses any more
         if any(key not in gone or key in required for key in self.dropped):
