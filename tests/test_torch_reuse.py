@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from grow_ir import passes
-from grow_ir.backends.torch import to_torch, update_params
+from grow_ir.backends.torch import to_device, to_torch, update_params
 from grow_ir.errors import GrowError
 from grow_ir.ir import Graph
 from grow_ir.probes import random_inputs, randomize_norms
@@ -230,3 +230,27 @@ def test_reuse_through_a_ddp_like_wrapper_and_bad_reuse() -> None:
     assert new.get_submodule("stem") is not module.stem
     assert new.get_submodule("stem_bn") is module.get_submodule("stem_bn")
     assert_same_as_fresh(graph, new)
+
+
+@pytest.mark.parametrize("step", ["widen", "insert_block", "insert_layer"])
+def test_to_device_moves_exactly_the_submodules_built_afresh(step: str) -> None:
+    """``to_device`` moves the submodules a re-lowering built afresh (to ``meta`` here,
+    the one other device this machine has) and leaves those taken over from ``reuse``
+    alone, which live on the device already when ``reuse`` does."""
+    graph = cnn()
+    old = to_torch(graph)
+    kept = {id(t) for t in old.state_dict(keep_vars=True).values()}
+    grown = STEPS[step](graph)
+    new = to_torch(grown, reuse=old)
+    before = new.state_dict(keep_vars=True)
+    assert any(id(t) in kept for t in before.values())
+    assert any(id(t) not in kept for t in before.values())
+    moved = to_device(new, old, torch.device("meta"))
+    assert moved is new
+    after = new.state_dict(keep_vars=True)
+    assert list(after) == list(to_torch(grown).state_dict())
+    for key, t in after.items():
+        reused = id(before[key]) in kept
+        assert t.device.type == ("cpu" if reused else "meta"), key
+        assert (t is before[key]) or not reused, key
+    assert new.training

@@ -953,6 +953,23 @@ def _unwrap(module: nn.Module) -> nn.Module:
             return module
 
 
+def to_device(module: fx.GraphModule, reuse: nn.Module, device: torch.device) -> fx.GraphModule:
+    """``module`` (made by ``to_torch(..., reuse=reuse)``) with the submodules it built
+    afresh moved to ``device``, and returned: ``module.to(device)`` at the cost of what
+    changed, where ``.to`` would walk every module and tensor of it.
+
+    Guarantees: when every tensor of ``reuse`` is on ``device``, so is every tensor of
+    ``module`` (the submodules taken over are ``reuse``'s, and only node submodules hold
+    tensors)."""
+    old = _unwrap(reuse)
+    before = old.built if isinstance(old, LoweredModule) else {}
+    for target, built in module.built.items():
+        prior = before.get(target)
+        if prior is None or prior.module is not built.module:
+            built.module.to(device)
+    return module
+
+
 def update_params(graph: Graph, module: nn.Module) -> Graph:
     """Return ``graph`` with the values of ``module``'s state_dict taken back.
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from grow_ir.backends.torch import to_torch, update_params
+from grow_ir.backends.torch import to_device, to_torch, update_params
 from grow_ir.growth.config import GrowthConfig
 from grow_ir.growth.data import Dataset
 from grow_ir.growth.optim_state import transfer_optimizer
@@ -76,7 +76,9 @@ def apply_growth(
     for hook in request.hooks:
         args = hook.before(ctx, state, request, args)
     result = get_pass(request.pass_name).run(graph, **args)
-    module = to_torch(result.graph, task=ctx.task, reuse=state.module).to(ctx.device).train()
+    # in train mode, as to_torch makes it; only the new submodules need moving
+    module = to_torch(result.graph, task=ctx.task, reuse=state.module)
+    module = to_device(module, state.module, ctx.device)
     notes: dict[str, Any] = {}
     for hook in request.hooks:
         result, more = hook.after(

@@ -84,8 +84,9 @@ def transfer_optimizer(
     group = {k: v for k, v in old.param_groups[0].items() if k != "params"}
     new_named = trainable(new_module)
     new = type(old)(list(new_named.values()), **group)
+    cache: dict[tuple, Any] = {}  # index and factor tensors, shared by alike parameters
     for name, param in new_named.items():
-        state = _carried_state(name, param, old_by_name, origins)
+        state = _carried_state(name, param, old_by_name, origins, cache)
         if state:
             new.state[param] = state
     return new
@@ -96,6 +97,7 @@ def _carried_state(
     param: torch.Tensor,
     old_by_name: Mapping[str, Mapping[str, Any]],
     origins: Mapping[str, Origin],
+    cache: dict[tuple, Any],
 ) -> dict[str, Any]:
     origin = origins.get(name)
     if origin is None:
@@ -112,7 +114,8 @@ def _carried_state(
     out: dict[str, Any] = {}
     for key, value in old_by_name[origin.source].items():
         if torch.is_tensor(value) and value.dim() > 0:
-            out[key] = gather_state(value, origin, second_moment=key in SECOND_MOMENTS)
+            second = key in SECOND_MOMENTS
+            out[key] = gather_state(value, origin, second_moment=second, cache=cache)
             if out[key].shape != param.shape:
                 raise GrowError(
                     "the recorded provenance does not give the parameter's shape",
@@ -126,29 +129,44 @@ def _carried_state(
 
 
 def gather_state(
-    value: torch.Tensor, origin: Origin, *, second_moment: bool = False
+    value: torch.Tensor,
+    origin: Origin,
+    *,
+    second_moment: bool = False,
+    cache: dict[tuple, Any] | None = None,
 ) -> torch.Tensor:
     """``value`` (a state tensor of the source parameter) moved to the new parameter's layout.
 
     Per axis in ``origin.index``: entry ``j`` copies old entry ``index[j]``, or is zero
     where ``index[j] == -1``. Per axis in ``origin.scale``: entry ``j`` is multiplied by
     ``scale[j]`` (squared for a second moment). Other axes are unchanged. Entries that
-    ``origin.fresh`` marks are zero.
+    ``origin.fresh`` marks are zero. ``cache`` (a dict the caller keeps, with the origins,
+    while it gathers) holds the index and factor tensors made, by the maps they come from:
+    a pass shares one map among the parameters grown alike.
     """
+    made = {} if cache is None else cache
     out = value
     for axis, idx in sorted(origin.index.items()):
-        index = torch.tensor(idx, dtype=torch.long, device=value.device)
-        out = out.index_select(axis, index.clamp(min=0))
-        fresh = index < 0
-        if bool(fresh.any()):
+        key = (id(idx), value.device)
+        got = made.get(key)
+        if got is None:
+            index = torch.tensor(idx, dtype=torch.long, device=value.device)
+            fresh = index < 0
+            got = made[key] = (idx, index.clamp(min=0), fresh if bool(fresh.any()) else None)
+        _, gather, fresh = got
+        out = out.index_select(axis, gather)
+        if fresh is not None:
             shape = [1] * out.dim()
             shape[axis] = len(idx)
             zero = torch.zeros((), dtype=out.dtype, device=out.device)
             out = torch.where(fresh.view(shape), zero, out)
     for axis, factors in sorted(origin.scale.items()):
-        f = torch.tensor(factors, dtype=out.dtype, device=value.device)
-        if second_moment:
-            f = f * f
+        key = (id(factors), out.dtype, value.device, second_moment)
+        got = made.get(key)
+        if got is None:
+            f = torch.tensor(factors, dtype=out.dtype, device=value.device)
+            got = made[key] = (factors, f * f if second_moment else f)
+        f = got[1]
         shape = [1] * out.dim()
         shape[axis] = len(factors)
         out = out * f.view(shape)
