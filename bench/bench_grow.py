@@ -61,11 +61,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grow_ir.backends.torch import to_torch
+from grow_ir.backends.torch import to_torch, update_params
+from grow_ir.growth.actions import GrowthContext, TrainState, apply_growth
+from grow_ir.growth.config import GrowthConfig
+from grow_ir.growth.policy import GrowthRequest
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.verify import verify
 from grow_ir.ir.verify_delta import changes
-from grow_ir.passes import insert_block, insert_layer, widen
+from grow_ir.passes import get_pass
 from grow_ir.spec import load_spec
 
 TARGETS_MS: dict[int, float] = {72: 5.0, 2004: 20.0}
@@ -138,11 +141,16 @@ SIZES: list[tuple[int, int]] = [(1, 1), (2, 3), (3, 3), (10, 3), (24, 3), (47, 3
 """(blocks per stage, stages) of each graph: 12, 51, 72 (ResNet-20), 219, 513, 996 and
 2,004 nodes."""
 
+STEP_ARGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "widen": ("widen", {"node": "stem", "width": 32}),
+    "widen_block": ("widen", {"node": "stage1.block0.conv1", "width": 32}),
+    "insert_block": ("insert_block", {"stage": "stage1"}),
+    "insert_layer": ("insert_layer", {"after": "stage1.block0.out", "op": "conv2d"}),
+}
+"""The growth steps timed: the pass and its arguments, by step."""
+
 STEPS: dict[str, Callable[[Graph], Graph]] = {
-    "widen": lambda g: widen(g, node="stem", width=32),
-    "widen_block": lambda g: widen(g, node="stage1.block0.conv1", width=32),
-    "insert_block": lambda g: insert_block(g, stage="stage1"),
-    "insert_layer": lambda g: insert_layer(g, after="stage1.block0.out", op="conv2d"),
+    name: lambda g, p=p, a=a: get_pass(p).run(g, **a).graph for name, (p, a) in STEP_ARGS.items()
 }
 """The growth steps timed, by pass."""
 
@@ -175,6 +183,8 @@ class Row:
     gc_frozen: list[float]
     changed: dict[str, tuple[int, int]]
     """What each step changes: (nodes new, replaced or retyped; modules built afresh)."""
+    trainer: dict[str, list[float]]
+    """The trainer's whole growth step, by step, and ``update_params`` (ms per run)."""
 
 
 STATS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
@@ -268,7 +278,48 @@ def time_graph(graph: Graph, seconds: float) -> Row:
         gc=collect_ms(graph, frozen=False),
         gc_frozen=collect_ms(graph, frozen=True),
         changed={name: what_changed(graph, module, step) for name, step in STEPS.items()},
+        trainer=trainer_ms(graph, seconds),
     )
+
+
+def trainer_ms(graph: Graph, seconds: float) -> dict[str, list[float]]:
+    """Wall times in ms of the trainer's whole growth step (``apply_growth``: the module's
+    values taken back by ``update_params``, the pass, re-lowering with reuse, the new
+    submodules moved to the device, the optimizer's state carried over) for each step,
+    and of ``update_params`` alone, on ``graph`` trained one Adam step (state on every
+    parameter), in rounds as :func:`run_rounds` times them."""
+    module = to_torch(graph)
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    x = torch.randn(2, *graph.inputs["image"].shape[1:])
+    module(x).sum().backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    state = TrainState(graph, module, optimizer)
+    ctx = GrowthContext(GrowthConfig(), None, torch.device("cpu"), epoch=1)  # type: ignore[arg-type]
+    cells: dict[str, Timed] = {
+        name: (
+            lambda n=name, p=p, a=a: apply_growth(state, GrowthRequest(n, p, dict(a), ""), ctx),
+            None,
+        )
+        for name, (p, a) in STEP_ARGS.items()
+    }
+    cells["update_params"] = (lambda: update_params(graph, module), None)
+    return run_rounds(cells, seconds * len(cells) / 2)
+
+
+def trainer_table(rows: list[Row], stat: str) -> list[str]:
+    """The trainer's growth step by graph: each step whole, and ``update_params``."""
+    summary = STATS[stat]
+    names = [*STEPS, "update_params"]
+    lines = [
+        f"the trainer's growth step (apply_growth), ms ({stat} of runs)",
+        f"{'nodes':>6} {'graph':<12}" + "".join(f" | {n:>13}" for n in names),
+    ]
+    for row in rows:
+        line = f"{len(row.graph.nodes):>6} {row.graph.name:<12}"
+        line += "".join(f" | {summary(row.trainer[n]):>13.2f}" for n in names)
+        lines.append(line)
+    return lines
 
 
 def what_changed(graph: Graph, module: Any, step: Callable[[Graph], Graph]) -> tuple[int, int]:
@@ -383,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     for stat in STATS:
         print("\n".join(table(rows, stat)), end="\n\n")
     print("\n".join(changed_table(rows)), end="\n\n")
+    for stat in STATS:
+        print("\n".join(trainer_table(rows, stat)), end="\n\n")
     if args.profile:  # ResNet-20 and the largest graph timed
         for graph in {row.graph.name: row.graph for row in rows[-1:] + rows[2:3]}.values():
             print(profile(graph, args.top, runs=20 if len(graph.nodes) < 500 else 3))
