@@ -9,7 +9,7 @@ channels), global pooling and a linear head. With 3 blocks per stage it is ResNe
 convs on the main path, 2 projections, one linear layer: 72 nodes); deeper stages make
 the larger graphs, one stage of one block the smallest.
 
-For each size three growth steps are timed, each on the same input graph (its derived
+For each size four growth steps are timed, each on the same input graph (its derived
 indexes warm, as after training on it), each to a fresh result:
 
 - ``widen``: the stem to twice its width, which widens stage 1's whole channel group (every
@@ -37,8 +37,10 @@ that frees a dropped lowering (fx modules are freed only by the cyclic collector
 minimum (the least disturbed by other processes); a third says how many nodes each step
 changes and how many modules its re-lowering builds. torch runs single-threaded.
 ``verify`` is the verification of the result alone (indexes cold), the part of ``cold``
-that checks the graph. ``--profile`` prints cProfile's top functions for each step with
-re-lowering, on ResNet-20 and on the largest graph timed.
+that checks the graph. The last two tables time the trainer's whole growth step
+(``apply_growth``: ``update_params``, the pass, re-lowering, the new submodules moved, the
+optimizer state carried over) and ``update_params`` alone. ``--profile`` prints cProfile's
+top functions for each step with re-lowering, on ResNet-20 and on the largest graph timed.
 """
 
 from __future__ import annotations
