@@ -44,17 +44,6 @@ _GRAD = operator.attrgetter("grad")
 _TRAINING = operator.attrgetter("training")
 
 
-def link(
-    name: str, graph_tensor: torch.Tensor, table: dict[str, Any], attr: str, buffer: bool
-) -> Link | None:
-    """A link from the slot's current tensor to ``graph_tensor`` (the caller guarantees
-    they hold equal values); None for an empty slot."""
-    t = table.get(attr)
-    if t is None:
-        return None
-    return Link(name, graph_tensor, table, attr, buffer, t, t._version, t.data_ptr())
-
-
 @dataclass(frozen=True, eq=False)
 class Built:
     """What one submodule was built from, and the links of its tensors (in the module's
