@@ -254,3 +254,19 @@ def test_to_device_moves_exactly_the_submodules_built_afresh(step: str) -> None:
         assert t.device.type == ("cpu" if reused else "meta"), key
         assert (t is before[key]) or not reused, key
     assert new.training
+
+
+def test_to_device_sees_through_wrappers_and_moves_all_of_a_module_it_did_not_make() -> None:
+    """A compiled (wrapped) re-lowering has its new submodules moved, the wrapper
+    returned; a module ``to_torch`` did not make is moved whole, as ``.to`` would."""
+    graph = cnn()
+    old = to_torch(graph)
+    new = to_torch(STEPS["insert_block"](graph), reuse=old)
+    kept = {id(t) for t in old.state_dict(keep_vars=True).values()}
+    wrapped = torch.compile(new)  # compiles on first call only: nothing runs here
+    assert to_device(wrapped, old, torch.device("meta")) is wrapped
+    placed = {(id(t) in kept, t.device.type) for t in new.state_dict(keep_vars=True).values()}
+    assert placed == {(True, "cpu"), (False, "meta")}  # taken over: kept; built: moved
+    plain = nn.Sequential(nn.Linear(2, 2))
+    moved = to_device(plain, old, torch.device("meta"))
+    assert all(p.device.type == "meta" for p in moved.parameters())

@@ -953,17 +953,20 @@ def _unwrap(module: nn.Module) -> nn.Module:
             return module
 
 
-def to_device(module: fx.GraphModule, reuse: nn.Module, device: torch.device) -> fx.GraphModule:
-    """``module`` (made by ``to_torch(..., reuse=reuse)``) with the submodules it built
-    afresh moved to ``device``, and returned: ``module.to(device)`` at the cost of what
-    changed, where ``.to`` would walk every module and tensor of it.
+def to_device(module: nn.Module, reuse: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` (made by ``to_torch(..., reuse=reuse)``, possibly wrapped since) with the
+    submodules it built afresh moved to ``device``, and returned: ``module.to(device)`` at
+    the cost of what changed, where ``.to`` would walk every module and tensor of it (and
+    does, for a module ``to_torch`` did not make).
 
     Guarantees: when every tensor of ``reuse`` is on ``device``, so is every tensor of
     ``module`` (the submodules taken over are ``reuse``'s, and only node submodules hold
     tensors)."""
-    old = _unwrap(reuse)
+    root, old = _unwrap(module), _unwrap(reuse)
+    if not isinstance(root, LoweredModule):
+        return module.to(device)
     before = old.built if isinstance(old, LoweredModule) else {}
-    for target, built in module.built.items():
+    for target, built in root.built.items():
         prior = before.get(target)
         if prior is None or prior.module is not built.module:
             built.module.to(device)
