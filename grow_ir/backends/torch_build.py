@@ -133,6 +133,21 @@ class Link(NamedTuple):
 _new_tuple = tuple.__new__  # a NamedTuple's own __new__ is Python code: a tuple's is C
 
 
+def new_link(
+    name: str,
+    graph_tensor: torch.Tensor,
+    table: dict[str, Any],
+    attr: str,
+    buffer: bool,
+    tensor: torch.Tensor,
+) -> Link:
+    """The link of ``tensor`` (in slot ``table[attr]``) to ``graph_tensor`` at its version
+    and storage now (the caller guarantees they hold equal values), made at C speed."""
+    return _new_tuple(
+        Link, (name, graph_tensor, table, attr, buffer, tensor, tensor._version, tensor.data_ptr())
+    )
+
+
 class Made(NamedTuple):
     """A module just built for a node, and what it was built from."""
 
@@ -245,20 +260,6 @@ def build(graph: Graph, node: Node, factory: Factory) -> Made:
             else:
                 value = parameter(value, requires_grad=spec.requires_grad)
         table[spec.attr] = value
-        links.append(
-            _new_tuple(
-                Link,
-                (
-                    name,
-                    source,
-                    table,
-                    spec.attr,
-                    spec.buffer,
-                    value,
-                    value._version,
-                    value.data_ptr(),
-                ),
-            )
-        )
+        links.append(new_link(name, source, table, spec.attr, spec.buffer, value))
     parts = proto.shape.placed(owners) if len(owners) > 1 else ()
     return _new_tuple(Made, (owners[0], input_types, tuple(links), parts))

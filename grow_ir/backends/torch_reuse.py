@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from grow_ir.backends.torch_build import Link, Made
+from grow_ir.backends.torch_build import Link, Made, new_link
 from grow_ir.ir.graph import Graph, Node
 from grow_ir.ir.types import TensorType
 
@@ -90,17 +90,15 @@ class Built:
 def record(node: Node, made: Made) -> Built:
     """The record of a module just built for ``node`` (see
     :func:`grow_ir.backends.torch_build.build`)."""
-    # the frozen dataclass's fields set at C speed, not one by one through its __init__
-    built = object.__new__(Built)
-    fields = {
-        "module": made.module,
-        "node": node,
-        "input_types": made.input_types,
-        "links": made.links,
-        "parts": made.parts,
-    }
-    object.__setattr__(built, "__dict__", fields)
-    return built
+    return _new_built(
+        {
+            "module": made.module,
+            "node": node,
+            "input_types": made.input_types,
+            "links": made.links,
+            "parts": made.parts,
+        }
+    )
 
 
 def relink(built: Built, params: Mapping[str, torch.Tensor], exact: set[str]) -> Built | None:
@@ -109,20 +107,18 @@ def relink(built: Built, params: Mapping[str, torch.Tensor], exact: set[str]) ->
     a slot is empty."""
     links = []
     for old in built.links:
-        name, table, attr = old.name, old.table, old.attr
-        t = table.get(attr)
-        if name not in exact or t is None:
+        t = old.table.get(old.attr)
+        if old.name not in exact or t is None:
             return None
-        # a Link made at C speed (a NamedTuple's own __new__ is Python code)
-        row = (name, params[name], table, attr, old.buffer, t, t._version, t.data_ptr())
-        links.append(_new_tuple(Link, row))
-    fields = {**built.__dict__, "links": tuple(links)}
-    new = object.__new__(Built)
-    object.__setattr__(new, "__dict__", fields)
-    return new
+        links.append(new_link(old.name, params[old.name], old.table, old.attr, old.buffer, t))
+    return _new_built({**built.__dict__, "links": tuple(links)})
 
 
-_new_tuple = tuple.__new__
+def _new_built(fields: dict[str, Any]) -> Built:
+    """A Built of these fields, set at C speed, not one by one through its __init__."""
+    built = object.__new__(Built)
+    object.__setattr__(built, "__dict__", fields)
+    return built
 
 
 class Records:

@@ -152,6 +152,7 @@ def gather_state(
         if got is None:
             index = torch.tensor(idx, dtype=torch.long, device=value.device)
             fresh = index < 0
+            # the map is kept with its tensors, so that its id stays its own while cached
             got = made[key] = (idx, index.clamp(min=0), fresh if bool(fresh.any()) else None)
         _, gather, fresh = got
         out = out.index_select(axis, gather)

@@ -237,12 +237,10 @@ class _Proof:
                 continue
             if key not in had or key in gone:
                 return False  # a parameter no node uses
-            spec = parent_specs.get(key)
+            owner, spec = "", parent_specs.get(key)
             if spec is None:
                 owner, spec = _owner_spec(parent, key)
-                check_param(owner, key, spec, have[key])
-            else:
-                check_param("", key, spec, have[key])
+            check_param(owner, key, spec, have[key])
         if any(key in have for key in gone if key not in required):
             return False  # a parameter no node uses any more
         if any(key not in gone or key in required for key in self.dropped):
