@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
 import torch
 import transformers
@@ -31,6 +33,24 @@ def lowered_outputs(graph: gi.Graph, *args: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
         y = gi.to_torch(graph).eval()(*args)
     return list(y.values()) if isinstance(y, dict) else [y]
+
+
+def test_a_module_path_that_is_no_node_name_is_cleaned_and_keeps_its_values():
+    # torchvision's RegNet names its blocks ``block1-0``: a module path may hold any
+    # character but a dot, a node name only letters, digits and _
+    block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+    module = randomized(
+        nn.Sequential(OrderedDict([("block1-0", block), ("head-fc", nn.Conv2d(4, 2, 1))]))
+    )
+    x = torch.randn(2, 3, 6, 6)
+    graph = gi.from_torch(module, x)
+    assert [n.name for n in graph.nodes] == ["block1_0.0", "block1_0.1", "block1_0.2", "head_fc"]
+    for key, value in module.state_dict().items():
+        assert torch.equal(graph.params[key.replace("-", "_")], value), key
+    assert relative_error(lowered_outputs(graph, x)[0], outputs_of(module, x)[0]) <= 1e-5
+    wider = gi.passes.widen.run(graph, node="block1_0.0", width=8)
+    assert wider.preserved
+    assert relative_error(lowered_outputs(wider.graph, x)[0], outputs_of(module, x)[0]) <= 1e-5
 
 
 def test_small_cnn_keeps_module_names_and_values_exactly():

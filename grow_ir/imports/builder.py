@@ -122,6 +122,8 @@ class GraphBuilder:
         their values; without them the node's parameters come from :attr:`tensors` under
         the node's name. Raises ShapeError (with the node) if the op refuses its inputs.
         """
+        if name is not None:
+            name = clean_name(name)  # a module path may hold any character (RegNet's block1-0)
         if name is None or name in self._taken or self._inside_node(name):
             name = self.unique(hint if name is None else name)
         node = Node(name, op, dict(attrs or {}), tuple(inputs), share=share)
