@@ -1,6 +1,6 @@
 """Small hand-built graphs, one per channel rule (MLPs, batchnorm, residual adds, concat,
-flatten, pooling and gates, embedding and layernorm, conv1d, depthwise convs), shared by the
-widen and prune tests."""
+flatten, pooling and gates, embedding and layernorm, conv1d, depthwise and grouped convs),
+shared by the widen and prune tests."""
 
 from __future__ import annotations
 
@@ -168,6 +168,28 @@ def conv1d() -> Graph:
             ("c2", "conv1d", {"out_channels": 2, "kernel_size": 3, "padding": "same"}, ["act"]),
         ],
         {"y": "c2"},
+    )
+
+
+def grouped() -> Graph:
+    """ResNeXt-like: a 1x1 conv read by two grouped 3x3 convs (groups 3 and 2) whose
+    outputs are summed, then a grouped 1x1 conv (groups 2) and a plain head."""
+    three = {"kernel_size": 3, "padding": 1}
+    return build(
+        {"img": ("batch", 2, 5, 5)},
+        [
+            ("c1", "conv2d", {"out_channels": 12, "kernel_size": 1}, ["img"]),
+            ("bn1", "batchnorm", {}, ["c1"]),
+            ("act1", "relu", {}, ["bn1"]),
+            ("g3", "conv2d", {"out_channels": 12, "groups": 3, **three}, ["act1"]),
+            ("g2", "conv2d", {"out_channels": 12, "groups": 2, **three}, ["act1"]),
+            ("sum", "add", {}, ["g3", "g2"]),
+            ("bn2", "batchnorm", {}, ["sum"]),
+            ("act2", "relu", {}, ["bn2"]),
+            ("c3", "conv2d", {"out_channels": 4, "kernel_size": 1, "groups": 2}, ["act2"]),
+            ("head", "conv2d", {"out_channels": 3, "kernel_size": 1}, ["c3"]),
+        ],
+        {"y": "head"},
     )
 
 

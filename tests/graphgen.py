@@ -5,8 +5,9 @@ Networks are drawn as spec data (the mapping ``load_spec`` reads), in five famil
 
 - ``mlp``: linear layers of random widths with batchnorm/layernorm, every activation,
   dropout, residual adds, concat branches, multiplicative gates and ``mix`` choices;
-- ``cnn``: conv2d (or conv1d) layers with batchnorm, residual blocks, concat branches,
-  gates, max/avg pooling, and a global_avgpool or flatten boundary to linear layers;
+- ``cnn``: conv2d (or conv1d) layers (some grouped or depthwise) with batchnorm, residual
+  blocks, concat branches, gates, max/avg pooling, and a global_avgpool or flatten
+  boundary to linear layers;
 - ``seq``: embedding (or a float sequence), layernorm, self-attention and GELU MLP blocks
   with residual adds;
 - ``staged``: networks whose middle is one or two stages of a ``blocks:`` template
@@ -228,7 +229,18 @@ def _cnn_layer(draw: st.DrawFn, b: SpecBuilder, x: Image) -> Image:
     kinds = ["conv", "conv", "residual", "concat", "gate"]
     if dims == 2 and min(x.size) >= 2:
         kinds.append("pool")
+    divisors = [g for g in range(2, x.channels + 1) if x.channels % g == 0]
+    if divisors:
+        kinds.append("grouped")
     kind = draw(st.sampled_from(kinds))
+    if kind == "grouped":  # ResNeXt's grouped conv (or a depthwise one, groups = channels)
+        groups = draw(st.sampled_from(divisors))
+        c = groups * draw(st.integers(1, 3))
+        k = draw(st.sampled_from([1, 3]))
+        y = _conv(b, x.value, dims, c, k, groups=groups, **_free_conv_attrs(draw, dims))
+        if draw(st.booleans()):
+            y = b.add("batchnorm", y)
+        return Image(activation(draw, b, y), c, x.size)
     if kind == "conv":
         c, k = draw(WIDTHS), draw(st.sampled_from([1, 3]))
         stride = draw(st.sampled_from([1, 2])) if min(x.size) >= 4 else 1
@@ -564,6 +576,13 @@ class Net:
         attribute; its name, or None where it refuses the inputs (or every draw)."""
         name = self.fresh(op)
         refs = [self.types[i] for i in inputs]
+        bound = OPS[op].facts.index_bound
+        if bound is not None and bound not in fixed and inputs[0] in self.made:
+            # Indices made inside the network are ``positions``' 0..L-1 (moved by shape
+            # ops), L the size of an axis of a value; random_inputs bounds only the graph
+            # inputs' (and gives a symbolic axis 5 entries)
+            dims = (d if isinstance(d, int) else 5 for t in self.types.values() for d in t.shape)
+            fixed[bound] = max(2, *dims)
         for _ in range(ATTR_ATTEMPTS):
             err = self.try_add(op, inputs, draw(attr_strategy(OPS[op], refs, **fixed)), name)
             if err is None:
@@ -571,6 +590,11 @@ class Net:
             if err.field is None or err.field.startswith("inputs"):
                 return None
         return None
+
+    @property
+    def made(self) -> set[str]:
+        """The values the network's nodes make (not its inputs)."""
+        return {e["name"] for e in self.b.nodes}
 
     def fresh(self, op: str) -> str:
         """A name for the next node of ``op``."""
@@ -766,7 +790,10 @@ def _widen(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
         return None
 
     def args(node: str) -> st.SearchStrategy[dict[str, Any]]:
-        old = channel_group(graph, node).channels
+        group = channel_group(graph, node)
+        old = group.channels
+        # grouped convs make a group of parts, each grown alike: old + parts is the least
+        widths = sorted({old + 1, old + 2, old + group.parts, 2 * old, 3 * old})
 
         def with_init(init: str) -> st.SearchStrategy[dict[str, Any]]:
             # noise breaks the symmetry of copies: only net2net makes any
@@ -774,7 +801,7 @@ def _widen(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
             return st.fixed_dictionaries(
                 {
                     "node": st.just(node),
-                    "width": st.sampled_from([old + 1, old + 2, 2 * old, 3 * old]),
+                    "width": st.sampled_from(widths),
                     "init": st.just(init),
                     "seed": st.integers(0, 9),
                     "noise": st.sampled_from(noise),

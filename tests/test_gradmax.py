@@ -15,6 +15,7 @@ from grow_ir.passes import PassResult, apply_plan, channel_group, fork_task, out
 from grow_ir.passes.gradmax import Probe, bypass_gradient, fan_out_layout, top_directions
 from grow_ir.passes.inits import InitContext
 from grow_ir.probes import randomize_norms
+from tests.channel_graphs import grouped
 
 
 def build(inputs: dict, nodes: list[tuple], outputs: dict) -> Graph:
@@ -324,6 +325,8 @@ def test_refusals() -> None:
     refuse(graph, "targets of the output.s shape", probe=Probe(probe.inputs, probe.targets[:, :2]))
     refuse(graph, "does not run", probe=Probe(probe.inputs, probe.targets[:3], "cross_entropy"))
     refuse(graph, "name the graph output", probe=Probe(probe.inputs, probe.targets, output="q"))
+    parts = grouped()
+    refuse(parts, "6 parts read by grouped", node="c1", width=18, probe=probe_for(parts))
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from grow_ir.growth.policy import Observation, make_policy
 from grow_ir.ir.graph import Graph
 from grow_ir.passes import get_pass
 from grow_ir.spec import load_spec
+from tests.channel_graphs import grouped
 from tests.tiny_specs import RES_BLOCK, TINY_SPIRALS
 
 
@@ -137,6 +138,15 @@ def test_width_policy_widens_on_a_plateau_up_to_the_max_width() -> None:
     (stop,) = policy.drain_stops()
     assert (stop.epoch, stop.unit) == (7, "mid")
     assert stop.reason == "its width 10 reached max_width 10 (growth.widen.max_width)"
+
+
+def test_width_policy_grows_a_grouped_convs_group_by_whole_parts() -> None:
+    # c1's 12 channels are 6 parts (grouped convs of 3 and 2 groups read them)
+    for factor, cap, want in ((1.25, 30, 18), (2.0, 22, 18)):
+        # x1.25 asks for 15: up to 18; x2 asks for 24, over the cap 22: down to 18
+        cfg = config(stages=[], widen={"nodes": ["c1"], "factor": factor, "max_width": cap})
+        graph, steps = drive(AutoGrow(cfg, grouped()), grouped(), [0.5, 0.7, 0.7, 0.7])
+        assert steps == [(3, "c1")] and graph.node("c1").attrs.out_channels == want
 
 
 def test_a_layer_already_at_its_max_width_is_said_to_stop_before_training(

@@ -51,9 +51,16 @@ def test_transposed_convs_and_upsampling_import_from_torch_and_onnx() -> None:
     with torch.no_grad():
         got = gi.to_torch(back).eval()(x)
     assert relative_error(got, want) <= 1e-5
-    # a grouped transposed conv reads its channels in groups: widening them is refused
-    with pytest.raises(gi.GrowError, match="conv_transpose2d 'up1' has groups=2"):
-        gi.passes.widen(graph, node="up0", width=8)
+    # a grouped transposed conv reads and makes its channels in groups (its weight is
+    # [in, out / groups, ...]): they grow exactly, by a multiple of the groups
+    for node, width in (("up0", 8), ("up1", 6)):
+        wider = gi.passes.widen.run(graph, node=node, width=width)
+        assert wider.preserved and wider.graph.node(node).attrs.out_channels == width
+        with torch.no_grad():
+            got = gi.to_torch(wider.graph).eval()(x)
+        assert relative_error(got, want) <= 1e-5, node
+    with pytest.raises(gi.GrowError, match="6 plus a multiple of 2"):
+        gi.passes.widen(graph, node="up0", width=7)
 
 
 def _resize_model(**attrs: object) -> onnx.ModelProto:

@@ -40,6 +40,7 @@ from tests.channel_graphs import (
     embedding_relu,
     flatten,
     gap,
+    grouped,
     mlp,
     pools_gate,
     residual,
@@ -350,6 +351,7 @@ REFUSALS = [
     (mlp, {"node": "fc1", "keep": 2, "importance": [1.0, 2.0]}, "bad importance"),
     (mlp, {"node": "fc1", "keep": 2, "importance": "taylor"}, "needs a probe batch"),
     (mlp, {"node": "fc1", "keep": 2, "probe": {"inputs": {}}}, "read only by importance"),
+    (grouped, {"node": "c1", "keep": 6}, "6 parts read by grouped convolutions"),
 ]
 
 
@@ -370,6 +372,8 @@ def test_prunable_is_widenable_with_two_channels() -> None:
     nodes.append(("fc2", "linear", {"out_features": 2}, ["fc1"]))
     one = build({"x": ("batch", 3)}, nodes, {"y": "fc2"})
     assert widenable(one) == ["fc1"] and prunable(one) == []
+    # grouped convs split a group into parts, which widen grows alike and prune refuses
+    assert widenable(grouped()) == ["c1", "g3", "g2", "c3"] and prunable(grouped()) == []
 
 
 # ---- optimizer state follows ----------------------------------------------------------------

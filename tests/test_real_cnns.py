@@ -24,6 +24,7 @@ from torch import nn
 
 import grow_ir as gi
 from grow_ir.backends.onnx_check import check_model, check_parity
+from grow_ir.imports.builder import clean_name
 from grow_ir.ir.graph import Graph
 from grow_ir.passes import channel_group, widenable
 from tests.import_models import randomized, relative_error, torch_onnx
@@ -95,6 +96,8 @@ MODELS = {
     "efficientnet_b0": Model(_tv("efficientnet_b0"), 32, "classifier.1"),
     "convnext_tiny": Model(_tv("convnext_tiny"), 32, "classifier.2"),
     "densenet121": Model(_tv("densenet121"), 32, "classifier"),
+    # module paths with a '-' (trunk_output.block1.block1-0), squeeze-excitation, groups
+    "regnet_y_400mf": Model(_tv("regnet_y_400mf"), 32, "fc"),
     # at 64x64 its AdaptiveAvgPool2d((7, 7)) enlarges a 2x2 map, in bins of unequal sizes
     "vgg11_bn": Model(_tv("vgg11_bn"), 64, "classifier.6"),
     "unet": Model(UNet, 32, "head"),
@@ -169,7 +172,8 @@ def torch_pruning_groups(
     """The channel groups of Torch-Pruning's DependencyGraph rooted at ``layers`` other
     than the ``ignored`` module paths (it leaves out every group holding one), each as the
     module paths of the ``layers`` whose output channels it prunes (depthwise convs are
-    per-channel members, as in grow-ir, and left out)."""
+    per-channel members, as in grow-ir, and left out). Paths are given as node names
+    (:func:`clean_name`: RegNet's ``block1-0`` is the node ``block1_0``)."""
     names = {m: n for n, m in module.named_modules()}
     graph = tp.DependencyGraph().build_dependency(module, example_inputs=x, verbose=False)
     left_alone = [module.get_submodule(path) for path in ignored]
@@ -181,7 +185,7 @@ def torch_pruning_groups(
             depthwise = isinstance(layer, nn.Conv2d) and layer.groups == layer.in_channels > 1
             out = item.dep.handler.__name__ == "prune_out_channels"
             if out and isinstance(layer, layers) and not depthwise:
-                made.add(names[layer])
+                made.add(clean_name(names[layer]))
         if made:
             groups.append(made)
     return groups
@@ -205,7 +209,8 @@ def test_widening_every_group_is_exact(name: str) -> None:
 
 def widen_every_group(graph: Graph, error: Callable[[Graph], float]) -> None:
     """Assert that widening every ``widenable`` group of ``graph`` (by its first producer)
-    with net2net, by 2 channels (doubled through a layernorm), is exact.
+    with net2net, by 2 channels (doubled through a layernorm; 2 per part in a group of
+    grouped convs' parts), is exact.
 
     Each group is widened by its own pass, one after the other, each on the graph the
     previous ones made; ``error`` (a graph against the original's outputs) is measured on
@@ -235,7 +240,8 @@ def widen_every_group(graph: Graph, error: Callable[[Graph], float]) -> None:
     for i, node in enumerate(starts):
         group = channel_group(wider, node)
         # net2net through a layernorm is exact when every unit is copied equally often
-        width = group.channels * 2 if group.norms else group.channels + 2
+        # and grouped convs read each part alike (RegNet: 2 channels more in every part)
+        width = group.channels * 2 if group.norms else group.channels + 2 * group.parts
         result = gi.passes.widen.run(wider, node=node, width=width, seed=i)
         assert result.preserved
         if i < 3:

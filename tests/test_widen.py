@@ -33,6 +33,7 @@ from tests.channel_graphs import (
     embedding_relu,
     flatten,
     gap,
+    grouped,
     mlp,
     pools_gate,
     residual,
@@ -247,6 +248,55 @@ def test_depthwise(init: str, width: int) -> None:
     assert shape(g, "dw.weight") == (width, 1, 3, 3)
     assert shape(g, "bn2.weight") == (width,)
     assert shape(g, "pw.weight") == (3, width, 1, 1)
+
+
+@pytest.mark.parametrize("init", [*INITS, "lemon"])
+@pytest.mark.parametrize("width", [18, 24])
+@pytest.mark.parametrize("start", ["c1", "g3"])
+def test_grouped_convs(init: str, width: int, start: str) -> None:
+    # both groups hold 12 channels in lcm(3, 2) = 6 parts of 2; a grouped conv's weight
+    # is [out, in / groups, ...]: the parts it reads grow alike in every block of rows
+    res = widen_checked(grouped(), node=start, width=width, init=init)
+    g, grown = res.graph, width - 12
+    if start == "c1":
+        assert shape(g, "g3.weight") == (12, width // 3, 3, 3)
+        assert shape(g, "g2.weight") == (12, width // 2, 3, 3)
+        assert shape(g, "bn1.weight") == (width,)
+        assert g.node("g3").attrs.groups == 3  # a group's width grows, not the groups
+    else:
+        assert g.node("g3").attrs.out_channels == g.node("g2").attrs.out_channels == width
+        assert shape(g, "c3.weight") == (4, width // 2, 1, 1)
+    rows = res.origins[f"{start}.weight"].index[0]  # the group's layout, position by position
+    per_part = 2 + grown // 6
+    for p in range(6):  # every part: its two old channels, then its new ones
+        mine = rows[p * per_part : (p + 1) * per_part]
+        assert mine[:2] == (2 * p, 2 * p + 1)
+        if init == "net2net":  # copies of its own channels, the same ones in every part
+            assert [c - 2 * p for c in mine[2:]] == list(rows[2:per_part])
+        else:
+            assert set(mine[2:]) == {-1}
+    # a grouped reader's columns hold one group's channels: the first 1/groups of the layout
+    reader, fold = ("g3", 3) if start == "c1" else ("c3", 2)
+    assert res.origins[f"{reader}.weight"].index[1] == rows[: width // fold]
+
+
+def test_grouped_convs_grow_by_whole_parts_and_are_refused_where_they_read_a_part() -> None:
+    with pytest.raises(PassError, match="12 plus a multiple of 6"):
+        widen(grouped(), node="c1", width=16)
+    part = build(
+        {"img": ("batch", 2, 5, 5)},
+        [
+            ("a", "conv2d", {"out_channels": 2, "kernel_size": 1}, ["img"]),
+            ("b", "conv2d", {"out_channels": 2, "kernel_size": 1}, ["img"]),
+            ("cat", "concat", {"dim": 1}, ["a", "b"]),
+            ("g", "conv2d", {"out_channels": 4, "kernel_size": 1, "groups": 2}, ["cat"]),
+            ("head", "conv2d", {"out_channels": 1, "kernel_size": 1}, ["g"]),
+        ],
+        {"y": "head"},
+    )
+    with pytest.raises(PassError, match="conv2d 'g' has groups=2 and reads 4 channels"):
+        widen(part, node="a", width=4)
+    widen_checked(part, node="g", width=6)  # its own output grows
 
 
 def test_widening_a_depthwise_conv_widens_its_input_group() -> None:
@@ -532,8 +582,8 @@ REFUSALS = [
         {"node": "emb", "width": 8},
         "reads and writes all 8 entries of axis 2 through its weights",
     ),
-    ("grouped consumer", g_grouped, {"node": "c1", "width": 8}, "conv2d 'c2' has groups=2"),
-    ("grouped producer", g_grouped, {"node": "c2", "width": 8}, "conv2d 'c2' has groups=2"),
+    ("grouped consumer, odd width", g_grouped, {"node": "c1", "width": 7}, "4 plus a multiple"),
+    ("grouped producer, odd width", g_grouped, {"node": "c2", "width": 9}, "6 plus a multiple"),
     (
         "layernorm, not a multiple",
         embedding_ln,

@@ -33,7 +33,7 @@ from grow_ir.growth.hooks import AdamInit, probe_hooks
 from grow_ir.growth.policy import GrowthRequest, Observation, PolicyBase, Stop, register_policy
 from grow_ir.growth.schedule import growth_deadline
 from grow_ir.ir.graph import Graph
-from grow_ir.passes.channels import width_of
+from grow_ir.passes.channels import channel_group, width_of
 
 
 @dataclass
@@ -215,6 +215,7 @@ class AutoGrow:
         for u in self.units:
             if u.kind == "width" and u.active and u.pending_epoch is None:
                 width = min(widen.max_width, math.ceil(u.size * widen.factor))
+                width = _in_whole_parts(graph, u.name, u.size, width, widen.max_width)
                 capped = "" if width < widen.max_width else f", capped at max_width {width}"
                 args: dict[str, Any] = {"node": u.name, "width": width, "init": widen.init}
                 if widen.noise > 0:
@@ -339,3 +340,17 @@ class NoGrowth(PolicyBase):
 
     def __init__(self, config: NoGrowthConfig | None = None, graph: Graph | None = None) -> None:
         pass
+
+
+def _in_whole_parts(graph: Graph, node: str, size: int, width: int, cap: int) -> int:
+    """``width``, moved to ``size`` plus a multiple of the parts of ``node``'s channel group
+    (grouped convs grow every part alike): up, or down where up passes ``cap``; as it is
+    where no whole part fits or the group is refused (the pass says why)."""
+    try:
+        parts = channel_group(graph, node).parts
+    except GrowError:
+        return width
+    extra = -(-(width - size) // parts) * parts
+    if size + extra > cap:
+        extra -= parts
+    return size + extra if extra > 0 else width

@@ -82,6 +82,10 @@ class ParamAxis(NamedTuple):
         kind: ``"units"`` where each entry belongs to one channel itself (weight rows and
             bias of a producer, per-channel parameters); ``"fan_out"`` where the entries are
             a consumer's weights reading the channel (input columns).
+        fold: 1, or the ``groups`` of a grouped convolution whose weight holds the axis one
+            group's channels at a time (a conv's input columns, ``[out, in / groups, ...]``):
+            the axis indexes the first ``channels / fold`` channels, and each block of rows
+            reads its own group's (see ``ChannelGroup.parts``).
     """
 
     param: str
@@ -89,6 +93,7 @@ class ParamAxis(NamedTuple):
     offset: int
     block: int
     kind: str
+    fold: int = 1
 
 
 class Member(NamedTuple):
@@ -129,6 +134,13 @@ class ChannelGroup:
             linear head reading its embedding's weight, ``Node.share``): the shared tensor
             follows the owner's units, and the head's fan-out is realised on ``scaler``,
             the per-channel node (a final norm) that only the head reads.
+        parts: 1, or the least common multiple of the ``groups`` of the grouped
+            convolutions that make or read the channels (ResNeXt, RegNet). The channels are
+            then ``parts`` equal runs, and a change keeps the runs: each run grows or
+            shrinks alike, its new channels at its own end, and what a new channel copies
+            lies in its own run at the same place in every run (so that a grouped conv's
+            columns, which hold one group's channels for each block of rows, are laid out
+            alike in every block).
     """
 
     start: str
@@ -137,6 +149,7 @@ class ChannelGroup:
     members: tuple[Member, ...]
     norms: tuple[str, ...] = ()
     ties: tuple[tuple[str, str], ...] = ()
+    parts: int = 1
 
     def member(self, node: str) -> Member:
         """The member called ``node`` (KeyError if it is not in the group)."""
@@ -179,11 +192,15 @@ def channel_group(graph: Graph, node: str) -> ChannelGroup:
     member is listed once with all its roles; and the group can be widened exactly by
     replicating units (the only caveat, ``norms``, is reported for the caller to decide).
 
+    A grouped convolution (groups > 1, not depthwise) may make the channels or read all
+    of them; the group then has ``parts`` (see :class:`ChannelGroup`).
+
     Raises:
         PassError: naming ``node``, with the reason the channels cannot be changed exactly:
             they reach a graph input or output, an attention block, softmax or pooling
-            over the channel axis, a grouped convolution, a layer that reads another axis,
-            a concatenation or flatten that splits them, or parameters shared between tasks.
+            over the channel axis, a grouped convolution reading only some of them, a
+            layer that reads another axis, a concatenation or flatten that splits them, or
+            parameters shared between tasks.
     """
     start = graph.node(node)
     opdef = start.opdef
@@ -196,11 +213,9 @@ def channel_group(graph: Graph, node: str) -> ChannelGroup:
             f"{start.op} '{node}' does not make channels of its own",
             node=node,
             field="node",
-            expected=f"a node of op {' / '.join(width_ops())} (groups 1)",
+            expected=f"a node of op {' / '.join(width_ops())}",
             found=f"{start.op} {start.attr_dict()}",
         )
-    if _groups(start) > 1:
-        raise _Walk.refusal(node, _grouped_reason(start))
     axis = _output_axis(graph, start)
     channels = graph.types[node].shape[axis]
     assert isinstance(channels, int)  # producers' widths are attributes, always known
@@ -240,6 +255,7 @@ class _Walk:
         self.width: dict[str, dict[str, int]] = {}
         self.pins: dict[str, dict[str, object]] = {}
         self.norms: set[str] = set()
+        self.parts = 1
         self.outputs = {v: k for k, v in graph.outputs.items()}
         # What an op's rules say of a node depends on its op, attributes and input types
         # alone: in a group most nodes are alike (a stage's batchnorms), so each is asked
@@ -273,9 +289,7 @@ class _Walk:
             got = self.memos[key] = compute()
         return got
 
-    def grown_by_input(
-        self, node: Node, axis: int, pins: dict[str, object] | None = None
-    ) -> Mapping[str, int]:
+    def grown_by_input(self, node: Node, axis: int, pins: dict[str, object] | None = None) -> Grown:
         """:func:`_grown_by_input`, memoised."""
         pinned = tuple(sorted(pins.items())) if pins else ()
         return self.memo(
@@ -327,6 +341,7 @@ class _Walk:
             members=members,
             norms=tuple(sorted(self.norms, key=order.__getitem__)),
             ties=ties,
+            parts=self.parts,
         )
 
     def add(self, slot: Slot) -> None:
@@ -354,13 +369,26 @@ class _Walk:
         elif role not in roles:
             roles.append(role)
 
-    def param_axes(self, node: Node, grown: dict[str, int], slot: Slot, kind: str) -> None:
+    def param_axes(self, node: Node, grown: Grown, slot: Slot, kind: str) -> None:
         if not grown:
             return
         prefix = node.param_prefix
         found = self.axes.setdefault(node.name, set())
-        for local, axis in grown.items():
-            found.add((f"{prefix}.{local}", axis, slot.offset, slot.block, kind))
+        for local, (axis, fold) in grown.items():
+            found.add((f"{prefix}.{local}", axis, slot.offset, slot.block, kind, fold))
+
+    def grouped(self, node: Node, slot: Slot, size: object) -> int:
+        """The ``groups`` of ``node`` (1 for an op without, or a depthwise conv), recorded
+        in the group's ``parts``; a grouped conv must make or read the channels whole."""
+        groups = groups_of(node)
+        if groups > 1:
+            if slot.offset or slot.block != 1 or self.channels != size:
+                raise self.refuse(
+                    f"{node.op} '{node.name}' has groups={groups} and reads {size} channels, "
+                    "only some of them the group's, so its groups would not grow alike"
+                )
+            self.parts = math.lcm(self.parts, groups)
+        return groups
 
     # ---- backward: from a value to the node that defines it -------------------------
 
@@ -374,8 +402,6 @@ class _Walk:
             self.through(node, k, in_slot)
 
     def producer(self, node: Node, slot: Slot) -> None:
-        if _groups(node) > 1:
-            raise self.refuse(_grouped_reason(node))
         axis = self.memo("out", node, lambda: _output_axis(self.graph, node))
         if slot.axis != axis:
             raise self.refuse(
@@ -384,6 +410,7 @@ class _Walk:
             )
         # A producer's output axis holds exactly the group (offset 0, block 1): a slot lies
         # inside its axis and the axis has ``channels`` entries.
+        self.grouped(node, slot, self.channels)
         self.role(node, Role.PRODUCER)
         grown = self.memo("width", node, lambda: _grown_by_width(self.graph, node))
         self.param_axes(node, grown, slot, "units")
@@ -540,14 +567,13 @@ class _Walk:
         self.add(Slot(node.name, slot.axis, slot.offset, slot.block))
 
     def consumer(self, node: Node, slot: Slot, ins: list[TensorType]) -> None:
-        if _groups(node) > 1:
-            raise self.refuse(_grouped_reason(node))
         axis = node.opdef.channel_axis(node.attrs, ins)
         if slot.axis != axis:
             raise self.refuse(
                 f"{node.op} '{node.name}' reads axis {axis} of '{slot.value}', but the group's "
                 f"channels are on axis {slot.axis}, so its weights do not follow the channels"
             )
+        self.grouped(node, slot, ins[0].shape[axis])
         self.role(node, Role.CONSUMER)
         self.param_axes(node, self.grown_by_input(node, slot.axis), slot, "fan_out")
 
@@ -688,25 +714,17 @@ def _is_depthwise(graph: Graph, node: Node) -> bool:
     """A conv with one filter per input channel: a per-channel map in channel terms."""
     if node.opdef.channels is not Channels.PRODUCE:
         return False
-    groups = _groups(node)
+    groups = groups_of(node)
     if groups == 1:
         return False
     c_in = graph.input_types(node)[0].shape[1]
     return groups == c_in == node.attrs.out_channels
 
 
-def _groups(node: Node) -> int:
+def groups_of(node: Node) -> int:
     """The node's ``groups`` attribute, 1 for an op without one (read from the attribute
     model's fields: ``getattr`` with a default raises and catches inside pydantic)."""
     return vars(node.attrs).get("groups", 1)
-
-
-def _grouped_reason(node: Node) -> str:
-    return (
-        f"{node.op} '{node.name}' has groups={node.attrs.groups}, and only a depthwise "
-        "convolution (groups = in_channels = out_channels) can follow a change of its "
-        "channels exactly"
-    )
 
 
 def _opaque_reason(node: Node) -> str:
@@ -734,19 +752,27 @@ def _bump_width(node: Node, by: int) -> Node:
 def _output_axis(graph: Graph, node: Node) -> int:
     """The axis of ``node``'s output that its width attribute sizes."""
     ins = graph.input_types(node)
+    by = groups_of(node)  # a grouped conv's width grows a group at a time
     before = node.opdef.infer(node.attrs, ins).shape
-    after = node.opdef.infer(_bump_width(node, 1).attrs, ins).shape
-    return _grown_axis(before, after, f"the output of {node.op}")
+    after = node.opdef.infer(_bump_width(node, by).attrs, ins).shape
+    axis, fold = _grown_axis(before, after, f"the output of {node.op}", by)
+    assert fold == 1, f"{node.op}'s output does not grow by its width"
+    return axis
 
 
-def _grown_by_width(graph: Graph, node: Node) -> dict[str, int]:
+Grown = Mapping[str, tuple[int, int]]
+"""Parameter axes that grow with a node's channels: ``(axis, fold)`` by local name."""
+
+
+def _grown_by_width(graph: Graph, node: Node) -> Grown:
     """Parameter axes (by local name) that grow with the node's output width."""
     ins = graph.input_types(node)
-    bumped = _bump_width(node, 1)
-    return _diff_params(node.opdef, node.attrs, ins, bumped.attrs, ins)
+    by = groups_of(node)  # a grouped conv's width grows a group at a time
+    bumped = _bump_width(node, by)
+    return _diff_params(node.opdef, node.attrs, ins, bumped.attrs, ins, by)
 
 
-def _grown_by_attr(node: Node, ins: list[TensorType], key: str) -> dict[str, int]:
+def _grown_by_attr(node: Node, ins: list[TensorType], key: str) -> Grown:
     """Parameter axes (by local name) that grow with the attribute entry ``key``."""
     bigger = bump_attr(node.attrs, key, 1)
     return _diff_params(node.opdef, node.attrs, ins, bigger, ins)
@@ -754,40 +780,53 @@ def _grown_by_attr(node: Node, ins: list[TensorType], key: str) -> dict[str, int
 
 def _grown_by_input(
     graph: Graph, node: Node, axis: int, pins: dict[str, object] | None = None
-) -> dict[str, int]:
+) -> Grown:
     """Parameter axes (by local name) that grow with ``axis`` of the node's first input,
     with the attributes ``pins`` set on both sides.
 
-    A depthwise conv grows its channel-counting attributes with its input.
+    A depthwise conv grows its channel-counting attributes with its input; a grouped conv
+    takes a channel more in every group.
     """
     ins = graph.input_types(node)
     size = ins[0].shape[axis]
     assert isinstance(size, int)
-    bigger = [ins[0].with_dim(axis, size + 1), *ins[1:]]
+    depthwise = _is_depthwise(graph, node)
+    by = 1 if depthwise else groups_of(node)
+    bigger = [ins[0].with_dim(axis, size + by), *ins[1:]]
     base = node.attrs.model_copy(update=pins) if pins else node.attrs
     attrs = base
-    if _is_depthwise(graph, node):
+    if depthwise:
         attrs = attrs.model_copy(update={"out_channels": size + 1, "groups": size + 1})
-    return _diff_params(node.opdef, base, ins, attrs, bigger)
+    return _diff_params(node.opdef, base, ins, attrs, bigger, by)
 
 
 def _diff_params(
-    opdef: OpDef, attrs: object, ins: list[TensorType], attrs2: object, ins2: list[TensorType]
-) -> dict[str, int]:
+    opdef: OpDef,
+    attrs: object,
+    ins: list[TensorType],
+    attrs2: object,
+    ins2: list[TensorType],
+    by: int = 1,
+) -> Grown:
+    """The axes that grow from the first parameters to the second, where the channels grew
+    by ``by``: by ``by`` entries (fold 1), or, ``by`` being a conv's groups, by one (fold
+    ``by``: the axis holds one group's channels)."""
     try:
         before = opdef.params(attrs, ins)
         after = opdef.params(attrs2, ins2)
     except GrowError as exc:  # the op's shape rules reject one more channel: a bug here
-        raise AssertionError(f"{opdef.name} cannot take one more channel: {exc}") from exc
+        raise AssertionError(f"{opdef.name} cannot take {by} more channel(s): {exc}") from exc
     return {
-        k: _grown_axis(before[k].shape, after[k].shape, f"{opdef.name}.{k}")
+        k: _grown_axis(before[k].shape, after[k].shape, f"{opdef.name}.{k}", by)
         for k in before
         if before[k].shape != after[k].shape
     }
 
 
-def _grown_axis(before: tuple, after: tuple, what: str) -> int:
+def _grown_axis(before: tuple, after: tuple, what: str, by: int = 1) -> tuple[int, int]:
+    """``(axis, fold)`` of the one axis that grew from ``before`` to ``after``."""
     grown = [i for i, (a, b) in enumerate(zip(before, after)) if a != b]
-    if len(before) != len(after) or len(grown) != 1 or after[grown[0]] != before[grown[0]] + 1:
+    step = after[grown[0]] - before[grown[0]] if len(grown) == 1 else 0
+    if len(before) != len(after) or len(grown) != 1 or step not in (by, 1):
         raise AssertionError(f"{what} does not grow by one entry per channel")
-    return grown[0]
+    return grown[0], by // step

@@ -190,6 +190,13 @@ def _check_group(ctx: InitContext) -> dict[str, Mapping[str, Any]]:
     return the attribute changes that let gradients reach them (``OpFacts.gradient_fix``:
     relu's ``grad_at_zero=1``), by node."""
     group = ctx.group
+    if group.parts > 1:
+        raise _refuse(
+            ctx,
+            f"its channels are {group.parts} parts read by grouped convolutions, and the "
+            "fan-out GradMax gives each new unit is not laid out alike in every part",
+            f"{group.parts} parts",
+        )
     if group.norms:
         norm = ctx.graph.node(group.norms[0])
         raise _refuse(

@@ -32,7 +32,7 @@ from grow_ir.errors import PassError
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.ops import Channels
 from grow_ir.ir.ops.norm import rms_eps
-from grow_ir.passes.channels import ChannelGroup, Role
+from grow_ir.passes.channels import ChannelGroup, Role, groups_of
 from grow_ir.passes.inits import InitContext, NewUnits, register_width_init
 
 
@@ -48,6 +48,12 @@ def _carries_fill(
     why = ""
     if node is None:
         why = f"'{value}' is a graph input"
+    elif value in group.producers and groups_of(node) > 1 and not zeros:
+        # its new rows are the mean of all rows, each read by one group's inputs only
+        why = (
+            f"{node.op} '{value}' (groups={groups_of(node)}) makes each new channel from "
+            "one group's inputs"
+        )
     elif value in group.producers or node.opdef.channels is Channels.TENSOR:
         why = ""  # a producer's, or a learned tensor's, new entries are the filling
     else:

@@ -378,7 +378,7 @@ def prune(
             expected="probe=Probe(inputs=..., targets=..., loss=...)" if probe is None else "none",
             found="none" if probe is None else type(probe).__name__,
         )
-    group = channel_group(graph, node)
+    group = prunable_group(graph, node)
     kept, how = choose_kept(Scoring(graph, node, group, probe), keep, drop, importance)
     dropped = [c for c in range(group.channels) if c not in set(kept)]
     new_graph, origins = select_channels(graph, group, kept)
@@ -427,6 +427,23 @@ def select_channels(
     return shaped.replace(params={**shaped.params, **params}), origins
 
 
+def prunable_group(graph: Graph, node: str) -> ChannelGroup:
+    """The channel group ``prune`` can shrink from ``node``: :func:`channel_group`'s, unless
+    grouped convolutions split it into parts (a PassError: pruning would have to drop the
+    same channels from every part, where importance ranks each channel alone)."""
+    group = channel_group(graph, node)
+    if group.parts > 1:
+        raise PassError(
+            f"its channels are {group.parts} parts read by grouped convolutions, which "
+            "prune cannot shrink alike",
+            node=node,
+            field="node",
+            expected="a group with no grouped convolution (widen grows these)",
+            found=f"{group.parts} parts",
+        )
+    return group
+
+
 def prunable(graph: Graph) -> list[str]:
     """The nodes ``prune`` accepts (``widenable``'s counterpart): a linear/conv/embedding
     whose group :func:`channel_group` accepts and has at least two channels, in order."""
@@ -435,7 +452,7 @@ def prunable(graph: Graph) -> list[str]:
         if n.opdef.facts.width_attr is None:
             continue
         try:
-            group = channel_group(graph, n.name)
+            group = prunable_group(graph, n.name)
         except PassError:
             continue
         if group.channels >= 2:

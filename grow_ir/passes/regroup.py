@@ -79,17 +79,37 @@ class AxisPlan:
     new: tuple[bool, ...]
 
 
+def grown_layout(old: int, copies: Sequence[int], parts: int = 1) -> tuple[int, ...]:
+    """The layout of a group of ``old`` channels widened by ``copies`` (the old channel each
+    new one copies, -1 for a fresh one): each of the group's ``parts`` runs of old channels
+    followed by its share of the new ones, in order (``range(old)`` then ``copies`` for a
+    group of one part). New units so go right after their run's last old channel, where a
+    widened producer puts them, and so where a concat or flatten of its output does too."""
+    run, new = old // parts, len(copies) // parts
+    return tuple(
+        c
+        for p in range(parts)
+        for c in (*range(p * run, (p + 1) * run), *copies[p * new : (p + 1) * new])
+    )
+
+
 def axis_plan(
-    size: int, spans: Sequence[tuple[int, int]], old: int, layout: Sequence[int]
+    size: int,
+    spans: Sequence[tuple[int, int]],
+    old: int,
+    layout: Sequence[int],
+    fold: int = 1,
 ) -> AxisPlan:
     """Plan one axis of ``size`` positions where the group's ``old`` channels sit at
     ``spans`` (offset, block): each span is replaced by the channels of ``layout`` (old
     channel per new channel, -1 for a fresh one), in order, block by block.
 
-    ``widen`` lays out ``range(old)`` followed by its copies, so new units go right after
-    each span's last old channel (where a widened producer puts them, and so where a
-    concat or flatten of its output does too); ``prune`` lays out the kept channels.
+    ``widen`` lays out :func:`grown_layout`; ``prune`` lays out the kept channels. An axis
+    with ``fold`` > 1 (``ParamAxis.fold``: a grouped conv's columns) holds the first
+    ``old / fold`` channels, laid out as the first ``1 / fold`` of ``layout``.
     """
+    if fold > 1:
+        old, layout = old // fold, layout[: len(layout) // fold]
     ordered = sorted(spans)
     ends = [off + old * blk for off, blk in ordered]
     overlap = any(e > nxt for e, (nxt, _) in zip(ends, ordered[1:]))

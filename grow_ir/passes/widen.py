@@ -43,6 +43,7 @@ from grow_ir.passes.regroup import (
     AxisPlan,
     axes_by_param,
     axis_plan,
+    grown_layout,
     resize_nodes,
     spans_by_axis,
 )
@@ -70,7 +71,7 @@ def _net2net(ctx: InitContext) -> NewUnits:
     the same number of times (then the mean and variance of the replicated vector are the
     old ones, the duplication argument of LEMON): the width must be a multiple.
     """
-    old, new = ctx.old, ctx.width
+    old, new, parts = ctx.old, ctx.width, ctx.group.parts
     if ctx.group.norms and new % old:
         norm = ctx.group.norms[0]
         raise PassError(
@@ -81,12 +82,16 @@ def _net2net(ctx: InitContext) -> NewUnits:
             expected=f"a multiple of the current width {old}, or init 'lemon' (any width)",
             found=str(new),
         )
-    rounds = -(-(new - old) // old)
-    drawn = [torch.randperm(old, generator=ctx.gen).tolist() for _ in range(rounds)]
-    copies = tuple(u for r in drawn for u in r)[: new - old]
-    note = ""
+    # A group in parts (grouped convs) copies within each part, the same units in every
+    # part (see ChannelGroup.parts): the draw is made for one part and repeated.
+    run, grown = old // parts, (new - old) // parts
+    rounds = -(-grown // run)
+    drawn = [torch.randperm(run, generator=ctx.gen).tolist() for _ in range(rounds)]
+    local = tuple(u for r in drawn for u in r)[:grown]
+    copies = tuple(p * run + u for p in range(parts) for u in local)
+    note = f"; the same units copied in each of {parts} parts" if parts > 1 else ""
     if ctx.group.norms:
-        note = f"; every unit {new // old}-fold, which keeps {', '.join(ctx.group.norms)} exact"
+        note += f"; every unit {new // old}-fold, which keeps {', '.join(ctx.group.norms)} exact"
     return NewUnits(copies, fan_in="copy", fan_out="split", note=note)
 
 
@@ -172,6 +177,15 @@ def widen(
             expected=f"an integer above {old}",
             found=repr(width),
         )
+    if (width - old) % group.parts:
+        raise PassError(
+            f"the group's channels are {group.parts} equal parts (the groups of its grouped "
+            "convolutions), and every part grows alike",
+            node=node,
+            field="width",
+            expected=f"{old} plus a multiple of {group.parts}",
+            found=repr(width),
+        )
     shaped = resize_nodes(graph, group, width - old)
     try:
         check_size(shaped)
@@ -189,6 +203,7 @@ def widen(
             expected="0",
             found=repr(noise),
         )
+    _check_parts(group, units, init)
     new_graph, origins = grow_group(graph, group, width, units, gen, noise, shaped=shaped)
     new_graph = refresh_stage_params(new_graph)
     touched = [m.describe() for m in group.members if m.roles != (Role.PASS,)]
@@ -232,7 +247,7 @@ def grow_group(
         shaped = _set_attrs(shaped, units.attrs)
     params, origins = {}, {}
     tied = {head for head, _ in group.ties}
-    axes_of = _Axes(group.channels, units)
+    axes_of = _Axes(group.channels, units, group.parts)
     for m in group.members:
         if m.node in tied:  # its tensors are its owner's, grown as the owner's units
             continue
@@ -242,6 +257,25 @@ def grow_group(
     for head, scaler in group.ties:
         _carry_tied_fan_out(group, scaler, width, units, params, origins, head)
     return shaped.replace(params={**shaped.params, **params}), origins
+
+
+def _check_parts(group: ChannelGroup, units: NewUnits, init: str) -> None:
+    """Refuse new units that copy across a group's parts, or not alike in every part."""
+    if group.parts == 1:
+        return
+    run, grown = group.channels // group.parts, len(units.copies) // group.parts
+    first = units.copies[:grown]
+    for p in range(group.parts):
+        mine = units.copies[p * grown : (p + 1) * grown]
+        if any((c - p * run if c >= 0 else -1) != f for c, f in zip(mine, first)):
+            raise PassError(
+                f"init '{init}' copies units across the {group.parts} parts of a group that "
+                "grouped convolutions read, or unlike in each part",
+                node=group.start,
+                field="init",
+                expected="net2net, zero or lemon",
+                found=repr(init),
+            )
 
 
 def _carry_tied_fan_out(
@@ -259,7 +293,7 @@ def _carry_tied_fan_out(
     have got: ``1 / copies`` of a split unit, 0 for a unit read with zero (a scaled
     channel of a per-channel map scales its output, which the head reads linearly)."""
     old = group.channels
-    layout = (*range(old), *units.copies)
+    layout = grown_layout(old, units.copies, group.parts)
     if units.fan_out == "split":
         counts = units.counts(old)
         factors = [1.0 / counts[u] for u in layout]
@@ -334,7 +368,7 @@ def _grow_mask(
     index: dict[int, tuple[int, ...]] = {}
     for axis, on_axis in spans_by_axis(axes).items():
         spans = [(a.offset, a.block) for a in on_axis]
-        plan = axis_plan(t.shape[axis], spans, old, layout)
+        plan = axis_plan(t.shape[axis], spans, old, layout, on_axis[0].fold)
         t = t.index_select(axis, torch.tensor(plan.index).clamp(min=0))
         fresh = _along([i < 0 for i in plan.index], axis, t, torch.bool)
         t = torch.where(fresh, torch.ones((), dtype=t.dtype), t)
@@ -348,6 +382,7 @@ class _Axis:
     along it (shaped to broadcast over a tensor of ``ndim`` dims)."""
 
     axis: int  # the tensor axis it lays out
+    old: int  # the channels it holds (fewer than the group's on a grouped conv's columns)
     plan: AxisPlan
     gather: torch.Tensor  # the source position of every new position (0 for a fresh one)
     dropped: torch.Tensor | None  # where the gathered entry is zeroed (None: nowhere)
@@ -400,6 +435,9 @@ class _Axis:
         return t.index_copy_(self.axis, self.scaled_at, part)
 
 
+_AxisKey = tuple[int, tuple[tuple[int, int], ...], str, int, int, int]
+"""What makes an axis plan: size, spans, kind, tensor axis, tensor rank and fold."""
+
 _Step = tuple[str, tuple[tuple[int, int], ...], _Axis]
 """One grown axis of a parameter: its kind, its spans and its plan."""
 
@@ -425,9 +463,9 @@ class _Axes:
     """Every axis plan of one widening, made once per (size, spans, kind, ndim): in a
     residual group most members' axes are alike, and a plan is a loop over positions."""
 
-    def __init__(self, old: int, units: NewUnits) -> None:
+    def __init__(self, old: int, units: NewUnits, parts: int = 1) -> None:
         self.old, self.units = old, units
-        self.layout = (*range(old), *units.copies)
+        self.layout = grown_layout(old, units.copies, parts)
         self.counts = units.counts(old)
         self._made: dict[tuple, _Axis] = {}
         self._recipes: dict[tuple, _Recipe] = {}
@@ -437,9 +475,9 @@ class _Axes:
         axes and shape)."""
         if len(axes) == 1:  # most parameters grow along one axis
             a = axes[0]
-            key: tuple = (shape, a.axis, a.offset, a.block, a.kind)
+            key: tuple = (shape, a.axis, a.offset, a.block, a.kind, a.fold)
         else:
-            key = (shape, *((a.axis, a.offset, a.block, a.kind) for a in axes))
+            key = (shape, *((a.axis, a.offset, a.block, a.kind, a.fold) for a in axes))
         made = self._recipes.get(key)
         if made is None:
             made = self._recipes[key] = self._make_recipe(axes, shape)
@@ -447,7 +485,11 @@ class _Axes:
 
     def _make_recipe(self, axes: Sequence[ParamAxis], shape: tuple[int, ...]) -> _Recipe:
         steps = tuple(
-            (on[0].kind, spans, self.get(shape[axis], spans, on[0].kind, axis, len(shape)))
+            (
+                on[0].kind,
+                spans,
+                self.get(shape[axis], spans, on[0].kind, axis, len(shape), on[0].fold),
+            )
             for axis, on in spans_by_axis(axes).items()
             for spans in [tuple((a.offset, a.block) for a in on)]
         )
@@ -466,19 +508,24 @@ class _Axes:
         )
 
     def get(
-        self, size: int, spans: tuple[tuple[int, int], ...], kind: str, axis: int, ndim: int
+        self,
+        size: int,
+        spans: tuple[tuple[int, int], ...],
+        kind: str,
+        axis: int,
+        ndim: int,
+        fold: int = 1,
     ) -> _Axis:
-        key = (size, spans, kind, axis, ndim)
+        key = (size, spans, kind, axis, ndim, fold)
         made = self._made.get(key)
         if made is None:
-            made = self._made[key] = self._make(size, spans, kind, axis, ndim)
+            made = self._made[key] = self._make(key)
         return made
 
-    def _make(
-        self, size: int, spans: tuple[tuple[int, int], ...], kind: str, axis: int, ndim: int
-    ) -> _Axis:
+    def _make(self, key: _AxisKey) -> _Axis:
+        size, spans, kind, axis, ndim, fold = key
         units = self.units
-        plan = axis_plan(size, spans, self.old, self.layout)
+        plan = axis_plan(size, spans, self.old, self.layout, fold)
 
         def along(values: Sequence, dtype: torch.dtype) -> torch.Tensor:
             shape = [1] * ndim
@@ -498,6 +545,7 @@ class _Axes:
         copied = [n and i >= 0 for n, i in zip(plan.new, plan.index)]
         return _Axis(
             axis=axis,
+            old=self.old // fold,
             plan=plan,
             gather=torch.tensor([max(i, 0) for i in plan.index]),
             dropped=None if all(kept) else along([not k for k in kept], torch.bool),
@@ -560,7 +608,7 @@ def _grow_member(
             if plan.factors is not None:
                 t = plan.split(t)
             if mean and kind == "units":
-                t = _fill_means(t, before, plan.axis, spans, old, plan.plan)
+                t = _fill_means(t, before, plan.axis, spans, plan.old, plan.plan)
         local = param[skip:]
         if recipe.fill is not None:
             t = torch.where(recipe.fill, fresh[local], t)
