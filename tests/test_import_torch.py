@@ -26,6 +26,7 @@ from tests.import_models import (
     outputs_of,
     randomized,
     relative_error,
+    torch_onnx,
 )
 
 
@@ -51,6 +52,56 @@ def test_a_module_path_that_is_no_node_name_is_cleaned_and_keeps_its_values():
     wider = gi.passes.widen.run(graph, node="block1_0.0", width=8)
     assert wider.preserved
     assert relative_error(lowered_outputs(wider.graph, x)[0], outputs_of(module, x)[0]) <= 1e-5
+
+
+class Pieces(nn.Module):
+    """``chunk``, ``split`` and ``split`` by sizes along the channels, each piece used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 10, 1)
+        self.head = nn.Conv2d(18, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        a, b = y.chunk(2, dim=1)  # 5 + 5
+        c, d, e = y.split(4, dim=1)  # 4 + 4 + 2
+        f, g = y.split([7, 3], dim=1)
+        return self.head(torch.cat([a * b.sigmoid(), c, d - f[:, :4], e + g[:, 1:], g], 1))
+
+
+def test_chunk_and_split_become_slices_from_torch_and_onnx():
+    module = randomized(Pieces())
+    x = torch.randn(2, 3, 4, 4)
+    want = outputs_of(module, x)[0]
+    graph = gi.from_torch(module, x)
+    slices = [n.attrs for n in graph.nodes if n.op == "slice"]
+    assert [(a.start, a.end) for a in slices if a.dim == 1][:7] == [
+        (0, 5),
+        (5, None),
+        (0, 4),
+        (4, 8),
+        (8, None),
+        (0, 7),
+        (7, None),
+    ]
+    assert relative_error(lowered_outputs(graph, x)[0], want) <= 1e-5
+    back = gi.from_onnx(torch_onnx(module, x))  # ONNX Split: one slice per output
+    assert relative_error(lowered_outputs(back, x)[0], want) <= 1e-5
+    # each piece reads some of conv's channels, so they cannot grow
+    with pytest.raises(gi.GrowError, match="slice 'chunk' slices axis 1"):
+        passes.widen(graph, node="conv", width=12)
+
+
+class BatchChunk(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=0)
+        return a + b
+
+
+def test_a_chunk_of_the_batch_is_refused():
+    with pytest.raises(ImportRefused, match=r"chunk\.default splits the batch axis"):
+        gi.from_torch(BatchChunk(), torch.randn(2, 3))
 
 
 def test_small_cnn_keeps_module_names_and_values_exactly():

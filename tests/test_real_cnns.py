@@ -76,12 +76,14 @@ class UNet(nn.Module):
 
 @dataclass(frozen=True)
 class Model:
-    """A test model: how to build it, its input size, and its output layer (which
-    Torch-Pruning is told to leave alone, as ``widen`` refuses a graph output)."""
+    """A test model: how to build it, its input size, its output layer (which
+    Torch-Pruning is told to leave alone, as ``widen`` refuses a graph output), and whether
+    Torch-Pruning's DependencyGraph can be built for it (the groups compared with ours)."""
 
     make: Callable[[], nn.Module]
     size: int
     output: str
+    torch_pruning: bool = True
 
 
 def _tv(name: str, **kwargs: object) -> Callable[[], nn.Module]:
@@ -98,6 +100,9 @@ MODELS = {
     "densenet121": Model(_tv("densenet121"), 32, "classifier"),
     # module paths with a '-' (trunk_output.block1.block1-0), squeeze-excitation, groups
     "regnet_y_400mf": Model(_tv("regnet_y_400mf"), 32, "fc"),
+    # chunk into two branches, a channel shuffle (view, transpose, view), concat;
+    # Torch-Pruning 1.6.1 fails on it (ZeroDivisionError in its index mapping of the view)
+    "shufflenet_v2_x0_5": Model(_tv("shufflenet_v2_x0_5"), 32, "fc", torch_pruning=False),
     # at 64x64 its AdaptiveAvgPool2d((7, 7)) enlarges a 2x2 map, in bins of unequal sizes
     "vgg11_bn": Model(_tv("vgg11_bn"), 64, "classifier.6"),
     "unet": Model(UNet, 32, "head"),
@@ -191,7 +196,7 @@ def torch_pruning_groups(
     return groups
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [name for name, m in MODELS.items() if m.torch_pruning])
 def test_widenable_finds_every_torch_pruning_group(name: str) -> None:
     m = imported(name)
     theirs = torch_pruning_groups(m.module, m.x, [MODELS[name].output])

@@ -951,6 +951,29 @@ def _slice(ctx: _Context, node: onnx.NodeProto) -> None:
     ctx.env[node.output[0]] = value
 
 
+def _split(ctx: _Context, node: onnx.NodeProto) -> None:
+    """``Split``: one ``slice`` per output (grow-ir's nodes have one output each), at the
+    sizes of its ``split`` input, else in equal pieces (the last one smaller)."""
+    x = ctx.type(node.input[0])
+    axis = int(_attrs(node).get("axis", 0)) % x.rank
+    size = x.shape[axis]
+    count = len(node.output)
+    if len(node.input) > 1 and node.input[1]:
+        sizes = [int(v) for v in ctx.const(node.input[1], "split").reshape(-1)]
+    elif isinstance(size, int):
+        piece = -(-size // count)
+        sizes = [piece] * (count - 1) + [size - piece * (count - 1)]
+    else:
+        raise Unsupported(f"splits axis {axis}, of unknown size, in equal pieces")
+    value, start = ctx.value(node.input[0]), 0
+    for i, (out, length) in enumerate(zip(node.output, sizes)):
+        end = start + length
+        attrs = {"dim": axis, "start": start, "end": None if end == size else end, "step": 1}
+        hint = f"{_hint(ctx, node, 'slice')}_{i}"
+        ctx.env[out] = ctx.builder.add("slice", [value], hint, attrs)
+        start = end
+
+
 def _pad(ctx: _Context, node: onnx.NodeProto) -> None:
     a = _attrs(node)
     if _text(a.get("mode", "constant")) != "constant":
@@ -1055,6 +1078,7 @@ RULES: dict[str, Rule] = {
     "Transpose": _transpose,
     "Unsqueeze": _unsqueeze,
     "Slice": _slice,
+    "Split": _split,
     "Pad": _pad,
     "LogSoftmax": _log_softmax,
     "Concat": _concat,

@@ -701,11 +701,26 @@ def _select(ctx: Context, node: fx.Node) -> None:
 
 def _slice(ctx: Context, node: fx.Node) -> None:
     source = node.args[0]
-    shape = ctx.shape(source)
-    dim = int(arg(node, 1, "dim", 0)) % len(shape)
+    dim = int(arg(node, 1, "dim", 0))
     start, end = arg(node, 2, "start", None), arg(node, 3, "end", None)
     step = int(arg(node, 4, "step", 1))
-    start = 0 if start is None else int(start)
+    _add_slice(ctx, node, source, dim, 0 if start is None else int(start), end, step)
+
+
+def _add_slice(
+    ctx: Context,
+    node: fx.Node,
+    source: fx.Node,
+    dim: int,
+    start: int,
+    end: Any,
+    step: int,
+    short: str = "",
+) -> None:
+    """Bind ``node`` to ``source[..., start:end:step]`` along ``dim`` (itself if whole);
+    ``short`` names the IR node (else the call's own name)."""
+    shape = ctx.shape(source)
+    dim %= len(shape)
     end = None if end is None or int(end) >= shape[dim] else int(end)
     if (start, end, step) == (0, None, 1):
         _alias(ctx, node)
@@ -713,7 +728,27 @@ def _slice(ctx: Context, node: fx.Node) -> None:
     if dim == 0:
         raise Unsupported("slices the batch axis")
     attrs = {"dim": dim, "start": start, "end": end, "step": step}
-    ctx.add(node, "slice", [ctx.value(source)], attrs)
+    ctx.add(node, "slice", [ctx.value(source)], attrs, short)
+
+
+def _pieces(ctx: Context, node: fx.Node) -> None:
+    """``chunk`` / ``split``: no value of its own (grow-ir's nodes have one output); each
+    element taken of it (``getitem``) becomes a ``slice`` of the input."""
+    if int(arg(node, 2, "dim", 0)) % len(ctx.shape(node.args[0])) == 0:
+        raise Unsupported("splits the batch axis")
+
+
+def _getitem(ctx: Context, node: fx.Node) -> None:
+    """Element ``i`` of a ``chunk`` / ``split``: the slice of its input that torch made
+    (the pieces' sizes as export recorded them)."""
+    source, i = node.args
+    if not isinstance(source, fx.Node) or RULES.get(source.target) is not _pieces:
+        raise Unsupported("takes an element of a result grow-ir has no op for")
+    dim = int(arg(source, 2, "dim", 0))
+    sizes = [int(piece.shape[dim]) for piece in source.meta["val"]]
+    start = sum(sizes[: int(i)])
+    end = start + sizes[int(i)]
+    _add_slice(ctx, node, source.args[0], dim, start, end, 1, _call_name(source))  # chunk_1
 
 
 def _expand(ctx: Context, node: fx.Node) -> None:
@@ -875,6 +910,10 @@ RULES: dict[Any, Rule] = {
     aten.transpose.int: _transpose,
     aten.select.int: _select,
     aten.slice.Tensor: _slice,
+    aten.chunk.default: _pieces,
+    aten.split.Tensor: _pieces,
+    aten.split_with_sizes.default: _pieces,
+    operator.getitem: _getitem,
     aten.expand.default: _expand,
     aten.matmul.default: _matmul,
     aten.bmm.default: _matmul,
