@@ -377,9 +377,9 @@ class _Walk:
         for local, (axis, fold) in grown.items():
             found.add((f"{prefix}.{local}", axis, slot.offset, slot.block, kind, fold))
 
-    def grouped(self, node: Node, slot: Slot, size: object) -> int:
-        """The ``groups`` of ``node`` (1 for an op without, or a depthwise conv), recorded
-        in the group's ``parts``; a grouped conv must make or read the channels whole."""
+    def grouped(self, node: Node, slot: Slot, size: object) -> None:
+        """Record a grouped conv's ``groups`` (a producer's or consumer's, not depthwise) in
+        the group's ``parts``; it must make or read the channels whole (``size`` of them)."""
         groups = groups_of(node)
         if groups > 1:
             if slot.offset or slot.block != 1 or self.channels != size:
@@ -388,7 +388,6 @@ class _Walk:
                     "only some of them the group's, so its groups would not grow alike"
                 )
             self.parts = math.lcm(self.parts, groups)
-        return groups
 
     # ---- backward: from a value to the node that defines it -------------------------
 
