@@ -12,6 +12,7 @@ from grow_ir.growth.config import OptimizerConfig
 from grow_ir.growth.optim_state import gather_state, make_optimizer, transfer_optimizer
 from grow_ir.passes import Origin, insert_block, widen
 from grow_ir.spec import load_spec
+from tests.channel_graphs import grouped
 from tests.tiny_specs import RES_BLOCK
 
 SPEC = {
@@ -105,6 +106,35 @@ def test_widened_params_gather_state_along_the_recorded_index(name: str) -> None
     for key in ("stem.weight", "head.weight", "stage1.block0.fc1.weight"):
         for k, v in old[key].items():
             assert torch.equal(new[key][k], v)
+
+
+def test_a_grouped_convs_columns_gather_state_alike_in_every_block_of_rows() -> None:
+    # c1's channels are read by grouped convs (groups 3 and 2): their weight holds one
+    # group's channels per block of rows, and the state follows the same folded index
+    graph = grouped()
+    module = to_torch(graph).train()
+    opt = make_optimizer(OptimizerConfig(name="adam", lr=0.05), module)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        out = module(torch.randn(4, 2, 5, 5, generator=gen))
+        loss = (out - torch.randn(out.shape, generator=gen)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    graph = update_params(graph, module)
+    result = widen.run(graph, node="c1", width=18, init="net2net", seed=2)
+    new_module = to_torch(result.graph).train()
+    new_opt = transfer_optimizer(opt, module, new_module, result.origins)
+    old, new = state_of(opt, module), state_of(new_opt, new_module)
+    for reader, fold in (("g3", 3), ("g2", 2)):
+        cols = result.origins[f"{reader}.weight"].index[1]
+        scale = result.origins[f"{reader}.weight"].scale[1]
+        assert len(cols) == 18 // fold and min(scale) < 1
+        for key in ("exp_avg", "exp_avg_sq"):
+            got, was = new[f"{reader}.weight"][key], old[f"{reader}.weight"][key]
+            power = 2 if key == "exp_avg_sq" else 1
+            for j, i in enumerate(cols):
+                assert torch.equal(got[:, j], was[:, i] * scale[j] ** power), (reader, key, j)
 
 
 def test_new_entries_of_a_zero_widening_have_zero_state() -> None:
