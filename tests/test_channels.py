@@ -12,6 +12,7 @@ from grow_ir.ir import Graph, Node, TensorType, initialize, verify
 from grow_ir.passes import channel_group, channels, widenable
 from grow_ir.passes.channels import ChannelGroup, ParamAxis, Role, Slot
 from grow_ir.spec import load_spec
+from tests.channel_graphs import residual
 from tests.graphgen import graphs
 
 
@@ -281,3 +282,14 @@ def test_the_walks_memo_changes_no_group_of_random_graphs(
     graph: Graph, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     same_groups_every_time(graph, monkeypatch)
+
+
+def test_a_groups_description_names_its_first_members_and_counts_the_rest() -> None:
+    group = channel_group(residual(), "stem")  # stem, stem_bn, b1_conv, b1_bn, head
+    assert group.describe() == (
+        "stem (producer), stem_bn (per-channel), b1_conv (producer, consumer), "
+        "b1_bn (per-channel), head (consumer)"
+    )
+    assert group.describe(most=2) == (
+        "stem (producer), stem_bn (per-channel) and 3 more (1 producer, 2 consumer, 1 per-channel)"
+    )

@@ -14,7 +14,7 @@ op's own parameter-shape function by asking which axes grow when the channels gr
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -171,6 +171,19 @@ class ChannelGroup:
     def consumers(self) -> tuple[str, ...]:
         """Nodes that read the group's channels through weight columns."""
         return self.with_role(Role.CONSUMER)
+
+    def describe(self, most: int = 8) -> str:
+        """The members that hold parameters of the channels, for summaries: ``name (role,
+        ...)`` for the first ``most`` (in graph order), then how many more, by role (a
+        residual stream's group has hundreds)."""
+        touched = [m for m in self.members if m.roles != (Role.PASS,)]
+        shown = ", ".join(m.describe() for m in touched[:most])
+        rest = touched[most:]
+        if not rest:
+            return shown
+        counts = Counter(r for m in rest for r in m.roles if r is not Role.PASS)
+        by_role = ", ".join(f"{counts[r]} {r.value}" for r in Role if counts[r])
+        return f"{shown} and {len(rest)} more ({by_role})"
 
     def param_axes(self) -> dict[str, tuple[ParamAxis, ...]]:
         """Every parameter indexed by the channels, with its indexed axes."""

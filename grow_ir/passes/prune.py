@@ -385,10 +385,9 @@ def prune(
     new_graph = refresh_stage_params(new_graph)
     dead = set(dead_channels(graph, group, dropped))
     live = [c for c in dropped if c not in dead]
-    touched = [m.describe() for m in group.members if m.roles != (Role.PASS,)]
     summary = (
         f"pruned {node} from {group.channels} to {len(kept)} units ({how}; dropped "
-        f"{_ranges(dropped)}), group: {', '.join(touched)}"
+        f"{_ranges(dropped)}), group: {group.describe()}"
     )
     reason = ""
     if group.norms and dropped:

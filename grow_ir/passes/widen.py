@@ -206,10 +206,9 @@ def widen(
     _check_parts(group, units, init)
     new_graph, origins = grow_group(graph, group, width, units, gen, noise, shaped=shaped)
     new_graph = refresh_stage_params(new_graph)
-    touched = [m.describe() for m in group.members if m.roles != (Role.PASS,)]
     summary = (
         f"widened {node} from {old} to {width} units ({init}{units.note}), "
-        f"group: {', '.join(touched)}"
+        f"group: {group.describe()}"
     )
     reason = ""
     if noise:
