@@ -262,6 +262,9 @@ def widen_every_group(graph: Graph, error: Callable[[Graph], float]) -> None:
     [
         ("resnet18", {"layer1": (0, 2), "layer2": (1, 1), "layer3": (1, 1), "layer4": (1, 1)}),
         ("resnet50", {f"layer{i}": (1, d) for i, d in ((1, 2), (2, 3), (3, 5), (4, 2))}),
+        # AnyStage names its blocks block2-0, block2-1...: prefix block2_ once cleaned; the
+        # lone downsampling block of block1 is no stage (no copy of it keeps its type)
+        ("regnet_y_400mf", {f"trunk_output.block{i}": (1, d) for i, d in ((2, 2), (3, 5), (4, 5))}),
     ],
 )
 def test_a_resnets_layers_are_stages_that_grow_a_block_exactly(
@@ -271,9 +274,9 @@ def test_a_resnets_layers_are_stages_that_grow_a_block_exactly(
     that are chained copies: ResNet-18's ``layer1`` whole (two identical BasicBlocks), its
     other layers' one block after the downsampling one (a residual block that can be
     copied exactly), ResNet-50's layers from block 1 on (``Stage.first`` 1: block 0
-    downsamples). Inserting a block into the
-    last stage keeps the outputs, names it after the module's numbering, and the grown
-    graph saves and loads with its stages."""
+    downsamples), RegNet's stages from block 1 on, named ``block2_1``... Inserting a block
+    into the last stage keeps the outputs, names it after the module's numbering, and the
+    grown graph saves and loads with its stages."""
     m = imported(name)
     found = {s: (st.first, st.depth) for s, st in m.graph.stages.items()}
     assert found == stages
@@ -281,7 +284,8 @@ def test_a_resnets_layers_are_stages_that_grow_a_block_exactly(
     first, depth = stages[last]
     grown = gi.passes.insert_block(m.graph, stage=last)
     template = grown.blocks[grown.stages[last].block]
-    assert f"{last}.{first + depth}.{template.output}" in grown.node_map
+    prefix = grown.stages[last].prefix
+    assert f"{last}.{prefix}{first + depth}.{template.output}" in grown.node_map
     assert relative_error(run(grown, m.x), m.y) <= TOL
     gi.save(grown, tmp_path / "grown")
     back = gi.load(tmp_path / "grown")

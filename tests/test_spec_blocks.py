@@ -172,8 +172,8 @@ def test_template_output_must_exist():
         load_spec(spec)
 
 
-@pytest.mark.parametrize("bad", ["a..b", "1a", "a.", "a-b"])
-def test_template_local_names_are_identifiers_joined_by_dots(bad):
+@pytest.mark.parametrize("bad", ["a..b", ".a", "a.", "a-b", "input"])
+def test_template_local_names_are_node_name_scopes(bad):
     spec = staged()
     spec["blocks"]["res"]["nodes"][1]["name"] = bad
     with pytest.raises(SpecError, match="malformed template node name"):
@@ -191,6 +191,12 @@ def test_a_template_local_name_may_have_scopes():
             n["inputs"] = ["inner.x" if i == old else i for i in n["inputs"]]
     graph = load_spec(spec)
     assert "s.block0.inner.x" in graph.node_map
+    # an nn.Sequential's items are numbered: a scope may start with a digit (RegNet f.a.0)
+    for n in nodes:
+        if "inputs" in n:
+            n["inputs"] = ["f.a.0" if i == "inner.x" else i for i in n["inputs"]]
+    nodes[1]["name"] = "f.a.0"
+    assert "s.block0.f.a.0" in load_spec(spec).node_map
 
 
 def test_error_in_an_expanded_node_names_block_and_stage():

@@ -28,13 +28,23 @@ LIST_PREFIX = ""
 def module_list_stages(graph: Graph, root: nn.Module) -> Graph:
     """``graph`` with a stage (and its template) for every ``nn.ModuleList`` or
     ``nn.Sequential`` of ``root`` whose items are chained copies of one block; the nodes
-    are unchanged."""
-    lists = [
-        (clean_name(path), len(module))
-        for path, module in root.named_modules()
-        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) and path
-    ]
+    are unchanged. Items are numbered by their names: ``0``, ``1``... as a list names them,
+    or one word and the number (RegNet's ``block2-0``, ``block2-1``: the prefix
+    ``block2_`` once cleaned)."""
+    lists = []
+    for path, module in root.named_modules():
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) and path:
+            prefix = _numbering([clean_name(name) for name, _ in module.named_children()])
+            if prefix is not None:
+                lists.append((clean_name(path), len(module), prefix))
     return list_stages(graph, lists)
+
+
+def _numbering(names: list[str]) -> str | None:
+    """The prefix ``p`` of names ``p0``, ``p1``... ``p{k-1}`` (in order), None otherwise."""
+    prefix = names[0].removesuffix("0")
+    numbered = names == [f"{prefix}{i}" for i in range(len(names))]
+    return prefix if numbered and (prefix == "" or prefix.isidentifier()) else None
 
 
 def numbered_stages(graph: Graph) -> Graph:
@@ -47,33 +57,49 @@ def numbered_stages(graph: Graph) -> Graph:
         for i in range(1, len(parts) - 1):
             if parts[i].isdigit():
                 numbers.setdefault(".".join(parts[:i]), set()).add(int(parts[i]))
-    lists = [(path, len(got)) for path, got in numbers.items() if got == set(range(len(got)))]
+    lists = [
+        (path, len(got), LIST_PREFIX)
+        for path, got in numbers.items()
+        if got == set(range(len(got)))
+    ]
     return list_stages(graph, lists)
 
 
-def list_stages(graph: Graph, lists: list[tuple[str, int]]) -> Graph:
-    """``graph`` with a stage (and its template) for every ``(path, depth)`` of ``lists``
-    whose blocks ``path.0`` .. ``path.{depth-1}`` are chained copies of one block, or, where
+def list_stages(graph: Graph, lists: list[tuple[str, int, str]]) -> Graph:
+    """``graph`` with a stage (and its template) for every ``(path, depth, prefix)`` of
+    ``lists`` whose blocks ``path.{prefix}0`` .. ``path.{prefix}{depth-1}`` are chained
+    copies of one block, or, where
     the first blocks differ (a ResNet layer's downsampling block 0), whose last two or more
     blocks are, or whose last block alone is a residual block that ``insert_block`` can copy
     exactly (ResNet-18's ``layer2``: one block after the downsampling one): the stage is
     then those (``Stage.first`` the index of the first)."""
     blocks, stages = dict(graph.blocks), dict(graph.stages)
-    for stage, depth in lists:
+    for stage, depth, prefix in lists:
         if stage in stages:
             continue
-        found = _copies(graph, stage, depth)
+        found = _copies(graph, stage, depth, prefix)
         if found is None:
             continue
         first, template = found
-        if 0 < first == depth - 1 and not _insertable(graph, block_name(stage, first, LIST_PREFIX)):
+        last = block_name(stage, depth - 1, prefix)
+        if not _keeps_type(graph, last):  # a lone downsampling block: no copy can follow it
+            continue
+        if 0 < first == depth - 1 and not _insertable(graph, last):
             continue
         name = ident(stage)
         blocks[name] = template
-        stages[stage] = Stage(name, depth - first, {}, LIST_PREFIX, first)
+        stages[stage] = Stage(name, depth - first, {}, prefix, first)
     if stages == dict(graph.stages):
         return graph
     return graph.replace(blocks=blocks, stages=stages)
+
+
+def _keeps_type(graph: Graph, scope: str) -> bool:
+    """Whether the block in ``scope`` outputs the type of the value it reads (so that a
+    copy of it can follow it)."""
+    nodes = {n.name: n for n in graph.nodes if n.name.startswith(scope + ".")}
+    (block_in,) = {v for n in nodes.values() for v in n.inputs if v not in nodes}
+    return graph.types[next(reversed(nodes))] == graph.types[block_in]
 
 
 def _insertable(graph: Graph, scope: str) -> bool:
@@ -86,13 +112,13 @@ def _insertable(graph: Graph, scope: str) -> bool:
     return not branch_ends(graph, nodes, block_in, last)[1]
 
 
-def _copies(graph: Graph, stage: str, depth: int) -> tuple[int, BlockTemplate] | None:
+def _copies(graph: Graph, stage: str, depth: int, prefix: str) -> tuple[int, BlockTemplate] | None:
     """``(first, template)``: the longest run of the list's last blocks, from block
     ``first`` on, that are ``template`` (block ``first``) each instantiated after the
     previous block; None when the last block is no block (each read once)."""
     read = []
     for i in range(depth):
-        scope = block_name(stage, i, LIST_PREFIX)
+        scope = block_name(stage, i, prefix)
         nodes = [n for n in graph.nodes if n.name.startswith(scope + ".")]
         local = _locals(nodes, scope)
         read.append(None if local is None or len(local[1]) != 1 else (nodes[-1].name, *local))

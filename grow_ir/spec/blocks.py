@@ -63,7 +63,7 @@ def parse_blocks(blocks: Mapping[str, BlockSpec], file: str | None) -> dict[str,
                     "malformed template node name",
                     file=file,
                     field=f"{at}.name",
-                    expected=f"an identifier other than '{BLOCK_INPUT}' (dots make scopes)",
+                    expected=f"letters, digits and _ joined by dots, other than '{BLOCK_INPUT}'",
                     found=repr(head.name),
                 )
             if head.name in locals_:

@@ -15,15 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictInt, St
 from pydantic.json_schema import WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from grow_ir.ir.checks import NODE_RE
 from grow_ir.ir.types import DTYPES
 
 SPEC_VERSION = 1
 """The only spec version this release reads and writes."""
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-LOCAL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-"""A template node's local name: identifiers joined by dots (``mlp.c_fc`` of an imported
-block)."""
+LOCAL = NODE_RE
+"""A template node's local name: the scopes of a node name (``mlp.c_fc`` of an imported
+block; ``f.a.0``: a scope may start with a digit, as an ``nn.Sequential``'s items do)."""
 NODE_KEYS = ("name", "op", "inputs", "share")
 """Keys of a node entry that are not op attributes."""
 INFERRED = ("in_features", "in_channels", "num_features", "normalized_shape", "embed_dim")
