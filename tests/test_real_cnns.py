@@ -290,3 +290,13 @@ def test_a_resnets_layers_are_stages_that_grow_a_block_exactly(
     gi.save(grown, tmp_path / "grown")
     back = gi.load(tmp_path / "grown")
     assert back.stages == grown.stages and relative_error(run(back, m.x), m.y) <= TOL
+
+
+def test_from_onnx_finds_the_stages_from_torch_finds_numbered_by_a_prefix() -> None:
+    # RegNet's blocks are block2_0, block2_1...: the file's node names number them alike
+    m = imported("regnet_y_400mf")
+    back = gi.from_onnx(torch_onnx(m.module, m.x))
+    assert back.stages == m.graph.stages and len(back.stages) == 3
+    grown = gi.passes.insert_block(back, stage="trunk_output.block3")
+    assert "trunk_output.block3.block3_6.f.a.0" in grown.node_map
+    assert relative_error(run(grown, m.x), m.y) <= TOL

@@ -14,6 +14,8 @@ modules, from the node names
 
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from grow_ir.imports.builder import clean_name, ident
@@ -50,19 +52,26 @@ def _numbering(names: list[str]) -> str | None:
 def numbered_stages(graph: Graph) -> Graph:
     """``graph`` with a stage for every path ``P`` whose nodes are numbered ``P.0...``
     to ``P.{k-1}...`` (every number from 0 on) when those are chained copies of one
-    block; the nodes are unchanged."""
-    numbers: dict[str, set[int]] = {}
+    block (or ``P.{prefix}0``...: the numbering :func:`module_list_stages` reads); the
+    nodes are unchanged."""
+    numbers: dict[tuple[str, str], set[int]] = {}
     for n in graph.nodes:
         parts = n.name.split(".")
         for i in range(1, len(parts) - 1):
-            if parts[i].isdigit():
-                numbers.setdefault(".".join(parts[:i]), set()).add(int(parts[i]))
+            numbered = _NUMBERED.fullmatch(parts[i])
+            if numbered:
+                key = (".".join(parts[:i]), numbered[1])
+                numbers.setdefault(key, set()).add(int(numbered[2]))
     lists = [
-        (path, len(got), LIST_PREFIX)
-        for path, got in numbers.items()
+        (path, len(got), prefix)
+        for (path, prefix), got in numbers.items()
         if got == set(range(len(got)))
     ]
     return list_stages(graph, lists)
+
+
+_NUMBERED = re.compile(r"(.*?)([0-9]+)")
+"""A scope that numbers a block: a prefix (none, or RegNet's ``block2_``) and a number."""
 
 
 def list_stages(graph: Graph, lists: list[tuple[str, int, str]]) -> Graph:
