@@ -33,7 +33,7 @@ from grow_ir.growth.hooks import AdamInit, probe_hooks
 from grow_ir.growth.policy import GrowthRequest, Observation, PolicyBase, Stop, register_policy
 from grow_ir.growth.schedule import growth_deadline
 from grow_ir.ir.graph import Graph
-from grow_ir.passes.channels import channel_group, width_of
+from grow_ir.passes.channels import channel_group, is_grouped, width_of
 
 
 @dataclass
@@ -346,6 +346,8 @@ def _in_whole_parts(graph: Graph, node: str, size: int, width: int, cap: int) ->
     """``width``, moved to ``size`` plus a multiple of the parts of ``node``'s channel group
     (grouped convs grow every part alike): up, or down where up passes ``cap``; as it is
     where no whole part fits or the group is refused (the pass says why)."""
+    if not any(is_grouped(graph, n) for n in graph.nodes):
+        return width  # every group is one part: no channel walk on top of the pass's
     try:
         parts = channel_group(graph, node).parts
     except GrowError:

@@ -969,7 +969,7 @@ def _split(ctx: _Context, node: onnx.NodeProto) -> None:
     for i, (out, length) in enumerate(zip(node.output, sizes)):
         end = start + length
         attrs = {"dim": axis, "start": start, "end": None if end == size else end, "step": 1}
-        hint = f"{_hint(ctx, node, 'slice')}_{i}"
+        hint = _part_hint(ctx, node, "slice", i, count)
         ctx.env[out] = ctx.builder.add("slice", [value], hint, attrs)
         start = end
 

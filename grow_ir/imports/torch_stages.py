@@ -103,11 +103,18 @@ def list_stages(graph: Graph, lists: list[tuple[str, int, str]]) -> Graph:
     return graph.replace(blocks=blocks, stages=stages)
 
 
+def _block(graph: Graph, scope: str) -> tuple[dict[str, Node], str]:
+    """The nodes of the block in ``scope`` (by name, in order) and the one value it reads
+    from outside."""
+    nodes = {n.name: n for n in graph.nodes if n.name.startswith(scope + ".")}
+    (block_in,) = {v for n in nodes.values() for v in n.inputs if v not in nodes}
+    return nodes, block_in
+
+
 def _keeps_type(graph: Graph, scope: str) -> bool:
     """Whether the block in ``scope`` outputs the type of the value it reads (so that a
     copy of it can follow it)."""
-    nodes = {n.name: n for n in graph.nodes if n.name.startswith(scope + ".")}
-    (block_in,) = {v for n in nodes.values() for v in n.inputs if v not in nodes}
+    nodes, block_in = _block(graph, scope)
     return graph.types[next(reversed(nodes))] == graph.types[block_in]
 
 
@@ -115,10 +122,8 @@ def _insertable(graph: Graph, scope: str) -> bool:
     """Whether a copy of the block in ``scope`` can be inserted after it exactly (a chain of
     residual joins whose branches end in layers that can be zeroed: what ``insert_block``
     checks)."""
-    nodes = {n.name: n for n in graph.nodes if n.name.startswith(scope + ".")}
-    last = next(reversed(nodes))
-    (block_in,) = {v for n in nodes.values() for v in n.inputs if v not in nodes}
-    return not branch_ends(graph, nodes, block_in, last)[1]
+    nodes, block_in = _block(graph, scope)
+    return not branch_ends(graph, nodes, block_in, next(reversed(nodes)))[1]
 
 
 def _copies(graph: Graph, stage: str, depth: int, prefix: str) -> tuple[int, BlockTemplate] | None:

@@ -733,6 +733,12 @@ def _is_depthwise(graph: Graph, node: Node) -> bool:
     return groups == c_in == node.attrs.out_channels
 
 
+def is_grouped(graph: Graph, node: Node) -> bool:
+    """Whether ``node`` is a grouped convolution that splits a channel group into parts
+    (``groups`` > 1 and not depthwise: see ``ChannelGroup.parts``)."""
+    return groups_of(node) > 1 and not _is_depthwise(graph, node)
+
+
 def groups_of(node: Node) -> int:
     """The node's ``groups`` attribute, 1 for an op without one (read from the attribute
     model's fields: ``getattr`` with a default raises and catches inside pydantic)."""
