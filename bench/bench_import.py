@@ -9,7 +9,8 @@ defaults) and ResNet-18 (basic blocks, 2-2-2-2), torchvision's own ResNet-50,
 MobileNetV2, MobileNetV3-Small and EfficientNet-B0 (their default constructors, loaded by
 tests/torchvision_models.py without torchvision's C extension), all on ``[1, 3, 112,
 112]`` images, torchvision's VisionTransformer (4 layers × 128 wide, 16×16 patches of
-the same images) and GPT-2 (2 layers, 128 wide). A model grow-ir refuses is reported with
+the same images), GPT-2 (2 layers, 128 wide) and Qwen3 (2 layers, 128 wide, 4 heads of
+64 with per-head q/k norms). A model grow-ir refuses is reported with
 the number of constructs it lacks. Import is timed in interleaved rounds after one
 warm-up: ``torch.export.export`` alone, ``from_torch(check=False)`` and ``from_torch()``
 (which also lowers the graph and compares it with the module). Inference: both ONNX files
@@ -69,6 +70,22 @@ def gpt2() -> torch.nn.Module:
     return transformers.GPT2LMHeadModel(config)
 
 
+def qwen3() -> torch.nn.Module:
+    """Qwen3, small: 2 layers × 128 wide, 4 query heads of 64 (256 wide together, as
+    Qwen3's heads are wider than its model), 2 key/value heads, per-head q/k norms."""
+    config = transformers.Qwen3Config(
+        vocab_size=1000,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        use_cache=False,
+    )
+    return transformers.Qwen3ForCausalLM(config)
+
+
 def vit() -> torch.nn.Module:
     """torchvision's VisionTransformer, small: 112×112 images, 16×16 patches, 4 layers ×
     128 wide, 4 heads (vit_b_16's structure at a benchmark's size)."""
@@ -87,6 +104,7 @@ MODELS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[], torch.Tensor
     # batch 2, as measured before batch 1 imported (tests/test_import_vit.py)
     "torchvision vit": (vit, lambda: torch.randn(2, 3, 112, 112)),
     "gpt2": (gpt2, lambda: torch.randint(0, 100, (1, 32))),
+    "qwen3": (qwen3, lambda: torch.randint(0, 1000, (1, 32))),
 }
 
 

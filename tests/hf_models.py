@@ -70,6 +70,46 @@ def llama(tied: bool, layers: int = 2) -> transformers.LlamaForCausalLM:
     return randomized_hf(transformers.LlamaForCausalLM(config))
 
 
+def qwen3(tied: bool = True, layers: int = 2) -> transformers.Qwen3ForCausalLM:
+    """A tiny Qwen3: grouped-query rotary attention with per-head RMS norms of q and k,
+    its heads (4 of 16) wider together than the model (32)."""
+    config = transformers.Qwen3Config(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=64,
+        tie_word_embeddings=tied,
+        use_cache=False,
+        attn_implementation="eager",
+    )
+    return randomized_hf(transformers.Qwen3ForCausalLM(config))
+
+
+def phi3(tied: bool = False, layers: int = 2) -> transformers.Phi3ForCausalLM:
+    """A tiny Phi-3: q, k and v sliced from one fused ``qkv_proj``, the MLP's
+    ``gate_up_proj`` chunked into gate and up, grouped-query rotary attention."""
+    config = transformers.Phi3Config(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
+        tie_word_embeddings=tied,
+        use_cache=False,
+        attn_implementation="eager",
+    )
+    return randomized_hf(transformers.Phi3ForCausalLM(config))
+
+
 def bert(layers: int = 2) -> transformers.BertModel:
     """A tiny BERT encoder (post-norm blocks, exact GELU, an attention mask input)."""
     config = transformers.BertConfig(

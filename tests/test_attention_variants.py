@@ -1,11 +1,13 @@
-"""Attention's grouped-query, rotary and key-padding-mask variants against Hugging Face's
-own attention code (transformers' Llama functions, written by nobody here) and onnxruntime."""
+"""Attention's grouped-query, rotary, query/key-norm and key-padding-mask variants against
+Hugging Face's own attention code (transformers' Llama functions and Qwen3's RMSNorm,
+written by nobody here) and onnxruntime."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from transformers.models.llama import modeling_llama as hf
+from transformers.models.qwen3 import modeling_qwen3 as qwen3
 
 from grow_ir.backends.onnx import to_onnx
 from grow_ir.backends.onnx_check import check_model, check_parity
@@ -40,6 +42,11 @@ def hf_reference(
     q, k, v = qkv.split([heads * hd, kv * hd, kv * hd], dim=-1)
     n, length = x.shape[:2]
     q, k, v = (t.view(n, length, -1, hd).transpose(1, 2) for t in (q, k, v))
+    if a.qk_norm_eps is not None:  # Qwen3Attention: q_norm, k_norm over head_dim
+        for which in ("q", "k"):
+            norm = qwen3.Qwen3RMSNorm(hd, eps=a.qk_norm_eps)
+            norm.weight.data = graph.params[f"attn.{which}_norm.weight"]
+            q, k = (norm(q), k) if which == "q" else (q, norm(k))
     if a.rope_theta is not None:
         config = hf.LlamaConfig(
             hidden_size=heads * hd, num_attention_heads=heads, rope_theta=a.rope_theta
@@ -66,6 +73,8 @@ VARIANTS = [
     dict(num_heads=2, rope_theta=10000.0),
     dict(num_heads=4, num_kv_heads=2, rope_theta=500.0, causal=True, bias=False),
     dict(num_heads=2, head_dim=6, num_kv_heads=1, rope_theta=100.0),
+    dict(num_heads=2, qk_norm_eps=1e-6),
+    dict(num_heads=4, num_kv_heads=2, rope_theta=1e6, qk_norm_eps=1e-6, causal=True, bias=False),
 ]
 
 

@@ -1,8 +1,12 @@
 """Hugging Face architectures beyond the three of issue 11's acceptance, imported with
 ``from_torch`` from tiny configs (random init, random norms and biases, nothing
 downloaded, each config's defaults otherwise: the key/value cache on, SDPA attention):
-Qwen2 (q/k/v biases, grouped-query rotary attention), Mistral (Llama's layout under
-another name) and DistilBERT (post-norm, learned positions, no token types). Each
+Qwen2 (q/k/v biases, grouped-query rotary attention), Qwen3 (Qwen2 without the biases,
+with per-head RMS norms of q and k, and heads wider together than the model), Phi-3
+(q, k and v sliced from one fused ``qkv_proj``, the MLP's ``gate_up_proj`` chunked in
+two), Mistral
+(Llama's layout under another name) and DistilBERT (post-norm, learned positions, no
+token types). Each
 computes what Hugging Face computes on other tokens and batch sizes, and grows exactly
 (widened net2net, a head added, a block inserted into a decoder's layer list); a block
 inserted into DistilBERT's post-norm layers is reported as not preserving, and is not.
@@ -19,7 +23,9 @@ from torch import nn
 
 import grow_ir as gi
 from grow_ir.backends.torch import to_torch
+from grow_ir.errors import PassError
 from grow_ir.ir.graph import Graph
+from grow_ir.passes import get_pass
 from tests.hf_models import randomized_hf
 from tests.test_hf_transformers import grows_exactly, relative, tokens
 
@@ -36,6 +42,12 @@ DECODER = {
 
 MAKERS: dict[str, Callable[[], nn.Module]] = {
     "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**DECODER)),
+    "qwen3": lambda: transformers.Qwen3ForCausalLM(
+        transformers.Qwen3Config(**DECODER, head_dim=16)
+    ),
+    "phi3": lambda: transformers.Phi3ForCausalLM(
+        transformers.Phi3Config(**DECODER, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    ),
     "mistral": lambda: transformers.MistralForCausalLM(
         transformers.MistralConfig(**DECODER, sliding_window=None)
     ),
@@ -70,6 +82,13 @@ GROWTH = [
     ("qwen2", "widen", {"node": "model.embed_tokens", "width": 64, "init": "net2net"}),
     ("qwen2", "add_heads", {"node": "model.layers.0.self_attn", "heads": 8}),
     ("qwen2", "insert_block", {"stage": "model.layers"}),
+    ("qwen3", "widen", {"node": "model.embed_tokens", "width": 64, "init": "net2net"}),
+    ("qwen3", "add_heads", {"node": "model.layers.0.self_attn", "heads": 6}),
+    ("qwen3", "grow_kv_heads", {"node": "model.layers.1.self_attn", "kv_heads": 4}),
+    ("qwen3", "insert_block", {"stage": "model.layers"}),
+    ("phi3", "widen", {"node": "model.embed_tokens", "width": 64, "init": "net2net"}),
+    ("phi3", "add_heads", {"node": "model.layers.1.self_attn", "heads": 6}),
+    ("phi3", "insert_block", {"stage": "model.layers"}),
     ("mistral", "grow_kv_heads", {"node": "model.layers.1.self_attn", "kv_heads": 4}),
     ("mistral", "insert_block", {"stage": "model.layers"}),
     ("distilbert", "widen", {"node": "transformer.layer.0.ffn.lin1", "width": 80}),
@@ -83,6 +102,21 @@ GROWTH = [
 )
 def test_growth_on_the_imported_graphs_is_exact(name: str, pass_name: str, kwargs: dict) -> None:
     grows_exactly(GRAPHS[name], pass_name, kwargs)
+
+
+def test_qwen3s_query_and_key_norms_are_one_attention_node_and_refuse_wider_heads() -> None:
+    """Qwen3's ``q_norm``/``k_norm`` are the node's ``qk_norm_eps`` and its two weights
+    (the module's, bitwise); wider heads would change the key norms, and are refused."""
+    graph, model = GRAPHS["qwen3"], MODELS["qwen3"]
+    attn = graph.node("model.layers.0.self_attn")
+    assert attn.attrs.qk_norm_eps == model.config.rms_norm_eps and attn.attrs.head_dim == 16
+    mine = model.model.layers[0].self_attn
+    for which in ("q", "k"):
+        got = graph.params[f"model.layers.0.self_attn.{which}_norm.weight"]
+        assert torch.equal(got, getattr(mine, f"{which}_norm").weight.detach())
+    with pytest.raises(PassError) as err:
+        get_pass("grow_head_dim").run(graph, node=attn.name, head_dim=32)
+    assert err.value.field == "head_dim" and "qk_norm_eps" in str(err.value)
 
 
 def test_a_block_inserted_into_a_post_norm_encoder_is_reported_as_not_preserving() -> None:

@@ -1,5 +1,7 @@
 """Hugging Face GPT-2 (tied), Llama (tied and untied; grouped-query rotary attention,
-RMSNorm) and BERT (post-norm, key padding mask, token types) exported with
+RMSNorm), Qwen3 (Llama's layout with per-head RMS norms of q and k), Phi-3 (q, k, v and
+the MLP's gate and up sliced from fused projections) and BERT (post-norm,
+key padding mask, token types) exported with
 ``torch.onnx.export(..., dynamo=True)`` and imported with ``from_onnx``: the files'
 written-out attention, GELU and RMSNorm become grow-ir's ops (found by value, see
 grow_ir/imports/onnx_patterns.py); outputs equal onnxruntime's and Hugging Face's on other
@@ -52,15 +54,20 @@ MAKERS: dict[str, Callable[[], nn.Module]] = {
     "gpt2-eager": lambda: _model(lambda: hf.gpt2(True), "eager"),
     "llama-tied-sdpa": lambda: _model(lambda: hf.llama(True), "sdpa"),
     "llama-untied-eager": lambda: _model(lambda: hf.llama(False), "eager"),
+    "qwen3-eager": lambda: _model(hf.qwen3, "eager"),
     "bert-sdpa": lambda: _model(hf.bert, "sdpa"),
     "gpt2-dynamic": lambda: _model(lambda: hf.gpt2(True), "sdpa"),
     "llama-tied-dynamic": lambda: _model(lambda: hf.llama(True), "sdpa"),
+    "qwen3-dynamic": lambda: _model(hf.qwen3, "sdpa"),
+    "phi3-dynamic": lambda: _model(hf.phi3, "sdpa"),
     "bert-dynamic": lambda: _model(hf.bert, "sdpa"),
 }
 """``-dynamic``: exported with ``dynamic_shapes`` (batch and sequence length symbolic)."""
 STREAM = {
     "gpt2": "transformer.wte",
     "llama": "model.embed_tokens",
+    "qwen3": "model.embed_tokens",
+    "phi3": "model.embed_tokens",
     "bert": "embeddings.word_embeddings",
 }
 WIDENED = {**STREAM, "bert": "encoder.layer.1.intermediate.dense"}
@@ -69,6 +76,8 @@ width the pass rightly refuses to change), the feed-forward layer."""
 ATTENTION = {
     "gpt2": "transformer.h.{}.attn",
     "llama": "model.layers.{}.self_attn",
+    "qwen3": "model.layers.{}.self_attn",
+    "phi3": "model.layers.{}.self_attn",
     "bert": "encoder.layer.{}.attention.self",
 }
 
@@ -156,17 +165,28 @@ def test_the_written_out_layers_become_grow_ir_ops(name: str) -> None:
         assert attn["num_heads"] == 4 and attn["num_kv_heads"] == 2 and attn["causal"]
         assert attn["rope_theta"] == 10000.0 and attn["bias"] is False
         assert graph.node("model.norm").op == "rmsnorm"
+    if family(name) == "qwen3":  # q_norm and k_norm are the attention's, not rmsnorm nodes
+        assert attn["head_dim"] == 16 and attn["qk_norm_eps"] == 1e-6
+        assert ops.count("rmsnorm") == 5  # two per block, the final norm
     if family(name) == "bert":
         assert graph.node(ATTENTION["bert"].format(0)).attrs.causal is False
         assert list(graph.node(ATTENTION["bert"].format(0)).inputs)[1] == "attention_mask"
     if "dynamic" in name:  # the shapes stay symbolic; positions are counted, not folded
         assert all(t.shape == ("batch", "seq") for t in graph.inputs.values())
         assert "parameter" not in ops
-        assert ops.count("positions") == (family(name) != "llama")
+        assert ops.count("positions") == (family(name) in ("gpt2", "bert"))
 
 
 @pytest.mark.parametrize(
-    "name", ["gpt2-sdpa", "gpt2-eager", "llama-tied-sdpa", "gpt2-dynamic", "llama-tied-dynamic"]
+    "name",
+    [
+        "gpt2-sdpa",
+        "gpt2-eager",
+        "llama-tied-sdpa",
+        "gpt2-dynamic",
+        "llama-tied-dynamic",
+        "qwen3-eager",
+    ],
 )
 def test_the_tied_head_shares_the_embedding(name: str) -> None:
     """The exporter writes the tied head as a transposed copy of the table; the import
@@ -216,7 +236,14 @@ def test_widening_the_model_2x_is_exact(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["gpt2-dynamic", "llama-tied-dynamic", "llama-untied-eager", "bert-dynamic"]
+    "name",
+    [
+        "gpt2-dynamic",
+        "llama-tied-dynamic",
+        "llama-untied-eager",
+        "qwen3-dynamic",
+        "bert-dynamic",
+    ],
 )
 def test_the_nodes_are_the_ones_from_torch_gives(name: str) -> None:
     """Named from the module scopes the file records, the graph has ``from_torch``'s
@@ -228,13 +255,26 @@ def test_the_nodes_are_the_ones_from_torch_gives(name: str) -> None:
     assert [(n.name, n.op) for n in imported(name).nodes] == want
 
 
-STAGE = {"gpt2": "transformer.h", "llama": "model.layers"}
+STAGE = {
+    "gpt2": "transformer.h",
+    "llama": "model.layers",
+    "qwen3": "model.layers",
+    "phi3": "model.layers",
+}
 """The ``nn.ModuleList`` of each decoder's blocks, read from the file's module scopes."""
 
 
 @pytest.mark.parametrize(
     "name",
-    ["gpt2-sdpa", "gpt2-dynamic", "llama-tied-sdpa", "llama-untied-eager", "llama-tied-dynamic"],
+    [
+        "gpt2-sdpa",
+        "gpt2-dynamic",
+        "llama-tied-sdpa",
+        "llama-untied-eager",
+        "llama-tied-dynamic",
+        "qwen3-eager",
+        "phi3-dynamic",
+    ],
 )
 @pytest.mark.parametrize("grow", ["insert_block", "stack_blocks"])
 def test_the_blocks_are_a_stage_that_grows_exactly(name: str, grow: str) -> None:

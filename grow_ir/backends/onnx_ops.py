@@ -220,21 +220,39 @@ def _rmsnorm(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     from grow_ir.ir.ops.norm import rms_eps
 
     x = e.graph.types[n.inputs[0]]
-    eps = rms_eps(n.attrs, x.torch_dtype)
-    square = e.add("Mul", [xs[0], xs[0]], _sub(n, "square"))
+    weight = e.param(n, "weight") if n.attrs.elementwise_affine else None
+    _rms(e, n, xs[0], weight, rms_eps(n.attrs, x.torch_dtype), x.dtype, "", out, name=n.name)
+
+
+def _rms(
+    e: Emitter,
+    n: Node,
+    x: str,
+    weight: str | None,
+    eps: float,
+    dtype: str,
+    what: str,
+    out: str | None = None,
+    name: str | None = None,
+) -> str:
+    """``x * 1/sqrt(mean(x²) + eps) [* weight]`` over the last axis of ``x`` (helper values
+    named ``node/{what}square``...), given the name ``out`` (else a helper's)."""
+    square = e.add("Mul", [x, x], _sub(n, f"{what}square"))
     if e.opset >= REDUCE_AXES_INPUT_OPSET:
         last = e.once(("axes", "last"), lambda: e.const("const/int64/last_axis", [-1]))
-        mean = e.add("ReduceMean", [square, last], _sub(n, "mean_square"), keepdims=1)
+        mean = e.add("ReduceMean", [square, last], _sub(n, f"{what}mean_square"), keepdims=1)
     else:
-        mean = e.add("ReduceMean", [square], _sub(n, "mean_square"), axes=[-1], keepdims=1)
-    shifted = e.add("Add", [mean, _scalar(e, eps, x.dtype)], _sub(n, "shifted"))
-    root = e.add("Sqrt", [shifted], _sub(n, "rms"))
-    inverse = e.add("Reciprocal", [root], _sub(n, "inverse_rms"))
-    if not n.attrs.elementwise_affine:
-        e.add("Mul", [xs[0], inverse], out, name=n.name)
-        return
-    scaled = e.add("Mul", [xs[0], inverse], _sub(n, "normalised"))
-    e.add("Mul", [scaled, e.param(n, "weight")], out, name=n.name)
+        mean = e.add("ReduceMean", [square], _sub(n, f"{what}mean_square"), axes=[-1], keepdims=1)
+    shifted = e.add("Add", [mean, _scalar(e, eps, dtype)], _sub(n, f"{what}shifted"))
+    root = e.add("Sqrt", [shifted], _sub(n, f"{what}rms"))
+    inverse = e.add("Reciprocal", [root], _sub(n, f"{what}inverse_rms"))
+    normalised = out if weight is None and out is not None else _sub(n, f"{what}normalised")
+    kw = {"name": name} if name is not None and weight is None else {}
+    scaled = e.add("Mul", [x, inverse], normalised, **kw)
+    if weight is None:
+        return scaled
+    kw = {"name": name} if name is not None else {}
+    return e.add("Mul", [scaled, weight], out or _sub(n, f"{what}scaled"), **kw)
 
 
 # ---- attention ------------------------------------------------------------------------
@@ -251,9 +269,14 @@ def _attention(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     inner = heads * head_dim
     kv = attention_kv_heads(n.attrs)
     rows = inner + 2 * kv * head_dim
-    w_qkv, b_qkv = _in_projection(e, n, inner, rows, head_dim, dt)
+    qk_norm = n.attrs.qk_norm_eps is not None
+    if qk_norm:  # a per-head norm of q would undo a scale folded into its rows
+        w_qkv = e.param(n, "in_proj_weight")
+        b_qkv = e.param(n, "in_proj_bias") if n.attrs.bias else None
+    else:
+        w_qkv, b_qkv = _in_projection(e, n, inner, rows, head_dim, dt)
     qkv = _dense(e, n, xs[0], 3, (embed, rows), w_qkv, b_qkv, _sub(n, "qkv"), what="qkv")
-    grouped = kv != heads or n.attrs.rope_theta is not None or len(xs) == 2
+    grouped = kv != heads or n.attrs.rope_theta is not None or len(xs) == 2 or qk_norm
     transposed = head_dim <= TRANSPOSED_HEADS_MAX_DIM and not grouped
     length = ""  # [L], when the mask or the layout needs it
     if transposed or n.attrs.causal or n.attrs.rope_theta is not None:
@@ -304,6 +327,11 @@ def _heads_grouped(
         )
         for flat, shape, what in zip(parts, (q_shape, kv_shape, kv_shape), ("q", "k", "v"))
     )
+    eps = n.attrs.qk_norm_eps
+    if eps is not None:  # Qwen3's q_norm and k_norm, over each head
+        dt = e.graph.types[n.inputs[0]].dtype
+        q = _rms(e, n, q, e.param(n, "q_norm.weight"), eps, dt, "q_")
+        k = _rms(e, n, k, e.param(n, "k_norm.weight"), eps, dt, "k_")
     if n.attrs.rope_theta is not None:
         cos, sin = _rotary_tables(e, n, length, head_dim, n.attrs.rope_theta)
         q, k = (_rotate(e, n, t, cos, sin, what, head_dim) for t, what in ((q, "q"), (k, "k")))
@@ -312,6 +340,9 @@ def _heads_grouped(
     if key_mask:
         masks.append(_key_padding_mask(e, n, key_mask[0]))
     scores = e.add("MatMul", [q, k_t], _sub(n, "scores"))
+    if eps is not None:  # not folded into the query rows (see _attention)
+        scale = _scalar(e, 1 / math.sqrt(head_dim), e.graph.types[n.inputs[0]].dtype)
+        scores = e.add("Mul", [scores, scale], _sub(n, "scaled_scores"))
     for i, m in enumerate(masks):
         scores = e.add("Add", [scores, m], _sub(n, f"masked{i}"))
     probs = e.add("Softmax", [scores], _sub(n, "softmax"), axis=-1)

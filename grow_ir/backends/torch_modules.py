@@ -70,8 +70,10 @@ class SelfAttention(nn.Module):
     Beyond it: ``num_kv_heads`` key/value heads (grouped-query attention, the in-projection
     rows ``[q; k; v]`` with k and v ``num_kv_heads × head_dim`` each, SDPA's
     ``enable_gqa``), rotary embedding of q and k when ``rope_theta`` is set
-    (:func:`rotary_tables`), and a key padding mask ``[N, L]`` as a second argument
-    (nonzero = attend).
+    (:func:`rotary_tables`), per-head RMS norms of q and k when ``qk_norm_eps`` is set
+    (``q_norm`` and ``k_norm``, ``nn.RMSNorm(head_dim)`` each, before the rotary
+    embedding, as Qwen3's attention), and a key padding mask ``[N, L]`` as a second
+    argument (nonzero = attend).
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class SelfAttention(nn.Module):
         head_dim: int | None = None,
         num_kv_heads: int | None = None,
         rope_theta: float | None = None,
+        qk_norm_eps: float | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -107,6 +110,11 @@ class SelfAttention(nn.Module):
             self.in_proj_bias = nn.Parameter(torch.empty(rows, **factory))
         else:
             self.register_parameter("in_proj_bias", None)
+        self.q_norm: nn.RMSNorm | None = None
+        self.k_norm: nn.RMSNorm | None = None
+        if qk_norm_eps is not None:
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=qk_norm_eps, **factory)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=qk_norm_eps, **factory)
         self._reset_in_proj()
 
     def _reset_in_proj(self) -> None:
@@ -128,6 +136,8 @@ class SelfAttention(nn.Module):
             kv = self.num_kv_heads * self.head_dim
             q, k, v = qkv.split([self.num_heads * self.head_dim, kv, kv], dim=-1)
             q, k, v = (t.unflatten(-1, (-1, self.head_dim)).transpose(1, 2) for t in (q, k, v))
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope_theta is not None:
             cos, sin = rotary_tables(length, self.head_dim, self.rope_theta, x.device, q.dtype)
             q = q * cos + rotate_half(q) * sin

@@ -28,7 +28,8 @@ class Linear(Protocol):
 
 class Side(Protocol):
     """q, k or v traced back: its projection, the projection's rows it reads, the rotary
-    tables met on the way (empty without rotary)."""
+    tables met on the way (empty without rotary), the one-axis weights it is multiplied
+    by and the scalars added to it on the way (a per-head RMS norm's weight and eps)."""
 
     @property
     def proj(self) -> Linear: ...
@@ -36,6 +37,10 @@ class Side(Protocol):
     def rows(self) -> slice: ...
     @property
     def tables(self) -> tuple[Any, ...]: ...
+    @property
+    def norms(self) -> tuple[torch.Tensor, ...]: ...
+    @property
+    def added(self) -> tuple[float, ...]: ...
 
 
 def check_scale(scale: float | None, dim: int) -> None:
@@ -87,6 +92,32 @@ def attention_node(
         params["in_proj_bias"] = torch.cat([_bias(s.proj, s.rows) for s in sides.values()])
         params["out_proj.bias"] = _bias(out_proj, slice(0, out_proj.weight.shape[0]))
     return attrs, params
+
+
+def qk_norm(sides: Mapping[str, Side], dim: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The attribute and tensors of a per-head RMS norm of q and k (``qk_norm_eps``,
+    ``q_norm.weight``, ``k_norm.weight``) where q and k are each multiplied by one weight
+    of ``dim`` entries and have one scalar in common added on the way (its eps); nothing
+    where neither is. Only a candidate: the region's check by value decides. Raises
+    Unsupported for a norm on v, on only one of q and k, or one that fits no such norm."""
+    if sides["v"].norms:
+        raise Unsupported("multiplies its values by a weight (grow-ir: norms on q and k only)")
+    q, k = sides["q"], sides["k"]
+    if not q.norms and not k.norms:
+        return {}, {}
+    if not q.norms or not k.norms:
+        raise Unsupported("normalises only one of q and k")
+    shapes = [tuple(w.shape) for w in (*q.norms, *k.norms)]
+    if len(q.norms) != 1 or len(k.norms) != 1 or set(shapes) != {(dim,)}:
+        raise Unsupported(
+            f"multiplies q and k by weights of shapes {shapes} (grow-ir: one [head_dim] "
+            "weight each, a per-head RMS norm)"
+        )
+    common = sorted(set(q.added) & set(k.added))
+    if len(common) != 1 or not common[0] > 0:
+        raise Unsupported(f"adds {common or 'no scalar'} to both q and k (an RMS norm: one eps)")
+    params = {f"{r}_norm.weight": sides[r].norms[0].detach().clone() for r in ("q", "k")}
+    return {"qk_norm_eps": common[0]}, params
 
 
 def _rows(sides: Mapping[str, Side]) -> dict[str, int]:

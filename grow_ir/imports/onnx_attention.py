@@ -23,16 +23,18 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 
-from grow_ir.imports.attention_layout import attention_node, check_scale, check_sides
+from grow_ir.imports.attention_layout import attention_node, check_scale, check_sides, qk_norm
 from grow_ir.imports.onnx_patterns import (
     Found,
     Model,
     Projection,
     Region,
     core,
+    float32_decimal,
     projection_ending_at,
     region_name,
     stored_rows,
@@ -50,7 +52,10 @@ _LAYOUT = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Expand", "
 _ROTARY = frozenset({"Mul", "Add", "Neg", "Concat", "Slice", "Split"})
 """What rotary embedding computes with (its tables are constants)."""
 
-_ELEMENTWISE = frozenset({"Mul", "Add", "Neg", "Concat"})
+_NORM = frozenset({"Pow", "ReduceMean", "Sqrt", "Reciprocal", "Div", "Cast"})
+"""What a per-head RMS norm of q and k computes with, beside ``Mul`` and ``Add``."""
+
+_ELEMENTWISE = frozenset({"Mul", "Add", "Neg", "Concat", "Div"})
 """The ops above every input of which is data; the others read data from input 0 only."""
 
 
@@ -60,6 +65,10 @@ class _Side:
     rows: slice
     nodes: frozenset[int]
     tables: tuple[str, ...]
+    norms: tuple[torch.Tensor, ...]
+    """The one-axis constants it is multiplied by (a norm's weight)."""
+    added: tuple[float, ...]
+    """The scalars added to it (a norm's eps)."""
 
 
 def attention_regions(model: Model, found: Found) -> None:
@@ -209,6 +218,8 @@ def _attention(model: Model, si: int) -> tuple[Region, list[dict[str, Any]]] | N
     causal, pad = _mask(model, found.masks, q, kt)
     width = model.shape(x)[-1]
     attrs, params = attention_node(sides, out_proj, heads, dim, width, causal)
+    norm_attrs, norm_params = qk_norm(sides, dim)
+    attrs, params = {**attrs, **norm_attrs}, {**params, **norm_params}
     nodes |= out_nodes | swaps
     for s in sides.values():
         nodes |= s.nodes
@@ -305,6 +316,9 @@ def _rows(model: Model, value: str) -> tuple[Projection, slice, set[int]] | None
     p = projection_ending_at(model, value)
     if p is not None:
         return p, slice(0, int(p.weight.shape[0])), set()
+    sliced = _sliced_rows(model, value)
+    if sliced is not None:
+        return sliced
     split = model.made_by(value, "Split")
     if split is None:
         return _picked_rows(model, value)
@@ -323,6 +337,26 @@ def _rows(model: Model, value: str) -> tuple[Projection, slice, set[int]] | None
     return _part_rows(
         model, split.input[0], start, sizes[index], sum(sizes), {model.producer[value]}
     )
+
+
+def _sliced_rows(model: Model, value: str) -> tuple[Projection, slice, set[int]] | None:
+    """A range of a projection's output along its last axis, taken by a ``Slice`` of
+    constant bounds and step 1 (Phi-3's q, k and v from one ``qkv_proj``)."""
+    node = model.made_by(value, "Slice")
+    if node is None:
+        return None
+    p = projection_ending_at(model, node.input[0])
+    bounds = [model.const(v) if v else None for v in node.input[1:]]
+    if p is None or len(bounds) < 2 or any(b is None or b.size != 1 for b in bounds):
+        return None
+    start, end, *rest = (int(b.reshape(())) for b in bounds)
+    axis = rest[0] if rest else 0  # ONNX's defaults: axes 0.., steps 1
+    step = rest[1] if len(rest) > 1 else 1
+    rank = len(model.shape(node.input[0]))
+    rows = range(int(p.weight.shape[0]))[start:end]
+    if axis % rank != rank - 1 or step != 1 or not rows:
+        return None
+    return p, slice(rows.start, rows.stop), {model.producer[value]}
 
 
 def _picked_rows(model: Model, value: str) -> tuple[Projection, slice, set[int]] | None:
@@ -363,6 +397,8 @@ def _part_rows(
 
 def _trace_back(model: Model, start: str, role: str) -> _Side:
     stack, seen, nodes, tables = [start], set(), set(), []
+    norms: list[torch.Tensor] = []
+    added: list[float] = []
     found: dict[frozenset[int], tuple[Projection, slice]] = {}
     while stack:
         value = stack.pop()
@@ -379,19 +415,24 @@ def _trace_back(model: Model, start: str, role: str) -> _Side:
         if i is None:
             raise Unsupported(f"reads '{value}' for its {role} where a projection was expected")
         n = model.node(i)
-        if n.op_type not in _LAYOUT | _ROTARY:
+        if n.op_type not in _LAYOUT | _ROTARY | _NORM:
             raise Unsupported(f"computes its {role} with {n.op_type} (node '{n.name}')")
         nodes.add(i)
         data = n.input if n.op_type in _ELEMENTWISE else n.input[:1]
         for v in data:  # a shape, an axis or a bound is no value the heads come from
             if n.op_type == "Mul" and _table(model, v):
                 tables.append(v)
-            elif model.const(v) is None:
+            elif (c := model.const(v)) is None:
                 stack.append(v)
+            elif n.op_type == "Mul" and c.ndim == 1 and c.size > 1:
+                norms.append(tensor(c))
+            elif n.op_type == "Add" and c.size == 1:
+                scalar = float(c.reshape(()))
+                added.append(float32_decimal(scalar) if c.dtype == np.float32 else scalar)
     if len(found) != 1:
         raise Unsupported(f"computes its {role} from {len(found)} projections (grow-ir: one)")
     ((p, rows),) = found.values()
-    return _Side(p, rows, frozenset(nodes), tuple(tables))
+    return _Side(p, rows, frozenset(nodes), tuple(tables), tuple(norms), tuple(added))
 
 
 def _trace_forward(model: Model, heads: str) -> tuple[set[int], Projection]:

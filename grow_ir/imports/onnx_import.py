@@ -34,7 +34,7 @@ from onnx import numpy_helper
 from grow_ir.backends.onnx import PRODUCER
 from grow_ir.errors import CheckFailed, GrowError, ShapeError
 from grow_ir.imports.builder import GraphBuilder, folded_axes, ident
-from grow_ir.imports.onnx_patterns import Region, float32_decimal, scope
+from grow_ir.imports.onnx_patterns import NAME_SCOPES, Region, float32_decimal, scope
 from grow_ir.imports.onnx_pooling import averaging_matmul, gathered_pooling
 from grow_ir.imports.onnx_regions import find_regions
 from grow_ir.imports.onnx_shapes import (
@@ -302,17 +302,38 @@ def _hint(ctx: _Context, node: onnx.NodeProto, op: str) -> str:
     file that records no module; in a file grow-ir wrote, the IR node it lowers."""
     if ctx.ours and node.name:  # the IR node it lowers (a graph output names the value)
         return node.name.split("/")[0]
-    path = scope(node)
+    path = _scope_of(ctx, node)
     if not path:
         return node.output[0]
     return path if path in ctx.leaves else f"{path}.{op}"
+
+
+def _scope_of(ctx: _Context, node: onnx.NodeProto) -> str:
+    """The module path the file records for ``node`` ('' for the root module); for a node
+    without that record in a file that has it for others (one the exporter's optimiser
+    made, such as the ``Split`` that fuses Phi-3's two ``chunk`` slices), the innermost
+    module holding every node that reads it."""
+    if any(p.key == NAME_SCOPES for p in node.metadata_props):
+        return scope(node)
+    users = [u for o in node.output for u in ctx.consumers.get(o, [])]
+    paths = [scope(u).split(".") for u in users]
+    if not paths or [""] in paths:  # a file that records no modules, or a root-level user
+        return ""
+    common = paths[0]
+    for p in paths[1:]:  # the modules every user's path starts with
+        while p[: len(common)] != common:
+            common = common[:-1]
+    # a leaf module (an activation) reads it: the module around it holds the node
+    while ".".join(common) in ctx.leaves:
+        common = common[:-1]
+    return ".".join(common)
 
 
 def _part_hint(ctx: _Context, node: onnx.NodeProto, op: str, i: int, parts: int) -> str:
     """The name of part ``i`` of ``parts`` IR nodes that one ONNX node becomes: the last
     is named as :func:`_hint` says, the others after it with ``_i`` (or, inside a
     recorded module, uniquified alike)."""
-    if scope(node) or i == parts - 1:
+    if _scope_of(ctx, node) or i == parts - 1:
         return _hint(ctx, node, op)
     return f"{node.output[0]}_{i}"
 

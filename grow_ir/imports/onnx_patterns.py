@@ -150,11 +150,15 @@ class Model:
         return [([ev.value(i, r) for i in inputs], ev.value(output, r)) for r in range(RUNS)]
 
 
+NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+"""The metadata key under which ``torch.onnx.export`` records a node's module path."""
+
+
 def scope(node: onnx.NodeProto) -> str:
     """The module path the exporter recorded for ``node`` (``transformer.h.0.attn``), or
     '' when the file records none (or the node ran in the root module)."""
     for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
+        if prop.key == NAME_SCOPES:
             return _module_path(prop.value)
     return ""
 

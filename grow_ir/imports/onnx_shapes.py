@@ -177,7 +177,9 @@ def expand_rule(ctx: _Context, node: onnx.NodeProto) -> None:
     if target is None or target.scalar:
         raise Unsupported("expands to a computed shape that is not a list of sizes")
     array = ctx.consts.get(data)
-    have = list((array if array is not None else ctx.type(ctx.value(data))).shape)
+    if array is None:
+        ctx.value(data)  # a clear refusal where it has no grow-ir value
+    have = list((array if array is not None else ctx.type(data)).shape)
     sizes = [_size(ctx, e) for e in target.entries]
     rank = max(len(have), len(sizes))
     padded = [1] * (rank - len(have)) + have

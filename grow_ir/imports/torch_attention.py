@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from grow_ir.imports.attention_layout import attention_node, check_scale, check_sides
+from grow_ir.imports.attention_layout import attention_node, check_scale, check_sides, qk_norm
 from grow_ir.imports.torch_patterns import (
     ASSERTS,
     Found,
@@ -64,17 +64,25 @@ _ROTARY = frozenset(
 )
 """What rotary embedding computes with (its tables read no input)."""
 
+_NORM = frozenset(
+    {aten.pow.Tensor_Scalar, aten.mean.dim, aten.rsqrt.default, aten.mul.Tensor, aten.add.Tensor}
+)
+"""What a per-head RMS norm of q and k computes with (Qwen3's ``q_norm``, ``k_norm``)."""
+
 _SPLITS = frozenset({aten.split.Tensor, aten.split_with_sizes.default})
 
 
 @dataclass(frozen=True)
 class _Side:
-    """q, k or v traced back: its projection rows, the nodes on the way, rotary tables."""
+    """q, k or v traced back: its projection rows, the nodes on the way, rotary tables,
+    the parameters it is multiplied by and the scalars added to it (a norm's)."""
 
     proj: Projection
     rows: slice
     nodes: frozenset[str]
     tables: tuple[fx.Node, ...]
+    norms: tuple[torch.Tensor, ...]
+    added: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,8 @@ def _attention(program: Program, core: _Core) -> Region:
     causal, pad = classify_mask(program, core)
     width = int(x.meta["val"].shape[-1])
     attrs, params = attention_node(sides, out_proj, heads, dim, width, causal)
+    norm_attrs, norm_params = qk_norm(sides, dim)
+    attrs, params = {**attrs, **norm_attrs}, {**params, **norm_params}
     if sides["q"].tables:
         attrs["rope_theta"] = rope_theta(program, sides["q"].tables + sides["k"].tables, dim)
     nodes = set(core.nodes) | out_nodes
@@ -224,6 +234,8 @@ def _attention(program: Program, core: _Core) -> Region:
 def _trace_back(program: Program, start: fx.Node, role: str) -> _Side:
     ev = program.evaluation
     stack, seen, nodes, tables = [start], set(), set(), []
+    norms: list[torch.Tensor] = []
+    added: list[float] = []
     found: list[tuple[Projection, slice]] = []
     while stack:
         n = stack.pop()
@@ -238,18 +250,24 @@ def _trace_back(program: Program, start: fx.Node, role: str) -> _Side:
         if ev.constant(n):
             tables.append(n)
             continue
-        if n.op != "call_function" or n.target not in _HEAD_LAYOUT | _ROTARY:
+        if n.op != "call_function" or n.target not in _HEAD_LAYOUT | _ROTARY | _NORM:
             raise Unsupported(
                 f"computes its {role} with {getattr(n.target, '__name__', n.target)} "
-                "(grow-ir: projections, head layout and rotary embedding)"
+                "(grow-ir: projections, head layout, rotary embedding, a per-head norm)"
             )
         nodes.add(n.name)
-        stack.extend(a for a in n.all_input_nodes if not program.is_param(a))
+        if n.target is aten.add.Tensor:
+            added += [float(a) for a in n.args if isinstance(a, float)]
+        for a in n.all_input_nodes:
+            if not program.is_param(a):
+                stack.append(a)
+            elif n.target is aten.mul.Tensor and (t := program.tensor(a)) is not None:
+                norms.append(t)
     projections = {p.nodes for p, _ in found}  # one projection reached along several paths
     if len(found) == 0 or len(projections) != 1 or len({(r.start, r.stop) for _, r in found}) != 1:
         raise Unsupported(f"reaches {len(found)} projections from its {role} (grow-ir: one)")
     proj, rows = found[0]
-    return _Side(proj, rows, frozenset(nodes), tuple(tables))
+    return _Side(proj, rows, frozenset(nodes), tuple(tables), tuple(norms), tuple(added))
 
 
 def _split_nodes(n: fx.Node) -> set[str]:
@@ -259,11 +277,24 @@ def _split_nodes(n: fx.Node) -> set[str]:
 
 
 def _projection_rows(program: Program, n: fx.Node) -> tuple[Projection, slice] | None:
-    """A projection, or one part of a projection split along its last axis (GPT-2's
-    ``c_attn`` output split into q, k and v)."""
+    """A projection, or one part of a projection split or sliced along its last axis
+    (GPT-2's ``c_attn`` output split into q, k and v, Phi-3's ``qkv_proj`` sliced)."""
     proj = linear_projection(program, n)
     if proj is not None:
         return proj, slice(0, int(proj.weight.shape[0]))
+    if n.target is aten.slice.Tensor:
+        proj = linear_projection(program, n.args[0])
+        rank = n.args[0].meta["val"].dim()
+        if proj is None or int(arg(n, 1, "dim", 0)) % rank != rank - 1:
+            return None
+        total = int(proj.weight.shape[0])
+        start, end, step = (
+            arg(n, i, k, d) for i, k, d in ((2, "start", 0), (3, "end", None), (4, "step", 1))
+        )
+        rows = range(total)[slice(start, end, step)]
+        if step != 1 or not rows:
+            return None
+        return proj, slice(rows.start, rows.stop)
     if n.target is not operator.getitem or n.args[0].target not in _SPLITS:
         return None
     split, index = n.args[0], int(n.args[1])

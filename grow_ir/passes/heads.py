@@ -211,12 +211,23 @@ def grow_head_dim(graph: Graph, node: NodeName, head_dim: Count, seed: Seed = 0)
     the pair that rotates at the same frequency, so every old score is kept.
 
     Raises:
-        PassError: ``node`` is no attention, ``head_dim`` is not larger than now, or
-            (rotary) not a multiple of it.
+        PassError: ``node`` is no attention, ``head_dim`` is not larger than now,
+            (rotary) not a multiple of it, or the attention normalises its queries and
+            keys per head (``qk_norm_eps``).
     """
     n = node_of_kind(graph, node, head_ops(), "grow_head_dim")
     hd = current_head_dim(n.attrs, graph.input_types(n))
     head_dim = _larger(head_dim, hd, "head_dim", node)
+    if getattr(n.attrs, "qk_norm_eps", None) is not None:
+        raise PassError(
+            f"attention '{node}' RMS-normalises every head's keys over its head_dim entries: "
+            "a new key dim enters that norm and changes the old keys unless it is zero, and "
+            "new query and key dims that are both zero never get a gradient",
+            node=node,
+            field="head_dim",
+            expected="an attention without qk_norm_eps (add_heads grows this one exactly)",
+            found=f"qk_norm_eps {n.attrs.qk_norm_eps}",
+        )
     dims = _same_dims(hd, head_dim)
     if getattr(n.attrs, "rope_theta", None) is not None:
         if head_dim % hd:

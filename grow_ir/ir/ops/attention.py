@@ -1,6 +1,7 @@
 """Multi-head self-attention (``torch.nn.MultiheadAttention``, batch first), with the
 variants real transformers use: grouped-query attention (``num_kv_heads``), rotary position
-embedding (``rope_theta``) and a key padding mask (a second input).
+embedding (``rope_theta``), per-head RMS normalisation of the queries and keys
+(``qk_norm_eps``, Qwen3's ``q_norm``/``k_norm``) and a key padding mask (a second input).
 
 Rotary embedding is an attribute rather than an op of its own: it rotates the queries and
 keys, which exist only inside this op (its in-projection makes them), so an op of its own
@@ -50,12 +51,19 @@ class AttentionAttrs(Attrs):
     second input ``[N, L]`` (int64 or float) is a key padding mask: keys where it is 0 get
     the dtype's lowest finite value added before the softmax (Hugging Face's
     ``attention_mask``: 1 = attend; a kept key's weight is then exactly 0, as with -inf,
-    and a query whose keys are all padded averages them instead of giving NaN)."""
+    and a query whose keys are all padded averages them instead of giving NaN).
+
+    ``qk_norm_eps`` RMS-normalises every head's query and every head's key over its
+    ``head_dim`` entries with this ``eps``, each scaled by a learned ``[head_dim]`` weight
+    shared by all heads (``q_norm.weight``, ``k_norm.weight``: torch.nn.RMSNorm, as
+    Qwen3's ``q_norm`` and ``k_norm``), after the in-projection and before the rotary
+    embedding."""
 
     num_heads: PositiveInt
     head_dim: PositiveInt | None = None
     num_kv_heads: PositiveInt | None = None
     rope_theta: PositiveFloat | None = None
+    qk_norm_eps: PositiveFloat | None = None
     bias: bool = True
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     causal: bool = False
@@ -129,6 +137,10 @@ def _attention_params(a: AttentionAttrs, ins: Sequence[TensorType]) -> dict[str,
     specs["out_proj.weight"] = ParamSpec((e, inner), dt)
     if a.bias:
         specs["out_proj.bias"] = ParamSpec((e,), dt)
+    if a.qk_norm_eps is not None:
+        hd = head_dim(a, ins)
+        specs["q_norm.weight"] = ParamSpec((hd,), dt)
+        specs["k_norm.weight"] = ParamSpec((hd,), dt)
     return specs
 
 
@@ -153,6 +165,9 @@ def _attention_init(a: AttentionAttrs, ins: Sequence[TensorType], gen: torch.Gen
     out["out_proj.weight"] = out_proj["weight"]
     if a.bias:
         out["out_proj.bias"] = torch.zeros_like(out_proj["bias"])
+    for norm in ("q_norm.weight", "k_norm.weight"):  # nn.RMSNorm: ones, nothing drawn
+        if norm in specs:
+            out[norm] = torch.ones_like(empty(specs[norm]))
     return out
 
 
@@ -172,7 +187,7 @@ ATTENTION = register(
             pin=lambda a, ins: {"head_dim": head_dim(a, ins)},
         ),
         doc="torch.nn.MultiheadAttention self-attention, batch first; causal, grouped-query, "
-        "rotary, key padding mask",
+        "rotary, per-head query/key RMS norm, key padding mask",
         facts=OpFacts(
             width_attr=None,
             zero_to_zero=No("its projection biases make a zero input nonzero"),
