@@ -9,8 +9,9 @@ defaults) and ResNet-18 (basic blocks, 2-2-2-2), torchvision's own ResNet-50,
 MobileNetV2, MobileNetV3-Small and EfficientNet-B0 (their default constructors, loaded by
 tests/torchvision_models.py without torchvision's C extension), all on ``[1, 3, 112,
 112]`` images, torchvision's VisionTransformer (4 layers × 128 wide, 16×16 patches of
-the same images), GPT-2 (2 layers, 128 wide) and Qwen3 (2 layers, 128 wide, 4 heads of
-64 with per-head q/k norms). A model grow-ir refuses is reported with
+the same images), GPT-2 (2 layers, 128 wide), Qwen3 (2 layers, 128 wide, 4 heads of 64
+with per-head q/k norms) and Phi-3 (2 layers, 128 wide, fused q/k/v and gate/up
+projections). A model grow-ir refuses is reported with
 the number of constructs it lacks. Import is timed in interleaved rounds after one
 warm-up: ``torch.export.export`` alone, ``from_torch(check=False)`` and ``from_torch()``
 (which also lowers the graph and compares it with the module). Inference: both ONNX files
@@ -86,6 +87,24 @@ def qwen3() -> torch.nn.Module:
     return transformers.Qwen3ForCausalLM(config)
 
 
+def phi3() -> torch.nn.Module:
+    """Phi-3, small: 2 layers × 128 wide, 4 query heads of 32, 2 key/value heads, q, k
+    and v sliced from one fused projection, the MLP's gate and up from another."""
+    config = transformers.Phi3Config(
+        vocab_size=1000,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
+        use_cache=False,
+    )
+    return transformers.Phi3ForCausalLM(config)
+
+
 def vit() -> torch.nn.Module:
     """torchvision's VisionTransformer, small: 112×112 images, 16×16 patches, 4 layers ×
     128 wide, 4 heads (vit_b_16's structure at a benchmark's size)."""
@@ -105,6 +124,7 @@ MODELS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[], torch.Tensor
     "torchvision vit": (vit, lambda: torch.randn(2, 3, 112, 112)),
     "gpt2": (gpt2, lambda: torch.randint(0, 100, (1, 32))),
     "qwen3": (qwen3, lambda: torch.randint(0, 1000, (1, 32))),
+    "phi3": (phi3, lambda: torch.randint(0, 1000, (1, 32))),
 }
 
 
