@@ -332,6 +332,9 @@ def _seq_layer(draw: st.DrawFn, b: SpecBuilder, x: str, width: int) -> tuple[str
             extra["num_kv_heads"] = kv  # grouped-query
         if (width // heads) % 2 == 0 and draw(st.booleans()):
             extra["rope_theta"] = draw(st.sampled_from([100.0, 10000.0]))
+            partial = list(range(2, width // heads, 2))  # rotate only some entries
+            if partial and draw(st.booleans()):
+                extra["rotary_dim"] = draw(st.sampled_from(partial))
         h = b.add(
             "attention",
             h,
@@ -343,6 +346,7 @@ def _seq_layer(draw: st.DrawFn, b: SpecBuilder, x: str, width: int) -> tuple[str
                     head_dim=None,  # the shape-bearing ones are planned above
                     num_kv_heads=extra.get("num_kv_heads"),
                     rope_theta=extra.get("rope_theta"),
+                    rotary_dim=extra.get("rotary_dim"),
                 )
             ),
         )
@@ -997,7 +1001,8 @@ def _grow_head_dim(graph: Graph) -> st.SearchStrategy[dict[str, Any]] | None:
     def args(n: str) -> st.SearchStrategy[dict[str, Any]]:
         node = graph.node(n)
         hd = node.attrs.head_dim or graph.types[n].shape[-1] // node.attrs.num_heads
-        if node.attrs.rope_theta is not None:  # rotary: multiples keep every pair
+        if node.attrs.rope_theta is not None and node.attrs.rotary_dim is None:
+            # rotary over the whole head: multiples keep every pair
             sizes = st.integers(2, 3).map(lambda k: k * hd)
         else:
             sizes = st.integers(hd + 1, 2 * hd + 1)

@@ -110,6 +110,23 @@ def phi3(tied: bool = False, layers: int = 2) -> transformers.Phi3ForCausalLM:
     return randomized_hf(transformers.Phi3ForCausalLM(config))
 
 
+def gpt_neox(layers: int = 2) -> transformers.GPTNeoXForCausalLM:
+    """A tiny GPT-NeoX (Pythia's layout): q, k and v interleaved per head in one
+    ``query_key_value``, rotary on half of each head, attention and MLP in parallel."""
+    config = transformers.GPTNeoXConfig(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        rotary_pct=0.5,
+        use_cache=False,
+        attn_implementation="eager",
+    )
+    return randomized_hf(transformers.GPTNeoXForCausalLM(config))
+
+
 def bert(layers: int = 2) -> transformers.BertModel:
     """A tiny BERT encoder (post-norm blocks, exact GELU, an attention mask input)."""
     config = transformers.BertConfig(

@@ -1,11 +1,12 @@
-"""Attention's grouped-query, rotary, query/key-norm and key-padding-mask variants against
-Hugging Face's own attention code (transformers' Llama functions and Qwen3's RMSNorm,
-written by nobody here) and onnxruntime."""
+"""Attention's grouped-query, rotary (whole and partial), query/key-norm and
+key-padding-mask variants against Hugging Face's own attention code (transformers' Llama
+and GPT-NeoX functions and Qwen3's RMSNorm, written by nobody here) and onnxruntime."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from transformers.models.gpt_neox import modeling_gpt_neox as neox
 from transformers.models.llama import modeling_llama as hf
 from transformers.models.qwen3 import modeling_qwen3 as qwen3
 
@@ -47,13 +48,24 @@ def hf_reference(
             norm = qwen3.Qwen3RMSNorm(hd, eps=a.qk_norm_eps)
             norm.weight.data = graph.params[f"attn.{which}_norm.weight"]
             q, k = (norm(q), k) if which == "q" else (q, norm(k))
-    if a.rope_theta is not None:
+    if a.rope_theta is not None and a.rotary_dim is None:
         config = hf.LlamaConfig(
             hidden_size=heads * hd, num_attention_heads=heads, rope_theta=a.rope_theta
         )
         rope = hf.LlamaRotaryEmbedding(config)
         cos, sin = rope(x, torch.arange(length)[None].expand(n, -1))
         q, k = hf.apply_rotary_pos_emb(q, k, cos, sin)
+    elif a.rope_theta is not None:  # partial: GPT-NeoX's rotary_pct
+        config = neox.GPTNeoXConfig(
+            hidden_size=heads * hd,
+            num_attention_heads=heads,
+            rotary_pct=a.rotary_dim / hd,
+            rotary_emb_base=a.rope_theta,
+        )
+        rope = neox.GPTNeoXRotaryEmbedding(config)
+        cos, sin = rope(x, torch.arange(length)[None].expand(n, -1))
+        assert cos.shape[-1] == a.rotary_dim
+        q, k = neox.apply_rotary_pos_emb(q, k, cos, sin)
     k, v = hf.repeat_kv(k, heads // kv), hf.repeat_kv(v, heads // kv)
     scores = q @ k.transpose(2, 3) / hd**0.5
     if causal:
@@ -74,6 +86,8 @@ VARIANTS = [
     dict(num_heads=4, num_kv_heads=2, rope_theta=500.0, causal=True, bias=False),
     dict(num_heads=2, head_dim=6, num_kv_heads=1, rope_theta=100.0),
     dict(num_heads=2, qk_norm_eps=1e-6),
+    dict(num_heads=2, rope_theta=10000.0, rotary_dim=4),
+    dict(num_heads=4, num_kv_heads=2, rope_theta=100.0, rotary_dim=2, qk_norm_eps=1e-5),
     dict(num_heads=4, num_kv_heads=2, rope_theta=1e6, qk_norm_eps=1e-6, causal=True, bias=False),
 ]
 
@@ -123,6 +137,9 @@ def test_a_float_mask_and_a_causal_mask_combine() -> None:
     [
         (dict(num_heads=4, num_kv_heads=3), {}, "num_kv_heads"),
         (dict(num_heads=2, head_dim=3, rope_theta=10.0), {}, "rope_theta"),
+        (dict(num_heads=2, rope_theta=10.0, rotary_dim=3), {}, "rotary_dim"),
+        (dict(num_heads=2, rope_theta=10.0, rotary_dim=6), {}, "rotary_dim"),
+        (dict(num_heads=2, rotary_dim=2), {}, "rotary_dim"),
         (dict(num_heads=2), {"mask": TensorType(("batch", 7), "int64")}, "inputs"),
     ],
 )

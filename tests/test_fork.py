@@ -276,3 +276,36 @@ def test_refuses_a_bad_rank(net: Graph) -> None:
 
 def test_refuses_names_that_are_not_a_list(net: Graph) -> None:
     refuse(net, "expected a node name or a list of node names", task="t2", base="t1", new=3)
+
+
+@pytest.mark.parametrize(
+    ("pass_name", "kwargs"),
+    [
+        ("add_heads", {"heads": 4}),
+        ("grow_head_dim", {"head_dim": 6}),
+        ("prune_heads", {"keep": 1}),
+    ],
+)
+def test_the_head_passes_refuse_an_attention_another_task_shares(
+    pass_name: str, kwargs: dict
+) -> None:
+    """After ``fork_task`` the new task's copy of an attention reads the old one's
+    parameters: changing its heads would change the other task, and would leave the
+    copy's attributes unlike its owner's (an invalid graph). Both are refused, naming the
+    other node; the graph is unchanged."""
+    spec = {
+        "version": 1,
+        "inputs": {"x": {"shape": ["batch", "seq", 8]}},
+        "nodes": [
+            {"name": "inp", "op": "linear", "inputs": ["x"], "out_features": 8},
+            {"name": "attn", "op": "attention", "num_heads": 2},
+            {"name": "head", "op": "linear", "out_features": 3},
+        ],
+        "outputs": {"y": "head"},
+    }
+    forked = passes.fork_task(load_spec(spec), task="t2", base="y", adapt=["inp"])
+    assert forked.node("t2.attn").share == "attn"
+    for node, other in (("attn", "t2.attn"), ("t2.attn", "attn")):
+        with pytest.raises(PassError, match=f"shares its parameters with '{other}'") as err:
+            passes.get_pass(pass_name).run(forked, node=node, **kwargs)
+        assert err.value.node == node and err.value.field == "node"

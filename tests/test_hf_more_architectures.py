@@ -4,7 +4,8 @@ downloaded, each config's defaults otherwise: the key/value cache on, SDPA atten
 Qwen2 (q/k/v biases, grouped-query rotary attention), Qwen3 (Qwen2 without the biases,
 with per-head RMS norms of q and k, and heads wider together than the model), Phi-3
 (q, k and v sliced from one fused ``qkv_proj``, the MLP's ``gate_up_proj`` chunked in
-two), Mistral
+two), GPT-NeoX (Pythia's layout: q, k and v interleaved per head in one projection,
+rotary on part of each head, parallel attention and MLP), Mistral
 (Llama's layout under another name) and DistilBERT (post-norm, learned positions, no
 token types). Each
 computes what Hugging Face computes on other tokens and batch sizes, and grows exactly
@@ -48,6 +49,11 @@ MAKERS: dict[str, Callable[[], nn.Module]] = {
     "phi3": lambda: transformers.Phi3ForCausalLM(
         transformers.Phi3Config(**DECODER, pad_token_id=0, eos_token_id=1, bos_token_id=1)
     ),
+    "gpt_neox": lambda: transformers.GPTNeoXForCausalLM(
+        transformers.GPTNeoXConfig(
+            **{k: v for k, v in DECODER.items() if k != "num_key_value_heads"}, rotary_pct=0.5
+        )
+    ),
     "mistral": lambda: transformers.MistralForCausalLM(
         transformers.MistralConfig(**DECODER, sliding_window=None)
     ),
@@ -89,6 +95,10 @@ GROWTH = [
     ("phi3", "widen", {"node": "model.embed_tokens", "width": 64, "init": "net2net"}),
     ("phi3", "add_heads", {"node": "model.layers.1.self_attn", "heads": 6}),
     ("phi3", "insert_block", {"stage": "model.layers"}),
+    ("gpt_neox", "widen", {"node": "gpt_neox.embed_in", "width": 64, "init": "net2net"}),
+    ("gpt_neox", "add_heads", {"node": "gpt_neox.layers.0.attention", "heads": 6}),
+    ("gpt_neox", "grow_head_dim", {"node": "gpt_neox.layers.1.attention", "head_dim": 11}),
+    ("gpt_neox", "insert_block", {"stage": "gpt_neox.layers"}),
     ("mistral", "grow_kv_heads", {"node": "model.layers.1.self_attn", "kv_heads": 4}),
     ("mistral", "insert_block", {"stage": "model.layers"}),
     ("distilbert", "widen", {"node": "transformer.layer.0.ffn.lin1", "width": 80}),
@@ -117,6 +127,19 @@ def test_qwen3s_query_and_key_norms_are_one_attention_node_and_refuse_wider_head
     with pytest.raises(PassError) as err:
         get_pass("grow_head_dim").run(graph, node=attn.name, head_dim=32)
     assert err.value.field == "head_dim" and "qk_norm_eps" in str(err.value)
+
+
+def test_gpt_neox_rotates_part_of_each_head_and_its_interleaved_rows_are_reordered() -> None:
+    """Its rotary tables cover half of each head (``rotary_dim``), and the in-projection
+    is ``query_key_value``'s rows reordered from per-head ``[q_h; k_h; v_h]`` to ``[q; k;
+    v]`` (a copy, bitwise)."""
+    graph, model = GRAPHS["gpt_neox"], MODELS["gpt_neox"]
+    attn = graph.node("gpt_neox.layers.0.attention")
+    assert attn.attrs.rotary_dim == 4 and attn.attrs.rope_theta == 10000.0
+    fused = model.gpt_neox.layers[0].attention.query_key_value.weight.detach()
+    per_head = fused.reshape(4, 3, 8, 32)  # [head, q/k/v, dim, in]
+    want = per_head.permute(1, 0, 2, 3).reshape(96, 32)
+    assert torch.equal(graph.params["gpt_neox.layers.0.attention.in_proj_weight"], want)
 
 
 def test_a_block_inserted_into_a_post_norm_encoder_is_reported_as_not_preserving() -> None:

@@ -1,6 +1,7 @@
 """Hugging Face GPT-2 (tied), Llama (tied and untied; grouped-query rotary attention,
 RMSNorm), Qwen3 (Llama's layout with per-head RMS norms of q and k), Phi-3 (q, k, v and
-the MLP's gate and up sliced from fused projections) and BERT (post-norm,
+the MLP's gate and up sliced from fused projections), GPT-NeoX (q, k, v interleaved per
+head, partial rotary, parallel blocks) and BERT (post-norm,
 key padding mask, token types) exported with
 ``torch.onnx.export(..., dynamo=True)`` and imported with ``from_onnx``: the files'
 written-out attention, GELU and RMSNorm become grow-ir's ops (found by value, see
@@ -60,6 +61,8 @@ MAKERS: dict[str, Callable[[], nn.Module]] = {
     "llama-tied-dynamic": lambda: _model(lambda: hf.llama(True), "sdpa"),
     "qwen3-dynamic": lambda: _model(hf.qwen3, "sdpa"),
     "phi3-dynamic": lambda: _model(hf.phi3, "sdpa"),
+    "neox-eager": lambda: _model(hf.gpt_neox, "eager"),
+    "neox-dynamic": lambda: _model(hf.gpt_neox, "sdpa"),
     "bert-dynamic": lambda: _model(hf.bert, "sdpa"),
 }
 """``-dynamic``: exported with ``dynamic_shapes`` (batch and sequence length symbolic)."""
@@ -68,6 +71,7 @@ STREAM = {
     "llama": "model.embed_tokens",
     "qwen3": "model.embed_tokens",
     "phi3": "model.embed_tokens",
+    "neox": "gpt_neox.embed_in",
     "bert": "embeddings.word_embeddings",
 }
 WIDENED = {**STREAM, "bert": "encoder.layer.1.intermediate.dense"}
@@ -78,6 +82,7 @@ ATTENTION = {
     "llama": "model.layers.{}.self_attn",
     "qwen3": "model.layers.{}.self_attn",
     "phi3": "model.layers.{}.self_attn",
+    "neox": "gpt_neox.layers.{}.attention",
     "bert": "encoder.layer.{}.attention.self",
 }
 
@@ -168,6 +173,8 @@ def test_the_written_out_layers_become_grow_ir_ops(name: str) -> None:
     if family(name) == "qwen3":  # q_norm and k_norm are the attention's, not rmsnorm nodes
         assert attn["head_dim"] == 16 and attn["qk_norm_eps"] == 1e-6
         assert ops.count("rmsnorm") == 5  # two per block, the final norm
+    if family(name) == "neox":  # rotary on half of each head of 8
+        assert attn["rotary_dim"] == 4 and attn["rope_theta"] == 10000.0 and attn["causal"]
     if family(name) == "bert":
         assert graph.node(ATTENTION["bert"].format(0)).attrs.causal is False
         assert list(graph.node(ATTENTION["bert"].format(0)).inputs)[1] == "attention_mask"
@@ -242,6 +249,7 @@ def test_widening_the_model_2x_is_exact(name: str) -> None:
         "llama-tied-dynamic",
         "llama-untied-eager",
         "qwen3-dynamic",
+        "neox-dynamic",
         "bert-dynamic",
     ],
 )
@@ -260,6 +268,7 @@ STAGE = {
     "llama": "model.layers",
     "qwen3": "model.layers",
     "phi3": "model.layers",
+    "neox": "gpt_neox.layers",
 }
 """The ``nn.ModuleList`` of each decoder's blocks, read from the file's module scopes."""
 
@@ -274,6 +283,7 @@ STAGE = {
         "llama-tied-dynamic",
         "qwen3-eager",
         "phi3-dynamic",
+        "neox-eager",
     ],
 )
 @pytest.mark.parametrize("grow", ["insert_block", "stack_blocks"])

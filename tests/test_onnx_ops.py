@@ -128,6 +128,16 @@ CASES: list[Case] = [
     case("attention-mqa-nobias", SEQ, "attention", num_heads=4, num_kv_heads=1, bias=False),
     case("attention-qk-norm", SEQ, "attention", num_heads=2, qk_norm_eps=1e-6),
     case(
+        "attention-partial-rotary",
+        SEQ,
+        "attention",
+        num_heads=2,
+        head_dim=8,
+        rope_theta=10000.0,
+        rotary_dim=4,
+        causal=True,
+    ),
+    case(
         "attention-qwen3",
         SEQ,
         "attention",

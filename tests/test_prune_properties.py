@@ -69,7 +69,7 @@ def check_prune(before: Graph, args: dict, result: PassResult) -> float:
 def test_random_prune_and_widen_sequences(same_graph: SameGraph) -> None:
     tally: Counter[str] = Counter()
 
-    @settings(SETTINGS, max_examples=40)
+    @settings(SETTINGS, max_examples=80)
     @given(graph=graphs(), data=st.data())
     def run(graph: Graph, data: st.DataObject) -> None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -270,7 +270,7 @@ def test_broken_results_get_the_full_verdict(families: tuple[str, ...]) -> None:
     check's error, and a proof is found only for a valid graph."""
     proofs: Counter[str] = Counter()
 
-    @settings(SETTINGS, max_examples=150)
+    @settings(SETTINGS, max_examples=250)
     @given(graph=graphs(families), data=st.data())
     def run(graph: Graph, data: st.DataObject) -> None:
         verify(graph).param_totals  # noqa: B018  (known, so that results add to it)

@@ -27,6 +27,7 @@ from grow_ir.backends.onnx_emit import ONNX_DTYPES, Emitter
 from grow_ir.ir.graph import Node
 from grow_ir.ir.ops.attention import head_dim as attention_head_dim
 from grow_ir.ir.ops.attention import kv_heads as attention_kv_heads
+from grow_ir.ir.ops.attention import rotary_dim as attention_rotary_dim
 from grow_ir.ir.ops.dense import conv_geometry, spatial
 from grow_ir.ir.ops.elementwise import averaging_matrix, pool_geometry
 from grow_ir.ir.ops.shape import pad_pairs, permutation
@@ -333,8 +334,9 @@ def _heads_grouped(
         q = _rms(e, n, q, e.param(n, "q_norm.weight"), eps, dt, "q_")
         k = _rms(e, n, k, e.param(n, "k_norm.weight"), eps, dt, "k_")
     if n.attrs.rope_theta is not None:
-        cos, sin = _rotary_tables(e, n, length, head_dim, n.attrs.rope_theta)
-        q, k = (_rotate(e, n, t, cos, sin, what, head_dim) for t, what in ((q, "q"), (k, "k")))
+        rotary = attention_rotary_dim(n.attrs, [e.graph.types[n.inputs[0]]])
+        cos, sin = _rotary_tables(e, n, length, rotary, n.attrs.rope_theta)
+        q, k = (_partial(e, n, t, cos, sin, w, rotary, head_dim) for t, w in ((q, "q"), (k, "k")))
     k_t = e.add("Transpose", [k], _sub(n, "k_t"), perm=[0, 1, 2, 4, 3])
     masks = [mask] if mask is not None else []
     if key_mask:
@@ -395,6 +397,28 @@ def _rotate(e: Emitter, n: Node, t: str, cos: str, sin: str, what: str, head_dim
     a = e.add("Mul", [t, cos], _sub(n, f"{what}_cos"))
     b = e.add("Mul", [rotated, sin], _sub(n, f"{what}_sin"))
     return e.add("Add", [a, b], _sub(n, f"{what}_rope"))
+
+
+def _partial(
+    e: Emitter, n: Node, t: str, cos: str, sin: str, what: str, rotary: int, head_dim: int
+) -> str:
+    """:func:`_rotate` of the first ``rotary`` entries of the last axis of ``t`` (of
+    ``head_dim``), the others passed unchanged."""
+    if rotary == head_dim:
+        return _rotate(e, n, t, cos, sin, what, rotary)
+    sizes = e.once(
+        ("rotary_parts", n.name),
+        lambda: e.const(_sub(n, "rotary_parts"), [rotary, head_dim - rotary]),
+    )
+    head, rest = e.add_multi(
+        "Split",
+        [t, sizes],
+        [_sub(n, f"{what}_rotary"), _sub(n, f"{what}_pass")],
+        name=_sub(n, f"{what}_parts"),
+        axis=-1,
+    )
+    rotated = _rotate(e, n, head, cos, sin, what, rotary)
+    return e.add("Concat", [rotated, rest], _sub(n, f"{what}_partial_rope"), axis=-1)
 
 
 def _key_padding_mask(e: Emitter, n: Node, mask: str) -> str:

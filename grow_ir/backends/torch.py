@@ -158,6 +158,7 @@ MODULES: dict[str, ModuleFactory] = {
         head_dim=a.head_dim,
         num_kv_heads=a.num_kv_heads,
         rope_theta=a.rope_theta,
+        rotary_dim=a.rotary_dim,
         qk_norm_eps=a.qk_norm_eps,
         device="meta",
         dtype=ins[0].torch_dtype,

@@ -44,6 +44,16 @@ def rotary_tables(
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+def rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``t·cos + rotate_half(t)·sin`` over the first ``cos.shape[-1]`` entries of the last
+    axis of ``t``, the rest passed unchanged (partial rotary, as GPT-NeoX computes it)."""
+    r = cos.shape[-1]
+    if r == t.shape[-1]:
+        return t * cos + rotate_half(t) * sin
+    head, rest = t[..., :r], t[..., r:]
+    return torch.cat((head * cos + rotate_half(head) * sin, rest), dim=-1)
+
+
 def key_padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """0 where ``mask`` is nonzero (attend), the lowest finite value of ``dtype`` where it
     is 0, to add to the scores. The lowest finite value rather than -inf, as Hugging Face
@@ -70,10 +80,10 @@ class SelfAttention(nn.Module):
     Beyond it: ``num_kv_heads`` key/value heads (grouped-query attention, the in-projection
     rows ``[q; k; v]`` with k and v ``num_kv_heads × head_dim`` each, SDPA's
     ``enable_gqa``), rotary embedding of q and k when ``rope_theta`` is set
-    (:func:`rotary_tables`), per-head RMS norms of q and k when ``qk_norm_eps`` is set
-    (``q_norm`` and ``k_norm``, ``nn.RMSNorm(head_dim)`` each, before the rotary
-    embedding, as Qwen3's attention), and a key padding mask ``[N, L]`` as a second
-    argument (nonzero = attend).
+    (:func:`rotary_tables`, of the first ``rotary_dim`` entries of each head), per-head
+    RMS norms of q and k when ``qk_norm_eps`` is set (``q_norm`` and ``k_norm``,
+    ``nn.RMSNorm(head_dim)`` each, before the rotary embedding, as Qwen3's attention),
+    and a key padding mask ``[N, L]`` as a second argument (nonzero = attend).
     """
 
     def __init__(
@@ -87,6 +97,7 @@ class SelfAttention(nn.Module):
         head_dim: int | None = None,
         num_kv_heads: int | None = None,
         rope_theta: float | None = None,
+        rotary_dim: int | None = None,
         qk_norm_eps: float | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
@@ -100,6 +111,7 @@ class SelfAttention(nn.Module):
         self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         self.head_dim = embed_dim // num_heads if head_dim is None else head_dim
         self.rope_theta = rope_theta
+        self.rotary_dim = self.head_dim if rotary_dim is None else rotary_dim
         inner = num_heads * self.head_dim
         rows = inner + 2 * self.num_kv_heads * self.head_dim
         self.dropout = dropout
@@ -139,9 +151,8 @@ class SelfAttention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope_theta is not None:
-            cos, sin = rotary_tables(length, self.head_dim, self.rope_theta, x.device, q.dtype)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            cos, sin = rotary_tables(length, self.rotary_dim, self.rope_theta, x.device, q.dtype)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         attn_mask = None
         causal = self.causal
         if mask is not None:
@@ -165,6 +176,7 @@ class SelfAttention(nn.Module):
     def extra_repr(self) -> str:
         extra = f", num_kv_heads={self.num_kv_heads}" if self.num_kv_heads != self.num_heads else ""
         extra += f", rope_theta={self.rope_theta}" if self.rope_theta is not None else ""
+        extra += f", rotary_dim={self.rotary_dim}" if self.rotary_dim != self.head_dim else ""
         return (
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
             f"dropout={self.dropout}, causal={self.causal}{extra}"

@@ -26,6 +26,12 @@ class Linear(Protocol):
     def bias(self) -> torch.Tensor | None: ...
 
 
+Rows = slice | tuple[int, ...]
+"""The rows of a projection a side reads, in head-major order (head ``h``'s dim ``j`` at
+``h * head_dim + j``): a range of them, or each one (GPT-NeoX's q, k, v interleaved per
+head in one projection)."""
+
+
 class Side(Protocol):
     """q, k or v traced back: its projection, the projection's rows it reads, the rotary
     tables met on the way (empty without rotary), the one-axis weights it is multiplied
@@ -34,7 +40,7 @@ class Side(Protocol):
     @property
     def proj(self) -> Linear: ...
     @property
-    def rows(self) -> slice: ...
+    def rows(self) -> Rows: ...
     @property
     def tables(self) -> tuple[Any, ...]: ...
     @property
@@ -85,7 +91,7 @@ def attention_node(
     if kv_heads != heads:
         attrs["num_kv_heads"] = kv_heads
     params = {
-        "in_proj_weight": torch.cat([s.proj.weight[s.rows] for s in sides.values()]),
+        "in_proj_weight": torch.cat([s.proj.weight[row_index(s.rows)] for s in sides.values()]),
         "out_proj.weight": out_proj.weight.detach().clone(),
     }
     if has_bias:
@@ -121,10 +127,20 @@ def qk_norm(sides: Mapping[str, Side], dim: int) -> tuple[dict[str, Any], dict[s
 
 
 def _rows(sides: Mapping[str, Side]) -> dict[str, int]:
-    return {r: s.rows.stop - s.rows.start for r, s in sides.items()}
+    return {r: count(s.rows) for r, s in sides.items()}
 
 
-def _bias(proj: Linear, rows: slice) -> torch.Tensor:
+def count(rows: Rows) -> int:
+    """How many rows ``rows`` names."""
+    return rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+
+
+def _bias(proj: Linear, rows: Rows) -> torch.Tensor:
     if proj.bias is None:
-        return torch.zeros(rows.stop - rows.start, dtype=proj.weight.dtype)
-    return proj.bias[rows].detach().clone()
+        return torch.zeros(count(rows), dtype=proj.weight.dtype)
+    return proj.bias[row_index(rows)].detach().clone()
+
+
+def row_index(rows: Rows) -> slice | list[int]:
+    """``rows`` as an index of a tensor's or array's first axis."""
+    return rows if isinstance(rows, slice) else list(rows)

@@ -27,7 +27,14 @@ import numpy as np
 import onnx
 import torch
 
-from grow_ir.imports.attention_layout import attention_node, check_scale, check_sides, qk_norm
+from grow_ir.imports.attention_layout import (
+    Rows,
+    attention_node,
+    check_scale,
+    check_sides,
+    qk_norm,
+    row_index,
+)
 from grow_ir.imports.onnx_patterns import (
     Found,
     Model,
@@ -62,7 +69,7 @@ _ELEMENTWISE = frozenset({"Mul", "Add", "Neg", "Concat", "Div"})
 @dataclass(frozen=True)
 class _Side:
     proj: Projection
-    rows: slice
+    rows: Rows
     nodes: frozenset[int]
     tables: tuple[str, ...]
     norms: tuple[torch.Tensor, ...]
@@ -238,10 +245,11 @@ def _attention(model: Model, si: int) -> tuple[Region, list[dict[str, Any]]] | N
                 "(grow-ir's attention returns only its output)"
             )
     inputs = (x,) if pad is None else (x, pad)
-    thetas = [None]
+    tried = [attrs]
     if sides["q"].tables:
-        thetas = _thetas(model, sides["q"].tables + sides["k"].tables, dim)
-    tried = [attrs if theta is None else {**attrs, "rope_theta": theta} for theta in thetas]
+        thetas, rotary = _thetas(model, sides["q"].tables + sides["k"].tables, dim)
+        partial = {"rotary_dim": rotary} if rotary != dim else {}
+        tried = [{**attrs, "rope_theta": theta, **partial} for theta in thetas]
     name = region_name(model, {model.producer[found.out]}, out_proj.weight_init)
     return Region(name, frozenset(nodes), out, inputs, "attention", attrs, params), tried
 
@@ -259,7 +267,7 @@ def _scale(
     factors = {}
     for role, hit in stored.items():
         if hit is not None:
-            rows = hit[1][sides[role].rows]
+            rows = hit[1][row_index(sides[role].rows)]
             factors[role] = float(rows[0]) if bool((rows == rows[0]).all()) else None
     if stored["q"] is not None and None not in factors.values() and factors.get("v", 1.0) == 1.0:
         folded = factors.get("q", 1.0) * factors.get("k", 1.0)
@@ -309,7 +317,7 @@ def _nan_guard(model: Model, weights: str) -> tuple[int, int] | None:
     return isnan, by_op["Where"]
 
 
-def _rows(model: Model, value: str) -> tuple[Projection, slice, set[int]] | None:
+def _rows(model: Model, value: str) -> tuple[Projection, Rows, set[int]] | None:
     """A projection ending at ``value``, or one part of one split along its last axis,
     or one part split off (or picked by :func:`_picked_rows`) along another axis of a
     value the projection's output is laid out into."""
@@ -332,8 +340,8 @@ def _rows(model: Model, value: str) -> tuple[Projection, slice, set[int]] | None
         if axis % rank != len(model.shape(p.out)) - 1:
             return None
         return p, slice(start, start + sizes[index]), {model.producer[value]}
-    if axis % rank == rank - 1:  # the halves of a head (rotary), not parts of the heads
-        return None
+    if axis % rank == rank - 1:  # a head's halves (rotary), or parts of heads laid out
+        return _laid_out_rows(model, value)
     return _part_rows(
         model, split.input[0], start, sizes[index], sum(sizes), {model.producer[value]}
     )
@@ -357,6 +365,42 @@ def _sliced_rows(model: Model, value: str) -> tuple[Projection, slice, set[int]]
     if axis % rank != rank - 1 or step != 1 or not rows:
         return None
     return p, slice(rows.start, rows.stop), {model.producer[value]}
+
+
+_MOVES = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"})
+"""Layout ops that only move entries (replayed on indices by :func:`_laid_out_rows`)."""
+
+
+def _laid_out_rows(model: Model, value: str) -> tuple[Projection, Rows, set[int]] | None:
+    """The rows of a part ``value`` ``[N, H, L, D]`` that a ``Split`` takes off a
+    projection's output laid out by moves (:data:`_MOVES`; GPT-NeoX's per-head ``[q_h;
+    k_h; v_h]`` reshaped to ``[N, L, H, 3·D]``, moved and split), found by running those
+    moves on the rows' indices (at the sizes of the evaluation's first run): the row at
+    every head and dim must not depend on the batch or position."""
+    split = model.made_by(value, "Split")
+    assert split is not None
+    chain, source = [split], split.input[0]
+    while (p := projection_ending_at(model, source)) is None:
+        n = model.made_by(source, *_MOVES)
+        if n is None or model.only_user(source) is None:
+            return None
+        chain.append(n)
+        source = n.input[0]
+    index = np.broadcast_to(np.arange(int(p.weight.shape[0])), model.shape(source))
+    for n in reversed(chain):
+        if n.op_type == "Transpose":
+            perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
+            index = index.transpose(perm)
+        elif n.op_type == "Split":
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+            ends = np.cumsum([model.shape(o)[axis] for o in n.output])
+            index = np.split(index, ends[:-1], axis=axis)[list(n.output).index(value)]
+        else:  # moves nothing: the value's shape
+            index = index.reshape(model.shape(n.output[0]))
+    if index.ndim != 4 or not (index == index[:1, :, :1, :]).all():
+        return None
+    nodes = {model.producer[n.output[0]] for n in chain}
+    return p, tuple(int(r) for r in index[0, :, 0, :].reshape(-1)), nodes
 
 
 def _picked_rows(model: Model, value: str) -> tuple[Projection, slice, set[int]] | None:
@@ -399,7 +443,7 @@ def _trace_back(model: Model, start: str, role: str) -> _Side:
     stack, seen, nodes, tables = [start], set(), set(), []
     norms: list[torch.Tensor] = []
     added: list[float] = []
-    found: dict[frozenset[int], tuple[Projection, slice]] = {}
+    found: dict[frozenset[int], tuple[Projection, Rows]] = {}
     while stack:
         value = stack.pop()
         if value in seen:
@@ -517,14 +561,19 @@ def _table(model: Model, value: str) -> bool:
     return t.dim() >= 2 and t.is_floating_point()
 
 
-def _thetas(model: Model, tables: tuple[str, ...], dim: int) -> list[float]:
-    """Candidate rotary ``theta`` from the sine table (0 at position 0): at position 1 it
-    holds ``sin(theta^(-2i/dim))``; the attention's check decides."""
+def _thetas(model: Model, tables: tuple[str, ...], dim: int) -> tuple[list[float], int]:
+    """Candidate rotary ``theta`` from the sine table (0 at position 0), and how many
+    entries of a head it rotates (the table's width ``r``, ``dim`` or fewer): at position
+    1 it holds ``sin(theta^(-2i/r))``; the attention's check decides. Two rotated dims
+    turn at frequency 1 whatever ``theta`` is (Hugging Face's default then, 10000)."""
     for name in tables:
         t = model.evaluation.value(name).double()
         t = t.reshape(-1, t.shape[-2], t.shape[-1])[0]
-        if t.shape[0] > 1 and bool((t[0] == 0).all()) and dim >= 4:
+        rotary = int(t.shape[-1])
+        if t.shape[0] > 1 and bool((t[0] == 0).all()) and 2 <= rotary <= dim and rotary % 2 == 0:
+            if rotary == 2:
+                return [10000.0], rotary
             freq = float(torch.asin(t[1, 1]))
-            theta = freq ** (-dim / 2)
-            return [float(round(theta)), theta]
+            theta = freq ** (-rotary / 2)
+            return [float(round(theta)), theta], rotary
     raise Unsupported("rotates q and k with tables that have no sine table")

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from grow_ir.imports.attention_layout import attention_node, check_scale, check_sides, qk_norm
+from grow_ir.imports.attention_layout import (
+    Rows,
+    attention_node,
+    check_scale,
+    check_sides,
+    qk_norm,
+)
 from grow_ir.imports.torch_patterns import (
     ASSERTS,
     Found,
@@ -69,7 +75,7 @@ _NORM = frozenset(
 )
 """What a per-head RMS norm of q and k computes with (Qwen3's ``q_norm``, ``k_norm``)."""
 
-_SPLITS = frozenset({aten.split.Tensor, aten.split_with_sizes.default})
+_SPLITS = frozenset({aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default})
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class _Side:
     the parameters it is multiplied by and the scalars added to it (a norm's)."""
 
     proj: Projection
-    rows: slice
+    rows: Rows
     nodes: frozenset[str]
     tables: tuple[fx.Node, ...]
     norms: tuple[torch.Tensor, ...]
@@ -211,7 +217,10 @@ def _attention(program: Program, core: _Core) -> Region:
     norm_attrs, norm_params = qk_norm(sides, dim)
     attrs, params = {**attrs, **norm_attrs}, {**params, **norm_params}
     if sides["q"].tables:
-        attrs["rope_theta"] = rope_theta(program, sides["q"].tables + sides["k"].tables, dim)
+        theta, rotary = rope_theta(program, sides["q"].tables + sides["k"].tables, dim)
+        attrs["rope_theta"] = theta
+        if rotary != dim:
+            attrs["rotary_dim"] = rotary
     nodes = set(core.nodes) | out_nodes
     for s in sides.values():
         nodes |= s.nodes
@@ -236,16 +245,16 @@ def _trace_back(program: Program, start: fx.Node, role: str) -> _Side:
     stack, seen, nodes, tables = [start], set(), set(), []
     norms: list[torch.Tensor] = []
     added: list[float] = []
-    found: list[tuple[Projection, slice]] = []
+    found: list[tuple[Projection, Rows]] = []
     while stack:
         n = stack.pop()
         if n.name in seen:
             continue
         seen.add(n.name)
-        proj = _projection_rows(program, n)
-        if proj is not None:
-            found.append(proj)
-            nodes |= proj[0].nodes | {n.name} | _split_nodes(n)
+        hit = _projection_rows(program, n)
+        if hit is not None:
+            found.append(hit[:2])
+            nodes |= hit[0].nodes | hit[2]
             continue
         if ev.constant(n):
             tables.append(n)
@@ -264,24 +273,25 @@ def _trace_back(program: Program, start: fx.Node, role: str) -> _Side:
             elif n.target is aten.mul.Tensor and (t := program.tensor(a)) is not None:
                 norms.append(t)
     projections = {p.nodes for p, _ in found}  # one projection reached along several paths
-    if len(found) == 0 or len(projections) != 1 or len({(r.start, r.stop) for _, r in found}) != 1:
+    if len(found) == 0 or len(projections) != 1 or len({_key(r) for _, r in found}) != 1:
         raise Unsupported(f"reaches {len(found)} projections from its {role} (grow-ir: one)")
     proj, rows = found[0]
     return _Side(proj, rows, frozenset(nodes), tuple(tables), tuple(norms), tuple(added))
 
 
-def _split_nodes(n: fx.Node) -> set[str]:
-    if n.target is not operator.getitem:
-        return set()
-    return {n.args[0].name}
+def _key(rows: Rows) -> object:
+    return (rows.start, rows.stop) if isinstance(rows, slice) else rows
 
 
-def _projection_rows(program: Program, n: fx.Node) -> tuple[Projection, slice] | None:
+def _projection_rows(program: Program, n: fx.Node) -> tuple[Projection, Rows, set[str]] | None:
     """A projection, or one part of a projection split or sliced along its last axis
-    (GPT-2's ``c_attn`` output split into q, k and v, Phi-3's ``qkv_proj`` sliced)."""
+    (GPT-2's ``c_attn`` output split into q, k and v, Phi-3's ``qkv_proj`` sliced), or one
+    part split off the heads' layout of a projection (GPT-NeoX's ``[N, H, L, 3·D]``
+    chunked into q, k and v): with the rows it reads and the nodes from the projection
+    to ``n``."""
     proj = linear_projection(program, n)
     if proj is not None:
-        return proj, slice(0, int(proj.weight.shape[0]))
+        return proj, slice(0, int(proj.weight.shape[0])), {n.name}
     if n.target is aten.slice.Tensor:
         proj = linear_projection(program, n.args[0])
         rank = n.args[0].meta["val"].dim()
@@ -294,22 +304,66 @@ def _projection_rows(program: Program, n: fx.Node) -> tuple[Projection, slice] |
         rows = range(total)[slice(start, end, step)]
         if step != 1 or not rows:
             return None
-        return proj, slice(rows.start, rows.stop)
+        return proj, slice(rows.start, rows.stop), {n.name}
     if n.target is not operator.getitem or n.args[0].target not in _SPLITS:
         return None
     split, index = n.args[0], int(n.args[1])
     source = split.args[0]
     proj = linear_projection(program, source)
+    if proj is None:
+        return _laid_out_rows(program, n)
     rank = source.meta["val"].dim()
-    if proj is None or int(arg(split, 2, "dim", 0)) % rank != rank - 1:
+    if int(arg(split, 2, "dim", 0)) % rank != rank - 1:
         return None
     total = int(proj.weight.shape[0])
     size = split.args[1]
+    if split.target is aten.chunk.default:  # chunks of ceil(total / count)
+        size = -(-total // int(size))
     sizes = [int(s) for s in size] if isinstance(size, (list, tuple)) else None
     if sizes is None:
         sizes = [min(int(size), total - i) for i in range(0, total, int(size))]
     start = sum(sizes[:index])
-    return proj, slice(start, start + sizes[index])
+    return proj, slice(start, start + sizes[index]), {n.name, split.name}
+
+
+_MOVES = frozenset(
+    {
+        aten.view.default,
+        aten.reshape.default,
+        aten._unsafe_view.default,
+        aten.transpose.int,
+        aten.permute.default,
+        aten.contiguous.default,
+        aten.clone.default,
+        aten.alias.default,
+    }
+)
+"""Head layout ops that only move entries (replayed on indices by :func:`_laid_out_rows`)."""
+
+
+def _laid_out_rows(program: Program, n: fx.Node) -> tuple[Projection, Rows, set[str]] | None:
+    """The rows of a part ``n`` ``[N, H, L, D]`` split off a projection's output laid
+    out by moves (:data:`_MOVES`), found by running those ops on the rows' indices: the
+    projection row at every head and dim must not depend on the batch or position."""
+    chain, x = [n, n.args[0]], n.args[0].args[0]
+    while (proj := linear_projection(program, x)) is None:
+        if not isinstance(x, fx.Node) or x.target not in _MOVES or len(x.users) != 1:
+            return None
+        chain.append(x)
+        x = x.args[0]
+    shape = tuple(int(d) for d in x.meta["val"].shape)
+    index = torch.arange(shape[-1]).expand(shape).contiguous()
+    try:
+        for step in reversed(chain):
+            index = step.target(index, *step.args[1:], **step.kwargs)
+    except (RuntimeError, TypeError, IndexError):  # a symbolic size, an op's other form
+        return None
+    if not isinstance(index, torch.Tensor) or index.dim() != 4:
+        return None
+    heads = index[:1, :, :1, :]
+    if not bool((index == heads).all()):
+        return None
+    return proj, tuple(heads.flatten().tolist()), {step.name for step in chain}
 
 
 def _trace_forward(program: Program, heads: fx.Node) -> tuple[set[str], Projection, fx.Node]:
@@ -430,10 +484,11 @@ def _visible(mask: torch.Tensor) -> torch.Tensor:
 # ---- rotary tables -----------------------------------------------------------------------------
 
 
-def rope_theta(program: Program, tables: tuple[fx.Node, ...], dim: int) -> float:
-    """The ``theta`` of the frequencies ``theta^(-2i/dim)`` the rotary tables are made from:
-    from the ``inv_freq``-shaped buffer they read (``dim / 2`` floats), rounded to an
-    integer when that integer gives the same buffer."""
+def rope_theta(program: Program, tables: tuple[fx.Node, ...], dim: int) -> tuple[float, int]:
+    """The ``theta`` of the frequencies ``theta^(-2i/r)`` the rotary tables are made from,
+    and ``r``, how many entries of a head they rotate (``dim``, or fewer for a partial
+    rotary): from the ``inv_freq``-shaped buffer they read (``r / 2`` floats, the first
+    1), ``theta`` rounded to an integer when that integer gives the same buffer."""
     stack, seen = list(tables), set()
     while stack:
         n = stack.pop()
@@ -441,17 +496,20 @@ def rope_theta(program: Program, tables: tuple[fx.Node, ...], dim: int) -> float
             continue
         seen.add(n.name)
         t = program.tensor(n)
-        if t is not None and t.dim() == 1 and t.shape[0] == dim // 2 and t.is_floating_point():
-            return fit_theta(t, dim)
+        if t is not None and t.dim() == 1 and 2 <= 2 * t.shape[0] <= dim and t.is_floating_point():
+            return fit_theta(t, 2 * int(t.shape[0])), 2 * int(t.shape[0])
         stack.extend(n.all_input_nodes)
     raise Unsupported("has rotary tables made from no inverse-frequency buffer")
 
 
 def fit_theta(inv_freq: torch.Tensor, dim: int) -> float:
     """The ``theta`` with ``inv_freq == theta^(-2i/dim)`` (rounded to an integer when that
-    integer gives the same frequencies within 1e-6); Unsupported when there is none."""
-    if dim < 4 or float(inv_freq[0]) != 1.0:
+    integer gives the same frequencies within 1e-6); Unsupported when there is none. Two
+    rotated dims turn at frequency 1 whatever ``theta`` is: Hugging Face's default, 10000."""
+    if float(inv_freq[0]) != 1.0:
         raise Unsupported("has rotary frequencies that do not start at 1")
+    if dim == 2:
+        return 10000.0
     theta = float(inv_freq[1].double()) ** (-dim / 2)
     for candidate in (float(round(theta)), theta):
         made = 1.0 / (candidate ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))

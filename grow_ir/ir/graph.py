@@ -41,6 +41,12 @@ def sharers(nodes: Iterable[Node]) -> list[Node]:
     return list(compress(nodes, map(operator.is_not, map(SHARE, nodes), repeat(None))))
 
 
+def shared_with(graph: Graph, node: Node) -> str | None:
+    """The node ``node`` shares its parameters with: the one it reads them from, else the
+    first that reads them from it (a task's path and another's); None for its own."""
+    return node.share or next((m.name for m in graph.nodes if m.share == node.name), None)
+
+
 def scopes_of(name: str) -> list[str]:
     """The scopes of a dotted name, outermost first (``a``, ``a.b`` of ``a.b.c``)."""
     parts = name.split(".")

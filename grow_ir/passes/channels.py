@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from grow_ir.errors import GrowError, PassError
 from grow_ir.ir.delta import kind_of
-from grow_ir.ir.graph import Graph, Node, sharers
+from grow_ir.ir.graph import Graph, Node, shared_with, sharers
 from grow_ir.ir.ops import OPS
 from grow_ir.ir.ops.base import Channels, OpDef, bump_attr
 from grow_ir.ir.ops.facts import why_not
@@ -678,7 +678,7 @@ class _Walk:
                 ties.append((node.name, self._tie_scaler(node, m, by_name)))
                 continue
             if m.axes and ((node.share is not None) or node.name in shared):
-                other = node.share or next(n.name for n in graph.nodes if n.share == node.name)
+                other = shared_with(graph, node)
                 raise self.refuse(
                     f"{node.op} '{node.name}' shares its parameters with '{other}' (another "
                     "task's path), and changing them would change that task"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from grow_ir.errors import PassError
-from grow_ir.ir.graph import Graph
+from grow_ir.ir.graph import Graph, shared_with
 from grow_ir.ir.ops import OPS
 from grow_ir.ir.ops.attention import head_dim as current_head_dim
 from grow_ir.ir.ops.attention import kv_heads as count_kv_heads
@@ -79,6 +79,16 @@ def _grow_inside(
     or dims; when heads are left out, ``dropped`` (their description) and the caller's
     proof decide preservation (the result claims it; :func:`prune_heads` amends it)."""
     n = graph.node(node)
+    shared = shared_with(graph, n)
+    if shared is not None:
+        raise PassError(
+            f"attention '{node}' shares its parameters with '{shared}' (another task's "
+            "path), and changing its heads would change that task",
+            node=node,
+            field="node",
+            expected="an attention with parameters of its own",
+            found=f"shared with '{shared}'",
+        )
     ins = graph.input_types(n)
     heads, kv, hd = n.attrs.num_heads, count_kv_heads(n.attrs), current_head_dim(n.attrs, ins)
     new_heads, new_kv, new_hd = len(layout.q), len(layout.kv), layout.head_dim
@@ -206,9 +216,11 @@ def grow_head_dim(graph: Graph, node: NodeName, head_dim: Count, seed: Seed = 0)
     Exact: the new query dims are zero (so ``q·k`` is unchanged), the old query rows are
     scaled by ``sqrt(new / old)`` (so SDPA's ``1 / sqrt(head_dim)`` gives the old scores),
     the new key and value dims are fresh and the value dims' output-projection columns
-    zero. The model width is unchanged. With rotary embedding the new size must be a
-    multiple ``k`` of the old: old pair ``(i, i + d/2)`` moves to ``(k·i, k·i + kd/2)``,
-    the pair that rotates at the same frequency, so every old score is kept.
+    zero. The model width is unchanged. With rotary embedding of the whole head the new
+    size must be a multiple ``k`` of the old: old pair ``(i, i + d/2)`` moves to ``(k·i,
+    k·i + kd/2)``, the pair that rotates at the same frequency, so every old score is
+    kept. With ``rotary_dim`` set (partial rotary) the new dims come after the old ones,
+    where they are not rotated: any larger size is exact.
 
     Raises:
         PassError: ``node`` is no attention, ``head_dim`` is not larger than now,
@@ -229,7 +241,7 @@ def grow_head_dim(graph: Graph, node: NodeName, head_dim: Count, seed: Seed = 0)
             found=f"qk_norm_eps {n.attrs.qk_norm_eps}",
         )
     dims = _same_dims(hd, head_dim)
-    if getattr(n.attrs, "rope_theta", None) is not None:
+    if getattr(n.attrs, "rope_theta", None) is not None and n.attrs.rotary_dim is None:
         if head_dim % hd:
             raise PassError(
                 f"attention '{node}' rotates its queries and keys over pairs (i, i + "

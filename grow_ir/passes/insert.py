@@ -314,9 +314,10 @@ def _residual_chain(nodes: Mapping[str, Node], value: str, block_in: str) -> tup
 
     ``value`` must be ``block_in`` (through eval-mode identities) or a sum with exactly one
     input that is such a value in turn (the trunk) and every other input a residual branch
-    ending in a zeroable layer followed only by zero-keeping ops: a chain of residual
-    joins ``x + f1(x) + f2(x + f1(x)) ...`` as in a transformer block (attention and MLP
-    halves) or a ResNet block.
+    ending in a zeroable layer followed only by zero-keeping ops (or a sum of such
+    branches): a chain of residual joins ``x + f1(x) + f2(x + f1(x)) ...`` as in a
+    transformer block (attention and MLP halves), ``x + (f1(x) + f2(x))`` as in GPT-NeoX's
+    parallel block, or a ResNet block.
     """
     value = _through_identities(nodes, value)
     if value == block_in:
@@ -335,10 +336,26 @@ def _residual_chain(nodes: Mapping[str, Node], value: str, block_in: str) -> tup
             "back to the block's input)"
         )
     trunk, layers = trunks[0]
-    ends = [_last_layer(nodes, i) for i in node.inputs if i != trunk]
+    ends = [_branch_ends(nodes, i) for i in node.inputs if i != trunk]
     if any(e is None for e in ends):
         return [], (f"a residual branch into '{value}' does not end in a layer that can be zeroed")
-    return layers + [e for e in ends if e is not None], ""
+    return layers + [layer for e in ends if e is not None for layer in e], ""
+
+
+def _branch_ends(nodes: Mapping[str, Node], value: str) -> list[Node] | None:
+    """The layers whose zeroing makes the branch ``value`` zero: its last layer (see
+    :func:`_last_layer`), or the ends of every input of a sum of branches (GPT-NeoX's
+    parallel ``attn(ln1(x)) + mlp(ln2(x))``); None where some branch has none."""
+    last = _last_layer(nodes, value)
+    if last is not None:
+        return [last]
+    node = nodes.get(value)
+    if node is None or not node.opdef.facts.sums:
+        return None
+    ends = [_branch_ends(nodes, i) for i in node.inputs]
+    if any(e is None for e in ends):
+        return None
+    return [layer for e in ends if e is not None for layer in e]
 
 
 def branch_ends(

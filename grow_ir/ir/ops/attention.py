@@ -53,6 +53,11 @@ class AttentionAttrs(Attrs):
     ``attention_mask``: 1 = attend; a kept key's weight is then exactly 0, as with -inf,
     and a query whose keys are all padded averages them instead of giving NaN).
 
+    ``rotary_dim`` (with ``rope_theta``; default ``head_dim``) rotates only the first
+    ``rotary_dim`` entries of each head, at frequencies ``theta^(-2i/rotary_dim)``, and
+    passes the rest unchanged (GPT-NeoX's ``rotary_pct``, Phi's
+    ``partial_rotary_factor``).
+
     ``qk_norm_eps`` RMS-normalises every head's query and every head's key over its
     ``head_dim`` entries with this ``eps``, each scaled by a learned ``[head_dim]`` weight
     shared by all heads (``q_norm.weight``, ``k_norm.weight``: torch.nn.RMSNorm, as
@@ -63,6 +68,7 @@ class AttentionAttrs(Attrs):
     head_dim: PositiveInt | None = None
     num_kv_heads: PositiveInt | None = None
     rope_theta: PositiveFloat | None = None
+    rotary_dim: PositiveInt | None = None
     qk_norm_eps: PositiveFloat | None = None
     bias: bool = True
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -78,6 +84,12 @@ def projection_rows(a: AttentionAttrs, ins: Sequence[TensorType]) -> tuple[int, 
     """The in-projection's rows of q, k and v (``[q; k; v]``, each heads × head_dim)."""
     hd = head_dim(a, ins)
     return a.num_heads * hd, kv_heads(a) * hd, kv_heads(a) * hd
+
+
+def rotary_dim(a: AttentionAttrs, ins: Sequence[TensorType]) -> int:
+    """How many leading entries of each head the rotary embedding rotates: ``rotary_dim``
+    when set, else the whole head."""
+    return a.rotary_dim if a.rotary_dim is not None else head_dim(a, ins)
 
 
 def head_dim(a: AttentionAttrs, ins: Sequence[TensorType]) -> int:
@@ -107,12 +119,19 @@ def _attention_infer(a: AttentionAttrs, ins: Sequence[TensorType]) -> TensorType
             expected=f"a divisor of {a.num_heads}",
             found=a.num_kv_heads,
         )
-    if a.rope_theta is not None and head_dim(a, ins) % 2:
+    if a.rotary_dim is not None and (a.rope_theta is None or a.rotary_dim > head_dim(a, ins)):
         raise fail(
-            "rotary embedding rotates pairs of dims, so it needs an even head_dim",
-            field="rope_theta",
-            expected="an even head_dim, or rope_theta none",
-            found=f"head_dim {head_dim(a, ins)}",
+            "rotary_dim is how many entries of each head the rotary embedding rotates",
+            field="rotary_dim",
+            expected=f"rope_theta set and at most head_dim ({head_dim(a, ins)}), or none",
+            found=f"rotary_dim {a.rotary_dim} with rope_theta {a.rope_theta}",
+        )
+    if a.rope_theta is not None and rotary_dim(a, ins) % 2:
+        raise fail(
+            "rotary embedding rotates pairs of dims, so it needs an even number of them",
+            field="rope_theta" if a.rotary_dim is None else "rotary_dim",
+            expected="an even head_dim (or rotary_dim), or rope_theta none",
+            found=f"head_dim {head_dim(a, ins)}, rotary_dim {rotary_dim(a, ins)}",
         )
     if len(ins) == 2:
         mask = ins[1]
