@@ -188,7 +188,7 @@ def test_shared_weights_are_not_masked() -> None:
         ],
         {"y": "b"},
     )
-    with pytest.raises(PassError, match="shares its weights with 'b'"):
+    with pytest.raises(PassError, match="shares its parameters with 'b'"):
         prune_connections.run(graph, node="a", density=0.5)
 
 

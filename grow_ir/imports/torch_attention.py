@@ -46,7 +46,7 @@ aten = torch.ops.aten
 
 SDPA = aten.scaled_dot_product_attention.default
 
-_HEAD_LAYOUT = frozenset(
+_MOVES = frozenset(
     {
         aten.view.default,
         aten.reshape.default,
@@ -56,13 +56,17 @@ _HEAD_LAYOUT = frozenset(
         aten.contiguous.default,
         aten.clone.default,
         aten.alias.default,
-        aten.to.dtype,
-        aten.to.dtype_layout,
-        aten._to_copy.default,
-        aten.expand.default,
-        aten.unsqueeze.default,
     }
 )
+"""Head layout ops that only move entries (replayed on indices by :func:`_laid_out_rows`)."""
+
+_HEAD_LAYOUT = _MOVES | {
+    aten.to.dtype,
+    aten.to.dtype_layout,
+    aten._to_copy.default,
+    aten.expand.default,
+    aten.unsqueeze.default,
+}
 """Ops that move head values without computing (and ``repeat_kv``'s expand/reshape)."""
 
 _ROTARY = frozenset(
@@ -324,21 +328,6 @@ def _projection_rows(program: Program, n: fx.Node) -> tuple[Projection, Rows, se
         sizes = [min(int(size), total - i) for i in range(0, total, int(size))]
     start = sum(sizes[:index])
     return proj, slice(start, start + sizes[index]), {n.name, split.name}
-
-
-_MOVES = frozenset(
-    {
-        aten.view.default,
-        aten.reshape.default,
-        aten._unsafe_view.default,
-        aten.transpose.int,
-        aten.permute.default,
-        aten.contiguous.default,
-        aten.clone.default,
-        aten.alias.default,
-    }
-)
-"""Head layout ops that only move entries (replayed on indices by :func:`_laid_out_rows`)."""
 
 
 def _laid_out_rows(program: Program, n: fx.Node) -> tuple[Projection, Rows, set[str]] | None:

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from grow_ir.errors import PassError
-from grow_ir.ir.graph import Graph, Node, shared_with
+from grow_ir.ir.graph import Graph, Node
 from grow_ir.passes.args import NodeName
 from grow_ir.passes.base import Origin, PassResult, register_pass
-from grow_ir.passes.rewrite import node_of_kind, replace_nodes
+from grow_ir.passes.rewrite import node_of_kind, own_parameters, replace_nodes
 
 
 def maskable_ops() -> tuple[str, ...]:
@@ -52,16 +52,7 @@ def effective(graph: Graph, param: str) -> torch.Tensor:
 
 def _layer(graph: Graph, node: str, pass_name: str) -> Node:
     n = node_of_kind(graph, node, maskable_ops(), pass_name)
-    shared = shared_with(graph, n)
-    if shared is not None:
-        raise PassError(
-            f"{n.op} '{node}' shares its weights with '{shared}' (another task's path), and "
-            "masking them would change that task",
-            node=node,
-            field="node",
-            expected="a layer with weights of its own",
-            found=f"shared with '{shared}'",
-        )
+    own_parameters(graph, n, "mask its weights")
     return n
 
 

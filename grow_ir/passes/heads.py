@@ -25,14 +25,14 @@ from dataclasses import dataclass
 import torch
 
 from grow_ir.errors import PassError
-from grow_ir.ir.graph import Graph, shared_with
+from grow_ir.ir.graph import Graph
 from grow_ir.ir.ops import OPS
 from grow_ir.ir.ops.attention import head_dim as current_head_dim
 from grow_ir.ir.ops.attention import kv_heads as count_kv_heads
 from grow_ir.passes.args import Count, NodeName, Seed
 from grow_ir.passes.base import Origin, PassResult, register_pass
 from grow_ir.passes.initializers import init_layer
-from grow_ir.passes.rewrite import node_of_kind, replace_nodes, seeded
+from grow_ir.passes.rewrite import node_of_kind, own_parameters, replace_nodes, seeded
 
 
 @dataclass(frozen=True)
@@ -79,16 +79,7 @@ def _grow_inside(
     or dims; when heads are left out, ``dropped`` (their description) and the caller's
     proof decide preservation (the result claims it; :func:`prune_heads` amends it)."""
     n = graph.node(node)
-    shared = shared_with(graph, n)
-    if shared is not None:
-        raise PassError(
-            f"attention '{node}' shares its parameters with '{shared}' (another task's "
-            "path), and changing its heads would change that task",
-            node=node,
-            field="node",
-            expected="an attention with parameters of its own",
-            found=f"shared with '{shared}'",
-        )
+    own_parameters(graph, n, "change its heads")
     ins = graph.input_types(n)
     heads, kv, hd = n.attrs.num_heads, count_kv_heads(n.attrs), current_head_dim(n.attrs, ins)
     new_heads, new_kv, new_hd = len(layout.q), len(layout.kv), layout.head_dim

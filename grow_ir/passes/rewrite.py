@@ -9,7 +9,7 @@ import torch
 
 from grow_ir.errors import GrowError, PassError, ShapeError, VerifyError
 from grow_ir.ir.delta import NAME
-from grow_ir.ir.graph import Graph, Node, count_scopes
+from grow_ir.ir.graph import Graph, Node, count_scopes, shared_with
 from grow_ir.ir.init import check_bytes, spec_bytes
 from grow_ir.ir.ops import Attrs
 from grow_ir.ir.types import TensorType
@@ -128,6 +128,22 @@ def node_of_kind(
             found=node.op,
         )
     return node
+
+
+def own_parameters(graph: Graph, node: Node, change: str) -> None:
+    """Refuse, with a PassError naming both nodes, to ``change`` (what the pass would do,
+    as a phrase: "mask them") the parameters of ``node`` when it shares them with another
+    node (another task's path, which the change would change too)."""
+    shared = shared_with(graph, node)
+    if shared is not None:
+        raise PassError(
+            f"{node.op} '{node.name}' shares its parameters with '{shared}' (another task's "
+            f"path), and to {change} would change that task",
+            node=node.name,
+            field="node",
+            expected="a layer with parameters of its own",
+            found=f"shared with '{shared}'",
+        )
 
 
 def is_nonnegative(graph: Graph, value: str) -> bool:
