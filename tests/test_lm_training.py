@@ -254,3 +254,60 @@ def test_the_gpt_bytes_example_schedule_is_exact_step_by_step() -> None:
     grown = apply_plan(graph, plan, check=True)  # every step measured within 1e-5
     assert grown.stages["h"].depth == 4 and grown.node("wte").attrs.embedding_dim == 64
     assert {n.attrs.num_heads for n in grown.nodes if n.op == "attention"} == {8}
+
+
+def tiny_qwen3() -> torch.nn.Module:
+    """A Hugging Face Qwen3 over bytes (random init, nothing downloaded): the
+    ``MODULE:CALLABLE`` the end-to-end test below gives ``grow-ir import``."""
+    import transformers
+
+    config = transformers.Qwen3Config(
+        vocab_size=256,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=4,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
+    return transformers.Qwen3ForCausalLM(config)
+
+
+def test_a_hugging_face_model_imported_by_the_cli_trains_while_it_grows(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``grow-ir import tests.test_lm_training:tiny_qwen3``, a schedule added to the spec
+    it writes, then ``grow-ir train``: the residual stream widened, heads added and a
+    block inserted, each exact, the loss going down, the grown model exported and checked
+    against onnxruntime, the tied head still tied."""
+    imported = tmp_path / "imported"
+    argv = ["import", "tests.test_lm_training:tiny_qwen3", "-o", str(imported)]
+    assert main([*argv, "--input-shape", "2,16", "--input-dtype", "int64"]) == 0
+    spec = yaml.safe_load((imported / "spec.yaml").read_text())
+    spec["growth"] = {
+        **lm_spec(str(text_file))["growth"],
+        "epochs": 3,
+        "schedule": [
+            {"epoch": 1, "pass": "widen", "node": "model.embed_tokens", "width": 32},
+            {"epoch": 1, "pass": "add_heads", "node": "model.layers.0.self_attn", "heads": 6},
+            {"epoch": 1, "pass": "insert_block", "stage": "model.layers"},
+        ],
+    }
+    (imported / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", str(imported / "spec.yaml"), "-o", str(out), "--quiet"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [ev["pass"] for ev in history["events"]] == ["widen", "add_heads", "insert_block"]
+    assert all(ev["preserved"] for ev in history["events"])
+    epochs = history["epochs"]
+    assert epochs[-1]["val_loss"] < epochs[0]["val_loss"] < math.log(256)
+    onnx = history["final"]["onnx"]
+    assert onnx["checker"] == "passed" and onnx["max_relative_error"] <= 1e-5
+    grown = load(out)
+    assert grown.stages["model.layers"].depth == 2
+    assert grown.node("model.layers.0.self_attn").attrs.qk_norm_eps is not None
+    assert grown.node("lm_head").share == "model.embed_tokens"
+    assert grown.types["model.embed_tokens"].shape[-1] == 32
