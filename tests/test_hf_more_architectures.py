@@ -16,6 +16,7 @@ inserted into DistilBERT's post-norm layers is reported as not preserving, and i
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,3 +156,73 @@ def test_a_block_inserted_into_a_post_norm_encoder_is_reported_as_not_preserving
         before = to_torch(graph).eval()(x)
         after = to_torch(result.graph).eval()(x)
     assert relative(after, before) > 1e-3
+
+
+def padded_tokens(seed: int, n: int = 3, length: int = 9) -> torch.Tensor:
+    """Token ids with RoBERTa's padding id (1) at the end of rows 1 and on, and inside
+    row 0 (a padding id anywhere is skipped by the count)."""
+    x = tokens(seed, n=n, length=length).clamp(min=2)
+    x[0, length // 2] = 1
+    for row in range(1, n):
+        x[row, length - row :] = 1
+    return x
+
+
+ROBERTA = randomized_hf(
+    transformers.RobertaModel(
+        transformers.RobertaConfig(
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+        ),
+        add_pooling_layer=False,
+    )
+)
+
+
+def roberta_inputs(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"input_ids": x, "token_type_ids": torch.zeros_like(x)}
+
+
+def test_roberta_counts_its_positions_past_the_padding_tokens() -> None:
+    """RoBERTa numbers the tokens that are not padding from ``padding_idx + 1`` (its
+    ``create_position_ids_from_input_ids``: ``cumsum`` of ``ids != 1``): imported from an
+    example without padding, the ``positions`` node with ``padding_idx`` 1 counts as
+    Hugging Face does on ids with padding (at the end and inside a row), and widening
+    its feed-forward layer is exact."""
+    example = tokens(0).clamp(min=2)  # no padding in the example
+    graph = gi.from_torch(ROBERTA, roberta_inputs(example))
+    (pos,) = [n for n in graph.nodes if n.op == "positions"]
+    assert pos.attrs.padding_idx == 1 and pos.inputs == ("input_ids",)
+    for seed in (1, 2):
+        x = padded_tokens(seed)
+        with torch.no_grad():
+            want = ROBERTA(**roberta_inputs(x)).last_hidden_state
+            got = to_torch(graph).eval()(**roberta_inputs(x))
+        got = got if isinstance(got, torch.Tensor) else next(iter(got.values()))
+        assert relative(got, want) <= TOL
+    grows_exactly(graph, "widen", {"node": "encoder.layer.0.intermediate.dense", "width": 96})
+
+
+def test_roberta_exported_to_onnx_counts_its_positions_too(tmp_path: Path) -> None:
+    """The same RoBERTa through ``torch.onnx.export(..., dynamic_shapes=...)`` and
+    ``from_onnx``: the file's ``Not``/``CumSum``/``Mul``/``Add`` of the ids is one
+    ``positions`` node with ``padding_idx`` 1, and the graph computes what Hugging Face
+    computes on padded ids of other batch sizes and lengths."""
+    path = tmp_path / "roberta.onnx"
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=60)}
+    example = roberta_inputs(tokens(0).clamp(min=2))
+    dynamic = {k: dims for k in example}
+    torch.onnx.export(ROBERTA, (), str(path), kwargs=example, dynamic_shapes=dynamic, dynamo=True)
+    graph = gi.from_onnx(path)
+    assert [n.attr_dict() for n in graph.nodes if n.op == "positions"] == [{"padding_idx": 1}]
+    for seed in (1, 2):
+        x = padded_tokens(seed, n=2 + seed, length=7 + seed)
+        with torch.no_grad():
+            want = ROBERTA(**roberta_inputs(x)).last_hidden_state
+            got = to_torch(graph).eval()(**roberta_inputs(x))
+        got = got if isinstance(got, torch.Tensor) else next(iter(got.values()))
+        assert relative(got, want) <= TOL

@@ -318,6 +318,7 @@ CASES: list[Case] = [
     case("matmul-broadcast", operands(("batch", 2, 5, 4), (4, 6)), "matmul", arity=2),
     case("positions", TOK, "positions"),
     case("positions-row", SEQ, "positions", batch_axis=True),
+    case("positions-padded", TOK, "positions", padding_idx=1),
     case("parameter", VEC, "parameter", arity=0, shape=[2, 3]),
     case("parameter-batch", SEQ, "parameter", shape=[1, 1, 8]),
 ]

@@ -883,6 +883,17 @@ def _pad_op(e: Emitter, n: Node, xs: list[str], out: str) -> None:
 def _positions(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     rank = e.graph.types[n.inputs[0]].rank
     axis = n.attrs.dim % rank
+    pad = n.attrs.padding_idx
+    if pad is not None:  # cumsum(ids != pad) * (ids != pad) + pad, along the axis
+        ids_t = e.graph.types[n.inputs[0]].dtype
+        is_pad = e.add("Equal", [xs[0], _scalar(e, pad, ids_t)], _sub(n, "is_pad"))
+        kept = e.add("Not", [is_pad], _sub(n, "kept"))
+        kept = e.add("Cast", [kept], _sub(n, "kept_int"), to=TensorProto.INT64)
+        along = e.const(_sub(n, "axis"), axis)
+        counted = e.add("CumSum", [kept, along], _sub(n, "counted"))
+        numbered = e.add("Mul", [counted, kept], _sub(n, "numbered"))
+        e.add("Add", [numbered, _scalar(e, pad, "int64")], out, name=n.name)
+        return
     length = e.add("Shape", [xs[0]], _sub(n, "length"), start=axis, end=axis + 1)
     limit = e.add("Squeeze", [length], _sub(n, "limit"))
     zero, one = _scalar(e, 0, "int64"), _scalar(e, 1, "int64")

@@ -287,7 +287,9 @@ FUNCTIONS: dict[str, Emitter] = {
     "slice": _slice,
     "pad": lambda a, ins, args, call: call(F.pad, (args[0], a.pad), {"value": a.value}),
     "matmul": _fold(torch.matmul),
-    "positions": lambda a, ins, args, call: call(positions, (args[0], a.dim, a.batch_axis)),
+    "positions": lambda a, ins, args, call: call(
+        positions, (args[0], a.dim, a.batch_axis, a.padding_idx)
+    ),
     "concat": lambda a, ins, args, call: call(torch.cat, (list(args),), {"dim": a.dim}),
 }
 """Stateless ops lowered to tensor functions (no module, no call overhead)."""

@@ -212,9 +212,15 @@ class Mix(nn.Module):
         return f"num_choices={self.alpha.shape[0]}"
 
 
-def positions(x: torch.Tensor, dim: int, batch_axis: bool) -> torch.Tensor:
+def positions(
+    x: torch.Tensor, dim: int, batch_axis: bool, padding_idx: int | None = None
+) -> torch.Tensor:
     """``torch.arange(x.shape[dim])`` (int64, on ``x``'s device), as ``[1, L]`` with
-    ``batch_axis``."""
+    ``batch_axis``; with ``padding_idx``, counted along ``dim`` over the tokens of ``x``
+    that are not ``padding_idx``, from ``padding_idx + 1`` (``padding_idx`` at padding)."""
+    if padding_idx is not None:
+        kept = (x != padding_idx).long()
+        return torch.cumsum(kept, dim) * kept + padding_idx
     out = torch.arange(x.shape[dim], device=x.device)
     return out.unsqueeze(0) if batch_axis else out
 

@@ -30,6 +30,7 @@ import onnx
 import torch
 
 from grow_ir.imports.onnx_values import Evaluation
+from grow_ir.imports.positions import padding_of
 from grow_ir.imports.torch_patterns import Candidate, first_fits, fit_candidates, fits
 from grow_ir.imports.torch_values import RUNS
 
@@ -579,6 +580,20 @@ def _counted(model: Model, value: str) -> tuple[int, bool] | None:
     return lengths[0] if len({b for _, b in lengths}) == 1 else None
 
 
+def _padded(model: Model, value: str) -> tuple[str, int] | None:
+    """``(ids, padding_idx)`` when ``value`` reads one graph input ``ids`` and is, on every
+    run, the positions counted from it past its padding (:func:`padding_of`)."""
+    deps = model.evaluation.depends.get(value, frozenset())
+    if value in model.consts or len(deps) != 1:
+        return None
+    (ids,) = deps
+    ev = model.evaluation
+    p = padding_of(
+        [ev.value(ids, r) for r in range(RUNS)], [ev.value(value, r) for r in range(RUNS)]
+    )
+    return None if p is None else (ids, p)
+
+
 def position_regions(model: Model, found: Found) -> None:
     """A value that reads no input and counts ``0..L-1`` (a dynamic-shape export's
     ``Range`` of a ``Shape``) becomes a ``positions`` node over the first graph input's
@@ -591,6 +606,16 @@ def position_regions(model: Model, found: Found) -> None:
         if i in found.claimed or n.op_type == "Constant":
             continue
         for value in n.output:
+            padded = _padded(model, value)
+            if padded is not None:  # RoBERTa's: counted from the ids past the padding
+                path = model.scope(n)
+                name = path if model.ours else f"{path}.positions" if path else "positions"
+                rank = len(model.shape(padded[0]))  # counted along the last axis
+                attrs = {"dim": rank - 1, "padding_idx": padded[1]}
+                found.regions.append(
+                    Region(name, frozenset({i}), value, (padded[0],), "positions", attrs)
+                )
+                continue
             counted = _counted(model, value)
             users = [u for u in model.consumers.get(value, []) if u >= 0]
             if counted is None or not users:

@@ -26,7 +26,9 @@ from grow_ir.imports.onnx_patterns import (
 )
 from grow_ir.imports.onnx_values import Evaluation, evaluate
 
-PATTERN_OPS = frozenset({"Softmax", "Gemm", "MatMul", "Pow", "Reciprocal", "Sqrt", "Split"})
+PATTERN_OPS = frozenset(
+    {"Softmax", "Gemm", "MatMul", "Pow", "Reciprocal", "Sqrt", "Split", "CumSum"}
+)
 """Op types whose presence makes the import evaluate the model to look for regions (a
 file without them is imported by the per-op rules alone, with no onnxruntime run)."""
 

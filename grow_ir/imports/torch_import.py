@@ -39,6 +39,7 @@ from grow_ir.imports.torch_patterns import (
     Region,
     conv1d_regions,
     module_regions,
+    padded_position_regions,
 )
 from grow_ir.imports.torch_rules import IGNORED, RULES, Context, Unsupported
 from grow_ir.imports.torch_stages import module_list_stages
@@ -229,6 +230,7 @@ def _regions(program: Program, inside: set[str]) -> Found:
     found.regions = [r for r in found.regions if not r.nodes & inside]
     found.refusals = [r for r in found.refusals if not r[2] & inside]
     conv1d_regions(program, found)
+    padded_position_regions(program, found)
     live = _live(program.graph, {r.output.name: r for r in found.regions})
     module_regions(program, found, live)
     return found

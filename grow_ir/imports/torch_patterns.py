@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from grow_ir.imports.positions import padding_of
 from grow_ir.imports.torch_rules import IGNORED, RULES, arg
 from grow_ir.imports.torch_values import RUNS, TOLERANCE, Evaluation
 from grow_ir.ir.graph import Graph, Node
@@ -364,6 +365,32 @@ def conv1d_regions(program: Program, found: Found) -> None:
             found.refusals.append((where(node), f"Conv1D as linear: {problem}", proj.nodes))
             continue
         found.regions.append(region)
+
+
+def padded_position_regions(program: Program, found: Found) -> None:
+    """Every value counted from one token input past its padding (RoBERTa's position
+    ids: ``cumsum(ids != p) * (ids != p) + p``, found by value, :func:`padding_of`)
+    becomes a ``positions`` node with that ``padding_idx``; what builds it is not
+    imported."""
+    ev = program.evaluation
+    inputs = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    for node in program.graph.nodes:
+        deps = ev.depends.get(node.name, frozenset())
+        if node.op != "call_function" or len(deps) != 1 or node.name in found.claimed:
+            continue
+        (ids,) = deps
+        p = padding_of(
+            [ev.value(inputs[ids], r) for r in range(RUNS)],
+            [ev.value(node, r) for r in range(RUNS)],
+        )
+        if p is None:
+            continue
+        # a count read only by a further one (a cast) is left dead: that one is imported
+        path, _ = scope(node)
+        attrs = {"dim": ev.value(node).dim() - 1, "padding_idx": p}  # the last axis
+        region = Region(path, frozenset({node.name}), node, (inputs[ids],), "positions", attrs)
+        if matches(program, region) is None:
+            found.regions.append(region)
 
 
 # ---- leaf modules fitted whole (RMSNorm, a GELU written out) --------------------------------

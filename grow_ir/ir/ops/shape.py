@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from pydantic import field_validator
+from pydantic import NonNegativeInt, field_validator
 
 from grow_ir.ir.ops.base import (
     Attrs,
@@ -668,23 +668,41 @@ register(
 
 class PositionsAttrs(Attrs):
     """``torch.arange(L)`` for ``L = input.shape[dim]`` (int64), as ``[L]``, or as
-    ``[1, L]`` with ``batch_axis`` (GPT-2's position ids)."""
+    ``[1, L]`` with ``batch_axis`` (GPT-2's position ids).
+
+    With ``padding_idx`` the input is token ids and the positions are counted from them,
+    as RoBERTa's ``create_position_ids_from_input_ids`` counts them: along ``dim``, the
+    tokens that are not ``padding_idx`` are numbered ``padding_idx + 1, padding_idx + 2,
+    ...`` and every padding token gets ``padding_idx``; the output has the input's shape."""
 
     dim: int = 1
     batch_axis: bool = False
+    padding_idx: NonNegativeInt | None = None
 
 
 def _positions_infer(a: PositionsAttrs, ins: Sequence[TensorType]) -> TensorType:
     x = ins[0]
-    length = x.shape[normalize_axis(a.dim, x.rank, "dim")]
-    return TensorType((1, length) if a.batch_axis else (length,), "int64")
+    axis = normalize_axis(a.dim, x.rank, "dim")
+    if a.padding_idx is None:
+        return TensorType((1, x.shape[axis]) if a.batch_axis else (x.shape[axis],), "int64")
+    if x.is_float or a.batch_axis:
+        raise fail(
+            "positions counted past padding read token ids and have their shape",
+            field="padding_idx",
+            expected="an integer input and batch_axis false",
+            found=f"{x} with batch_axis {a.batch_axis}",
+        )
+    return TensorType(x.shape, "int64")
 
 
 def _positions_map(a: PositionsAttrs, ins: Sequence[TensorType]) -> tuple[AxisMap]:
     axis = normalize_axis(a.dim, ins[0].rank, "dim")
+    # counted past padding, every other axis of the ids is the output's own
+    kept = a.padding_idx is not None
     return (
         tuple(
-            No(f"counts the entries of axis {i}") if i == axis else None for i in range(ins[0].rank)
+            No(f"counts the entries of axis {i}") if i == axis else (i if kept else None)
+            for i in range(ins[0].rank)
         ),
     )
 
@@ -694,7 +712,8 @@ register(
         name="positions",
         attrs=PositionsAttrs,
         infer=_positions_infer,
-        doc="0..L-1 (int64) for the length L of an input's axis",
+        doc="0..L-1 (int64) for the length L of an input's axis, or counted past padding "
+        "tokens (RoBERTa)",
         channels=Channels.MOVE,
         axis_map=_positions_map,
         facts=_facts(
