@@ -21,6 +21,7 @@ import grow_ir as gi
 from grow_ir.backends.onnx import to_onnx
 from grow_ir.backends.onnx_check import check_model, check_parity
 from grow_ir.backends.torch import to_torch
+from grow_ir.errors import GrowError
 from grow_ir.imports.builder import ImportRefused
 from grow_ir.ir.graph import Graph
 from tests import hf_models as hf
@@ -337,3 +338,43 @@ def test_a_model_with_its_kv_cache_on_imports_and_keeps_its_config(name: str) ->
     with torch.no_grad():
         want = model(tokens(1)).logits
         assert relative(to_torch(graph).eval()(tokens(1)), want) <= TOL
+
+
+@pytest.mark.parametrize("name", ["gpt2-tied", "llama-untied"])
+def test_length_dim_gives_a_graph_of_any_length(name: str) -> None:
+    """Imported from 9 tokens with ``length_dim``, the input is ``[batch, seq]`` and the
+    graph computes what Hugging Face computes on 5 and 17 tokens (positions, masks and
+    rotary tables are the nodes' own, computed from the input's length)."""
+    model = MODELS[name]
+    graph = gi.from_torch(model, tokens(0), length_dim=True)
+    assert graph.inputs["input_ids"].shape == ("batch", "seq")
+    for seed, length in ((1, 5), (2, 17)):
+        x = tokens(seed, n=2, length=length)
+        with torch.no_grad():
+            want = model(x).logits
+            got = to_torch(graph).eval()(x)
+        got = got if isinstance(got, torch.Tensor) else next(iter(got.values()))
+        assert relative(got, want) <= TOL
+
+
+class FixedLength(nn.Module):
+    """Token embeddings flattened into one linear layer: a function of 6 tokens only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 4)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.emb(ids).flatten(1))
+
+
+def test_length_dim_refuses_a_graph_that_holds_at_one_length_only() -> None:
+    with pytest.raises(GrowError) as err:
+        gi.from_torch(FixedLength(), torch.randint(0, 50, (2, 6)), length_dim=True)
+    assert err.value.field == "length_dim" and err.value.node == "flatten"
+    assert "only at the example's length" in str(err.value)
+    assert gi.from_torch(FixedLength(), torch.randint(0, 50, (2, 6))).inputs["ids"].shape == (
+        "batch",
+        6,
+    )

@@ -89,3 +89,24 @@ def test_import_never_replaces_a_folder_with_user_files(tmp_path, capsys, monkey
     assert (mine / "notes.txt").read_text() == "mine" and sorted(mine.iterdir()) == [
         mine / "notes.txt"
     ]
+
+
+def test_length_dim_is_for_modules_and_refuses_a_fixed_length(tmp_path, capsys, monkeypatch):
+    """``--length-dim`` with an ONNX file (which declares its own inputs) exits 2; on a
+    module that reads its tokens at one length only (flattened into one layer) it exits 2
+    naming the node and the flag, and writes nothing."""
+    (tmp_path / "fixedmodels.py").write_text(  # a name no other test has imported
+        "from torch import nn\n\n\ndef fixed():\n    return nn.Sequential(nn.Embedding(9, 2), "
+        "nn.Flatten(), nn.Linear(8, 3))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    onnx_file = str(tmp_path / "mlp.onnx")
+    gi.to_onnx(gi.load_spec(example_path("mlp")), onnx_file)
+    code, _, err = run(capsys, "import", onnx_file, "--length-dim", "-o", "o1")
+    assert code == 2 and "--length-dim is for modules" in err
+    argv = ["import", "fixedmodels:fixed", "--input-shape", "2,4", "--input-dtype", "int64"]
+    code, _, err = run(capsys, *argv, "--length-dim", "-o", "o2")
+    assert code == 2 and "only at the example's length" in err
+    assert "field '--length-dim'" in err and "node '1'" in err and "Traceback" not in err
+    assert not Path("o1").exists() and not Path("o2").exists()
+    assert run(capsys, *argv, "-o", "o3")[0] == 0

@@ -278,14 +278,17 @@ def tiny_qwen3() -> torch.nn.Module:
 def test_a_hugging_face_model_imported_by_the_cli_trains_while_it_grows(
     tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """``grow-ir import tests.test_lm_training:tiny_qwen3``, a schedule added to the spec
-    it writes, then ``grow-ir train``: the residual stream widened, heads added and a
-    block inserted, each exact, the loss going down, the grown model exported and checked
-    against onnxruntime, the tied head still tied."""
+    """``grow-ir import tests.test_lm_training:tiny_qwen3 --length-dim``, a schedule added
+    to the spec it writes, then ``grow-ir train`` on windows twice the example's length:
+    the residual stream widened, heads added and a block inserted, each exact, the loss
+    going down, the grown model exported and checked against onnxruntime, the tied head
+    still tied."""
     imported = tmp_path / "imported"
     argv = ["import", "tests.test_lm_training:tiny_qwen3", "-o", str(imported)]
-    assert main([*argv, "--input-shape", "2,16", "--input-dtype", "int64"]) == 0
+    # an example of 8 tokens; --length-dim lets the graph take the 16 it trains on
+    assert main([*argv, "--input-shape", "2,8", "--input-dtype", "int64", "--length-dim"]) == 0
     spec = yaml.safe_load((imported / "spec.yaml").read_text())
+    assert spec["inputs"]["input_ids"]["shape"] == ["batch", "seq"]
     spec["growth"] = {
         **lm_spec(str(text_file))["growth"],
         "epochs": 3,

@@ -39,6 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=sorted(DTYPES),
         help="dtype of each example input (default float32; int64 for token ids)",
     )
+    parser.add_argument(
+        "--length-dim",
+        action="store_true",
+        help="a module's inputs of rank 2 or more take any length along their second axis "
+        "(the symbolic seq of a language model's tokens; checked one shorter too)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,17 +54,24 @@ def run(args: argparse.Namespace) -> int:
 
     source: str = args.source
     if source.endswith(".onnx") or Path(source).is_file():
-        if args.input_shape:
-            raise GrowError(
-                "--input-shape is for modules: an ONNX file declares its inputs",
-                field="--input-shape",
-                expected="no --input-shape with an ONNX file",
-                found=" ".join(args.input_shape),
-            )
+        for flag, given in (("--input-shape", args.input_shape), ("--length-dim", args.length_dim)):
+            if given:
+                raise GrowError(
+                    f"{flag} is for modules: an ONNX file declares its inputs",
+                    field=flag,
+                    expected=f"no {flag} with an ONNX file",
+                    found=" ".join(given) if isinstance(given, list) else flag,
+                )
         graph = from_onnx(source)
     else:
         module = _module(source)
-        graph = from_torch(module, _examples(args.input_shape, args.input_dtype))
+        examples = _examples(args.input_shape, args.input_dtype)
+        try:
+            graph = from_torch(module, examples, length_dim=args.length_dim)
+        except GrowError as exc:
+            if exc.field != "length_dim":
+                raise
+            raise exc.replace(field="--length-dim") from None  # the flag given
     save(graph, args.output)
     print(
         f"imported {source}: {plural(len(graph.nodes), 'node')}, "

@@ -22,6 +22,7 @@ the regions' IR nodes compute it themselves.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,6 +47,7 @@ from grow_ir.imports.torch_stages import module_list_stages
 from grow_ir.imports.torch_values import TOLERANCE, Evaluation, evaluate
 from grow_ir.ir.graph import Graph
 from grow_ir.ir.types import DTYPES, TensorType
+from grow_ir.ir.verify import verify
 
 __all__ = ["TOLERANCE", "from_torch"]
 
@@ -56,6 +58,7 @@ def from_torch(
     *,
     names: Sequence[str] | None = None,
     batch_dim: bool = True,
+    length_dim: bool = False,
     check: bool = True,
 ) -> Graph:
     """Import ``module`` into a verified Graph computing what it computes in eval mode.
@@ -68,7 +71,10 @@ def from_torch(
     keyword arguments, for a model whose arguments after the first are optional, such as
     Hugging Face's ``attention_mask``), outputs after the fields of what
     ``forward`` returns (``output`` for one tensor, ``logits`` for a ModelOutput field);
-    with ``batch_dim`` the first axis of every input is the symbolic ``batch``; an
+    with ``batch_dim`` the first axis of every input is the symbolic ``batch``, and with
+    ``length_dim`` the second axis of every input of rank 2 or more is the symbolic
+    ``seq`` (a language model's tokens), the graph then checked on inputs one shorter too
+    (types and, with ``check``, outputs); an
     attention (SDPA or eager, with its projections, head layout, rotary embedding and
     mask) is one ``attention`` node named after its module, holding copies of its
     projections stacked; GPT-2's ``Conv1D`` is a ``linear`` holding its weight transposed
@@ -82,8 +88,10 @@ def from_torch(
     Raises:
         ImportRefused: one line per construct grow-ir has no op for, each naming the module
             path, the module's class and the ATen op (nothing is imported).
-        CheckFailed: the imported graph's outputs differ from the module's.
-        GrowError: ``torch.export`` cannot capture the module, or bad arguments.
+        CheckFailed: the imported graph's outputs differ from the module's (at the
+            example's length, or one shorter with ``length_dim``).
+        GrowError: ``torch.export`` cannot capture the module, bad arguments, or (with
+            ``length_dim``) a node that holds only at the example's length.
     """
     kwargs: dict[str, torch.Tensor] = {}
     if isinstance(example_inputs, Mapping):
@@ -101,6 +109,7 @@ def from_torch(
                 found=type(a).__name__,
             )
     source = f"{type(module).__name__} (torch)"
+    given = (args, kwargs)  # as forward takes them, for the check at another length
     was_training = module.training
     config = getattr(module, "config", None)
     cached = getattr(config, "use_cache", None)
@@ -121,13 +130,62 @@ def from_torch(
         if kwargs:  # in the order of the program's inputs (forward's)
             args = tuple(kwargs[n] for n in program.graph_signature.user_inputs)
         graph = _convert(program, module, args, expected, source, names, batch_dim)
+        if check:
+            _check(graph, module, args, expected, was_training)
+        if length_dim:
+            graph = _any_length(graph, module, given, args, check)
     finally:
         module.train(was_training)
         if cached:
             config.use_cache = cached  # type: ignore[union-attr]
-    if check:
-        _check(graph, module, args, expected, was_training)
     return graph
+
+
+def _shorter(t: torch.Tensor) -> torch.Tensor:
+    """``t`` one shorter along its second axis (rank 2 or more), else as it is."""
+    return t[:, :-1] if t.dim() >= 2 else t
+
+
+def _any_length(
+    graph: Graph,
+    module: nn.Module,
+    given: tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]],
+    args: tuple[torch.Tensor, ...],
+    check: bool,
+) -> Graph:
+    """``graph`` with the second axis of every input of rank 2 or more the symbolic
+    ``seq``, verified, and (``check``) computing what ``module`` computes on the
+    inputs one shorter; GrowError naming the node that holds only at the example's
+    length."""
+    inputs = {
+        name: t if t.rank < 2 else dataclasses.replace(t, shape=(t.shape[0], "seq", *t.shape[2:]))
+        for name, t in graph.inputs.items()
+    }
+    if any(t.rank >= 2 and int(a.shape[1]) < 2 for t, a in zip(graph.inputs.values(), args)):
+        raise GrowError(
+            "checking other lengths needs examples of at least 2 along the second axis",
+            field="example_inputs",
+            expected="inputs of length 2 or more",
+            found=str([tuple(a.shape) for a in args]),
+        )
+    try:
+        wider = verify(graph.replace(inputs=inputs))
+    except GrowError as exc:
+        raise GrowError(
+            "the imported graph holds only at the example's length",
+            node=exc.node,
+            field="length_dim",
+            expected="nodes that take inputs of any length along the second axis",
+            found=exc.reason,
+        ) from None
+    if check:
+        call_args, call_kwargs = given
+        with torch.no_grad():
+            expected = module(
+                *map(_shorter, call_args), **{k: _shorter(v) for k, v in call_kwargs.items()}
+            )
+        _check(wider, module, tuple(map(_shorter, args)), expected, module.training)
+    return wider
 
 
 def _convert(
