@@ -1,10 +1,10 @@
 """Position ids counted from token ids past padding (RoBERTa's), recognised by value.
 
 Both importers find them the same way: a value that reads one integer input of its own
-shape and equals, on every evaluation run, the positions ``positions`` with some
-``padding_idx`` counts from that input. The redrawn run's ids hold the padding token by
-chance (they are drawn below the example's largest id), so the count is checked with and
-without padding.
+shape and equals, on every evaluation run, what the ``positions`` op with some
+``padding_idx`` counts from that input. The redrawn run's ids are drawn below the
+example's largest id, so they usually hold the padding token even where the example has
+none, and the count is checked on padded ids too.
 """
 
 from __future__ import annotations
