@@ -127,6 +127,25 @@ def gpt_neox(layers: int = 2) -> transformers.GPTNeoXForCausalLM:
     return randomized_hf(transformers.GPTNeoXForCausalLM(config))
 
 
+def gemma(tied: bool = True, layers: int = 2) -> transformers.GemmaForCausalLM:
+    """A tiny Gemma: word vectors scaled by ``sqrt(hidden_size)`` (a buffer), RMSNorms
+    that scale by ``1 + weight``, the tanh GELU, grouped-query rotary attention."""
+    config = transformers.GemmaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        tie_word_embeddings=tied,
+        use_cache=False,
+        attn_implementation="eager",
+    )
+    return randomized_hf(transformers.GemmaForCausalLM(config))
+
+
 def bert(layers: int = 2) -> transformers.BertModel:
     """A tiny BERT encoder (post-norm blocks, exact GELU, an attention mask input)."""
     config = transformers.BertConfig(

@@ -1,7 +1,8 @@
 """Hugging Face architectures beyond the three of issue 11's acceptance, imported with
 ``from_torch`` from tiny configs (random init, random norms and biases, nothing
 downloaded, each config's defaults otherwise: the key/value cache on, SDPA attention):
-Qwen2 (q/k/v biases, grouped-query rotary attention), Qwen3 (Qwen2 without the biases,
+Qwen2 (q/k/v biases, grouped-query rotary attention), Gemma (word vectors scaled by a
+buffer, RMSNorms by ``1 + weight``), Qwen3 (Qwen2 without the biases,
 with per-head RMS norms of q and k, and heads wider together than the model), Phi-3
 (q, k and v sliced from one fused ``qkv_proj``, the MLP's ``gate_up_proj`` chunked in
 two), GPT-NeoX (Pythia's layout: q, k and v interleaved per head in one projection,
@@ -55,6 +56,7 @@ MAKERS: dict[str, Callable[[], nn.Module]] = {
             **{k: v for k, v in DECODER.items() if k != "num_key_value_heads"}, rotary_pct=0.5
         )
     ),
+    "gemma": lambda: transformers.GemmaForCausalLM(transformers.GemmaConfig(**DECODER, head_dim=8)),
     "mistral": lambda: transformers.MistralForCausalLM(
         transformers.MistralConfig(**DECODER, sliding_window=None)
     ),
@@ -100,6 +102,9 @@ GROWTH = [
     ("gpt_neox", "add_heads", {"node": "gpt_neox.layers.0.attention", "heads": 6}),
     ("gpt_neox", "grow_head_dim", {"node": "gpt_neox.layers.1.attention", "head_dim": 11}),
     ("gpt_neox", "insert_block", {"stage": "gpt_neox.layers"}),
+    ("gemma", "widen", {"node": "model.embed_tokens", "width": 64, "init": "net2net"}),
+    ("gemma", "add_heads", {"node": "model.layers.0.self_attn", "heads": 6}),
+    ("gemma", "insert_block", {"stage": "model.layers"}),
     ("mistral", "grow_kv_heads", {"node": "model.layers.1.self_attn", "kv_heads": 4}),
     ("mistral", "insert_block", {"stage": "model.layers"}),
     ("distilbert", "widen", {"node": "transformer.layer.0.ffn.lin1", "width": 80}),
@@ -141,6 +146,20 @@ def test_gpt_neox_rotates_part_of_each_head_and_its_interleaved_rows_are_reorder
     per_head = fused.reshape(4, 3, 8, 32)  # [head, q/k/v, dim, in]
     want = per_head.permute(1, 0, 2, 3).reshape(96, 32)
     assert torch.equal(graph.params["gpt_neox.layers.0.attention.in_proj_weight"], want)
+
+
+def test_gemmas_scaled_embedding_and_one_plus_weight_norms() -> None:
+    """Gemma multiplies its word vectors by ``sqrt(hidden_size)`` (a buffer): one
+    ``embedding`` with that ``scale``, the tied head reading its table unscaled; its
+    RMSNorms scale by ``1 + weight``: ``rmsnorm`` nodes holding ``1 + weight`` (the same
+    function, the same gradients)."""
+    graph, model = GRAPHS["gemma"], MODELS["gemma"]
+    emb = graph.node("model.embed_tokens")
+    assert emb.attrs.scale == pytest.approx(32**0.5, rel=1e-6)
+    assert graph.node("lm_head").share == "model.embed_tokens"
+    norm = model.model.layers[0].input_layernorm.weight.detach()
+    stored = graph.params["model.layers.0.input_layernorm.weight"]
+    assert torch.equal(stored, 1.0 + norm)
 
 
 def test_a_block_inserted_into_a_post_norm_encoder_is_reported_as_not_preserving() -> None:

@@ -1,7 +1,8 @@
 """Hugging Face GPT-2 (tied), Llama (tied and untied; grouped-query rotary attention,
 RMSNorm), Qwen3 (Llama's layout with per-head RMS norms of q and k), Phi-3 (q, k, v and
 the MLP's gate and up sliced from fused projections), GPT-NeoX (q, k, v interleaved per
-head, partial rotary, parallel blocks) and BERT (post-norm,
+head, partial rotary, parallel blocks), Gemma (scaled word vectors, ``1 + weight`` norms)
+and BERT (post-norm,
 key padding mask, token types) exported with
 ``torch.onnx.export(..., dynamo=True)`` and imported with ``from_onnx``: the files'
 written-out attention, GELU and RMSNorm become grow-ir's ops (found by value, see
@@ -63,6 +64,7 @@ MAKERS: dict[str, Callable[[], nn.Module]] = {
     "phi3-dynamic": lambda: _model(hf.phi3, "sdpa"),
     "neox-eager": lambda: _model(hf.gpt_neox, "eager"),
     "neox-dynamic": lambda: _model(hf.gpt_neox, "sdpa"),
+    "gemma-dynamic": lambda: _model(hf.gemma, "sdpa"),
     "bert-dynamic": lambda: _model(hf.bert, "sdpa"),
 }
 """``-dynamic``: exported with ``dynamic_shapes`` (batch and sequence length symbolic)."""
@@ -72,6 +74,7 @@ STREAM = {
     "qwen3": "model.embed_tokens",
     "phi3": "model.embed_tokens",
     "neox": "gpt_neox.embed_in",
+    "gemma": "model.embed_tokens",
     "bert": "embeddings.word_embeddings",
 }
 WIDENED = {**STREAM, "bert": "encoder.layer.1.intermediate.dense"}
@@ -83,6 +86,7 @@ ATTENTION = {
     "qwen3": "model.layers.{}.self_attn",
     "phi3": "model.layers.{}.self_attn",
     "neox": "gpt_neox.layers.{}.attention",
+    "gemma": "model.layers.{}.self_attn",
     "bert": "encoder.layer.{}.attention.self",
 }
 
@@ -175,6 +179,8 @@ def test_the_written_out_layers_become_grow_ir_ops(name: str) -> None:
         assert ops.count("rmsnorm") == 5  # two per block, the final norm
     if family(name) == "neox":  # rotary on half of each head of 8
         assert attn["rotary_dim"] == 4 and attn["rope_theta"] == 10000.0 and attn["causal"]
+    if family(name) == "gemma":  # the word vectors scaled by sqrt(32), in the embedding
+        assert graph.node("model.embed_tokens").attrs.scale == pytest.approx(32**0.5)
     if family(name) == "bert":
         assert graph.node(ATTENTION["bert"].format(0)).attrs.causal is False
         assert list(graph.node(ATTENTION["bert"].format(0)).inputs)[1] == "attention_mask"
@@ -193,6 +199,7 @@ def test_the_written_out_layers_become_grow_ir_ops(name: str) -> None:
         "gpt2-dynamic",
         "llama-tied-dynamic",
         "qwen3-eager",
+        "gemma-dynamic",
     ],
 )
 def test_the_tied_head_shares_the_embedding(name: str) -> None:
@@ -250,6 +257,7 @@ def test_widening_the_model_2x_is_exact(name: str) -> None:
         "llama-untied-eager",
         "qwen3-dynamic",
         "neox-dynamic",
+        "gemma-dynamic",
         "bert-dynamic",
     ],
 )
@@ -269,6 +277,7 @@ STAGE = {
     "qwen3": "model.layers",
     "phi3": "model.layers",
     "neox": "gpt_neox.layers",
+    "gemma": "model.layers",
 }
 """The ``nn.ModuleList`` of each decoder's blocks, read from the file's module scopes."""
 
@@ -284,6 +293,7 @@ STAGE = {
         "qwen3-eager",
         "phi3-dynamic",
         "neox-eager",
+        "gemma-dynamic",
     ],
 )
 @pytest.mark.parametrize("grow", ["insert_block", "stack_blocks"])

@@ -87,6 +87,7 @@ CASES: list[Case] = [
     case("rmsnorm-2d-eps", VEC, "rmsnorm", eps=1e-6),
     case("rmsnorm-noaffine", SEQ, "rmsnorm", elementwise_affine=False),
     case("embedding", TOK, "embedding", num_embeddings=11, embedding_dim=4),
+    case("embedding-scaled", TOK, "embedding", num_embeddings=11, embedding_dim=4, scale=2.5),
     case(
         "embedding-1d-pad",
         {"x": TensorType(("batch",), "int64")},

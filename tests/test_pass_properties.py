@@ -233,8 +233,10 @@ def run_sequence(
 
 
 # insert_block applies only to the staged half of ("seq", "staged"): more examples there
-# give it about as many steps as the other passes get.
-EXAMPLES = {("mlp", "cnn", "net"): 100, ("seq", "staged"): 150}
+# give it about as many steps as the other passes get. Noisy net2net widenings (the one way
+# widen does not preserve) come out rarely (3 of 104 widenings at 150 examples, none of 75
+# at 100, after the generator began drawing embedding scales): fewer examples miss them.
+EXAMPLES = {("mlp", "cnn", "net"): 150, ("seq", "staged"): 150}
 
 
 @pytest.mark.parametrize("families", list(EXAMPLES), ids="-".join)

@@ -169,7 +169,11 @@ def _conv_transpose(e: Emitter, n: Node, xs: list[str], out: str) -> None:
 
 
 def _embedding(e: Emitter, n: Node, xs: list[str], out: str) -> None:
-    e.add("Gather", [e.param(n, "weight"), xs[0]], out, name=n.name, axis=0)
+    if n.attrs.scale is None:
+        e.add("Gather", [e.param(n, "weight"), xs[0]], out, name=n.name, axis=0)
+        return
+    vectors = e.add("Gather", [e.param(n, "weight"), xs[0]], _sub(n, "vectors"), axis=0)
+    e.add("Mul", [vectors, _scalar(e, n.attrs.scale, "float32")], out, name=n.name)
 
 
 # ---- normalisation --------------------------------------------------------------------

@@ -37,6 +37,7 @@ from grow_ir.backends.torch_modules import (
     MaskedConv2d,
     MaskedLinear,
     Mix,
+    ScaledEmbedding,
     SelfAttention,
     StochasticDepth,
     positions,
@@ -117,6 +118,22 @@ def _batchnorm(a: Any, ins: Sequence[TensorType]) -> nn.Module:
     )
 
 
+def _embedding(a: Any) -> nn.Embedding:
+    """The ``nn.Embedding`` of an embedding node (a :class:`ScaledEmbedding` with
+    ``scale``). ``from_pretrained`` skips nn.Embedding's normal_ init, which on the meta
+    device goes through a decomposition that imports torch._dynamo (seconds, on first
+    use)."""
+    cls = nn.Embedding if a.scale is None else ScaledEmbedding
+    module = cls.from_pretrained(
+        torch.empty(a.num_embeddings, a.embedding_dim, device="meta"),
+        freeze=False,
+        padding_idx=a.padding_idx,
+    )
+    if a.scale is not None:
+        module.scale = a.scale
+    return module
+
+
 MODULES: dict[str, ModuleFactory] = {
     "linear": lambda a, ins: (MaskedLinear if a.masked else nn.Linear)(
         ins[0].shape[-1], a.out_features, bias=a.bias, device="meta", dtype=ins[0].torch_dtype
@@ -140,15 +157,7 @@ MODULES: dict[str, ModuleFactory] = {
         device="meta",
         dtype=ins[0].torch_dtype,
     ),
-    # from_pretrained skips nn.Embedding's normal_ init, which on the meta device goes
-    # through a decomposition that imports torch._dynamo (seconds, on first use).
-    "embedding": untyped(
-        lambda a, ins: nn.Embedding.from_pretrained(
-            torch.empty(a.num_embeddings, a.embedding_dim, device="meta"),
-            freeze=False,
-            padding_idx=a.padding_idx,
-        )
-    ),
+    "embedding": untyped(lambda a, ins: _embedding(a)),
     "attention": lambda a, ins: SelfAttention(
         ins[0].shape[2],
         a.num_heads,

@@ -225,6 +225,20 @@ def positions(
     return out.unsqueeze(0) if batch_axis else out
 
 
+class ScaledEmbedding(nn.Embedding):
+    """``nn.Embedding`` whose vectors are multiplied by ``scale`` (Gemma's scaled word
+    embedding); its ``state_dict`` is the embedding's (``weight``)."""
+
+    scale: float = 1.0
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """The embedding of ``input``, times ``scale``."""
+        return super().forward(input) * self.scale
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale={self.scale}"
+
+
 class LearnedTensor(nn.Module):
     """A learned tensor as a value (``weight``, of ``shape``): returned as it is, or with
     its first axis (of size 1) expanded to the batch of its one input."""

@@ -34,7 +34,13 @@ from onnx import numpy_helper
 from grow_ir.backends.onnx import PRODUCER
 from grow_ir.errors import CheckFailed, GrowError, ShapeError
 from grow_ir.imports.builder import GraphBuilder, folded_axes, ident
-from grow_ir.imports.onnx_patterns import NAME_SCOPES, Region, float32_decimal, scope
+from grow_ir.imports.onnx_patterns import (
+    NAME_SCOPES,
+    Region,
+    float32_decimal,
+    scalar_factor,
+    scope,
+)
 from grow_ir.imports.onnx_pooling import averaging_matmul, gathered_pooling
 from grow_ir.imports.onnx_regions import find_regions
 from grow_ir.imports.onnx_shapes import (
@@ -564,18 +570,25 @@ def _gather(ctx: _Context, node: onnx.NodeProto) -> None:
         return
     if int(_attrs(node).get("axis", 0)) != 0:
         raise Unsupported("is not a table lookup (rows of an initializer by index)")
-    w = ctx.consts[node.input[0]]
+    table = node.input[0]
+    w = ctx.consts[table]
     ids = ctx.value(node.input[1])
-    attrs = {"num_embeddings": int(w.shape[0]), "embedding_dim": int(w.shape[1])}
+    attrs: dict[str, Any] = {"num_embeddings": int(w.shape[0]), "embedding_dim": int(w.shape[1])}
+    scaled = _scaled_by(ctx, node)
+    if scaled is not None:  # the looked-up vectors times a constant (Gemma's)
+        node, attrs["scale"] = scaled
+        ctx.done.add(id(node))
     _bind_add(
-        ctx,
-        node,
-        "embedding",
-        [ids],
-        attrs,
-        params={"weight": _tensor(w)},
-        hint=_layer_name(node.input[0]),
+        ctx, node, "embedding", [ids], attrs, params={"weight": _tensor(w)}, hint=_layer_name(table)
     )
+
+
+def _scaled_by(ctx: _Context, node: onnx.NodeProto) -> tuple[onnx.NodeProto, float] | None:
+    """The ``Mul`` that alone reads ``node``'s output and multiplies it by a positive
+    float constant, and that constant (:func:`scalar_factor`); None otherwise."""
+    mul = ctx.only_consumer(node.output[0])
+    factor = None if mul is None else scalar_factor(mul, node.output[0], ctx.consts)
+    return None if mul is None or factor is None else (mul, factor)
 
 
 def _unary(op: str, **attrs_of: Callable[[dict], Any]) -> Rule:

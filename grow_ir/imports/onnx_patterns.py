@@ -194,6 +194,20 @@ def where(node: onnx.NodeProto) -> str:
     return f"node '{node.name or node.output[0]}' ({node.op_type}{at})"
 
 
+def scalar_factor(
+    mul: onnx.NodeProto, value: str, consts: Mapping[str, np.ndarray]
+) -> float | None:
+    """The positive float constant ``mul`` multiplies ``value`` by (as its shortest
+    float32 decimal for a float32 constant), when it is a ``Mul`` of ``value`` and one;
+    None otherwise (Gemma's word vectors times ``sqrt(hidden_size)``)."""
+    other = [v for v in mul.input if v != value]
+    c = consts.get(other[0]) if mul.op_type == "Mul" and len(other) == 1 else None
+    if c is None or c.size != 1 or c.dtype.kind != "f" or not float(c.reshape(())) > 0:
+        return None
+    factor = float(c.reshape(()))
+    return float32_decimal(factor) if c.dtype == np.float32 else factor
+
+
 def tensor(a: np.ndarray) -> torch.Tensor:
     """A torch copy of ``a``."""
     return torch.from_numpy(np.array(a, copy=True))
@@ -478,11 +492,19 @@ def tied_head_regions(model: Model, found: Found) -> None:
         table = gather.input[0]
         if model.shape(n.output[0]) != (*model.shape(n.input[0])[:-1], w.shape[1]):
             continue
-        attrs = {"num_embeddings": int(w.shape[1]), "embedding_dim": int(w.shape[0])}
+        attrs: dict[str, Any] = {
+            "num_embeddings": int(w.shape[1]),
+            "embedding_dim": int(w.shape[0]),
+        }
+        looked_up, nodes = gather.output[0], {same[0]}
+        j = model.only_user(looked_up)
+        factor = None if j is None else scalar_factor(model.node(j), looked_up, model.consts)
+        if j is not None and factor is not None:  # the vectors scaled (Gemma's): one node
+            attrs["scale"], looked_up, nodes = factor, model.node(j).output[0], {same[0], j}
         embedding = Region(
             model.scope(gather) or layer_name(table),
-            frozenset({same[0]}),
-            gather.output[0],
+            frozenset(nodes),
+            looked_up,
             (gather.input[1],),
             "embedding",
             attrs,
@@ -497,7 +519,7 @@ def tied_head_regions(model: Model, found: Found) -> None:
             (n.input[0],),
             "linear",
             head_attrs,
-            share=gather.output[0],
+            share=looked_up,
         )
         weight = {"weight": tensor(model.consts[table])}
         if fits("linear", head_attrs, weight, model.runs(head.inputs, head.output)) is None:

@@ -65,7 +65,8 @@ def from_torch(
 
     Guarantees: node names are the module's own paths (``layer1.0.conv1``; stateless
     steps inside a module are named ``SCOPE.OP``, e.g. ``layer1.0.add``); parameters are
-    named by the module's ``state_dict()`` keys and hold copies of its values, bitwise; a
+    named by the module's ``state_dict()`` keys and hold copies of its values, bitwise
+    (but a norm that scales by ``1 + weight``, Gemma's, holds ``1 + weight``); a
     module called twice becomes two nodes that ``share`` its parameters; graph inputs are
     named after ``forward``'s arguments (or ``names``; ``example_inputs`` may be a dict of
     keyword arguments, for a model whose arguments after the first are optional, such as
@@ -326,6 +327,12 @@ def _convert_region(ctx: Context, region: Region) -> None:
         params=region.params,
         name=region.path or None,
     )
+    for local, t in region.params.items():  # the module's own tensors: a later tie finds them
+        key = f"{region.path}.{local}"
+        own = builder.tensors.get(key)
+        if own is not None and own.data_ptr() == t.data_ptr() and own.shape == t.shape:
+            for alias in ctx.aliases.get(key, (key,)):
+                ctx.owners.setdefault(alias, name)
     ctx.bind(region.output, name)
     ctx.check_shape(region.output)
 

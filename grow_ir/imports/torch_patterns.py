@@ -416,7 +416,34 @@ def _candidates(
         for a in n.args
         if isinstance(a, float)
     ]
+    if not x.meta["val"].is_floating_point():
+        return _embedding_candidates(program, nodes, params)
     return fit_candidates(int(x.meta["val"].shape[-1]), params, scalars)
+
+
+def _embedding_candidates(
+    program: Program, nodes: list[fx.Node], params: dict[str, torch.Tensor]
+) -> Iterator[tuple[str, dict[str, Any], dict[str, torch.Tensor]]]:
+    """An ``embedding`` scaled by each scalar buffer the call reads (Gemma's word
+    embedding times its ``embed_scale``), for a module holding one ``[V, E]`` weight."""
+    weight = params.get("weight")
+    if set(params) != {"weight"} or weight is None or weight.dim() != 2:
+        return
+    for t in _scalar_buffers(program, nodes):
+        if t.is_floating_point() and float(t) > 0:
+            attrs = {"num_embeddings": int(weight.shape[0]), "embedding_dim": int(weight.shape[1])}
+            yield "embedding", {**attrs, "scale": float(t)}, {"weight": weight}
+
+
+def _scalar_buffers(program: Program, nodes: list[fx.Node]) -> list[torch.Tensor]:
+    """The one-element buffers (not parameters) the nodes read."""
+    out = []
+    for n in nodes:
+        for a in n.all_input_nodes:
+            t = program.tensor(a)
+            if t is not None and t.numel() == 1 and not isinstance(t, nn.Parameter):
+                out.append(t)
+    return out
 
 
 def fit_candidates(
@@ -439,6 +466,9 @@ def fit_candidates(
         return
     for eps in added:
         yield "rmsnorm", {"eps": eps}, {"weight": params["weight"]}
+        # Gemma's scales by (1 + weight): the node holds 1 + weight, the same function and
+        # the same gradients
+        yield "rmsnorm", {"eps": eps}, {"weight": 1.0 + params["weight"].detach()}
 
 
 def module_regions(program: Program, found: Found, live: set[str]) -> None:
@@ -458,8 +488,10 @@ def module_regions(program: Program, found: Found, live: set[str]) -> None:
             continue
         if list(module.children()):
             continue
-        if all(n.target in RULES or n.target in IGNORED for n in call):
-            continue
+        if all(n.target in RULES or n.target in IGNORED for n in call) and not _scalar_buffers(
+            program, call
+        ):
+            continue  # the rules import it (a scalar buffer read as a value they cannot)
         region = _fit(program, path, module, call)
         if region is not None:  # else the op without a rule is refused by the rules
             found.regions.append(region)
@@ -475,6 +507,7 @@ def _fit(program: Program, path: str, module: nn.Module, call: list[fx.Node]) ->
         if (
             n.target in (aten.to.dtype, aten.to.dtype_layout, aten._to_copy.default)
             and isinstance(src, fx.Node)
+            and not program.is_param(src)  # a cast of its own weight is inside the call
             and (src.name not in inside or src.name in passthrough)
             and src.meta["val"].dtype == n.meta["val"].dtype
         ):

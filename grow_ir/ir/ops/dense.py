@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from pydantic import NonNegativeInt, PositiveInt, field_validator
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 
 from grow_ir.ir.ops.base import (
     Attrs,
@@ -348,11 +348,14 @@ def conv_geometry(attrs: _ConvAttrs, n: int) -> tuple[tuple, tuple, tuple, tuple
 
 
 class EmbeddingAttrs(Attrs):
-    """``torch.nn.Embedding``: int64 indices ``[...]`` to vectors ``[..., embedding_dim]``."""
+    """``torch.nn.Embedding``: int64 indices ``[...]`` to vectors ``[..., embedding_dim]``;
+    with ``scale`` every vector is multiplied by it (Gemma's scaled word embedding, by
+    ``sqrt(hidden_size)``)."""
 
     num_embeddings: PositiveInt
     embedding_dim: PositiveInt
     padding_idx: int | None = None
+    scale: PositiveFloat | None = None
 
 
 def _embedding_infer(a: EmbeddingAttrs, ins: Sequence[TensorType]) -> TensorType:
