@@ -53,15 +53,23 @@ def gpt2(tied: bool = True, layers: int = 2) -> transformers.GPT2LMHeadModel:
     return randomized_hf(transformers.GPT2LMHeadModel(config))
 
 
+def decoder(layers: int) -> dict[str, Any]:
+    """The config fields the tiny decoders share: 100 tokens, 32 wide, a 48-wide MLP,
+    4 query heads and 2 key/value heads."""
+    return {
+        "vocab_size": 100,
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    }
+
+
 def llama(tied: bool, layers: int = 2) -> transformers.LlamaForCausalLM:
     """A tiny Llama with grouped-query attention (4 query heads, 2 key/value heads)."""
     config = transformers.LlamaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **decoder(layers),
         max_position_embeddings=64,
         tie_word_embeddings=tied,
         use_cache=False,
@@ -74,12 +82,7 @@ def qwen3(tied: bool = True, layers: int = 2) -> transformers.Qwen3ForCausalLM:
     """A tiny Qwen3: grouped-query rotary attention with per-head RMS norms of q and k,
     its heads (4 of 16) wider together than the model (32)."""
     config = transformers.Qwen3Config(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **decoder(layers),
         head_dim=16,
         max_position_embeddings=64,
         tie_word_embeddings=tied,
@@ -93,12 +96,7 @@ def phi3(tied: bool = False, layers: int = 2) -> transformers.Phi3ForCausalLM:
     """A tiny Phi-3: q, k and v sliced from one fused ``qkv_proj``, the MLP's
     ``gate_up_proj`` chunked into gate and up, grouped-query rotary attention."""
     config = transformers.Phi3Config(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **decoder(layers),
         max_position_embeddings=64,
         pad_token_id=0,
         bos_token_id=1,
@@ -131,12 +129,7 @@ def gemma(tied: bool = True, layers: int = 2) -> transformers.GemmaForCausalLM:
     """A tiny Gemma: word vectors scaled by ``sqrt(hidden_size)`` (a buffer), RMSNorms
     that scale by ``1 + weight``, the tanh GELU, grouped-query rotary attention."""
     config = transformers.GemmaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **decoder(layers),
         head_dim=8,
         max_position_embeddings=64,
         tie_word_embeddings=tied,
