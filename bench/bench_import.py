@@ -10,8 +10,8 @@ MobileNetV2, MobileNetV3-Small and EfficientNet-B0 (their default constructors, 
 tests/torchvision_models.py without torchvision's C extension), all on ``[1, 3, 112,
 112]`` images, torchvision's VisionTransformer (4 layers × 128 wide, 16×16 patches of
 the same images), GPT-2 (2 layers, 128 wide), Qwen3 (2 layers, 128 wide, 4 heads of 64
-with per-head q/k norms) and Phi-3 (2 layers, 128 wide, fused q/k/v and gate/up
-projections). A model grow-ir refuses is reported with
+with per-head q/k norms), Phi-3 (2 layers, 128 wide, fused q/k/v and gate/up
+projections), GPT-NeoX and Gemma (2 layers, 128 wide each). A model grow-ir refuses is reported with
 the number of constructs it lacks. Import is timed in interleaved rounds after one
 warm-up: ``torch.export.export`` alone, ``from_torch(check=False)`` and ``from_torch()``
 (which also lowers the graph and compares it with the module). Inference: both ONNX files
@@ -105,6 +105,36 @@ def phi3() -> torch.nn.Module:
     return transformers.Phi3ForCausalLM(config)
 
 
+def gpt_neox() -> torch.nn.Module:
+    """GPT-NeoX (Pythia's layout), small: 2 layers × 128 wide, 4 heads of 32, q/k/v
+    interleaved per head, rotary on a quarter of each head, parallel blocks."""
+    config = transformers.GPTNeoXConfig(
+        vocab_size=1000,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        use_cache=False,
+    )
+    return transformers.GPTNeoXForCausalLM(config)
+
+
+def gemma() -> torch.nn.Module:
+    """Gemma, small: 2 layers × 128 wide, 4 query heads of 32, 2 key/value heads, word
+    vectors scaled by sqrt(128), ``1 + weight`` RMSNorms."""
+    config = transformers.GemmaConfig(
+        vocab_size=1000,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        use_cache=False,
+    )
+    return transformers.GemmaForCausalLM(config)
+
+
 def vit() -> torch.nn.Module:
     """torchvision's VisionTransformer, small: 112×112 images, 16×16 patches, 4 layers ×
     128 wide, 4 heads (vit_b_16's structure at a benchmark's size)."""
@@ -125,6 +155,8 @@ MODELS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[], torch.Tensor
     "gpt2": (gpt2, lambda: torch.randint(0, 100, (1, 32))),
     "qwen3": (qwen3, lambda: torch.randint(0, 1000, (1, 32))),
     "phi3": (phi3, lambda: torch.randint(0, 1000, (1, 32))),
+    "gpt_neox": (gpt_neox, lambda: torch.randint(0, 1000, (1, 32))),
+    "gemma": (gemma, lambda: torch.randint(0, 1000, (1, 32))),
 }
 
 

@@ -24,6 +24,7 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from grow_ir.backends.onnx_emit import ONNX_DTYPES, Emitter
+from grow_ir.backends.torch_modules import rotary_tables
 from grow_ir.ir.graph import Node
 from grow_ir.ir.ops.attention import head_dim as attention_head_dim
 from grow_ir.ir.ops.attention import kv_heads as attention_kv_heads
@@ -32,6 +33,7 @@ from grow_ir.ir.ops.dense import conv_geometry, spatial
 from grow_ir.ir.ops.elementwise import averaging_matrix, pool_geometry
 from grow_ir.ir.ops.shape import pad_pairs, permutation
 from grow_ir.ir.ops.spatial import conv_transpose_geometry, upsample_sizes
+from grow_ir.ir.types import DTYPES
 
 Rule = Callable[[Emitter, Node, list[str], str], None]
 
@@ -283,8 +285,9 @@ def _attention(e: Emitter, n: Node, xs: list[str], out: str) -> None:
     qkv = _dense(e, n, xs[0], 3, (embed, rows), w_qkv, b_qkv, _sub(n, "qkv"), what="qkv")
     grouped = kv != heads or n.attrs.rope_theta is not None or len(xs) == 2 or qk_norm
     transposed = head_dim <= TRANSPOSED_HEADS_MAX_DIM and not grouped
-    length = ""  # [L], when the mask or the layout needs it
-    if transposed or n.attrs.causal or n.attrs.rope_theta is not None:
+    length = ""  # [L], when the layout needs it, or the mask or rotary tables of a length
+    dynamic = not isinstance(x.shape[1], int)  # not known: they are made from it
+    if transposed or (dynamic and (n.attrs.causal or n.attrs.rope_theta is not None)):
         length = e.add("Shape", [xs[0]], _sub(n, "length"), start=1, end=2)
     mask = _causal_mask(e, n, length, dt) if n.attrs.causal else None
     if grouped:
@@ -360,7 +363,20 @@ def _rotary_tables(
     e: Emitter, n: Node, length: str, head_dim: int, theta: float
 ) -> tuple[str, str]:
     """``cos`` and ``sin`` ``[L, head_dim]`` at positions ``0..L-1`` (float32, the
-    frequencies computed as torch computes them; see ``torch_modules.rotary_tables``)."""
+    frequencies computed as torch computes them; see ``torch_modules.rotary_tables``):
+    constants shared by every attention alike where the graph's length is known, else
+    computed from the input's length ``[L]``."""
+    dtype = e.graph.types[n.inputs[0]].dtype
+    static = e.graph.types[n.inputs[0]].shape[1]
+    if isinstance(static, int):
+
+        def table(which: int) -> str:
+            made = rotary_tables(static, head_dim, theta, torch.device("cpu"), DTYPES[dtype])
+            name = f"const/{dtype}/rotary_{('cos', 'sin')[which]}_{static}x{head_dim}_{theta!r}"
+            return e.const(name, made[which].numpy(), dtype)
+
+        key = ("rotary", str(static), str(head_dim), repr(theta), dtype)
+        return e.once((*key, "cos"), lambda: table(0)), e.once((*key, "sin"), lambda: table(1))
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
     inv_freq = (1.0 / (theta**exponents)).numpy()
     limit = e.add("Squeeze", [length], _sub(n, "length_scalar"))
@@ -373,7 +389,6 @@ def _rotary_tables(
         "Mul", [column, e.const(_sub(n, "inv_freq"), inv_freq, "float32")], _sub(n, "freqs")
     )
     emb = e.add("Concat", [freqs, freqs], _sub(n, "rotary_angles"), axis=-1)
-    dtype = e.graph.types[n.inputs[0]].dtype
     tables = []
     for op in ("Cos", "Sin"):
         t = e.add(op, [emb], _sub(n, op.lower()))
@@ -534,7 +549,13 @@ def _in_projection(
 
 
 def _causal_mask(e: Emitter, n: Node, length: str, dtype: str) -> str:
-    """``[L, L]`` with -inf above the diagonal, from the input's dynamic length ``[L]``."""
+    """``[L, L]`` with -inf above the diagonal: a constant shared by every attention where
+    the graph's length is known, else made from the input's length ``[L]``."""
+    static = e.graph.types[n.inputs[0]].shape[1]
+    if isinstance(static, int):
+        mask = np.triu(np.full((static, static), -np.inf, dtype=np.dtype(dtype)), 1)
+        name = f"const/{dtype}/causal_mask_{static}"
+        return e.once(("causal", str(static), dtype), lambda: e.const(name, mask, dtype))
     square = e.add("Concat", [length, length], _sub(n, "mask_shape"), axis=0)
     fill = numpy_helper.from_array(np.array([-np.inf], dtype=np.dtype(dtype)), "value")
     full = e.add("ConstantOfShape", [square], _sub(n, "mask_full"), value=fill)
