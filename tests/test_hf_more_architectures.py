@@ -1,7 +1,9 @@
 """Hugging Face architectures beyond the three of issue 11's acceptance, imported with
 ``from_torch`` from tiny configs (random init, random norms and biases, nothing
 downloaded, each config's defaults otherwise: the key/value cache on, SDPA attention):
-Qwen2 (q/k/v biases, grouped-query rotary attention), Gemma (word vectors scaled by a
+Qwen2 (q/k/v biases, grouped-query rotary attention), Phi-2 (``PhiForCausalLM``: partial
+rotary, attention and MLP in parallel from one layernorm), StableLM (partial rotary,
+layernorms), StarCoder2 (biases, layernorms, a GELU MLP), Gemma (word vectors scaled by a
 buffer, RMSNorms by ``1 + weight``), Qwen3 (Qwen2 without the biases,
 with per-head RMS norms of q and k, and heads wider together than the model), Phi-3
 (q, k and v sliced from one fused ``qkv_proj``, the MLP's ``gate_up_proj`` chunked in
@@ -57,6 +59,11 @@ MAKERS: dict[str, Callable[[], nn.Module]] = {
         )
     ),
     "gemma": lambda: transformers.GemmaForCausalLM(transformers.GemmaConfig(**DECODER, head_dim=8)),
+    "phi": lambda: transformers.PhiForCausalLM(transformers.PhiConfig(**DECODER)),
+    "stablelm": lambda: transformers.StableLmForCausalLM(transformers.StableLmConfig(**DECODER)),
+    "starcoder2": lambda: transformers.Starcoder2ForCausalLM(
+        transformers.Starcoder2Config(**DECODER)
+    ),
     "mistral": lambda: transformers.MistralForCausalLM(
         transformers.MistralConfig(**DECODER, sliding_window=None)
     ),
@@ -105,6 +112,12 @@ GROWTH = [
     ("gemma", "widen", {"node": "model.embed_tokens", "width": 64, "init": "net2net"}),
     ("gemma", "add_heads", {"node": "model.layers.0.self_attn", "heads": 6}),
     ("gemma", "insert_block", {"stage": "model.layers"}),
+    ("phi", "widen", {"node": "model.embed_tokens", "width": 64, "init": "net2net"}),
+    ("phi", "grow_head_dim", {"node": "model.layers.0.self_attn", "head_dim": 11}),
+    ("stablelm", "add_heads", {"node": "model.layers.0.self_attn", "heads": 6}),
+    ("stablelm", "insert_block", {"stage": "model.layers"}),
+    ("starcoder2", "widen", {"node": "model.embed_tokens", "width": 64, "init": "net2net"}),
+    ("starcoder2", "insert_block", {"stage": "model.layers"}),
     ("mistral", "grow_kv_heads", {"node": "model.layers.1.self_attn", "kv_heads": 4}),
     ("mistral", "insert_block", {"stage": "model.layers"}),
     ("distilbert", "widen", {"node": "transformer.layer.0.ffn.lin1", "width": 80}),
