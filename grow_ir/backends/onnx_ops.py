@@ -243,7 +243,8 @@ def _rms(
     name: str | None = None,
 ) -> str:
     """``x * 1/sqrt(mean(x²) + eps) [* weight]`` over the last axis of ``x`` (helper values
-    named ``node/{what}square``...), given the name ``out`` (else a helper's)."""
+    named ``node/{what}square``...); its last product is named ``out`` (else a helper's)
+    and, with ``name``, that node too."""
     square = e.add("Mul", [x, x], _sub(n, f"{what}square"))
     if e.opset >= REDUCE_AXES_INPUT_OPSET:
         last = e.once(("axes", "last"), lambda: e.const("const/int64/last_axis", [-1]))
@@ -253,13 +254,11 @@ def _rms(
     shifted = e.add("Add", [mean, _scalar(e, eps, dtype)], _sub(n, f"{what}shifted"))
     root = e.add("Sqrt", [shifted], _sub(n, f"{what}rms"))
     inverse = e.add("Reciprocal", [root], _sub(n, f"{what}inverse_rms"))
-    normalised = out if weight is None and out is not None else _sub(n, f"{what}normalised")
-    kw = {"name": name} if name is not None and weight is None else {}
-    scaled = e.add("Mul", [x, inverse], normalised, **kw)
+    last = {"name": name} if name is not None else {}
     if weight is None:
-        return scaled
-    kw = {"name": name} if name is not None else {}
-    return e.add("Mul", [scaled, weight], out or _sub(n, f"{what}scaled"), **kw)
+        return e.add("Mul", [x, inverse], out or _sub(n, f"{what}normalised"), **last)
+    scaled = e.add("Mul", [x, inverse], _sub(n, f"{what}normalised"))
+    return e.add("Mul", [scaled, weight], out or _sub(n, f"{what}scaled"), **last)
 
 
 # ---- attention ------------------------------------------------------------------------

@@ -602,9 +602,10 @@ def _counted(model: Model, value: str) -> tuple[int, bool] | None:
     return lengths[0] if len({b for _, b in lengths}) == 1 else None
 
 
-def _padded(model: Model, value: str) -> tuple[str, int] | None:
-    """``(ids, padding_idx)`` when ``value`` reads one graph input ``ids`` and is, on every
-    run, the positions counted from it past its padding (:func:`padding_of`)."""
+def _padded(model: Model, value: str) -> tuple[str, dict[str, Any]] | None:
+    """The graph input ``value`` reads and the ``positions`` attributes, when it reads one
+    input, token ids, and is on every run the positions counted from them past their
+    padding (:func:`padding_of`, along their last axis: RoBERTa's)."""
     deps = model.evaluation.depends.get(value, frozenset())
     if value in model.consts or len(deps) != 1:
         return None
@@ -613,13 +614,28 @@ def _padded(model: Model, value: str) -> tuple[str, int] | None:
     p = padding_of(
         [ev.value(ids, r) for r in range(RUNS)], [ev.value(value, r) for r in range(RUNS)]
     )
-    return None if p is None else (ids, p)
+    return None if p is None else (ids, {"dim": len(model.shape(ids)) - 1, "padding_idx": p})
+
+
+def _counting(model: Model, x: str, value: str) -> tuple[str, dict[str, Any]] | None:
+    """``x`` and the ``positions`` attributes, when ``value`` reads no input and counts
+    ``0..L-1`` along an axis of ``x``, and is not read only by further such counts."""
+    counted = _counted(model, value)
+    users = [u for u in model.consumers.get(value, []) if u >= 0]
+    if counted is None or not users:
+        return None
+    if all(_counted(model, o) for u in users for o in model.node(u).output):
+        return None  # only further positions read it
+    axis = _counted_axis(model, x, value)
+    return None if axis is None else (x, {"dim": axis, "batch_axis": counted[1]})
 
 
 def position_regions(model: Model, found: Found) -> None:
     """A value that reads no input and counts ``0..L-1`` (a dynamic-shape export's
     ``Range`` of a ``Shape``) becomes a ``positions`` node over the first graph input's
-    axis of length L (after the batch axis); what builds it is not imported."""
+    axis of length L (after the batch axis), and one counted from token ids past their
+    padding a ``positions`` node of those ids with its ``padding_idx``; what builds either
+    is not imported."""
     inputs = [i.name for i in model.graph.input if i.name not in model.consts]
     if not inputs:
         return
@@ -627,31 +643,14 @@ def position_regions(model: Model, found: Found) -> None:
     for i, n in enumerate(model.graph.node):
         if i in found.claimed or n.op_type == "Constant":
             continue
+        path = model.scope(n)
+        name = path if model.ours else f"{path}.positions" if path else "positions"
         for value in n.output:
-            padded = _padded(model, value)
-            if padded is not None:  # RoBERTa's: counted from the ids past the padding
-                path = model.scope(n)
-                name = path if model.ours else f"{path}.positions" if path else "positions"
-                rank = len(model.shape(padded[0]))  # counted along the last axis
-                attrs = {"dim": rank - 1, "padding_idx": padded[1]}
-                found.regions.append(
-                    Region(name, frozenset({i}), value, (padded[0],), "positions", attrs)
-                )
-                continue
-            counted = _counted(model, value)
-            users = [u for u in model.consumers.get(value, []) if u >= 0]
-            if counted is None or not users:
-                continue
-            if all(_counted(model, o) for u in users for o in model.node(u).output):
-                continue  # only further positions read it
-            batch_axis = counted[1]
-            axis = _counted_axis(model, x, value)
-            if axis is None:
-                continue
-            attrs = {"dim": axis, "batch_axis": batch_axis}
-            path = model.scope(n)
-            name = path if model.ours else f"{path}.positions" if path else "positions"
-            found.regions.append(Region(name, frozenset({i}), value, (x,), "positions", attrs))
+            made = _padded(model, value) or _counting(model, x, value)
+            if made is not None:
+                reads, attrs = made
+                region = Region(name, frozenset({i}), value, (reads,), "positions", attrs)
+                found.regions.append(region)
 
 
 def _counted_axis(model: Model, x: str, value: str) -> int | None:

@@ -94,6 +94,11 @@ class Program:
         """The program's fx nodes by name."""
         return {n.name: n for n in self.graph.nodes}
 
+    @functools.cached_property
+    def buffers(self) -> frozenset[str]:
+        """The state_dict keys of the module's buffers (persistent or not)."""
+        return frozenset(name for name, _ in self.root.named_buffers())
+
     def tensor(self, node: Any) -> torch.Tensor | None:
         """The parameter or buffer an fx argument is, else None."""
         if isinstance(node, fx.Node) and node.name in self.fqns:
@@ -383,14 +388,14 @@ def padded_position_regions(program: Program, found: Found) -> None:
             [ev.value(inputs[ids], r) for r in range(RUNS)],
             [ev.value(node, r) for r in range(RUNS)],
         )
-        if p is None:
+        if p is None:  # (padding_of computed the same count the node lowers to)
             continue
         # a count read only by a further one (a cast) is left dead: that one is imported
         path, _ = scope(node)
         attrs = {"dim": ev.value(node).dim() - 1, "padding_idx": p}  # the last axis
-        region = Region(path, frozenset({node.name}), node, (inputs[ids],), "positions", attrs)
-        if matches(program, region) is None:
-            found.regions.append(region)
+        found.regions.append(
+            Region(path, frozenset({node.name}), node, (inputs[ids],), "positions", attrs)
+        )
 
 
 # ---- leaf modules fitted whole (RMSNorm, a GELU written out) --------------------------------
@@ -441,7 +446,7 @@ def _scalar_buffers(program: Program, nodes: list[fx.Node]) -> list[torch.Tensor
     for n in nodes:
         for a in n.all_input_nodes:
             t = program.tensor(a)
-            if t is not None and t.numel() == 1 and not isinstance(t, nn.Parameter):
+            if t is not None and t.numel() == 1 and program.fqns[a.name] in program.buffers:
                 out.append(t)
     return out
 

@@ -232,7 +232,8 @@ def grow_head_dim(graph: Graph, node: NodeName, head_dim: Count, seed: Seed = 0)
             found=f"qk_norm_eps {n.attrs.qk_norm_eps}",
         )
     dims = _same_dims(hd, head_dim)
-    if getattr(n.attrs, "rope_theta", None) is not None and n.attrs.rotary_dim is None:
+    whole_head = getattr(n.attrs, "rotary_dim", None) is None
+    if getattr(n.attrs, "rope_theta", None) is not None and whole_head:
         if head_dim % hd:
             raise PassError(
                 f"attention '{node}' rotates its queries and keys over pairs (i, i + "
